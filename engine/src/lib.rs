@@ -1,0 +1,2 @@
+//! ringcast engine.
+pub mod protocol;

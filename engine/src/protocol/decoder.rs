@@ -1,0 +1,521 @@
+//! A connection's read side: bytes in, messages out (RFC 6455 §5.4–§5.6).
+//!
+//! [`Decoder::feed`] takes bytes as they arrive, in any split, unmasks them
+//! in place and reports each complete message and control frame in order.
+//! A data message that arrives whole in one chunk is reported straight from
+//! the caller's buffer, with no copy. Only a frame or fragmented message that
+//! spans chunks is copied, into state the decoder allocates on demand and
+//! frees as soon as the message is done: an idle decoder is one null pointer.
+
+use super::close::{self, code};
+use super::frame::{self, FrameHeader, HeaderError, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use super::mask::apply_mask;
+use super::utf8::Utf8Validator;
+use std::ops::ControlFlow;
+
+/// A complete message or control frame from the peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message, validated as UTF-8.
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+    /// A ping; answer with a pong carrying the same payload (§5.5.2).
+    Ping(&'a [u8]),
+    /// A pong (§5.5.3).
+    Pong(&'a [u8]),
+    /// A valid close frame, with the status code to echo (`None` when the
+    /// frame had no payload). Nothing after it is decoded (§5.5.1).
+    Close(Option<u16>),
+}
+
+/// The peer broke the protocol: fail the connection with this close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProtocolError {
+    /// Close code to send (RFC 6455 §7.4.1): 1002, 1007 or 1009.
+    pub code: u16,
+    /// Close reason to send, under 123 bytes.
+    pub reason: &'static str,
+}
+
+impl ProtocolError {
+    const fn new(code: u16, reason: &'static str) -> Self {
+        Self { code, reason }
+    }
+}
+
+/// Whether decoding stopped at a close frame or callback request, or ran
+/// out of input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fed {
+    /// All input was consumed; feed more when it arrives.
+    NeedMore,
+    /// A close frame was reported, or the callback returned `Break`. The
+    /// rest of the input was not decoded.
+    Stopped,
+}
+
+/// Per-connection decoder. 8 bytes while no frame is in progress.
+#[derive(Default, Debug)]
+pub struct Decoder {
+    partial: Option<Box<State>>,
+}
+
+/// The frame whose payload is being read.
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    opcode: OpCode,
+    fin: bool,
+    key: [u8; 4],
+    len: u64,
+    read: u64,
+}
+
+/// A data message that spans frames or chunks.
+#[derive(Debug, Default)]
+struct Assembly {
+    text: bool,
+    payload: Vec<u8>,
+    utf8: Utf8Validator,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Bytes of a header split across chunks.
+    header: [u8; MAX_HEADER_LEN],
+    header_len: u8,
+    frame: Option<Frame>,
+    /// Set from the first frame of a fragmented message, or a single frame
+    /// split across chunks, until its last byte.
+    message: Option<Assembly>,
+    /// Payload of a control frame split across chunks (at most 125 bytes).
+    control: Vec<u8>,
+}
+
+/// Callback for each decoded message; `Break` stops decoding.
+pub type OnMessage<'f> = dyn FnMut(Message<'_>) -> ControlFlow<()> + 'f;
+
+/// Largest up-front allocation for a message split across chunks, in bytes;
+/// beyond it the buffer grows only as bytes really arrive.
+const INITIAL_ASSEMBLY_CAPACITY: u64 = 64 * 1024;
+
+impl Decoder {
+    /// Decodes `input`, the next bytes from the peer, unmasking them in
+    /// place. Calls `on_message` for every complete message and control
+    /// frame, in order. Messages over `max_message` bytes are refused.
+    ///
+    /// # Errors
+    /// [`ProtocolError`] with close code 1002 (unmasked frame, RSV bits set,
+    /// reserved opcode, fragmented or oversized control frame, bad fragment
+    /// sequence, bad close payload), 1007 (text or close reason not UTF-8)
+    /// or 1009 (message over `max_message` bytes). The connection must be
+    /// failed; the decoder is not usable afterwards.
+    pub fn feed(
+        &mut self,
+        input: &mut [u8],
+        max_message: usize,
+        on_message: &mut OnMessage<'_>,
+    ) -> Result<Fed, ProtocolError> {
+        let mut boxed = self.partial.take();
+        let mut state = boxed.as_deref_mut().map(std::mem::take).unwrap_or_default();
+        let fed = state.feed(input, max_message as u64, on_message)?;
+        if !state.is_idle() {
+            match boxed.as_deref_mut() {
+                Some(slot) => *slot = state,
+                None => boxed = Some(Box::new(state)),
+            }
+            self.partial = boxed;
+        }
+        Ok(fed)
+    }
+
+    /// Bytes held for a frame or message in progress (0 when idle).
+    pub fn buffered_bytes(&self) -> usize {
+        self.partial.as_ref().map_or(0, |s| {
+            usize::from(s.header_len)
+                + s.control.len()
+                + s.message.as_ref().map_or(0, |m| m.payload.len())
+        })
+    }
+}
+
+fn header_error(e: HeaderError) -> ProtocolError {
+    match e {
+        HeaderError::ReservedOpcode => ProtocolError::new(code::PROTOCOL_ERROR, "reserved opcode"),
+        HeaderError::LengthOverflow => {
+            ProtocolError::new(code::PROTOCOL_ERROR, "payload length over 2^63")
+        }
+    }
+}
+
+impl State {
+    fn is_idle(&self) -> bool {
+        self.header_len == 0 && self.frame.is_none() && self.message.is_none()
+    }
+
+    /// Takes the next header from `input[*pos..]`, joining bytes held from
+    /// the previous chunk. `None` when the input ends first.
+    fn next_header(
+        &mut self,
+        input: &[u8],
+        pos: &mut usize,
+    ) -> Result<Option<FrameHeader>, ProtocolError> {
+        let rest = &input[*pos..];
+        let have = usize::from(self.header_len);
+        if have == 0 {
+            return match frame::parse_header(rest).map_err(header_error)? {
+                Some(h) => {
+                    *pos += h.header_len;
+                    Ok(Some(h))
+                }
+                None => {
+                    self.header[..rest.len()].copy_from_slice(rest);
+                    self.header_len = rest.len() as u8;
+                    *pos = input.len();
+                    Ok(None)
+                }
+            };
+        }
+        let take = (MAX_HEADER_LEN - have).min(rest.len());
+        self.header[have..have + take].copy_from_slice(&rest[..take]);
+        match frame::parse_header(&self.header[..have + take]).map_err(header_error)? {
+            Some(h) => {
+                *pos += h.header_len - have;
+                self.header_len = 0;
+                Ok(Some(h))
+            }
+            None => {
+                self.header_len = (have + take) as u8;
+                *pos = input.len();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Checks a client frame header against RFC 6455 §5.2–§5.5 and the size
+    /// limit, and makes it the current frame.
+    fn begin_frame(&mut self, h: FrameHeader, max_message: u64) -> Result<(), ProtocolError> {
+        let err = |reason| Err(ProtocolError::new(code::PROTOCOL_ERROR, reason));
+        if h.rsv != 0 {
+            return err("RSV bits set without a negotiated extension");
+        }
+        let Some(key) = h.mask else {
+            return err("client frames must be masked");
+        };
+        if h.opcode.is_control() {
+            if !h.fin {
+                return err("fragmented control frame");
+            }
+            if h.payload_len > MAX_CONTROL_PAYLOAD as u64 {
+                return err("control frame payload over 125 bytes");
+            }
+        } else {
+            let so_far = match (&self.message, h.opcode) {
+                (Some(_), OpCode::Text | OpCode::Binary) => {
+                    return err("new data frame before the fragmented message ended")
+                }
+                (None, OpCode::Continuation) => return err("continuation frame with no message"),
+                (Some(m), _) => m.payload.len() as u64,
+                (None, _) => 0,
+            };
+            if so_far + h.payload_len > max_message {
+                return Err(ProtocolError::new(code::MESSAGE_TOO_BIG, "message too big"));
+            }
+            if self.message.is_none() && !h.fin {
+                self.message = Some(Assembly {
+                    text: h.opcode == OpCode::Text,
+                    ..Assembly::default()
+                });
+            }
+        }
+        self.frame = Some(Frame {
+            opcode: h.opcode,
+            fin: h.fin,
+            key,
+            len: h.payload_len,
+            read: 0,
+        });
+        Ok(())
+    }
+
+    fn feed(
+        &mut self,
+        input: &mut [u8],
+        max_message: u64,
+        on_message: &mut OnMessage<'_>,
+    ) -> Result<Fed, ProtocolError> {
+        let mut pos = 0;
+        loop {
+            if self.frame.is_none() {
+                if pos == input.len() {
+                    return Ok(Fed::NeedMore);
+                }
+                match self.next_header(input, &mut pos)? {
+                    Some(h) => self.begin_frame(h, max_message)?,
+                    None => return Ok(Fed::NeedMore),
+                }
+            }
+            let mut f = self.frame.expect("a frame is in progress");
+            let take = (f.len - f.read).min((input.len() - pos) as u64) as usize;
+            if take == 0 && f.read < f.len {
+                return Ok(Fed::NeedMore);
+            }
+            let chunk = &mut input[pos..pos + take];
+            apply_mask(chunk, f.key, (f.read % 4) as usize);
+            pos += take;
+            let whole_in_chunk = f.read == 0 && take as u64 == f.len;
+            f.read += take as u64;
+            let complete = f.read == f.len;
+            self.frame = if complete { None } else { Some(f) };
+
+            let flow = if f.opcode.is_control() {
+                self.control_payload(f.opcode, chunk, whole_in_chunk, complete, on_message)?
+            } else {
+                self.data_payload(f, chunk, whole_in_chunk, complete, on_message)?
+            };
+            if flow.is_break() {
+                return Ok(Fed::Stopped);
+            }
+        }
+    }
+
+    fn control_payload(
+        &mut self,
+        opcode: OpCode,
+        chunk: &[u8],
+        whole_in_chunk: bool,
+        complete: bool,
+        on_message: &mut OnMessage<'_>,
+    ) -> Result<ControlFlow<()>, ProtocolError> {
+        if !whole_in_chunk {
+            self.control.extend_from_slice(chunk);
+            if !complete {
+                return Ok(ControlFlow::Continue(()));
+            }
+        }
+        let payload = if whole_in_chunk { chunk } else { &self.control[..] };
+        let flow = match opcode {
+            OpCode::Ping => on_message(Message::Ping(payload)),
+            OpCode::Pong => on_message(Message::Pong(payload)),
+            OpCode::Close => {
+                let status = close::parse_payload(payload)
+                    .map_err(|c| ProtocolError::new(c, "invalid close frame"))?;
+                let _ = on_message(Message::Close(status));
+                ControlFlow::Break(())
+            }
+            _ => unreachable!("control opcodes only"),
+        };
+        self.control.clear();
+        Ok(flow)
+    }
+
+    fn data_payload(
+        &mut self,
+        f: Frame,
+        chunk: &[u8],
+        whole_in_chunk: bool,
+        complete: bool,
+        on_message: &mut OnMessage<'_>,
+    ) -> Result<ControlFlow<()>, ProtocolError> {
+        let invalid_utf8 = || ProtocolError::new(code::INVALID_PAYLOAD, "text is not valid UTF-8");
+        if whole_in_chunk && f.fin && self.message.is_none() {
+            // Fast path: the whole message is in the caller's buffer.
+            return Ok(match f.opcode {
+                OpCode::Text => {
+                    on_message(Message::Text(std::str::from_utf8(chunk).map_err(|_| invalid_utf8())?))
+                }
+                _ => on_message(Message::Binary(chunk)),
+            });
+        }
+        let message = self.message.get_or_insert_with(|| Assembly {
+            text: f.opcode == OpCode::Text,
+            payload: Vec::with_capacity(f.len.min(INITIAL_ASSEMBLY_CAPACITY) as usize),
+            utf8: Utf8Validator::default(),
+        });
+        if message.text {
+            message.utf8.feed(chunk).map_err(|_| invalid_utf8())?;
+        }
+        message.payload.extend_from_slice(chunk);
+        if !(complete && f.fin) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let message = self.message.take().expect("message in progress");
+        if !message.text {
+            return Ok(on_message(Message::Binary(&message.payload)));
+        }
+        let mut utf8 = message.utf8;
+        utf8.finish().map_err(|_| invalid_utf8())?;
+        let text = std::str::from_utf8(&message.payload).map_err(|_| invalid_utf8())?;
+        Ok(on_message(Message::Text(text)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
+
+    /// A masked client frame.
+    fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![b0];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&KEY);
+        let mut masked = payload.to_vec();
+        apply_mask(&mut masked, KEY, 0);
+        out.extend_from_slice(&masked);
+        out
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<u16>),
+    }
+
+    /// Feeds `bytes` split at `cuts`; returns messages and the final result.
+    fn decode(bytes: &[u8], cuts: &[usize], max: usize) -> (Vec<Got>, Result<Fed, ProtocolError>) {
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        let mut bounds = cuts.to_vec();
+        bounds.push(bytes.len());
+        let mut start = 0;
+        let mut result = Ok(Fed::NeedMore);
+        for end in bounds {
+            let mut piece = bytes[start..end].to_vec();
+            start = end;
+            result = d.feed(&mut piece, max, &mut |m| {
+                got.push(match m {
+                    Message::Text(t) => Got::Text(t.to_owned()),
+                    Message::Binary(b) => Got::Binary(b.to_vec()),
+                    Message::Ping(b) => Got::Ping(b.to_vec()),
+                    Message::Pong(b) => Got::Pong(b.to_vec()),
+                    Message::Close(c) => Got::Close(c),
+                });
+                ControlFlow::Continue(())
+            });
+            if !matches!(result, Ok(Fed::NeedMore)) {
+                break;
+            }
+        }
+        (got, result)
+    }
+
+    #[test]
+    fn single_frames_in_one_chunk() {
+        let mut bytes = client_frame(0x81, b"hello");
+        bytes.extend(client_frame(0x82, &[1, 2, 3]));
+        bytes.extend(client_frame(0x89, b"p"));
+        let (got, r) = decode(&bytes, &[], 1024);
+        assert_eq!(r, Ok(Fed::NeedMore));
+        assert_eq!(
+            got,
+            [Got::Text("hello".into()), Got::Binary(vec![1, 2, 3]), Got::Ping(b"p".to_vec())]
+        );
+    }
+
+    #[test]
+    fn fragmented_message_with_interleaved_ping_at_every_split() {
+        let mut bytes = client_frame(0x01, "frag".as_bytes());
+        bytes.extend(client_frame(0x89, b"ping"));
+        bytes.extend(client_frame(0x00, "mént".as_bytes()));
+        bytes.extend(client_frame(0x8A, b""));
+        bytes.extend(client_frame(0x80, b"!"));
+        for cut in 0..=bytes.len() {
+            let (got, r) = decode(&bytes, &[cut], 1024);
+            assert_eq!(r, Ok(Fed::NeedMore), "cut {cut}");
+            assert_eq!(
+                got,
+                [
+                    Got::Ping(b"ping".to_vec()),
+                    Got::Pong(vec![]),
+                    Got::Text("fragmént!".into())
+                ],
+                "cut {cut}"
+            );
+        }
+        let every: Vec<usize> = (1..bytes.len()).collect();
+        assert_eq!(decode(&bytes, &every, 1024).0.len(), 3);
+    }
+
+    #[test]
+    fn idle_decoder_holds_nothing() {
+        let mut d = Decoder::default();
+        let mut bytes = client_frame(0x82, &[9; 300]);
+        let (head, tail) = bytes.split_at_mut(100);
+        d.feed(head, 1024, &mut |_| ControlFlow::Continue(())).unwrap();
+        assert!(d.buffered_bytes() > 0);
+        d.feed(tail, 1024, &mut |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(d.buffered_bytes(), 0);
+        assert!(d.partial.is_none());
+        assert_eq!(std::mem::size_of::<Decoder>(), 8);
+    }
+
+    #[test]
+    fn close_stops_decoding() {
+        let mut bytes = client_frame(0x88, &[0x03, 0xe8]);
+        bytes.extend(client_frame(0x81, b"after"));
+        let (got, r) = decode(&bytes, &[], 1024);
+        assert_eq!(r, Ok(Fed::Stopped));
+        assert_eq!(got, [Got::Close(Some(1000))]);
+    }
+
+    fn error_code(bytes: &[u8], max: usize) -> u16 {
+        decode(bytes, &[], max).1.unwrap_err().code
+    }
+
+    #[test]
+    fn protocol_violations() {
+        let unmasked = [0x81, 0x01, b'a'];
+        assert_eq!(error_code(&unmasked, 1024), 1002);
+        assert_eq!(error_code(&client_frame(0xC1, b"a"), 1024), 1002); // RSV1
+        assert_eq!(error_code(&client_frame(0x83, b"a"), 1024), 1002); // opcode 3
+        assert_eq!(error_code(&client_frame(0x09, b"a"), 1024), 1002); // fragmented ping
+        assert_eq!(error_code(&client_frame(0x89, &[0; 126]), 1024), 1002);
+        assert_eq!(error_code(&client_frame(0x80, b"a"), 1024), 1002); // stray continuation
+        let mut two_starts = client_frame(0x01, b"a");
+        two_starts.extend(client_frame(0x81, b"b"));
+        assert_eq!(error_code(&two_starts, 1024), 1002);
+        assert_eq!(error_code(&client_frame(0x88, &[0x03]), 1024), 1002);
+        assert_eq!(error_code(&client_frame(0x88, &[0x03, 0xed]), 1024), 1002);
+        assert_eq!(error_code(&client_frame(0x88, &[0x03, 0xe8, 0xff]), 1024), 1007);
+        assert_eq!(error_code(&client_frame(0x81, b"\xff"), 1024), 1007);
+        assert_eq!(error_code(&client_frame(0x82, &[0; 1025]), 1024), 1009);
+        let mut grows = client_frame(0x02, &[0; 1000]);
+        grows.extend(client_frame(0x80, &[0; 100]));
+        assert_eq!(error_code(&grows, 1024), 1009);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_frame_ends() {
+        let bytes = client_frame(0x81, b"ok\xf4\x90\x80\x80 and much more text follows");
+        // Only the first 12 bytes (header + 6 payload bytes) arrive.
+        let mut d = Decoder::default();
+        let mut head = bytes[..12].to_vec();
+        let r = d.feed(&mut head, 1024, &mut |_| ControlFlow::Continue(()));
+        assert_eq!(r.unwrap_err().code, 1007);
+    }
+
+    #[test]
+    fn large_message_split_in_many_chunks() {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let bytes = client_frame(0x82, &payload);
+        let cuts: Vec<usize> = (1..bytes.len()).step_by(4096).skip(1).collect();
+        let (got, r) = decode(&bytes, &cuts, 1 << 20);
+        assert_eq!(r, Ok(Fed::NeedMore));
+        assert_eq!(got, [Got::Binary(payload)]);
+    }
+}

@@ -1,0 +1,352 @@
+//! The opening handshake (RFC 6455 §4.2): parse the client's HTTP/1.1
+//! upgrade request, compute `Sec-WebSocket-Accept`, and write the 101 or
+//! error response.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+/// Largest request head (request line and headers) accepted, in bytes.
+/// A larger one is answered with 431.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Most request headers accepted; more are answered with 431.
+const MAX_HEADERS: usize = 64;
+
+/// Most `Sec-WebSocket-Protocol` header lines considered.
+const MAX_PROTOCOL_HEADERS: usize = 4;
+
+/// RFC 6455 §1.3: appended to the key before hashing.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Why an opening handshake was refused; each maps to one HTTP status and
+/// one stats label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reject {
+    /// Not a parseable HTTP/1.1 request (400).
+    Malformed,
+    /// A method other than GET (400).
+    NotGet,
+    /// No `Host` header (400).
+    MissingHost,
+    /// No `Upgrade: websocket`, or `Connection` without `Upgrade` (400).
+    NotUpgrade,
+    /// `Sec-WebSocket-Key` missing, repeated, or not 16 bytes of base64 (400).
+    BadKey,
+    /// `Sec-WebSocket-Version` other than 13 (426).
+    UnsupportedVersion,
+    /// Request head over [`MAX_REQUEST_HEAD`] bytes or too many headers (431).
+    HeadersTooLarge,
+    /// A path that is not a WebSocket endpoint (404).
+    NotFound,
+    /// A `topic` query parameter that is not a valid topic name (400).
+    BadTopic,
+    /// The handshake did not complete in time (408).
+    Timeout,
+}
+
+impl Reject {
+    /// Every reason, in `repr` order (for per-reason counters).
+    pub const ALL: [Reject; 10] = [
+        Reject::Malformed,
+        Reject::NotGet,
+        Reject::MissingHost,
+        Reject::NotUpgrade,
+        Reject::BadKey,
+        Reject::UnsupportedVersion,
+        Reject::HeadersTooLarge,
+        Reject::NotFound,
+        Reject::BadTopic,
+        Reject::Timeout,
+    ];
+
+    /// The HTTP status code sent.
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::UnsupportedVersion => 426,
+            Reject::HeadersTooLarge => 431,
+            Reject::NotFound => 404,
+            Reject::Timeout => 408,
+            _ => 400,
+        }
+    }
+
+    /// Stable snake_case name, used in stats and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::Malformed => "malformed",
+            Reject::NotGet => "not_get",
+            Reject::MissingHost => "missing_host",
+            Reject::NotUpgrade => "not_upgrade",
+            Reject::BadKey => "bad_key",
+            Reject::UnsupportedVersion => "unsupported_version",
+            Reject::HeadersTooLarge => "headers_too_large",
+            Reject::NotFound => "not_found",
+            Reject::BadTopic => "bad_topic",
+            Reject::Timeout => "timeout",
+        }
+    }
+
+    fn explanation(self) -> &'static str {
+        match self {
+            Reject::Malformed => "not a valid HTTP/1.1 request",
+            Reject::NotGet => "a WebSocket handshake must use GET",
+            Reject::MissingHost => "missing Host header",
+            Reject::NotUpgrade => "expected Upgrade: websocket and Connection: Upgrade",
+            Reject::BadKey => "Sec-WebSocket-Key must be 16 bytes in base64",
+            Reject::UnsupportedVersion => "only Sec-WebSocket-Version 13 is supported",
+            Reject::HeadersTooLarge => "request headers too large",
+            Reject::NotFound => "no WebSocket endpoint at this path",
+            Reject::BadTopic => "a topic is 1-128 bytes of A-Z a-z 0-9 _ . : -",
+            Reject::Timeout => "handshake not completed in time",
+        }
+    }
+
+    /// The complete HTTP response, ending with `Connection: close`.
+    pub fn response(self) -> Vec<u8> {
+        let status = self.status();
+        let phrase = match status {
+            404 => "Not Found",
+            408 => "Request Timeout",
+            426 => "Upgrade Required",
+            431 => "Request Header Fields Too Large",
+            _ => "Bad Request",
+        };
+        let extra = if self == Reject::UnsupportedVersion {
+            "Sec-WebSocket-Version: 13\r\n"
+        } else {
+            ""
+        };
+        let body = self.explanation();
+        format!(
+            "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}\n",
+            body.len() + 1
+        )
+        .into_bytes()
+    }
+}
+
+/// A complete upgrade request. The WebSocket headers are checked by
+/// [`Request::upgrade`], so that a caller can route on the path first.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// Request path, without the query (e.g. `/ws`).
+    pub path: &'a str,
+    /// Query string after `?`, if any, undecoded.
+    pub query: Option<&'a str>,
+    upgrade: Result<&'a str, Reject>,
+    protocols: [&'a str; MAX_PROTOCOL_HEADERS],
+}
+
+/// A verified upgrade: what the 101 response needs.
+#[derive(Debug)]
+pub struct Upgrade<'a> {
+    /// The client's `Sec-WebSocket-Key`.
+    pub key: &'a str,
+    /// The subprotocol chosen, if any.
+    pub protocol: Option<&'a str>,
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Parses the request head at the start of `buf`.
+///
+/// Returns `Ok(None)` while the head is incomplete, else the request and the
+/// number of bytes it took (bytes after it are the first frames).
+///
+/// # Errors
+/// [`Reject::HeadersTooLarge`] once the head passes [`MAX_REQUEST_HEAD`]
+/// bytes or 64 headers; [`Reject::Malformed`] for bad HTTP or a version
+/// other than 1.1; [`Reject::NotGet`] for another method.
+pub fn parse(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_REQUEST_HEAD => n,
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(Reject::HeadersTooLarge)
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => {
+            return Err(Reject::HeadersTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Reject::Malformed),
+    };
+    if req.version != Some(1) {
+        return Err(Reject::Malformed);
+    }
+    if req.method != Some("GET") {
+        return Err(Reject::NotGet);
+    }
+    let target = req.path.ok_or(Reject::Malformed)?;
+    if !target.starts_with('/') {
+        return Err(Reject::Malformed);
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+
+    let (mut host, mut upgrade, mut connection, mut version) = (false, false, false, None);
+    let mut key: Option<&[u8]> = None;
+    let mut key_count = 0;
+    let mut protocols = [""; MAX_PROTOCOL_HEADERS];
+    let mut protocol_count = 0;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            host = !h.value.trim_ascii().is_empty();
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= has_token(h.value, "websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection |= has_token(h.value, "upgrade");
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            version = Some(h.value.trim_ascii());
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            key = Some(h.value.trim_ascii());
+            key_count += 1;
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol")
+            && protocol_count < MAX_PROTOCOL_HEADERS
+        {
+            if let Ok(value) = std::str::from_utf8(h.value) {
+                protocols[protocol_count] = value;
+                protocol_count += 1;
+            }
+        }
+    }
+    let upgrade = if !host {
+        Err(Reject::MissingHost)
+    } else if !upgrade || !connection {
+        Err(Reject::NotUpgrade)
+    } else if version != Some(b"13") {
+        Err(Reject::UnsupportedVersion)
+    } else {
+        match key {
+            Some(k) if key_count == 1 && is_valid_key(k) => {
+                Ok(std::str::from_utf8(k).expect("base64 is ASCII"))
+            }
+            _ => Err(Reject::BadKey),
+        }
+    };
+    Ok(Some((Request { path, query, upgrade, protocols }, head_len)))
+}
+
+fn is_valid_key(key: &[u8]) -> bool {
+    let mut decoded = [0u8; 18];
+    matches!(BASE64.decode_slice(key, &mut decoded), Ok(16))
+}
+
+impl<'a> Request<'a> {
+    /// Checks the WebSocket headers (RFC 6455 §4.2.1) and picks the first
+    /// subprotocol the client offers that is in `supported`.
+    ///
+    /// # Errors
+    /// [`Reject::MissingHost`], [`Reject::NotUpgrade`],
+    /// [`Reject::UnsupportedVersion`] or [`Reject::BadKey`].
+    pub fn upgrade(&self, supported: &[String]) -> Result<Upgrade<'a>, Reject> {
+        let key = self.upgrade?;
+        let protocol = self
+            .protocols
+            .iter()
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .find(|offered| supported.iter().any(|s| s == offered));
+        Ok(Upgrade { key, protocol })
+    }
+}
+
+/// `Sec-WebSocket-Accept` for a client key (RFC 6455 §4.2.2): base64 of the
+/// SHA-1 of the key and the GUID; always 28 bytes.
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(ACCEPT_GUID);
+    BASE64.encode(sha.finalize())
+}
+
+/// The 101 Switching Protocols response for a verified upgrade.
+pub fn accept_response(upgrade: &Upgrade<'_>) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n",
+        accept_key(upgrade.key)
+    );
+    if let Some(protocol) = upgrade.protocol {
+        out.push_str("Sec-WebSocket-Protocol: ");
+        out.push_str(protocol);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "GET /ws?topic=a HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\n\r\n";
+
+    #[test]
+    fn rfc_accept_key() {
+        // RFC 6455 §1.3.
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn parses_a_good_request_and_picks_a_protocol() {
+        let mut bytes = GOOD.as_bytes().to_vec();
+        bytes.extend_from_slice(&[0x81, 0x80]); // a frame right behind the head
+        let (req, used) = parse(&bytes).unwrap().unwrap();
+        assert_eq!(used, GOOD.len());
+        assert_eq!((req.path, req.query), ("/ws", Some("topic=a")));
+        let up = req.upgrade(&["superchat".into()]).unwrap();
+        assert_eq!(up.protocol, Some("superchat"));
+        assert!(req.upgrade(&[]).unwrap().protocol.is_none());
+        let response = String::from_utf8(accept_response(&up)).unwrap();
+        assert!(response.starts_with("HTTP/1.1 101 "));
+        assert!(response.contains("Sec-WebSocket-Protocol: superchat\r\n"));
+    }
+
+    #[test]
+    fn incomplete_head_needs_more() {
+        assert!(parse(&GOOD.as_bytes()[..GOOD.len() - 1]).unwrap().is_none());
+    }
+
+    fn verdict(request: &str) -> Reject {
+        match parse(request.as_bytes()) {
+            Err(r) => r,
+            Ok(Some((req, _))) => req.upgrade(&[]).unwrap_err(),
+            Ok(None) => panic!("incomplete"),
+        }
+    }
+
+    #[test]
+    fn each_bad_header_gets_its_reason() {
+        assert_eq!(verdict(&GOOD.replace("GET", "POST")), Reject::NotGet);
+        assert_eq!(verdict(&GOOD.replace("HTTP/1.1", "HTTP/1.0")), Reject::Malformed);
+        assert_eq!(verdict(&GOOD.replace("Host: x\r\n", "")), Reject::MissingHost);
+        assert_eq!(verdict(&GOOD.replace("WebSocket", "h2c")), Reject::NotUpgrade);
+        assert_eq!(verdict(&GOOD.replace("keep-alive, Upgrade", "close")), Reject::NotUpgrade);
+        assert_eq!(verdict(&GOOD.replace("Version: 13", "Version: 8")), Reject::UnsupportedVersion);
+        assert_eq!(verdict(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")), Reject::BadKey);
+        assert_eq!(verdict(&GOOD.replace("Sec-WebSocket-Key", "X-Key")), Reject::BadKey);
+        assert_eq!(verdict("GARBAGE\r\n\r\n"), Reject::Malformed);
+    }
+
+    #[test]
+    fn oversized_head_is_refused_even_before_it_ends() {
+        let big = format!("GET /ws HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
+        assert_eq!(parse(big.as_bytes()).unwrap_err(), Reject::HeadersTooLarge);
+        let response = String::from_utf8(Reject::UnsupportedVersion.response()).unwrap();
+        assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(response.contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+}

@@ -1,0 +1,18 @@
+//! RFC 6455 wire protocol: pure functions and state machines over byte
+//! slices, with no I/O. Everything here can be unit-tested, fuzzed and
+//! benched alone.
+//!
+//! - [`handshake`]: the HTTP/1.1 opening handshake (RFC 6455 §4).
+//! - [`frame`]: frame header parse and encode (RFC 6455 §5.2).
+//! - [`mask`]: client-to-server payload unmasking (RFC 6455 §5.3).
+//! - [`utf8`]: incremental, fail-fast UTF-8 validation (RFC 6455 §8.1).
+//! - [`close`]: close codes and close frame payloads (RFC 6455 §5.5.1, §7.4).
+//! - [`decoder`]: a connection's read side: frames to messages, with
+//!   fragment reassembly and interleaved control frames (RFC 6455 §5.4).
+
+pub mod close;
+pub mod decoder;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod utf8;
