@@ -1,2 +1,36 @@
-//! ringcast engine.
+//! ringcast engine: a thread-per-core WebSocket push server on io_uring.
+//!
+//! Read top-down, the way a byte travels:
+//!
+//! - [`ring`]: the kernel interface (ring setup, provided buffer ring,
+//!   CQE tokens, SO_REUSEPORT listener);
+//! - [`worker`]: one thread's ring loop, turning CQEs into calls on
+//! - [`connections`]: the connection table, handshake and message handling,
+//!   fan-out, timers, and the lists of sends and teardowns for the ring;
+//! - [`conn`] and [`outbound`]: one connection's record and send queue;
+//! - [`protocol`]: RFC 6455 as pure state machines over byte slices;
+//! - [`topics`], [`control`]: subscriptions and the JSON control messages;
+//! - [`timers`]: the timer wheel;
+//! - [`runtime`] and [`command`]: starting workers, and publishing to them
+//!   from other threads.
+//!
+//! See `engine/README.md` for the design note.
+
+pub mod command;
+pub mod config;
+pub mod conn;
+pub mod connections;
+pub mod control;
+pub mod outbound;
 pub mod protocol;
+pub mod ring;
+pub mod runtime;
+pub mod stats;
+pub mod timers;
+pub mod topics;
+pub mod worker;
+
+pub use config::Config;
+pub use protocol::frame::OpCode;
+pub use runtime::{Handle, Runtime};
+pub use stats::Snapshot;

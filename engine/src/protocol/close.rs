@@ -73,10 +73,14 @@ mod tests {
 
     #[test]
     fn close_code_ranges() {
-        for ok in [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 3999, 4000, 4999] {
+        for ok in [
+            1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 3999, 4000, 4999,
+        ] {
             assert!(is_valid_wire_code(ok), "{ok}");
         }
-        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for bad in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!is_valid_wire_code(bad), "{bad}");
         }
     }
@@ -87,7 +91,10 @@ mod tests {
         assert_eq!(parse_payload(&[3]), Err(code::PROTOCOL_ERROR));
         assert_eq!(parse_payload(&[0x03, 0xe8, b'o', b'k']), Ok(Some(1000)));
         assert_eq!(parse_payload(&[0x03, 0xed]), Err(code::PROTOCOL_ERROR)); // 1005
-        assert_eq!(parse_payload(&[0x03, 0xe8, 0xff]), Err(code::INVALID_PAYLOAD));
+        assert_eq!(
+            parse_payload(&[0x03, 0xe8, 0xff]),
+            Err(code::INVALID_PAYLOAD)
+        );
     }
 
     #[test]

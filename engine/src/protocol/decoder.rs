@@ -293,7 +293,11 @@ impl State {
                 return Ok(ControlFlow::Continue(()));
             }
         }
-        let payload = if whole_in_chunk { chunk } else { &self.control[..] };
+        let payload = if whole_in_chunk {
+            chunk
+        } else {
+            &self.control[..]
+        };
         let flow = match opcode {
             OpCode::Ping => on_message(Message::Ping(payload)),
             OpCode::Pong => on_message(Message::Pong(payload)),
@@ -321,9 +325,9 @@ impl State {
         if whole_in_chunk && f.fin && self.message.is_none() {
             // Fast path: the whole message is in the caller's buffer.
             return Ok(match f.opcode {
-                OpCode::Text => {
-                    on_message(Message::Text(std::str::from_utf8(chunk).map_err(|_| invalid_utf8())?))
-                }
+                OpCode::Text => on_message(Message::Text(
+                    std::str::from_utf8(chunk).map_err(|_| invalid_utf8())?,
+                )),
                 _ => on_message(Message::Binary(chunk)),
             });
         }
@@ -423,7 +427,11 @@ mod tests {
         assert_eq!(r, Ok(Fed::NeedMore));
         assert_eq!(
             got,
-            [Got::Text("hello".into()), Got::Binary(vec![1, 2, 3]), Got::Ping(b"p".to_vec())]
+            [
+                Got::Text("hello".into()),
+                Got::Binary(vec![1, 2, 3]),
+                Got::Ping(b"p".to_vec())
+            ]
         );
     }
 
@@ -456,9 +464,11 @@ mod tests {
         let mut d = Decoder::default();
         let mut bytes = client_frame(0x82, &[9; 300]);
         let (head, tail) = bytes.split_at_mut(100);
-        d.feed(head, 1024, &mut |_| ControlFlow::Continue(())).unwrap();
+        d.feed(head, 1024, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
         assert!(d.buffered_bytes() > 0);
-        d.feed(tail, 1024, &mut |_| ControlFlow::Continue(())).unwrap();
+        d.feed(tail, 1024, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
         assert_eq!(d.buffered_bytes(), 0);
         assert!(d.partial.is_none());
         assert_eq!(std::mem::size_of::<Decoder>(), 8);
@@ -491,7 +501,10 @@ mod tests {
         assert_eq!(error_code(&two_starts, 1024), 1002);
         assert_eq!(error_code(&client_frame(0x88, &[0x03]), 1024), 1002);
         assert_eq!(error_code(&client_frame(0x88, &[0x03, 0xed]), 1024), 1002);
-        assert_eq!(error_code(&client_frame(0x88, &[0x03, 0xe8, 0xff]), 1024), 1007);
+        assert_eq!(
+            error_code(&client_frame(0x88, &[0x03, 0xe8, 0xff]), 1024),
+            1007
+        );
         assert_eq!(error_code(&client_frame(0x81, b"\xff"), 1024), 1007);
         assert_eq!(error_code(&client_frame(0x82, &[0; 1025]), 1024), 1009);
         let mut grows = client_frame(0x02, &[0; 1000]);

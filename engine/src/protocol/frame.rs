@@ -158,7 +158,9 @@ mod tests {
     #[test]
     fn parses_rfc_examples() {
         // RFC 6455 §5.7: a masked "Hello".
-        let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let frame = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let h = parse_header(&frame).unwrap().unwrap();
         assert!(h.fin);
         assert_eq!(h.opcode, OpCode::Text);
@@ -168,7 +170,9 @@ mod tests {
         // 256 bytes binary in a single unmasked frame.
         let h = parse_header(&[0x82, 0x7e, 0x01, 0x00]).unwrap().unwrap();
         assert_eq!((h.payload_len, h.header_len), (256, 4));
-        let h = parse_header(&[0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap().unwrap();
+        let h = parse_header(&[0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0])
+            .unwrap()
+            .unwrap();
         assert_eq!((h.payload_len, h.header_len), (65536, 10));
     }
 
@@ -184,7 +188,10 @@ mod tests {
     #[test]
     fn rejects_reserved_opcodes_and_huge_lengths() {
         for op in [3u8, 4, 5, 6, 7, 0xb, 0xc, 0xd, 0xe, 0xf] {
-            assert_eq!(parse_header(&[0x80 | op, 0x80]), Err(HeaderError::ReservedOpcode));
+            assert_eq!(
+                parse_header(&[0x80 | op, 0x80]),
+                Err(HeaderError::ReservedOpcode)
+            );
         }
         let huge = [0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(parse_header(&huge), Err(HeaderError::LengthOverflow));

@@ -234,7 +234,15 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, Reject> {
             _ => Err(Reject::BadKey),
         }
     };
-    Ok(Some((Request { path, query, upgrade, protocols }, head_len)))
+    Ok(Some((
+        Request {
+            path,
+            query,
+            upgrade,
+            protocols,
+        },
+        head_len,
+    )))
 }
 
 fn is_valid_key(key: &[u8]) -> bool {
@@ -297,7 +305,10 @@ mod tests {
     #[test]
     fn rfc_accept_key() {
         // RFC 6455 §1.3.
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -331,19 +342,43 @@ mod tests {
     #[test]
     fn each_bad_header_gets_its_reason() {
         assert_eq!(verdict(&GOOD.replace("GET", "POST")), Reject::NotGet);
-        assert_eq!(verdict(&GOOD.replace("HTTP/1.1", "HTTP/1.0")), Reject::Malformed);
-        assert_eq!(verdict(&GOOD.replace("Host: x\r\n", "")), Reject::MissingHost);
-        assert_eq!(verdict(&GOOD.replace("WebSocket", "h2c")), Reject::NotUpgrade);
-        assert_eq!(verdict(&GOOD.replace("keep-alive, Upgrade", "close")), Reject::NotUpgrade);
-        assert_eq!(verdict(&GOOD.replace("Version: 13", "Version: 8")), Reject::UnsupportedVersion);
-        assert_eq!(verdict(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")), Reject::BadKey);
-        assert_eq!(verdict(&GOOD.replace("Sec-WebSocket-Key", "X-Key")), Reject::BadKey);
+        assert_eq!(
+            verdict(&GOOD.replace("HTTP/1.1", "HTTP/1.0")),
+            Reject::Malformed
+        );
+        assert_eq!(
+            verdict(&GOOD.replace("Host: x\r\n", "")),
+            Reject::MissingHost
+        );
+        assert_eq!(
+            verdict(&GOOD.replace("WebSocket", "h2c")),
+            Reject::NotUpgrade
+        );
+        assert_eq!(
+            verdict(&GOOD.replace("keep-alive, Upgrade", "close")),
+            Reject::NotUpgrade
+        );
+        assert_eq!(
+            verdict(&GOOD.replace("Version: 13", "Version: 8")),
+            Reject::UnsupportedVersion
+        );
+        assert_eq!(
+            verdict(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")),
+            Reject::BadKey
+        );
+        assert_eq!(
+            verdict(&GOOD.replace("Sec-WebSocket-Key", "X-Key")),
+            Reject::BadKey
+        );
         assert_eq!(verdict("GARBAGE\r\n\r\n"), Reject::Malformed);
     }
 
     #[test]
     fn oversized_head_is_refused_even_before_it_ends() {
-        let big = format!("GET /ws HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
+        let big = format!(
+            "GET /ws HTTP/1.1\r\nX-Big: {}\r\n",
+            "a".repeat(MAX_REQUEST_HEAD)
+        );
         assert_eq!(parse(big.as_bytes()).unwrap_err(), Reject::HeadersTooLarge);
         let response = String::from_utf8(Reject::UnsupportedVersion.response()).unwrap();
         assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));

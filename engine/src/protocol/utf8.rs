@@ -121,7 +121,11 @@ mod tests {
         ];
         for bytes in cases {
             for cut in 0..=bytes.len() {
-                assert_eq!(feed_split(bytes, &[cut]), Err(InvalidUtf8), "{bytes:?} cut {cut}");
+                assert_eq!(
+                    feed_split(bytes, &[cut]),
+                    Err(InvalidUtf8),
+                    "{bytes:?} cut {cut}"
+                );
             }
         }
     }

@@ -1,0 +1,65 @@
+//! Engine configuration. The server's CLI fills this in; every field has a
+//! default in [`Config::default`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything a [`crate::Runtime`] needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address every worker's SO_REUSEPORT listener binds (default
+    /// 0.0.0.0:8080). Port 0 picks a free port, shared by all workers.
+    pub listen: SocketAddr,
+    /// Worker threads, one io_uring each (default: available cores).
+    pub workers: usize,
+    /// Path of the publish/subscribe endpoint (default `/ws`).
+    pub path: String,
+    /// Also serve `/echo`, which echoes every message (conformance runs and
+    /// benchmarks).
+    pub echo: bool,
+    /// Subprotocols the server accepts, in no order; the client's first
+    /// offered match is chosen (RFC 6455 §4.2.2).
+    pub subprotocols: Vec<String>,
+    /// Close a connection that sent nothing (not even a pong) for this long
+    /// (default 120 s).
+    pub idle_timeout: Duration,
+    /// Send a ping to each connection this often (default 30 s).
+    pub ping_interval: Duration,
+    /// Close a connection whose opening handshake is not complete after this
+    /// long, with 408 (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Largest message accepted from a client, and largest publish, in bytes
+    /// (default 1 MiB). Larger client messages are closed with 1009.
+    pub max_message_size: usize,
+    /// Most bytes queued for one connection, in bytes (default 4 MiB). A
+    /// connection over it is a slow consumer and is closed with 1008.
+    pub max_outbound_bytes: usize,
+    /// Connections the process is sized for, in total (default 1,000,000).
+    /// Each worker's fixed-file table holds min(RLIMIT_NOFILE, this /
+    /// workers) connections.
+    pub max_connections: usize,
+    /// Receive buffers per worker (power of two, default 1024).
+    pub read_buffers: u16,
+    /// Size of each receive buffer in bytes (default 4096).
+    pub read_buffer_size: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            path: "/ws".to_owned(),
+            echo: false,
+            subprotocols: Vec::new(),
+            idle_timeout: Duration::from_secs(120),
+            ping_interval: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_message_size: 1 << 20,
+            max_outbound_bytes: 4 << 20,
+            max_connections: 1_000_000,
+            read_buffers: 1024,
+            read_buffer_size: 4096,
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! One connection's record in a worker's table, keyed by its fixed-file
+//! slot.
+
+use crate::outbound::Outbound;
+use crate::protocol::decoder::Decoder;
+use crate::timers::Tick;
+use crate::topics::TopicId;
+
+/// Where a connection is in its life. Transitions only move down the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP upgrade request.
+    Handshake,
+    /// WebSocket frames flow both ways.
+    Open,
+    /// A final response or close frame is queued; once it is written the
+    /// write side is shut down (`shutdown(SHUT_WR)`).
+    Closing,
+    /// Our side is shut down; waiting for the peer's EOF or the close
+    /// timeout. Input is discarded.
+    ShutDown,
+    /// Operations are being cancelled; the slot is closed once none is in
+    /// flight.
+    Releasing,
+}
+
+/// What the endpoint does with client messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Topics endpoint: text messages are JSON control messages.
+    PubSub,
+    /// `/echo`: every message comes back.
+    Echo,
+}
+
+/// A connection. About 90 bytes while idle; buffers are allocated only
+/// while a handshake, frame or send is in progress.
+pub struct Conn {
+    /// Generation of this slot's tenant (24 bits, see `ring::token`).
+    pub gen: u32,
+    /// Life-cycle phase.
+    pub phase: Phase,
+    /// Endpoint, set by the handshake.
+    pub endpoint: Endpoint,
+    /// A multishot receive is armed.
+    pub recv_armed: bool,
+    /// A send is in flight.
+    pub send_in_flight: bool,
+    /// A shutdown is in flight.
+    pub shutdown_in_flight: bool,
+    /// A cancellation has been submitted (Releasing).
+    pub cancel_sent: bool,
+    /// Queued in the worker's flush list this iteration.
+    pub flush_queued: bool,
+    /// Tick of the last byte received.
+    pub last_active: Tick,
+    /// Tick of the last ping sent (or the handshake).
+    pub last_ping: Tick,
+    /// Tick the current phase began.
+    pub phase_since: Tick,
+    /// Tick of this connection's live timer entry.
+    pub timer_at: Tick,
+    /// Worker-local sequence number of the last publish queued here, so a
+    /// publish to several topics is delivered once.
+    pub last_delivery: u32,
+    /// Request head bytes received so far, while it spans receives.
+    pub head: Option<Box<Vec<u8>>>,
+    /// Frame decoder (read side).
+    pub decoder: Decoder,
+    /// Send queue (write side).
+    pub out: Outbound,
+    /// Topics subscribed.
+    pub topics: Vec<TopicId>,
+}
+
+impl Conn {
+    /// A freshly accepted connection.
+    pub fn new(gen: u32, now: Tick) -> Self {
+        Self {
+            gen,
+            phase: Phase::Handshake,
+            endpoint: Endpoint::PubSub,
+            recv_armed: false,
+            send_in_flight: false,
+            shutdown_in_flight: false,
+            cancel_sent: false,
+            flush_queued: false,
+            last_active: now,
+            last_ping: now,
+            phase_since: now,
+            timer_at: 0,
+            last_delivery: 0,
+            head: None,
+            decoder: Decoder::default(),
+            out: Outbound::default(),
+            topics: Vec::new(),
+        }
+    }
+
+    /// Moves to `phase` at tick `now`.
+    pub fn enter(&mut self, phase: Phase, now: Tick) {
+        debug_assert!(
+            phase as u8 >= self.phase as u8,
+            "{:?} -> {phase:?}",
+            self.phase
+        );
+        self.phase = phase;
+        self.phase_since = now;
+    }
+
+    /// Whether an operation on the socket is still in flight.
+    pub fn busy(&self) -> bool {
+        self.recv_armed || self.send_in_flight || self.shutdown_in_flight
+    }
+}

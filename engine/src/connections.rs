@@ -1,0 +1,589 @@
+//! A worker's connection table and everything that reacts to a
+//! connection's bytes: the opening handshake, decoded messages, control
+//! messages, fan-out, timers and the close handshake.
+//!
+//! This layer never touches the ring. It records what the ring must do in
+//! two lists, [`Io::flush`] (connections with bytes to send or a shutdown
+//! due) and [`Io::release`] (connections to tear down), which the worker
+//! turns into SQEs once per loop iteration.
+
+use crate::config::Config;
+use crate::conn::{Conn, Endpoint, Phase};
+use crate::control;
+use crate::protocol::close::{self, code};
+use crate::protocol::decoder::{Message, ProtocolError};
+use crate::protocol::frame::{self, OpCode};
+use crate::protocol::handshake::{self, Reject, Request};
+use crate::stats::WorkerStats;
+use crate::timers::{Entry, Tick, Wheel};
+use crate::topics::{self, Topics};
+use bytes::Bytes;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a closing connection may take to finish the close handshake
+/// before its socket is closed regardless.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Limits and endpoint settings, in the units the hot path uses.
+struct Limits {
+    path: String,
+    echo: bool,
+    subprotocols: Vec<String>,
+    max_message: usize,
+    max_outbound: usize,
+    idle: Tick,
+    ping: Tick,
+    handshake: Tick,
+    close: Tick,
+}
+
+/// State shared by every connection of the worker, apart from the table
+/// and the topics (so both can be borrowed beside it).
+pub struct Io {
+    /// Slots with frames to send, or a shutdown due, this iteration.
+    pub flush: Vec<u32>,
+    /// Slots to tear down this iteration.
+    pub release: Vec<u32>,
+    wheel: Wheel,
+    stats: Arc<[WorkerStats]>,
+    worker: usize,
+    limits: Limits,
+    ping: Bytes,
+}
+
+/// What a decoded message asks for, applied once decoding is done.
+enum Action {
+    Send(Bytes),
+    Control(control::Request),
+    CloseEcho(Option<u16>),
+    Fail(ProtocolError),
+}
+
+/// The connection table of one worker, indexed by fixed-file slot.
+pub struct Connections {
+    table: Vec<Option<Conn>>,
+    len: usize,
+    topics: Topics,
+    /// Ring-facing lists, timers and counters.
+    pub io: Io,
+    next_gen: u32,
+    delivery: u32,
+    actions: Vec<Action>,
+    due: Vec<(Entry, Tick)>,
+}
+
+impl Io {
+    /// This worker's counters.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats[self.worker]
+    }
+
+    fn mark_flush(&mut self, conn: &mut Conn, slot: u32) {
+        if !conn.flush_queued {
+            conn.flush_queued = true;
+            self.flush.push(slot);
+        }
+    }
+
+    fn schedule(&mut self, conn: &mut Conn, slot: u32, at: Tick) {
+        conn.timer_at = self.wheel.schedule(
+            Entry {
+                slot,
+                gen: conn.gen,
+            },
+            at,
+        );
+    }
+
+    /// Queues `frame` on an open connection. A queue over its limit makes
+    /// the connection a slow consumer: it is closed with 1008. Returns
+    /// whether the frame was queued.
+    fn queue(&mut self, conn: &mut Conn, slot: u32, frame: Bytes) -> bool {
+        if conn.phase != Phase::Open {
+            return false;
+        }
+        if conn.out.push(frame, self.limits.max_outbound).is_err() {
+            WorkerStats::add(&self.stats().slow_consumer_closes, 1);
+            conn.out.drop_unsent();
+            tracing::debug!(slot, "slow consumer: outbound queue over its limit");
+            self.close(conn, slot, Some(code::POLICY_VIOLATION), "slow consumer");
+            return false;
+        }
+        self.mark_flush(conn, slot);
+        true
+    }
+
+    /// Starts the close handshake: queues a close frame (after anything
+    /// already queued) and shuts the write side once it is written.
+    fn close(&mut self, conn: &mut Conn, slot: u32, status: Option<u16>, reason: &str) {
+        if conn.phase != Phase::Open {
+            return;
+        }
+        conn.out.push_unbounded(close::encode(status, reason));
+        self.closing(conn, slot);
+    }
+
+    /// Refuses a handshake with an HTTP error response.
+    fn reject(&mut self, conn: &mut Conn, slot: u32, reason: Reject) {
+        self.stats().reject(reason);
+        tracing::debug!(slot, reason = reason.label(), "handshake rejected");
+        conn.head = None;
+        conn.out.push_unbounded(Bytes::from(reason.response()));
+        self.closing(conn, slot);
+    }
+
+    fn closing(&mut self, conn: &mut Conn, slot: u32) {
+        let now = self.wheel.now();
+        conn.enter(Phase::Closing, now);
+        self.mark_flush(conn, slot);
+        self.schedule(conn, slot, now + self.limits.close);
+    }
+
+    /// Tears the connection down: cancel its operations, close its slot.
+    pub fn release(&mut self, conn: &mut Conn, slot: u32) {
+        if conn.phase != Phase::Releasing {
+            conn.enter(Phase::Releasing, self.wheel.now());
+            self.release.push(slot);
+        }
+    }
+}
+
+/// The connection a CQE for (`slot`, `gen`) belongs to.
+///
+/// # Panics
+/// If the slot holds no connection or another generation: a CQE outlived
+/// its connection, which the release protocol rules out.
+fn tenant(table: &mut [Option<Conn>], slot: u32, gen: u32) -> &mut Conn {
+    let conn = table[slot as usize]
+        .as_mut()
+        .expect("CQE for an empty slot");
+    assert_eq!(conn.gen, gen, "CQE for a previous tenant of slot {slot}");
+    conn
+}
+
+/// Decides what a complete upgrade request gets: the endpoint, the topics
+/// to subscribe, and the 101 response.
+fn route(req: &Request<'_>, limits: &Limits) -> Result<(Endpoint, Vec<String>, Vec<u8>), Reject> {
+    let endpoint = if req.path == limits.path {
+        Endpoint::PubSub
+    } else if limits.echo && req.path == "/echo" {
+        Endpoint::Echo
+    } else {
+        return Err(Reject::NotFound);
+    };
+    let mut topics = Vec::new();
+    if endpoint == Endpoint::PubSub {
+        let query = req.query.unwrap_or("").as_bytes();
+        for (key, value) in form_urlencoded::parse(query) {
+            if key == "topic" {
+                if !topics::is_valid_name(&value)
+                    || topics.len() == topics::MAX_TOPICS_PER_CONNECTION
+                {
+                    return Err(Reject::BadTopic);
+                }
+                topics.push(value.into_owned());
+            }
+        }
+    }
+    let upgrade = req.upgrade(&limits.subprotocols)?;
+    Ok((endpoint, topics, handshake::accept_response(&upgrade)))
+}
+
+/// Turns one decoded message into actions (no access to the table here).
+fn on_message(endpoint: Endpoint, message: Message<'_>, actions: &mut Vec<Action>) {
+    let text_reply = |s: String| Action::Send(frame::encode(OpCode::Text, s.as_bytes()));
+    actions.push(match (endpoint, message) {
+        (Endpoint::Echo, Message::Text(t)) => {
+            Action::Send(frame::encode(OpCode::Text, t.as_bytes()))
+        }
+        (Endpoint::Echo, Message::Binary(b)) => Action::Send(frame::encode(OpCode::Binary, b)),
+        (Endpoint::PubSub, Message::Text(t)) => match control::parse(t) {
+            Ok(request) => Action::Control(request),
+            Err(reason) => text_reply(control::error(&reason)),
+        },
+        (Endpoint::PubSub, Message::Binary(_)) => {
+            text_reply(control::error("binary messages are not control messages"))
+        }
+        (_, Message::Ping(p)) => Action::Send(frame::encode(OpCode::Pong, p)),
+        (_, Message::Pong(_)) => return,
+        (_, Message::Close(status)) => Action::CloseEcho(status),
+    });
+}
+
+impl Connections {
+    /// An empty table of `capacity` slots for worker number `worker`.
+    pub fn new(config: &Config, capacity: usize, stats: Arc<[WorkerStats]>, worker: usize) -> Self {
+        let ticks = Wheel::ticks;
+        let mut table = Vec::new();
+        table.resize_with(capacity, || None);
+        Self {
+            table,
+            len: 0,
+            topics: Topics::default(),
+            io: Io {
+                flush: Vec::new(),
+                release: Vec::new(),
+                wheel: Wheel::new(),
+                stats,
+                worker,
+                limits: Limits {
+                    path: config.path.clone(),
+                    echo: config.echo,
+                    subprotocols: config.subprotocols.clone(),
+                    max_message: config.max_message_size,
+                    max_outbound: config.max_outbound_bytes,
+                    idle: ticks(config.idle_timeout),
+                    ping: ticks(config.ping_interval),
+                    handshake: ticks(config.handshake_timeout),
+                    close: ticks(CLOSE_TIMEOUT),
+                },
+                ping: frame::encode(OpCode::Ping, b""),
+            },
+            next_gen: 0,
+            delivery: 0,
+            actions: Vec::new(),
+            due: Vec::new(),
+        }
+    }
+
+    /// Connections in the table.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The connection in `slot`, checking the CQE's generation.
+    ///
+    /// # Panics
+    /// See [`tenant`].
+    pub fn get(&mut self, slot: u32, gen: u32) -> &mut Conn {
+        tenant(&mut self.table, slot, gen)
+    }
+
+    /// The connection in `slot`, if any (for lists built this iteration).
+    pub fn slot(&mut self, slot: u32) -> Option<&mut Conn> {
+        self.table[slot as usize].as_mut()
+    }
+
+    /// Registers a connection the kernel accepted into `slot`. Returns its
+    /// generation.
+    pub fn accept(&mut self, slot: u32) -> u32 {
+        assert!(
+            self.table[slot as usize].is_none(),
+            "accept into an occupied slot {slot}"
+        );
+        self.next_gen = (self.next_gen + 1) & crate::ring::token::GEN_MASK;
+        let now = self.io.wheel.now();
+        let mut conn = Conn::new(self.next_gen, now);
+        let at = now + self.io.limits.handshake;
+        self.io.schedule(&mut conn, slot, at);
+        self.table[slot as usize] = Some(conn);
+        self.len += 1;
+        let stats = self.io.stats();
+        WorkerStats::add(&stats.accepted, 1);
+        WorkerStats::add(&stats.connections, 1);
+        self.next_gen
+    }
+
+    /// Bytes received on `slot`. `data` is the kernel's buffer, unmasked
+    /// and parsed in place.
+    pub fn on_data(&mut self, slot: u32, gen: u32, data: &mut [u8]) {
+        WorkerStats::add(&self.io.stats().bytes_in, data.len() as u64);
+        let now = self.io.wheel.now();
+        let conn = self.get(slot, gen);
+        conn.last_active = now;
+        match conn.phase {
+            Phase::Handshake => self.on_handshake_bytes(slot, data),
+            Phase::Open => self.on_frames(slot, data),
+            // Input after our close frame or during teardown is discarded.
+            Phase::Closing | Phase::ShutDown | Phase::Releasing => {}
+        }
+    }
+
+    fn on_handshake_bytes(&mut self, slot: u32, data: &mut [u8]) {
+        let conn = self.table[slot as usize].as_mut().expect("live slot");
+        if let Some(head) = conn.head.as_mut() {
+            head.extend_from_slice(data);
+        }
+        let buf: &[u8] = conn.head.as_deref().map_or(&*data, |h| &h[..]);
+        let (verdict, mut rest) = match handshake::parse(buf) {
+            Ok(None) => {
+                if conn.head.is_none() {
+                    conn.head = Some(Box::new(data.to_vec()));
+                }
+                return;
+            }
+            Err(reason) => (Err(reason), Vec::new()),
+            Ok(Some((req, used))) => (route(&req, &self.io.limits), buf[used..].to_vec()),
+        };
+        conn.head = None;
+        let (endpoint, topics, response) = match verdict {
+            Ok(accepted) => accepted,
+            Err(reason) => return self.io.reject(conn, slot, reason),
+        };
+        conn.out.push_unbounded(Bytes::from(response));
+        conn.endpoint = endpoint;
+        conn.enter(Phase::Open, self.io.wheel.now());
+        conn.last_ping = conn.phase_since;
+        let at = conn.phase_since + self.io.limits.ping.min(self.io.limits.idle);
+        self.io.schedule(conn, slot, at);
+        self.io.mark_flush(conn, slot);
+        for topic in topics {
+            self.subscribe(slot, &topic);
+        }
+        if !rest.is_empty() {
+            self.on_frames(slot, &mut rest);
+        }
+    }
+
+    fn on_frames(&mut self, slot: u32, data: &mut [u8]) {
+        let conn = self.table[slot as usize].as_mut().expect("live slot");
+        let mut decoder = std::mem::take(&mut conn.decoder);
+        let mut actions = std::mem::take(&mut self.actions);
+        let (endpoint, max) = (conn.endpoint, self.io.limits.max_message);
+        let mut messages = 0u64;
+        let fed = decoder.feed(data, max, &mut |m| {
+            messages += u64::from(matches!(m, Message::Text(_) | Message::Binary(_)));
+            on_message(endpoint, m, &mut actions);
+            ControlFlow::Continue(())
+        });
+        conn.decoder = decoder;
+        WorkerStats::add(&self.io.stats().messages_in, messages);
+        if let Err(e) = fed {
+            tracing::debug!(slot, code = e.code, reason = e.reason, "protocol error");
+            actions.push(Action::Fail(e));
+        }
+        for action in actions.drain(..) {
+            self.apply(slot, action);
+        }
+        self.actions = actions;
+    }
+
+    fn apply(&mut self, slot: u32, action: Action) {
+        let conn = self.table[slot as usize].as_mut().expect("live slot");
+        match action {
+            Action::Send(frame) => {
+                self.io.queue(conn, slot, frame);
+            }
+            Action::CloseEcho(status) => self.io.close(conn, slot, status, ""),
+            Action::Fail(e) => self.io.close(conn, slot, Some(e.code), e.reason),
+            Action::Control(control::Request::Subscribe { topic }) => {
+                let reply = self.subscribe(slot, &topic);
+                self.reply(slot, reply);
+            }
+            Action::Control(control::Request::Unsubscribe { topic }) => {
+                if let Some(id) = self.topics.id(&topic) {
+                    if let Some(i) = conn.topics.iter().position(|&t| t == id) {
+                        conn.topics.swap_remove(i);
+                        self.topics.unsubscribe(id, slot);
+                        self.update_topic_gauge();
+                    }
+                }
+                self.reply(slot, control::ack("unsubscribed", &topic));
+            }
+        }
+    }
+
+    fn reply(&mut self, slot: u32, text: String) {
+        let conn = self.table[slot as usize].as_mut().expect("live slot");
+        self.io
+            .queue(conn, slot, frame::encode(OpCode::Text, text.as_bytes()));
+    }
+
+    /// Subscribes `slot` to `topic`; returns the reply to send.
+    fn subscribe(&mut self, slot: u32, topic: &str) -> String {
+        let conn = self.table[slot as usize].as_mut().expect("live slot");
+        if !topics::is_valid_name(topic) {
+            return control::error("a topic is 1-128 bytes of A-Z a-z 0-9 _ . : -");
+        }
+        if self
+            .topics
+            .id(topic)
+            .is_none_or(|id| !conn.topics.contains(&id))
+        {
+            if conn.topics.len() >= topics::MAX_TOPICS_PER_CONNECTION {
+                return control::error("too many topics on this connection");
+            }
+            let (id, added) = self.topics.subscribe(topic, slot);
+            debug_assert!(added);
+            conn.topics.push(id);
+            self.update_topic_gauge();
+        }
+        control::ack("subscribed", topic)
+    }
+
+    fn update_topic_gauge(&self) {
+        let gauge = &self.io.stats().topics;
+        gauge.store(
+            self.topics.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The peer closed its side (receive returned 0), or the socket failed.
+    pub fn on_eof(&mut self, slot: u32, gen: u32) {
+        let conn = tenant(&mut self.table, slot, gen);
+        self.io.release(conn, slot);
+    }
+
+    /// A send wrote `result` bytes (or failed with `-errno`).
+    pub fn on_sent(&mut self, slot: u32, gen: u32, result: i32) {
+        let conn = tenant(&mut self.table, slot, gen);
+        conn.send_in_flight = false;
+        if result < 0 {
+            return self.io.release(conn, slot);
+        }
+        conn.out.written(result as usize);
+        WorkerStats::add(&self.io.stats().bytes_out, result as u64);
+        if !conn.out.is_empty() || conn.phase == Phase::Closing {
+            self.io.mark_flush(conn, slot);
+        }
+    }
+
+    /// `shutdown(SHUT_WR)` completed: wait for the peer's EOF.
+    pub fn on_shutdown(&mut self, slot: u32, gen: u32, result: i32) {
+        let now = self.io.wheel.now();
+        let conn = tenant(&mut self.table, slot, gen);
+        conn.shutdown_in_flight = false;
+        if conn.phase == Phase::Closing {
+            conn.enter(Phase::ShutDown, now);
+        }
+        if result < 0 || !conn.recv_armed {
+            self.io.release(conn, slot);
+        }
+    }
+
+    /// Removes a connection whose operations have all completed, and
+    /// unsubscribes it. The caller closes the slot.
+    pub fn remove(&mut self, slot: u32) -> Conn {
+        let conn = self.table[slot as usize]
+            .take()
+            .expect("remove of an empty slot");
+        debug_assert!(!conn.busy());
+        for &id in &conn.topics {
+            self.topics.unsubscribe(id, slot);
+        }
+        self.update_topic_gauge();
+        self.len -= 1;
+        let stats = self.io.stats();
+        WorkerStats::sub(&stats.connections, 1);
+        WorkerStats::add(&stats.closed, 1);
+        conn
+    }
+
+    /// Queues `frame` to every open subscriber of any of `topics`, once per
+    /// connection. Returns how many connections it was queued to.
+    pub fn publish(&mut self, topics: &[String], frame: &Bytes) -> usize {
+        self.delivery = self.delivery.wrapping_add(1).max(1);
+        let mut queued = 0;
+        for name in topics {
+            let Some(id) = self.topics.id(name) else {
+                continue;
+            };
+            for slot in self.topics.members(id) {
+                let conn = self.table[slot as usize]
+                    .as_mut()
+                    .expect("subscriber slot is live");
+                if conn.last_delivery != self.delivery {
+                    conn.last_delivery = self.delivery;
+                    queued += usize::from(self.io.queue(conn, slot, frame.clone()));
+                }
+            }
+        }
+        WorkerStats::add(&self.io.stats().messages_out, queued as u64);
+        queued
+    }
+
+    /// Queues `frame` to every open connection on the topics endpoint.
+    pub fn broadcast(&mut self, frame: &Bytes) -> usize {
+        let mut queued = 0;
+        for (slot, conn) in self.table.iter_mut().enumerate() {
+            if let Some(conn) = conn.as_mut().filter(|c| c.endpoint == Endpoint::PubSub) {
+                queued += usize::from(self.io.queue(conn, slot as u32, frame.clone()));
+            }
+        }
+        WorkerStats::add(&self.io.stats().messages_out, queued as u64);
+        queued
+    }
+
+    /// Closes every connection for shutdown: open ones with 1001, the rest
+    /// at once.
+    pub fn shutdown(&mut self) {
+        for (slot, conn) in self.table.iter_mut().enumerate() {
+            let Some(conn) = conn.as_mut() else { continue };
+            match conn.phase {
+                Phase::Open => self.io.close(
+                    conn,
+                    slot as u32,
+                    Some(code::GOING_AWAY),
+                    "server shutting down",
+                ),
+                Phase::Handshake => self.io.release(conn, slot as u32),
+                Phase::Closing | Phase::ShutDown | Phase::Releasing => {}
+            }
+        }
+    }
+
+    /// Time until the next timer tick.
+    pub fn until_next_tick(&self) -> Duration {
+        self.io.wheel.until_next_tick()
+    }
+
+    /// Runs every due deadline: handshake timeouts (408), pings, idle
+    /// timeouts (1001), and close handshakes that took too long.
+    pub fn fire_timers(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.io.wheel.expire(&mut due);
+        let now = self.io.wheel.now();
+        for (entry, tick) in due.drain(..) {
+            let Some(conn) = self.table[entry.slot as usize].as_mut() else {
+                continue;
+            };
+            if conn.gen != entry.gen || conn.timer_at != tick {
+                continue; // stale entry
+            }
+            let (slot, limits) = (entry.slot, &self.io.limits);
+            match conn.phase {
+                Phase::Handshake => {
+                    let deadline = conn.phase_since + limits.handshake;
+                    if now >= deadline {
+                        self.io.reject(conn, slot, Reject::Timeout);
+                    } else {
+                        self.io.schedule(conn, slot, deadline);
+                    }
+                }
+                Phase::Open => {
+                    let idle_at = conn.last_active + limits.idle;
+                    if now >= idle_at {
+                        self.io
+                            .close(conn, slot, Some(code::GOING_AWAY), "idle timeout");
+                        continue;
+                    }
+                    if now >= conn.last_ping + limits.ping {
+                        conn.last_ping = now;
+                        let ping = self.io.ping.clone();
+                        self.io.queue(conn, slot, ping);
+                    }
+                    let next = idle_at.min(conn.last_ping + self.io.limits.ping);
+                    self.io.schedule(conn, slot, next);
+                }
+                Phase::Closing | Phase::ShutDown => {
+                    let deadline = conn.phase_since + limits.close;
+                    if now >= deadline {
+                        self.io.release(conn, slot);
+                    } else {
+                        self.io.schedule(conn, slot, deadline);
+                    }
+                }
+                Phase::Releasing => {}
+            }
+        }
+        self.due = due;
+    }
+}

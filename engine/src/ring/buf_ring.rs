@@ -1,0 +1,152 @@
+//! A provided buffer ring (IORING_REGISTER_PBUF_RING): one pool of receive
+//! buffers per worker, shared by every connection's multishot receive. The
+//! kernel picks a buffer only when data arrives, so an idle connection holds
+//! no read buffer.
+
+use io_uring::types::BufRingEntry;
+use io_uring::IoUring;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+/// Anonymous private mapping, unmapped on drop. Pages are only backed by
+/// memory once touched.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
+            len,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` are exactly what mmap returned.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The buffer group id; one group per ring.
+pub const BUFFER_GROUP: u16 = 0;
+
+/// A registered ring of `count` buffers of `size` bytes each.
+pub struct BufRing {
+    entries: Mapping,
+    buffers: Mapping,
+    count: u16,
+    size: u32,
+    /// Next tail value, published to the kernel by [`BufRing::publish`].
+    tail: u16,
+}
+
+impl BufRing {
+    /// Allocates `count` buffers of `size` bytes, registers them with `ring`
+    /// as [`BUFFER_GROUP`] and hands all of them to the kernel.
+    ///
+    /// # Errors
+    /// `InvalidInput` if `count` is not a power of two in 1..=32768 or `size`
+    /// is 0; `mmap(2)` errors; `io_uring_register(2)` errors (`EINVAL` on
+    /// kernels before 5.19).
+    pub fn register(ring: &IoUring, count: u16, size: u32) -> io::Result<Self> {
+        if !count.is_power_of_two() || count > 32768 || size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer count must be a power of two up to 32768, size above 0",
+            ));
+        }
+        let entries = Mapping::new(usize::from(count) * std::mem::size_of::<BufRingEntry>())?;
+        let buffers = Mapping::new(usize::from(count) * size as usize)?;
+        // SAFETY: the mapping is page aligned, sized for `count` entries and
+        // lives until after the ring is unregistered (drop order in Worker:
+        // the ring is dropped before this BufRing).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                entries.ptr.as_ptr() as u64,
+                count,
+                BUFFER_GROUP,
+                0,
+            )?;
+        }
+        let mut this = Self {
+            entries,
+            buffers,
+            count,
+            size,
+            tail: 0,
+        };
+        for bid in 0..count {
+            this.push(bid);
+        }
+        this.publish();
+        Ok(this)
+    }
+
+    fn entry(&mut self, index: u16) -> &mut BufRingEntry {
+        let i = usize::from(index & (self.count - 1));
+        // SAFETY: `i < count` and the mapping holds `count` entries.
+        unsafe { &mut *self.entries.ptr.as_ptr().cast::<BufRingEntry>().add(i) }
+    }
+
+    /// Queues buffer `bid` for the kernel; visible after [`Self::publish`].
+    fn push(&mut self, bid: u16) {
+        let addr = self.buffers.ptr.as_ptr() as u64 + u64::from(bid) * u64::from(self.size);
+        let (tail, size) = (self.tail, self.size);
+        let entry = self.entry(tail);
+        entry.set_addr(addr);
+        entry.set_len(size);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes every pushed buffer available to the kernel.
+    fn publish(&mut self) {
+        // SAFETY: the base is the first entry of a registered ring; the tail
+        // field aliases its reserved bytes and is only written by us.
+        let tail = unsafe {
+            &*BufRingEntry::tail(self.entries.ptr.as_ptr().cast::<BufRingEntry>())
+                .cast::<AtomicU16>()
+        };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// The first `len` bytes the kernel wrote into buffer `bid`.
+    ///
+    /// # Safety
+    /// `bid` and `len` must come from one receive CQE, and the buffer must
+    /// not have been given back with [`Self::recycle`] since.
+    pub unsafe fn filled(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        debug_assert!(bid < self.count && len <= self.size as usize);
+        let start = self
+            .buffers
+            .ptr
+            .as_ptr()
+            .add(usize::from(bid) * self.size as usize);
+        std::slice::from_raw_parts_mut(start, len)
+    }
+
+    /// Gives buffer `bid` back to the kernel once its bytes are consumed.
+    pub fn recycle(&mut self, bid: u16) {
+        self.push(bid);
+        self.publish();
+    }
+}

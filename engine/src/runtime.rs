@@ -1,0 +1,254 @@
+//! Starting the workers, and the [`Handle`] other threads use to publish.
+
+use crate::command::{Ack, Command, Mailbox};
+use crate::config::Config;
+use crate::protocol::frame::{self, OpCode};
+use crate::stats::{self, Snapshot, WorkerStats};
+use crate::worker::{Setup, Worker};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit and returns it. Each
+/// worker's fixed-file table may hold at most this many connections.
+///
+/// # Errors
+/// `getrlimit(2)` or `setrlimit(2)` failures.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Connections one worker's fixed-file table holds: its share of
+/// `max_connections`, capped by RLIMIT_NOFILE (`nofile`), since
+/// `IORING_REGISTER_FILES_SPARSE` refuses more (EMFILE). The process
+/// ceiling is therefore `workers × min(nofile, ⌈max_connections /
+/// workers⌉)`.
+pub fn table_size(workers: usize, max_connections: usize, nofile: u64) -> u32 {
+    let share = max_connections.div_ceil(workers.max(1)).max(1) as u64;
+    share.min(nofile).min(u64::from(u32::MAX)) as u32
+}
+
+/// A running engine: worker threads, each with its own ring and listener.
+pub struct Runtime {
+    handle: Handle,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    local_addr: SocketAddr,
+    capacity: u64,
+}
+
+/// A cheap, cloneable handle for other threads: publish, broadcast, stats
+/// and shutdown.
+#[derive(Clone)]
+pub struct Handle {
+    mailboxes: Arc<[Mailbox]>,
+    stats: Arc<[WorkerStats]>,
+}
+
+impl Runtime {
+    /// Binds a listener per worker (SO_REUSEPORT, same address), starts
+    /// the workers and waits until each has its ring set up.
+    ///
+    /// # Errors
+    /// Binding the address (e.g. `EADDRINUSE`), raising RLIMIT_NOFILE,
+    /// creating eventfds, or any worker's ring setup; on error no worker is
+    /// left running.
+    pub fn start(config: Config) -> io::Result<Self> {
+        let workers = config.workers.max(1);
+        let nofile = raise_nofile_limit()?;
+        let per_worker = table_size(workers, config.max_connections, nofile);
+        let first = crate::ring::listener::bind(config.listen)?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..workers {
+            listeners.push(crate::ring::listener::bind(local_addr)?);
+        }
+        let stats: Arc<[WorkerStats]> = (0..workers).map(|_| WorkerStats::default()).collect();
+        let config = Arc::new(config);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut mailboxes = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            // SAFETY: eventfd returns a new descriptor we then own.
+            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `raw` is a valid, owned descriptor.
+            let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+            let (tx, commands) = mpsc::channel();
+            mailboxes.push(Mailbox {
+                tx,
+                wake: wake.clone(),
+            });
+            let setup = Setup {
+                index,
+                capacity: per_worker,
+                listener,
+                commands,
+                wake,
+                stats: stats.clone(),
+            };
+            let (config, ready) = (config.clone(), ready_tx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("ringcast-worker-{index}"))
+                .spawn(move || match Worker::new(&config, setup) {
+                    Ok(worker) => {
+                        let _ = ready.send(Ok(()));
+                        worker.run()
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(io::Error::new(
+                            e.kind(),
+                            format!("worker {index}: {e}"),
+                        )));
+                        Ok(())
+                    }
+                })?;
+            threads.push(thread);
+        }
+        let handle = Handle {
+            mailboxes: mailboxes.into(),
+            stats,
+        };
+        let mut failure = None;
+        for _ in 0..workers {
+            if let Ok(Err(e)) = ready_rx.recv() {
+                failure.get_or_insert(e);
+            }
+        }
+        let runtime = Self {
+            handle,
+            threads,
+            local_addr,
+            capacity: u64::from(per_worker) * workers as u64,
+        };
+        if let Some(e) = failure {
+            runtime.handle.shutdown();
+            let _ = runtime.wait();
+            return Err(e);
+        }
+        Ok(runtime)
+    }
+
+    /// A handle for publishing from other threads.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The address the listeners are bound to (the real port if 0 was
+    /// asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections the process can hold: the sum of the workers'
+    /// fixed-file tables.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Waits for every worker to exit (after [`Handle::shutdown`]).
+    ///
+    /// # Errors
+    /// The first error a worker's loop returned.
+    pub fn wait(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for thread in self.threads {
+            let outcome = thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("worker panicked")));
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
+    }
+}
+
+impl Handle {
+    fn send_all(
+        &self,
+        make: impl Fn(Arc<Ack>) -> Command,
+        done: impl FnOnce(usize) + Send + 'static,
+    ) {
+        let ack = Ack::new(self.mailboxes.len(), done);
+        for mailbox in self.mailboxes.iter() {
+            if mailbox.send(make(ack.clone())).is_err() {
+                ack.complete(0); // that worker has exited
+            }
+        }
+    }
+
+    /// Publishes one message to every subscriber of any of `topics` (each
+    /// connection receives it once). The frame is encoded once here and
+    /// shared by every worker. `done` is called, on a worker thread, with the
+    /// number of connections it was queued to once every worker has queued
+    /// it. Messages from one caller are delivered in call order.
+    pub fn publish(
+        &self,
+        topics: Vec<String>,
+        opcode: OpCode,
+        payload: &[u8],
+        done: impl FnOnce(usize) + Send + 'static,
+    ) {
+        let frame = frame::encode(opcode, payload);
+        let topics: Arc<[String]> = topics.into();
+        self.send_all(
+            |ack| Command::Publish {
+                topics: topics.clone(),
+                frame: frame.clone(),
+                ack,
+            },
+            done,
+        );
+    }
+
+    /// Sends one message to every connection on the topics endpoint; see
+    /// [`Handle::publish`] for `done`.
+    pub fn broadcast(
+        &self,
+        opcode: OpCode,
+        payload: &[u8],
+        done: impl FnOnce(usize) + Send + 'static,
+    ) {
+        let frame = frame::encode(opcode, payload);
+        self.send_all(
+            |ack| Command::Broadcast {
+                frame: frame.clone(),
+                ack,
+            },
+            done,
+        );
+    }
+
+    /// Current counters, summed over workers.
+    pub fn stats(&self) -> Snapshot {
+        stats::snapshot(&self.stats)
+    }
+
+    /// Asks every worker to stop accepting, close its connections with 1001
+    /// (waiting up to the close timeout for the close handshake) and exit.
+    pub fn shutdown(&self) {
+        for mailbox in self.mailboxes.iter() {
+            let _ = mailbox.send(Command::Shutdown);
+        }
+    }
+}
