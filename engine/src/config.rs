@@ -34,9 +34,9 @@ pub struct Config {
     /// Most bytes queued for one connection, in bytes (default 4 MiB). A
     /// connection over it is a slow consumer and is closed with 1008.
     pub max_outbound_bytes: usize,
-    /// Connections the process is sized for, in total (default 1,000,000).
-    /// Each worker's fixed-file table holds min(RLIMIT_NOFILE, this /
-    /// workers) connections.
+    /// Connections the process is sized for, in total (default
+    /// `usize::MAX`: as many as the host allows). Each worker's fixed-file
+    /// table holds min(RLIMIT_NOFILE, this / workers) connections.
     pub max_connections: usize,
     /// Receive buffers per worker (power of two, default 1024).
     pub read_buffers: u16,
@@ -57,7 +57,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 1 << 20,
             max_outbound_bytes: 4 << 20,
-            max_connections: 1_000_000,
+            max_connections: usize::MAX,
             read_buffers: 1024,
             read_buffer_size: 4096,
         }

@@ -33,7 +33,7 @@ pub fn router(handle: Handle, max_message_size: usize) -> Router {
 
 /// Text for `text/*` and `application/json` (then the body must be UTF-8),
 /// binary otherwise.
-fn opcode_for(headers: &HeaderMap, body: &[u8]) -> Result<OpCode, Response> {
+fn opcode_for(headers: &HeaderMap, body: &[u8]) -> Result<OpCode, &'static str> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -44,21 +44,31 @@ fn opcode_for(headers: &HeaderMap, body: &[u8]) -> Result<OpCode, Response> {
         .trim()
         .to_ascii_lowercase();
     if content_type.starts_with("text/") || content_type == "application/json" {
-        std::str::from_utf8(body).map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "body is not valid UTF-8 for a text content type",
-            )
-        })?;
+        std::str::from_utf8(body).map_err(|_| "body is not valid UTF-8 for a text content type")?;
         Ok(OpCode::Text)
     } else {
         Ok(OpCode::Binary)
     }
 }
 
-async fn delivered(start: impl FnOnce(tokio::sync::oneshot::Sender<usize>)) -> Response {
+/// Picks the frame type, hands the message to the workers with `send`, and
+/// answers `{"subscribers":N}` once every worker has queued it.
+async fn deliver(
+    headers: &HeaderMap,
+    body: &[u8],
+    send: impl FnOnce(OpCode, Box<dyn FnOnce(usize) + Send>),
+) -> Response {
+    let opcode = match opcode_for(headers, body) {
+        Ok(op) => op,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    start(tx);
+    send(
+        opcode,
+        Box::new(move |n| {
+            let _ = tx.send(n);
+        }),
+    );
     match rx.await {
         Ok(n) => Json(json!({ "subscribers": n })).into_response(),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"),
@@ -87,27 +97,15 @@ async fn publish(
             &format!("invalid topic {bad:?}: 1-128 bytes of A-Z a-z 0-9 _ . : -"),
         );
     }
-    let opcode = match opcode_for(&headers, &body) {
-        Ok(op) => op,
-        Err(response) => return response,
-    };
-    delivered(|tx| {
-        handle.publish(topics, opcode, &body, move |n| {
-            let _ = tx.send(n);
-        })
+    deliver(&headers, &body, |op, done| {
+        handle.publish(topics, op, &body, done)
     })
     .await
 }
 
 async fn broadcast(State(handle): State<Handle>, headers: HeaderMap, body: Bytes) -> Response {
-    let opcode = match opcode_for(&headers, &body) {
-        Ok(op) => op,
-        Err(response) => return response,
-    };
-    delivered(|tx| {
-        handle.broadcast(opcode, &body, move |n| {
-            let _ = tx.send(n);
-        })
+    deliver(&headers, &body, |op, done| {
+        handle.broadcast(op, &body, done)
     })
     .await
 }

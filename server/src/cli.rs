@@ -62,9 +62,10 @@ pub struct Serve {
     #[arg(long, default_value_t = 4 << 20)]
     pub max_outbound_bytes: usize,
     /// Connections to size for, in total. Each worker's fixed-file table
-    /// holds min(RLIMIT_NOFILE, this / workers).
-    #[arg(long, default_value_t = 1_000_000)]
-    pub max_connections: usize,
+    /// holds min(RLIMIT_NOFILE, this / workers) [default: the host's
+    /// ceiling, workers x RLIMIT_NOFILE].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// Receive buffers per worker (a power of two up to 32768), shared by
     /// all its connections.
     #[arg(long, default_value_t = 1024)]
@@ -95,7 +96,7 @@ impl Serve {
             handshake_timeout: self.handshake_timeout,
             max_message_size: self.max_message_size,
             max_outbound_bytes: self.max_outbound_bytes,
-            max_connections: self.max_connections,
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
         }
@@ -133,7 +134,10 @@ impl Serve {
                 return Err(format!("{flag} must be above zero"));
             }
         }
-        if self.max_message_size == 0 || self.max_outbound_bytes == 0 || self.max_connections == 0 {
+        if self.max_message_size == 0
+            || self.max_outbound_bytes == 0
+            || self.max_connections == Some(0)
+        {
             return Err(
                 "--max-message-size, --max-outbound-bytes and --max-connections must be above zero"
                     .into(),

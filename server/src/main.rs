@@ -53,11 +53,14 @@ fn run(serve: Serve) -> std::io::Result<()> {
         runtime.capacity() / workers as u64,
         runtime.capacity(),
     );
-    if serve.max_connections as u64 > runtime.capacity() {
+    if let Some(wanted) = serve
+        .max_connections
+        .filter(|&n| n as u64 > runtime.capacity())
+    {
         tracing::warn!(
             "--max-connections {} exceeds this host's ceiling of {} (workers x RLIMIT_NOFILE {}); \
              raise the open-file limit (see tuning/) or add workers",
-            serve.max_connections,
+            wanted,
             runtime.capacity(),
             nofile
         );

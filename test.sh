@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, black-box tests against the built binary
+# (tokio-tungstenite and Python websockets clients), and the Autobahn
+# conformance cases 1-10 via kosoku. Installs the Python test venv (.venv)
+# on first use.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ ! -x .venv/bin/kosoku ] || [ ! -x .venv/bin/python ]; then
+  if ! python3 -m venv .venv 2>/dev/null; then
+    echo "test.sh: python3 -m venv failed; on Debian: apt-get install python3-venv" >&2
+    exit 1
+  fi
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+fi
+
+export RINGCAST_PYTHON="$PWD/.venv/bin/python"
+export RINGCAST_KOSOKU="$PWD/.venv/bin/kosoku"
+cargo test --workspace "$@"

@@ -1,0 +1,307 @@
+//! Shared harness for the black-box tests: start the built `ringcast`
+//! binary on free loopback ports, and talk to it as independent clients do.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use futures_util::{SinkExt, StreamExt};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Upper bound for any single awaited event in these tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// A running `ringcast serve`; killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub ws: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl Server {
+    /// Starts the binary with `args` on free ports and waits for its
+    /// `listening ws=… api=…` line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start ringcast");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read listening line");
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        let (ws, api) = (field("ws="), field("api="));
+        Self {
+            child: Some(child),
+            ws,
+            api,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.ws, path)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        for _ in 0..200 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill().unwrap();
+        panic!("ringcast did not exit within 10 s of SIGTERM");
+    }
+
+    /// POSTs `body` to the API at `path` with a content type; returns the
+    /// status and the body.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, String) {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}{}", self.api, path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("API request");
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Publishes text and returns the subscriber count from the 200 reply.
+    pub async fn publish(&self, topics: &str, text: &str) -> u64 {
+        let (status, body) = self
+            .post(&format!("/publish?{topics}"), "text/plain", text.to_owned())
+            .await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["subscribers"]
+            .as_u64()
+            .unwrap()
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        reqwest::get(format!("http://{}/stats", self.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Ws {
+    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+        .0
+}
+
+/// The next text message, skipping pings; panics on anything else.
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("message timed out")
+        {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+pub async fn send_json(ws: &mut Ws, value: serde_json::Value) {
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// Subscribes over the connection and waits for the ack.
+pub async fn subscribe(ws: &mut Ws, topic: &str) {
+    send_json(ws, serde_json::json!({"op": "subscribe", "topic": topic})).await;
+    let ack: serde_json::Value = serde_json::from_str(&next_text(ws).await).unwrap();
+    assert_eq!(ack, serde_json::json!({"op": "subscribed", "topic": topic}));
+}
+
+/// Expects a close frame with `code`, then the end of the stream.
+pub async fn expect_close(ws: &mut Ws, code: u16) {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close timed out")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(
+                    u16::from(frame.code),
+                    code,
+                    "close reason {:?}",
+                    frame.reason
+                );
+                return;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected close {code}, got {other:?}"),
+        }
+    }
+}
+
+/// A client speaking raw bytes, for input no WebSocket library will send.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+pub const GOOD_HANDSHAKE: &str = "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+impl Raw {
+    pub async fn connect(server: &Server) -> Self {
+        Self {
+            stream: TcpStream::connect(server.ws).await.unwrap(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads an HTTP response head; returns it as text.
+    pub async fn response_head(&mut self) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut byte))
+                .await
+                .expect("response timed out")
+                .unwrap();
+            assert_eq!(
+                n,
+                1,
+                "connection closed before a response; got {:?}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    /// Completes a good handshake on `path`.
+    pub async fn upgrade(server: &Server, path: &str) -> Self {
+        let mut raw = Self::connect(server).await;
+        raw.send(GOOD_HANDSHAKE.replace("/ws", path).as_bytes())
+            .await;
+        let head = raw.response_head().await;
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        raw
+    }
+
+    /// Reads one server frame (servers never mask): opcode and payload.
+    pub async fn frame(&mut self) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        tokio::time::timeout(WAIT, self.stream.read_exact(&mut h))
+            .await
+            .expect("frame timed out")
+            .unwrap();
+        assert_eq!(h[1] & 0x80, 0, "server frames are unmasked");
+        let len = match h[1] & 0x7f {
+            126 => self.stream.read_u16().await.unwrap() as usize,
+            127 => self.stream.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let mut payload = vec![0; len];
+        self.stream.read_exact(&mut payload).await.unwrap();
+        (h[0] & 0x0f, payload)
+    }
+
+    /// Reads frames until a close frame; returns its status code, after
+    /// checking the server then ends the TCP stream.
+    pub async fn close_code(&mut self) -> u16 {
+        loop {
+            let (opcode, payload) = self.frame().await;
+            if opcode == 0x8 {
+                let mut rest = Vec::new();
+                let eof = tokio::time::timeout(WAIT, self.stream.read_to_end(&mut rest)).await;
+                assert!(
+                    eof.is_ok(),
+                    "server did not end the TCP stream after its close frame"
+                );
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+}
+
+/// A masked client frame: first byte `b0` (FIN, RSV, opcode) and payload.
+pub fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0xa1, 0xb2, 0xc3, 0xd4];
+    let mut out = vec![b0];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// A tool from the test venv that `./test.sh` installs (`.venv/bin/NAME`),
+/// or the path in environment variable `var`.
+pub fn venv_tool(var: &str, name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(var) {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.venv/bin")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run ./test.sh, which installs the Python test venv, or set {var}",
+        path.display()
+    );
+    path
+}
