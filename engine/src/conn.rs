@@ -113,3 +113,16 @@ impl Conn {
         self.recv_armed || self.send_in_flight || self.shutdown_in_flight
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_record_stays_small() {
+        // The table holds one of these per fixed-file slot; user-space memory
+        // per idle connection is this plus its topic memberships.
+        let size = std::mem::size_of::<Option<Conn>>();
+        assert!(size <= 96, "Conn grew to {size} bytes");
+    }
+}
