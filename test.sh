@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, black-box tests against the built binary
 # (tokio-tungstenite and Python websockets clients), and the Autobahn
-# conformance cases 1-10 via kosoku. Installs the Python test venv (.venv)
+# conformance cases 1-10 via kosoku, then the tuning/ scripts' tests
+# (root, for a network namespace). Installs the Python test venv (.venv)
 # on first use.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,3 +18,6 @@ fi
 export RINGCAST_PYTHON="$PWD/.venv/bin/python"
 export RINGCAST_KOSOKU="$PWD/.venv/bin/kosoku"
 cargo test --workspace "$@"
+
+# Host tuning scripts: dry run, capacity doctor, apply/revert in a netns.
+RINGCAST_BIN="$PWD/target/debug/ringcast" tuning/tests/run.sh

@@ -12,10 +12,11 @@
 //! - [`topics`], [`control`]: subscriptions and the JSON control messages;
 //! - [`timers`]: the timer wheel;
 //! - [`runtime`] and [`command`]: starting workers, and publishing to them
-//!   from other threads.
+//!   from other threads; [`capacity`]: the host's connection ceiling.
 //!
 //! See `engine/README.md` for the design note.
 
+pub mod capacity;
 pub mod command;
 pub mod config;
 pub mod conn;

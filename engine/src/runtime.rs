@@ -1,5 +1,6 @@
 //! Starting the workers, and the [`Handle`] other threads use to publish.
 
+use crate::capacity::table_size;
 use crate::command::{Ack, Command, Mailbox};
 use crate::config::Config;
 use crate::protocol::frame::{self, OpCode};
@@ -34,16 +35,6 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         }
     }
     Ok(limit.rlim_cur)
-}
-
-/// Connections one worker's fixed-file table holds: its share of
-/// `max_connections`, capped by RLIMIT_NOFILE (`nofile`), since
-/// `IORING_REGISTER_FILES_SPARSE` refuses more (EMFILE). The process
-/// ceiling is therefore `workers × min(nofile, ⌈max_connections /
-/// workers⌉)`.
-pub fn table_size(workers: usize, max_connections: usize, nofile: u64) -> u32 {
-    let share = max_connections.div_ceil(workers.max(1)).max(1) as u64;
-    share.min(nofile).min(u64::from(u32::MAX)) as u32
 }
 
 /// A running engine: worker threads, each with its own ring and listener.

@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default when no subcommand is given).
     Serve(Serve),
+    /// Check this host's limits for a target number of connections.
+    Doctor(crate::doctor::Doctor),
 }
 
 /// Flags of `ringcast serve`.

@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod doctor;
 
 use clap::Parser;
 use cli::{Cli, Command, Serve};
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
         .init();
     let serve = match Cli::parse().command {
         Some(Command::Serve(serve)) => serve,
+        Some(Command::Doctor(doctor)) => return doctor::run(&doctor),
         None => Serve::default(),
     };
     if let Err(message) = serve.validate() {
