@@ -13,7 +13,7 @@ use crate::connections::{Connections, CLOSE_TIMEOUT};
 use crate::ring::buf_ring::{BufRing, BUFFER_GROUP};
 use crate::ring::token::{Op, Token};
 use crate::stats::WorkerStats;
-use io_uring::types::{CancelBuilder, Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{CancelBuilder, DestinationSlot, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use std::io;
 use std::net::TcpListener;
@@ -21,6 +21,27 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Free fixed-file slots below which connections are accepted one at a time.
+///
+/// A multishot accept keeps accepting while connections are queued. Once the
+/// table is full, the kernel has already taken the next connection off the
+/// backlog when the slot install fails (ENFILE), and it resets that
+/// connection. Near the limit, single-shot accepts take exactly as many
+/// connections as there are free slots. The rest wait in the listen backlog
+/// until a slot is closed.
+const SINGLE_ACCEPT_BELOW: u32 = 64;
+
+/// The listener's accept request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accepting {
+    /// None armed: the table is full, or the worker is stopping.
+    Idle,
+    /// A single-shot accept is armed (few free slots).
+    Single,
+    /// A multishot accept is armed; `cancelling` once free slots ran low.
+    Multishot { cancelling: bool },
+}
 
 /// One worker: its ring, buffers, listener and connections.
 pub struct Worker {
@@ -33,11 +54,11 @@ pub struct Worker {
     commands: Receiver<Command>,
     wake: Arc<OwnedFd>,
     wake_buf: Box<u64>,
-    /// The multishot accept is armed.
-    accepting: bool,
-    /// The fixed-file table was full (ENFILE): accept again once a slot
-    /// is closed. Meanwhile new connections wait in the listen backlog.
-    table_full: bool,
+    accepting: Accepting,
+    /// Fixed-file slots in the table.
+    capacity: u32,
+    /// Slots holding a socket: from the accept CQE to the CLOSE CQE.
+    slots_in_use: u32,
     /// Connections whose multishot receive stopped on an empty buffer ring.
     starved: Vec<u32>,
     cqes: Vec<(u64, i32, u32)>,
@@ -103,8 +124,9 @@ impl Worker {
             commands: setup.commands,
             wake: setup.wake,
             wake_buf: Box::new(0),
-            accepting: false,
-            table_full: false,
+            accepting: Accepting::Idle,
+            capacity: setup.capacity,
+            slots_in_use: 0,
             starved: Vec::new(),
             cqes: Vec::with_capacity(1024),
             stop_by: None,
@@ -166,13 +188,35 @@ impl Worker {
         }
     }
 
+    /// Arms an accept suited to the free slots, unless one is armed, the
+    /// table is full (connections then wait in the backlog), or the worker
+    /// is stopping.
     fn arm_accept(&mut self) {
-        let entry = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
-            .allocate_file_index(true)
+        let free = self.capacity - self.slots_in_use;
+        if self.accepting != Accepting::Idle || free == 0 || self.stop_by.is_some() {
+            return;
+        }
+        let listener = Fd(self.listener.as_raw_fd());
+        let (entry, mode) = if free > SINGLE_ACCEPT_BELOW {
+            let entry = opcode::AcceptMulti::new(listener)
+                .allocate_file_index(true)
+                .build();
+            (entry, Accepting::Multishot { cancelling: false })
+        } else {
+            let entry = opcode::Accept::new(listener, std::ptr::null_mut(), std::ptr::null_mut())
+                .file_index(Some(DestinationSlot::auto_target()))
+                .build();
+            (entry, Accepting::Single)
+        };
+        self.push(entry.user_data(Token::worker(Op::Accept).encode()));
+        self.accepting = mode;
+    }
+
+    fn cancel_accept(&mut self) {
+        let entry = opcode::AsyncCancel::new(Token::worker(Op::Accept).encode())
             .build()
-            .user_data(Token::worker(Op::Accept).encode());
+            .user_data(Token::worker(Op::Cancel).encode());
         self.push(entry);
-        self.accepting = true;
     }
 
     fn arm_wake(&mut self) {
@@ -207,10 +251,8 @@ impl Worker {
             Op::Shutdown => self.conns.on_shutdown(slot, gen, result),
             Op::Cancel => {}
             Op::Close => {
-                if self.table_full && self.stop_by.is_none() {
-                    self.table_full = false;
-                    self.arm_accept();
-                }
+                self.slots_in_use -= 1;
+                self.arm_accept();
             }
             Op::Wake => {
                 self.drain_commands();
@@ -225,6 +267,11 @@ impl Worker {
     fn on_accept(&mut self, result: i32, flags: u32) {
         if result >= 0 {
             let slot = result as u32;
+            self.slots_in_use += 1;
+            assert!(
+                self.slots_in_use <= self.capacity,
+                "more sockets than fixed-file slots"
+            );
             if self.stop_by.is_some() {
                 self.close_slot(slot);
             } else {
@@ -232,13 +279,10 @@ impl Worker {
                 self.arm_recv(slot, gen);
             }
         } else if errno(result) == libc::ENFILE {
-            if !self.table_full {
-                tracing::warn!(
-                    capacity = self.conns.len(),
-                    "fixed-file table full: new connections wait in the backlog"
-                );
-            }
-            self.table_full = true;
+            tracing::warn!(
+                capacity = self.capacity,
+                "fixed-file table full during a burst: one connection was refused"
+            );
         } else if errno(result) != libc::ECANCELED {
             tracing::warn!(
                 "accept failed: {}",
@@ -246,10 +290,15 @@ impl Worker {
             );
         }
         if !cqueue::more(flags) {
-            self.accepting = false;
-            if !self.table_full && self.stop_by.is_none() {
-                self.arm_accept();
-            }
+            self.accepting = Accepting::Idle;
+            self.arm_accept();
+        } else if self.accepting == (Accepting::Multishot { cancelling: false })
+            && self.capacity - self.slots_in_use <= SINGLE_ACCEPT_BELOW
+        {
+            // Few slots left: stop the multishot; its last CQE re-arms
+            // in single-shot mode.
+            self.accepting = Accepting::Multishot { cancelling: true };
+            self.cancel_accept();
         }
     }
 
@@ -386,11 +435,11 @@ impl Worker {
             return;
         }
         self.stop_by = Some(Instant::now() + CLOSE_TIMEOUT + Duration::from_secs(1));
-        if self.accepting {
-            let entry = opcode::AsyncCancel::new(Token::worker(Op::Accept).encode())
-                .build()
-                .user_data(Token::worker(Op::Cancel).encode());
-            self.push(entry);
+        if matches!(
+            self.accepting,
+            Accepting::Multishot { cancelling: false } | Accepting::Single
+        ) {
+            self.cancel_accept();
         }
         self.conns.shutdown();
     }
