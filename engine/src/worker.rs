@@ -114,6 +114,7 @@ impl Worker {
             worker = setup.index,
             flags,
             capacity = setup.capacity,
+            incremental_buffers = bufs.is_incremental(),
             "worker ready"
         );
         Ok(Self {
@@ -306,11 +307,12 @@ impl Worker {
         match result {
             1.. => {
                 let bid = cqueue::buffer_select(flags).expect("receive CQE without a buffer");
-                // SAFETY: `bid` and `result` come from this CQE, and the
-                // buffer is recycled only after the bytes are consumed.
+                // SAFETY: `bid` and `result` come from this CQE, which is
+                // marked consumed right after its bytes are handled.
                 let data = unsafe { self.bufs.filled(bid, result as usize) };
                 self.conns.on_data(slot, gen, data);
-                self.bufs.recycle(bid);
+                self.bufs
+                    .consumed(bid, result as usize, cqueue::buffer_more(flags));
             }
             0 => self.conns.on_eof(slot, gen),
             _ if errno(result) == libc::ENOBUFS => {

@@ -532,3 +532,61 @@ mod tests {
         assert_eq!(got, [Got::Binary(payload)]);
     }
 }
+
+#[cfg(test)]
+mod random_input {
+    use super::*;
+
+    /// xorshift64: deterministic bytes, no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_in_arbitrary_splits_never_panic() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let len = (rng.next() % 300) as usize;
+            // Bias towards plausible headers: masked, short lengths.
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            if len > 1 && rng.next() % 2 == 0 {
+                bytes[1] = 0x80 | (bytes[1] % 130);
+            }
+            let mut decoder = Decoder::default();
+            let mut start = 0;
+            while start < bytes.len() {
+                let end = (start + 1 + (rng.next() % 40) as usize).min(bytes.len());
+                let result = decoder.feed(&mut bytes[start..end], 1 << 16, &mut |_| {
+                    ControlFlow::Continue(())
+                });
+                if !matches!(result, Ok(Fed::NeedMore)) {
+                    break;
+                }
+                start = end;
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_request_heads_never_panic() {
+        let mut rng = Rng(42);
+        let good = b"GET /ws?topic=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        for _ in 0..20_000 {
+            let mut bytes = good.to_vec();
+            for _ in 0..(rng.next() % 6) {
+                let i = (rng.next() as usize) % bytes.len();
+                bytes[i] = rng.next() as u8;
+            }
+            let cut = (rng.next() as usize) % (bytes.len() + 1);
+            if let Ok(Some((req, _))) = crate::protocol::handshake::parse(&bytes[..cut]) {
+                let _ = req.upgrade(&["chat".to_owned()]);
+            }
+        }
+    }
+}

@@ -2,6 +2,13 @@
 //! buffers per worker, shared by every connection's multishot receive. The
 //! kernel picks a buffer only when data arrives, so an idle connection holds
 //! no read buffer.
+//!
+//! Where the kernel supports it (6.12+), the ring is registered for
+//! incremental consumption (IOU_PBUF_RING_INC). A receive then takes only
+//! the bytes it needs from the current buffer, and the same buffer id comes
+//! back in several CQEs, each starting where the previous one stopped. The
+//! buffer is finished when a CQE lacks IORING_CQE_F_BUF_MORE. Without it,
+//! every receive uses up a whole buffer.
 
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
@@ -49,6 +56,9 @@ impl Drop for Mapping {
 /// The buffer group id; one group per ring.
 pub const BUFFER_GROUP: u16 = 0;
 
+/// `IOU_PBUF_RING_INC` from `<linux/io_uring.h>`.
+const IOU_PBUF_RING_INC: u16 = 2;
+
 /// A registered ring of `count` buffers of `size` bytes each.
 pub struct BufRing {
     entries: Mapping,
@@ -57,6 +67,10 @@ pub struct BufRing {
     size: u32,
     /// Next tail value, published to the kernel by [`BufRing::publish`].
     tail: u16,
+    /// Per buffer: bytes already handed out by earlier CQEs (incremental
+    /// consumption only; always 0 otherwise).
+    offsets: Vec<u32>,
+    incremental: bool,
 }
 
 impl BufRing {
@@ -76,23 +90,35 @@ impl BufRing {
         }
         let entries = Mapping::new(usize::from(count) * std::mem::size_of::<BufRingEntry>())?;
         let buffers = Mapping::new(usize::from(count) * size as usize)?;
-        // SAFETY: the mapping is page aligned, sized for `count` entries and
-        // lives until after the ring is unregistered (drop order in Worker:
-        // the ring is dropped before this BufRing).
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                entries.ptr.as_ptr() as u64,
-                count,
-                BUFFER_GROUP,
-                0,
-            )?;
-        }
+        let register = |flags| {
+            // SAFETY: the mapping is page aligned, sized for `count` entries
+            // and lives until after the ring is unregistered (drop order in
+            // Worker: the ring is dropped before this BufRing).
+            unsafe {
+                ring.submitter().register_buf_ring_with_flags(
+                    entries.ptr.as_ptr() as u64,
+                    count,
+                    BUFFER_GROUP,
+                    flags,
+                )
+            }
+        };
+        let incremental = match register(IOU_PBUF_RING_INC) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                register(0)?;
+                false
+            }
+            Err(e) => return Err(e),
+        };
         let mut this = Self {
             entries,
             buffers,
             count,
             size,
             tail: 0,
+            offsets: vec![0; usize::from(count)],
+            incremental,
         };
         for bid in 0..count {
             this.push(bid);
@@ -129,24 +155,42 @@ impl BufRing {
         tail.store(self.tail, Ordering::Release);
     }
 
-    /// The first `len` bytes the kernel wrote into buffer `bid`.
+    /// Whether the ring was registered for incremental consumption.
+    pub fn is_incremental(&self) -> bool {
+        self.incremental
+    }
+
+    /// The `len` bytes a receive CQE reported in buffer `bid`.
     ///
     /// # Safety
-    /// `bid` and `len` must come from one receive CQE, and the buffer must
-    /// not have been given back with [`Self::recycle`] since.
+    /// `bid` and `len` must come from one receive CQE, which must then be
+    /// passed to [`Self::consumed`] before the next CQE's bytes are taken.
     pub unsafe fn filled(&mut self, bid: u16, len: usize) -> &mut [u8] {
-        debug_assert!(bid < self.count && len <= self.size as usize);
+        let offset = self.offsets[usize::from(bid)] as usize;
+        assert!(
+            bid < self.count && offset + len <= self.size as usize,
+            "CQE beyond its buffer"
+        );
         let start = self
             .buffers
             .ptr
             .as_ptr()
-            .add(usize::from(bid) * self.size as usize);
+            .add(usize::from(bid) * self.size as usize + offset);
         std::slice::from_raw_parts_mut(start, len)
     }
 
-    /// Gives buffer `bid` back to the kernel once its bytes are consumed.
-    pub fn recycle(&mut self, bid: u16) {
-        self.push(bid);
-        self.publish();
+    /// Records that the `len` bytes of a CQE in buffer `bid` are consumed.
+    /// `more` is the CQE's IORING_CQE_F_BUF_MORE: the kernel keeps filling
+    /// the rest of the buffer. Otherwise the buffer goes back to the kernel.
+    pub fn consumed(&mut self, bid: u16, len: usize, more: bool) {
+        let offset = &mut self.offsets[usize::from(bid)];
+        if more {
+            debug_assert!(self.incremental);
+            *offset += len as u32;
+        } else {
+            *offset = 0;
+            self.push(bid);
+            self.publish();
+        }
     }
 }
