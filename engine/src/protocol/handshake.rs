@@ -341,35 +341,19 @@ mod tests {
 
     #[test]
     fn each_bad_header_gets_its_reason() {
-        assert_eq!(verdict(&GOOD.replace("GET", "POST")), Reject::NotGet);
-        assert_eq!(
-            verdict(&GOOD.replace("HTTP/1.1", "HTTP/1.0")),
-            Reject::Malformed
-        );
-        assert_eq!(
-            verdict(&GOOD.replace("Host: x\r\n", "")),
-            Reject::MissingHost
-        );
-        assert_eq!(
-            verdict(&GOOD.replace("WebSocket", "h2c")),
-            Reject::NotUpgrade
-        );
-        assert_eq!(
-            verdict(&GOOD.replace("keep-alive, Upgrade", "close")),
-            Reject::NotUpgrade
-        );
-        assert_eq!(
-            verdict(&GOOD.replace("Version: 13", "Version: 8")),
-            Reject::UnsupportedVersion
-        );
-        assert_eq!(
-            verdict(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")),
-            Reject::BadKey
-        );
-        assert_eq!(
-            verdict(&GOOD.replace("Sec-WebSocket-Key", "X-Key")),
-            Reject::BadKey
-        );
+        let cases = [
+            ("GET", "POST", Reject::NotGet),
+            ("HTTP/1.1", "HTTP/1.0", Reject::Malformed),
+            ("Host: x\r\n", "", Reject::MissingHost),
+            ("WebSocket", "h2c", Reject::NotUpgrade),
+            ("keep-alive, Upgrade", "close", Reject::NotUpgrade),
+            ("Version: 13", "Version: 8", Reject::UnsupportedVersion),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=", Reject::BadKey),
+            ("Sec-WebSocket-Key", "X-Key", Reject::BadKey),
+        ];
+        for (from, to, reason) in cases {
+            assert_eq!(verdict(&GOOD.replace(from, to)), reason, "{from} -> {to}");
+        }
         assert_eq!(verdict("GARBAGE\r\n\r\n"), Reject::Malformed);
     }
 
