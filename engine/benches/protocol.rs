@@ -1,0 +1,79 @@
+//! Micro-benchmarks of the protocol layer, which runs alone with no I/O:
+//! frame header parse, unmasking, UTF-8 validation, the
+//! Sec-WebSocket-Accept computation, and encoding one broadcast frame.
+//! Run with `cargo bench -p ringcast-engine`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringcast_engine::protocol::frame::{encode, parse_header, OpCode};
+use ringcast_engine::protocol::handshake::accept_key;
+use ringcast_engine::protocol::mask::apply_mask;
+use ringcast_engine::protocol::utf8::Utf8Validator;
+use std::hint::black_box;
+
+fn header_parse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("frame_header_parse");
+    let short = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d];
+    let medium = [0x82, 0xfe, 0x04, 0x00, 1, 2, 3, 4];
+    let long = [0x82, 0xff, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4];
+    for (name, bytes) in [
+        ("7-bit", &short[..]),
+        ("16-bit", &medium[..]),
+        ("64-bit", &long[..]),
+    ] {
+        group.bench_function(name, |b| b.iter(|| parse_header(black_box(bytes))));
+    }
+    group.finish();
+}
+
+fn unmask(c: &mut Criterion) {
+    let mut group = c.benchmark_group("unmask");
+    for size in [16usize, 1024, 64 * 1024] {
+        let mut buf = vec![0x5au8; size];
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
+            b.iter(|| apply_mask(black_box(&mut buf), [1, 2, 3, 4], 1));
+        });
+    }
+    group.finish();
+}
+
+fn utf8(c: &mut Criterion) {
+    let mut group = c.benchmark_group("utf8_validate");
+    let ascii = "a".repeat(64 * 1024);
+    let mixed = "κόσμε ✓ 𝄞 mixed text ".repeat(64 * 1024 / 32);
+    for (name, text) in [("ascii_64KiB", &ascii), ("mixed_64KiB", &mixed)] {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut v = Utf8Validator::default();
+                // Split like a stream of 4 KiB receive buffers.
+                for chunk in black_box(text.as_bytes()).chunks(4096) {
+                    v.feed(chunk).unwrap();
+                }
+                v.finish().unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+fn accept(c: &mut Criterion) {
+    c.bench_function("sec_websocket_accept", |b| {
+        b.iter(|| accept_key(black_box("dGhlIHNhbXBsZSBub25jZQ==")))
+    });
+}
+
+fn broadcast_frame(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode_broadcast_frame");
+    for size in [16usize, 1024, 64 * 1024] {
+        let payload = vec![b'x'; size];
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &payload, |b, p| {
+            b.iter(|| encode(OpCode::Text, black_box(p)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, header_parse, unmask, utf8, accept, broadcast_frame);
+criterion_main!(benches);
