@@ -14,8 +14,9 @@ pub const CQ_ENTRIES: u32 = 65536;
 type Flags = fn(&mut io_uring::Builder);
 
 /// Builds a ring for one worker thread, trying in order:
-/// SINGLE_ISSUER + DEFER_TASKRUN (completions run only when this thread
-/// waits, no interrupts), then COOP_TASKRUN, then no flags. Returns the ring
+/// SINGLE_ISSUER + DEFER_TASKRUN + COOP_TASKRUN (completions run only when
+/// this thread waits, no interrupts), the same without COOP_TASKRUN, then
+/// COOP_TASKRUN alone, then no flags. Returns the ring
 /// and a name for the setup chosen, for the startup log.
 ///
 /// # Errors
@@ -23,7 +24,12 @@ type Flags = fn(&mut io_uring::Builder);
 /// disabled by `kernel.io_uring_disabled`, or `ENOMEM` under a low
 /// `RLIMIT_MEMLOCK` on kernels before 5.12).
 pub fn build_ring() -> io::Result<(IoUring, &'static str)> {
-    let attempts: [(&str, Flags); 3] = [
+    let attempts: [(&str, Flags); 4] = [
+        ("single_issuer+defer_taskrun+coop_taskrun", |b| {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_coop_taskrun();
+        }),
         ("single_issuer+defer_taskrun", |b| {
             b.setup_single_issuer().setup_defer_taskrun();
         }),
