@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 ///
 /// # Errors
 /// `getrlimit(2)` or `setrlimit(2)` failures.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+fn raise_nofile_limit() -> io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -43,6 +43,7 @@ pub struct Runtime {
     threads: Vec<JoinHandle<io::Result<()>>>,
     local_addr: SocketAddr,
     capacity: u64,
+    nofile: u64,
 }
 
 /// A cheap, cloneable handle for other threads: publish, broadcast, stats
@@ -130,6 +131,7 @@ impl Runtime {
             threads,
             local_addr,
             capacity: u64::from(per_worker) * workers as u64,
+            nofile,
         };
         if let Some(e) = failure {
             runtime.handle.shutdown();
@@ -154,6 +156,12 @@ impl Runtime {
     /// fixed-file tables.
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// RLIMIT_NOFILE after raising the soft limit to the hard one: the cap
+    /// on each worker's fixed-file table.
+    pub fn rlimit_nofile(&self) -> u64 {
+        self.nofile
     }
 
     /// Waits for every worker to exit (after [`Handle::shutdown`]).

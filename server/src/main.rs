@@ -6,7 +6,7 @@ mod doctor;
 
 use clap::Parser;
 use cli::{Cli, Command, Serve};
-use ringcast_engine::runtime::{raise_nofile_limit, Runtime};
+use ringcast_engine::runtime::Runtime;
 use std::process::ExitCode;
 
 #[global_allocator]
@@ -44,7 +44,7 @@ fn run(serve: Serve) -> std::io::Result<()> {
     let runtime = Runtime::start(config).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", serve.listen))
     })?;
-    let nofile = raise_nofile_limit()?;
+    let nofile = runtime.rlimit_nofile();
     tracing::info!(
         workers,
         per_worker = runtime.capacity() / workers as u64,
