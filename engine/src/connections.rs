@@ -248,11 +248,6 @@ impl Connections {
         }
     }
 
-    /// Connections in the table.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -400,7 +395,7 @@ impl Connections {
     fn subscribe(&mut self, slot: u32, topic: &str) -> String {
         let conn = self.table[slot as usize].as_mut().expect("live slot");
         if !topics::is_valid_name(topic) {
-            return control::error("a topic is 1-128 bytes of A-Z a-z 0-9 _ . : -");
+            return control::error(topics::NAME_RULE);
         }
         if self
             .topics

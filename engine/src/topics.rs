@@ -6,6 +6,9 @@ use std::collections::{HashMap, HashSet};
 /// Longest topic name, in bytes.
 pub const MAX_TOPIC_LEN: usize = 128;
 
+/// The naming rule, as stated in error replies.
+pub const NAME_RULE: &str = "a topic is 1-128 bytes of A-Z a-z 0-9 _ . : -";
+
 /// Most topics one connection may subscribe to.
 pub const MAX_TOPICS_PER_CONNECTION: usize = 64;
 

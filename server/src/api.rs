@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ringcast_engine::topics::is_valid_name;
+use ringcast_engine::topics::{is_valid_name, NAME_RULE};
 use ringcast_engine::{Handle, OpCode};
 use serde_json::json;
 
@@ -94,7 +94,7 @@ async fn publish(
     if let Some(bad) = topics.iter().find(|t| !is_valid_name(t)) {
         return error(
             StatusCode::BAD_REQUEST,
-            &format!("invalid topic {bad:?}: 1-128 bytes of A-Z a-z 0-9 _ . : -"),
+            &format!("invalid topic {bad:?}: {NAME_RULE}"),
         );
     }
     deliver(&headers, &body, |op, done| {

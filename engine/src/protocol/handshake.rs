@@ -98,7 +98,7 @@ impl Reject {
             Reject::UnsupportedVersion => "only Sec-WebSocket-Version 13 is supported",
             Reject::HeadersTooLarge => "request headers too large",
             Reject::NotFound => "no WebSocket endpoint at this path",
-            Reject::BadTopic => "a topic is 1-128 bytes of A-Z a-z 0-9 _ . : -",
+            Reject::BadTopic => crate::topics::NAME_RULE,
             Reject::Timeout => "handshake not completed in time",
         }
     }
