@@ -41,30 +41,20 @@ fn main() -> ExitCode {
 fn run(serve: Serve) -> std::io::Result<()> {
     let config = serve.engine_config();
     let workers = config.workers;
-    let runtime = Runtime::start(config).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", serve.listen))
-    })?;
-    let nofile = runtime.rlimit_nofile();
+    let runtime = Runtime::start(config)?;
+    let (capacity, nofile) = (runtime.capacity(), runtime.rlimit_nofile());
+    let per_worker = capacity / workers as u64;
     tracing::info!(
         workers,
-        per_worker = runtime.capacity() / workers as u64,
-        capacity = runtime.capacity(),
+        per_worker,
+        capacity,
         rlimit_nofile = nofile,
-        "connection capacity: {} workers x {} fixed-file slots = {} connections",
-        workers,
-        runtime.capacity() / workers as u64,
-        runtime.capacity(),
+        "connection capacity: {workers} workers x {per_worker} fixed-file slots = {capacity} connections"
     );
-    if let Some(wanted) = serve
-        .max_connections
-        .filter(|&n| n as u64 > runtime.capacity())
-    {
+    if let Some(wanted) = serve.max_connections.filter(|&n| n as u64 > capacity) {
         tracing::warn!(
-            "--max-connections {} exceeds this host's ceiling of {} (workers x RLIMIT_NOFILE {}); \
-             raise the open-file limit (see tuning/) or add workers",
-            wanted,
-            runtime.capacity(),
-            nofile
+            "--max-connections {wanted} exceeds this host's ceiling of {capacity} \
+             (workers x RLIMIT_NOFILE {nofile}); raise the open-file limit (see tuning/) or add workers"
         );
     }
     let handle = runtime.handle();

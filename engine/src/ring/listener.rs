@@ -16,13 +16,17 @@ pub const BACKLOG: i32 = 65535;
 ///
 /// # Errors
 /// `socket(2)`, `setsockopt(2)`, `bind(2)` or `listen(2)` errors, e.g.
-/// `EADDRINUSE` when another process (without SO_REUSEPORT) holds the port.
+/// `EADDRINUSE` when another process (without SO_REUSEPORT) holds the port;
+/// the message names `addr`.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
+    let listen = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        Ok(socket.into())
+    };
+    listen().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
