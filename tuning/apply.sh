@@ -73,12 +73,18 @@ cannot_set() {
   failures=$((failures + 1))
 }
 
-# Files installed: destination and source.
+# Files installed: destination and source (empty: the systemd drop-in).
 files=("$etc/sysctl.d/90-ringcast.conf:$conf" "$etc/security/limits.d/ringcast.conf:$here/limits.d/ringcast.conf")
+# The drop-in where systemd runs, or always when installing into another
+# root (RINGCAST_TUNING_ETC), whose init system this host cannot see.
 if [ -d /run/systemd/system ] || [ -n "${RINGCAST_TUNING_ETC:-}" ]; then
   files+=("$etc/systemd/system/ringcast.service.d/90-limits.conf:")
 fi
-dropin() { printf '[Service]\n# Installed by ringcast tuning/apply.sh\nLimitNOFILE=1048576\n'; }
+# Carries the unit's own LimitNOFILE, for hosts that run their own unit.
+dropin() {
+  printf '[Service]\n# Installed by ringcast tuning/apply.sh\n'
+  grep '^LimitNOFILE=' "$here/ringcast.service"
+}
 file_content() { if [ -n "$1" ]; then cat "$1"; else dropin; fi; }
 
 apply_sysctls() {
