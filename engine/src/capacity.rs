@@ -2,6 +2,8 @@
 //! first. The server's startup log and `ringcast doctor` (behind
 //! `tuning/check.sh`) both use this one computation.
 
+use std::io;
+
 /// Kernel slab per TCP socket, in bytes (measured on Linux 6.18: tcp_sock
 /// alone is 2368 B; see shared/PLATFORM.md).
 pub const KERNEL_BYTES_PER_SOCKET: u64 = 4300;
@@ -27,6 +29,31 @@ pub const STORM_BACKLOG: u64 = 65535;
 pub fn table_size(workers: usize, max_connections: usize, nofile: u64) -> u32 {
     let share = max_connections.div_ceil(workers.max(1)).max(1) as u64;
     share.min(nofile).min(u64::from(u32::MAX)) as u32
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit and returns it. Each
+/// worker's fixed-file table may hold at most this many connections.
+///
+/// # Errors
+/// `getrlimit(2)` or `setrlimit(2)` failures.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// What the doctor reads off a host. `None` where the host has no such

@@ -12,31 +12,6 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit and returns it. Each
-/// worker's fixed-file table may hold at most this many connections.
-///
-/// # Errors
-/// `getrlimit(2)` or `setrlimit(2)` failures.
-fn raise_nofile_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(limit.rlim_cur)
-}
-
 /// A running engine: worker threads, each with its own ring and listener.
 pub struct Runtime {
     handle: Handle,
@@ -64,7 +39,7 @@ impl Runtime {
     /// left running.
     pub fn start(config: Config) -> io::Result<Self> {
         let workers = config.workers.max(1);
-        let nofile = raise_nofile_limit()?;
+        let nofile = crate::capacity::raise_nofile_limit()?;
         let per_worker = table_size(workers, config.max_connections, nofile);
         let first = crate::ring::listener::bind(config.listen)?;
         let local_addr = first.local_addr()?;

@@ -1,0 +1,259 @@
+//! `fanout`: N subscribers on a topic; M messages published over HTTP, each
+//! carrying its sequence number and send time; delivery latency from
+//! publish to receipt, and every lost or reordered message counted.
+
+use crate::load::{fanout_payload, now_ns, Mode, Shared};
+use crate::plot;
+use crate::report::{print_table, progress, write_json, Latency, Meta};
+use crate::session::{plot_series, Common, Ramp, Session};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Flags of `ringcast-bench fanout`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Fanout {
+    /// WebSocket URL the subscribers connect to.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws?topic=t")]
+    pub url: String,
+    /// HTTP URL each message is POSTed to, the body being the message
+    /// (ringcast: /publish?topic=…; the peers: /broadcast).
+    #[arg(long, default_value = "http://127.0.0.1:8081/publish?topic=t")]
+    pub publish_url: String,
+    /// Subscribers to connect.
+    #[arg(long, default_value_t = 1_000)]
+    pub subscribers: usize,
+    /// Messages to publish.
+    #[arg(long, default_value_t = 100)]
+    pub messages: u32,
+    /// Time between two publishes.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Message payload size in bytes (at least the 30 bytes of sequence
+    /// number and timestamp).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// After the last publish, how long to wait at most for deliveries
+    /// still missing; they are then counted as lost.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Delivery of one message over all subscribers.
+#[derive(Clone, Debug, Serialize)]
+pub struct PerMessage {
+    pub seq: u32,
+    #[serde(flatten)]
+    pub latency: Latency,
+}
+
+/// results.json of a fan-out run.
+#[derive(Clone, Debug, Serialize)]
+pub struct FanoutResult {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub url: String,
+    pub publish_url: String,
+    pub workers: usize,
+    pub ramp: Ramp,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// Subscribers open when publishing started.
+    pub subscribers: u64,
+    /// Publishes the server accepted (2xx).
+    pub published: u64,
+    /// Publishes refused or failed, by reason.
+    pub publish_errors: BTreeMap<String, u64>,
+    /// The smallest receiver count a publish response reported, if the
+    /// server reports one (`{"subscribers":N}`).
+    pub min_reached: Option<u64>,
+    /// subscribers × published.
+    pub expected: u64,
+    pub delivered: u64,
+    /// expected − delivered: messages the server accepted and some open
+    /// subscriber never received.
+    pub lost: u64,
+    pub out_of_order: u64,
+    /// Payloads that were not a message of this run.
+    pub bad_messages: u64,
+    /// Subscribers lost during the run (their missing messages are lost).
+    pub dropped: u64,
+    pub dropped_by_reason: BTreeMap<String, u64>,
+    pub latency: Latency,
+    /// Deliveries per second from the first publish to the last receipt.
+    pub delivered_per_s: f64,
+    pub per_message: Vec<PerMessage>,
+    pub series: Vec<crate::probe::Sample>,
+}
+
+impl FanoutResult {
+    /// True when every subscriber connected and received every message once,
+    /// in order.
+    pub fn ok(&self) -> bool {
+        self.ramp.failed == 0
+            && self.ramp.pending == 0
+            && self.publish_errors.is_empty()
+            && self.lost == 0
+            && self.out_of_order == 0
+            && self.bad_messages == 0
+            && self.dropped == 0
+    }
+
+    /// Prints the summary table.
+    pub fn print(&self) {
+        let worst = self.per_message.iter().max_by_key(|m| m.latency.p99_us);
+        let rows = vec![
+            ("url", self.url.clone()),
+            (
+                "subscribers",
+                format!("{} (failed {})", self.subscribers, self.ramp.failed),
+            ),
+            (
+                "published",
+                format!("{} {:?}", self.published, self.publish_errors),
+            ),
+            (
+                "delivered",
+                format!("{} of {}", self.delivered, self.expected),
+            ),
+            ("lost", self.lost.to_string()),
+            ("out of order", self.out_of_order.to_string()),
+            (
+                "dropped",
+                format!("{} {:?}", self.dropped, self.dropped_by_reason),
+            ),
+            ("delivery latency", self.latency.describe()),
+            (
+                "worst message p99",
+                worst.map_or("-".into(), |m| {
+                    format!("#{}: {}", m.seq, m.latency.describe())
+                }),
+            ),
+            ("delivered/s", format!("{:.0}", self.delivered_per_s)),
+        ];
+        print_table("fanout", &rows);
+    }
+}
+
+/// Publishes one message; returns the receiver count the server reports.
+fn publish(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<Option<u64>, String> {
+    let mut response = agent.post(url).send(body).map_err(|e| e.to_string())?;
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    let reached = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("subscribers")?.as_u64());
+    Ok(reached)
+}
+
+/// Runs a fan-out measurement.
+///
+/// # Errors
+/// A message for a payload size below 30 bytes, a fleet that cannot start
+/// or a worker that fails.
+pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
+    if args.size < 30 {
+        return Err("--size must be at least 30 bytes".into());
+    }
+    let meta = Meta::now("fanout");
+    let session = Session::start(&args.common, &args.url, args.subscribers, Mode::Fanout)?;
+    let ramp = session.ramp(args.subscribers, args.common.rate);
+    let shared = session.shared().clone();
+    let subscribers = Shared::get(&shared.open);
+    let agent = ureq::Agent::new_with_defaults();
+    let bar = progress(u64::from(args.messages), args.common.quiet, "publish");
+    let (mut published, mut publish_errors, mut min_reached) = (0u64, BTreeMap::new(), None);
+    let first_ns = now_ns();
+    let start = Instant::now();
+    for seq in 0..args.messages {
+        let due = start + args.interval * seq;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        match publish(&agent, &args.publish_url, &fanout_payload(seq, args.size)) {
+            Ok(reached) => {
+                published += 1;
+                if let Some(n) = reached {
+                    min_reached = Some(min_reached.map_or(n, |m: u64| m.min(n)));
+                }
+            }
+            Err(e) => *publish_errors.entry(e).or_insert(0u64) += 1,
+        }
+        bar.set_position(u64::from(seq) + 1);
+        bar.set_message(session.status());
+    }
+    bar.finish();
+    let expected = subscribers * published;
+    let deadline = Instant::now() + args.drain_timeout;
+    while Shared::get(&shared.messages) < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let last_ns = Shared::get(&shared.last_message_ns);
+    let workers = session.fleet.workers;
+    let done = session.finish()?;
+    let report = &done.report;
+    let delivered = Shared::get(&shared.messages).saturating_sub(report.bad_messages);
+    let span_s = last_ns.saturating_sub(first_ns) as f64 / 1e9;
+    let result = FanoutResult {
+        meta,
+        url: args.url.clone(),
+        publish_url: args.publish_url.clone(),
+        workers,
+        ramp,
+        failed_by_reason: report.failures.clone(),
+        subscribers,
+        published,
+        publish_errors,
+        min_reached,
+        expected,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        out_of_order: report.out_of_order,
+        bad_messages: report.bad_messages,
+        dropped: report.drops.values().sum(),
+        dropped_by_reason: report.drops.clone(),
+        latency: Latency::of(&report.latency_us),
+        delivered_per_s: if span_s > 0.0 {
+            delivered as f64 / span_s
+        } else {
+            0.0
+        },
+        per_message: report
+            .per_message_us
+            .iter()
+            .enumerate()
+            .map(|(seq, h)| PerMessage {
+                seq: seq as u32,
+                latency: Latency::of(h),
+            })
+            .collect(),
+        series: done.series.clone(),
+    };
+    if let Some(dir) = &args.common.out {
+        write_json(dir, "results.json", &result)?;
+        plot_series(dir, &result.series)?;
+        plot::cdf(
+            &dir.join("latency.svg"),
+            "Publish-to-receipt latency",
+            &report.latency_us,
+        )?;
+        let p99 = |m: &PerMessage| m.latency.p99_us as f64 / 1e3;
+        let max = |m: &PerMessage| m.latency.max_us as f64 / 1e3;
+        let points = |f: &dyn Fn(&PerMessage) -> f64| {
+            result
+                .per_message
+                .iter()
+                .map(|m| (f64::from(m.seq), f(m)))
+                .collect()
+        };
+        plot::lines(
+            &dir.join("per_message.svg"),
+            "Delivery latency per message",
+            "message",
+            "latency (ms)",
+            &[("p99".into(), points(&p99)), ("max".into(), points(&max))],
+        )?;
+    }
+    Ok(result)
+}

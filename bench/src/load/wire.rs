@@ -1,0 +1,168 @@
+//! What a client puts on the wire and checks coming back: the opening
+//! handshake (RFC 6455 §4.1) and masked client frames (§5.2, §5.3).
+//!
+//! A load generator shortcut, stated here once: each worker draws one
+//! random `Sec-WebSocket-Key` and one random masking key at start, and all
+//! its connections and frames reuse them, so that no request or frame is
+//! built per connection. A server cannot tell; it validates and unmasks
+//! exactly as it would for fresh keys.
+
+use base64::Engine as _;
+use ringcast_engine::protocol::handshake::accept_key;
+use ringcast_engine::protocol::mask::apply_mask;
+use ringcast_engine::OpCode;
+
+/// `n` random bytes from the kernel (`getrandom(2)`).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: writes at most N - filled bytes into `out[filled..]`.
+        let n = unsafe { libc::getrandom(out[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        assert!(
+            n > 0,
+            "getrandom failed: {}",
+            std::io::Error::last_os_error()
+        );
+        filled += n as usize;
+    }
+    out
+}
+
+/// One worker's opening handshake: the request bytes and the
+/// `Sec-WebSocket-Accept` value a server must answer with.
+pub struct Handshake {
+    /// The complete HTTP/1.1 upgrade request.
+    pub request: Vec<u8>,
+    expected_accept: String,
+}
+
+/// Why a handshake response was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadResponse {
+    /// Not HTTP, or malformed headers.
+    Malformed,
+    /// A status other than 101, e.g. 503 from a full server.
+    Status(u16),
+    /// 101 with a missing or wrong `Sec-WebSocket-Accept`.
+    AcceptKey,
+}
+
+impl std::fmt::Display for BadResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Malformed => f.write_str("malformed handshake response"),
+            Self::Status(code) => write!(f, "HTTP {code}"),
+            Self::AcceptKey => f.write_str("wrong Sec-WebSocket-Accept"),
+        }
+    }
+}
+
+impl Handshake {
+    /// A request for `resource` (path and query) on `host`, with a fresh
+    /// random key.
+    pub fn new(host: &str, resource: &str) -> Self {
+        let key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<16>());
+        let request = format!(
+            "GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .into_bytes();
+        Self {
+            request,
+            expected_accept: accept_key(&key),
+        }
+    }
+
+    /// Checks a response at the start of `buf`. Returns `Ok(None)` while the
+    /// header block is incomplete, else the header length in bytes (frames
+    /// may follow in the same buffer).
+    ///
+    /// # Errors
+    /// [`BadResponse`] when the server refused or answered wrongly.
+    pub fn check(&self, buf: &[u8]) -> Result<Option<usize>, BadResponse> {
+        let mut headers = [httparse::EMPTY_HEADER; 24];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(BadResponse::Malformed),
+        };
+        match response.code {
+            Some(101) => {}
+            Some(code) => return Err(BadResponse::Status(code)),
+            None => return Err(BadResponse::Malformed),
+        }
+        let accept = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+            .map(|h| h.value);
+        if accept != Some(self.expected_accept.as_bytes()) {
+            return Err(BadResponse::AcceptKey);
+        }
+        Ok(Some(len))
+    }
+}
+
+/// Encodes one masked client frame with FIN set (RFC 6455 §5.2): header,
+/// masking key `key`, then the masked payload.
+pub fn client_frame(opcode: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(14 + payload.len());
+    out.push(0x80 | opcode as u8);
+    match payload.len() {
+        len @ 0..=125 => out.push(0x80 | len as u8),
+        len @ 126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], key, 0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringcast_engine::protocol::frame::parse_header;
+
+    #[test]
+    fn checks_responses() {
+        let hs = Handshake::new("h", "/ws");
+        let good = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            hs.expected_accept
+        );
+        let mut good = good.into_bytes();
+        let header_len = good.len();
+        good.extend_from_slice(&[0x81, 0x00]); // a frame right behind it
+        assert_eq!(hs.check(&good), Ok(Some(header_len)));
+        assert_eq!(hs.check(&good[..20]), Ok(None));
+        let refused = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(hs.check(refused), Err(BadResponse::Status(503)));
+        let wrong = b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: x\r\n\r\n";
+        assert_eq!(hs.check(wrong), Err(BadResponse::AcceptKey));
+        assert_eq!(hs.check(b"SSH-2.0\r\n\r\n"), Err(BadResponse::Malformed));
+    }
+
+    #[test]
+    fn frames_unmask_to_their_payload() {
+        for len in [0usize, 125, 126, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut frame = client_frame(OpCode::Binary, &payload, [1, 2, 3, 4]);
+            let h = parse_header(&frame).unwrap().unwrap();
+            assert_eq!((h.payload_len, h.mask), (len as u64, Some([1, 2, 3, 4])));
+            apply_mask(&mut frame[h.header_len..], [1, 2, 3, 4], 0);
+            assert_eq!(&frame[h.header_len..], &payload[..]);
+        }
+    }
+}

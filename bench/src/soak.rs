@@ -1,0 +1,221 @@
+//! `soak`: open N connections at a ramp rate, hold them, and report what
+//! held and what it cost the server and the kernel.
+
+use crate::load::{Mode, Shared};
+use crate::plot;
+use crate::probe::{Probe, Sample};
+use crate::report::{bytes, print_table, write_json, Latency, Meta};
+use crate::session::{plot_series, Common, Ramp, Session};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Flags of `ringcast-bench soak`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Soak {
+    /// WebSocket URL to connect to.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws?topic=t")]
+    pub url: String,
+    /// Connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// How long to hold the connections once the ramp ends.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// During the hold, ping every connection this often and count the
+    /// pongs [default: no pings].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ping_interval: Option<Duration>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Memory figures of a soak, in bytes. Server figures need `--server-pid`.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Memory {
+    pub server_rss_before: Option<u64>,
+    pub server_rss_peak: Option<u64>,
+    pub server_rss_at_hold_end: Option<u64>,
+    pub server_rss_after: Option<u64>,
+    /// (RSS at hold end − RSS before) / connections held.
+    pub server_rss_per_connection: Option<f64>,
+    /// RSS growth per connection between half and all of the connections
+    /// open: the per-connection cost without fixed costs (buffer rings,
+    /// allocator arenas) that the average above spreads over them.
+    pub server_rss_marginal_per_connection: Option<f64>,
+    /// Kernel slab growth per connection held, host-wide: on loopback it
+    /// includes the client's socket too.
+    pub kernel_slab_per_connection: f64,
+    /// TCP socket-buffer memory per connection held, host-wide.
+    pub tcp_buffer_per_connection: f64,
+}
+
+impl Memory {
+    fn compute(
+        before: &Probe,
+        at_end: &Probe,
+        after: &Probe,
+        held: u64,
+        series: &[Sample],
+    ) -> Self {
+        let held_f = held.max(1) as f64;
+        let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / held_f;
+        let half = series
+            .iter()
+            .find(|s| s.open >= held / 2 && s.probe.server_rss.is_some());
+        let marginal = match (half, at_end.server_rss) {
+            (Some(h), Some(end)) if held > h.open => {
+                let grew = end as f64 - h.probe.server_rss.unwrap_or(end) as f64;
+                Some(grew / (held - h.open) as f64)
+            }
+            _ => None,
+        };
+        Self {
+            server_rss_before: before.server_rss,
+            server_rss_peak: series.iter().filter_map(|s| s.probe.server_rss).max(),
+            server_rss_at_hold_end: at_end.server_rss,
+            server_rss_after: after.server_rss,
+            server_rss_per_connection: before
+                .server_rss
+                .zip(at_end.server_rss)
+                .map(|(a, b)| per(a, b)),
+            server_rss_marginal_per_connection: marginal,
+            kernel_slab_per_connection: per(before.slab_bytes, at_end.slab_bytes),
+            tcp_buffer_per_connection: per(before.tcp_buffer_bytes, at_end.tcp_buffer_bytes),
+        }
+    }
+}
+
+/// results.json of a soak.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakResult {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub url: String,
+    pub requested: usize,
+    pub workers: usize,
+    pub ramp: Ramp,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// Connections lost during the hold.
+    pub dropped: u64,
+    pub dropped_by_reason: BTreeMap<String, u64>,
+    /// Connections open when the hold ended.
+    pub held_at_end: u64,
+    pub hold_seconds: f64,
+    pub handshake_latency: Latency,
+    pub pings_sent: u64,
+    pub pongs_received: u64,
+    pub memory: Memory,
+    pub series: Vec<Sample>,
+}
+
+impl SoakResult {
+    /// True when every connection opened and held.
+    pub fn ok(&self) -> bool {
+        self.ramp.failed == 0 && self.ramp.pending == 0 && self.dropped == 0
+    }
+
+    /// Prints the summary table.
+    pub fn print(&self) {
+        let m = &self.memory;
+        let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} B"));
+        let mut rows = vec![
+            ("url", self.url.clone()),
+            (
+                "connected",
+                format!("{} of {}", self.ramp.opened, self.requested),
+            ),
+            (
+                "failed",
+                format!("{} {:?}", self.ramp.failed, self.failed_by_reason),
+            ),
+            ("pending at ramp end", self.ramp.pending.to_string()),
+            (
+                "dropped during hold",
+                format!("{} {:?}", self.dropped, self.dropped_by_reason),
+            ),
+            (
+                "held at end",
+                format!("{} for {:.0} s", self.held_at_end, self.hold_seconds),
+            ),
+            (
+                "connect rate",
+                format!("{:.0}/s", self.ramp.connect_rate_per_s),
+            ),
+            ("handshake latency", self.handshake_latency.describe()),
+            ("server RSS before / peak / after", {
+                let f = |v: Option<u64>| v.map_or("-".into(), bytes);
+                format!(
+                    "{} / {} / {}",
+                    f(m.server_rss_before),
+                    f(m.server_rss_peak),
+                    f(m.server_rss_after)
+                )
+            }),
+            (
+                "server RSS per connection",
+                opt(m.server_rss_per_connection),
+            ),
+            ("  marginal", opt(m.server_rss_marginal_per_connection)),
+            (
+                "kernel slab per connection",
+                format!("{:.0} B (both ends)", m.kernel_slab_per_connection),
+            ),
+        ];
+        if self.pings_sent > 0 {
+            rows.push((
+                "pings / pongs",
+                format!("{} / {}", self.pings_sent, self.pongs_received),
+            ));
+        }
+        print_table("soak", &rows);
+    }
+}
+
+/// Runs a soak.
+///
+/// # Errors
+/// A message when the fleet cannot start or a worker fails.
+pub fn run(args: &Soak) -> Result<SoakResult, String> {
+    let meta = Meta::now("soak");
+    let mode = Mode::Soak {
+        ping_every: args.ping_interval,
+    };
+    let session = Session::start(&args.common, &args.url, args.connections, mode)?;
+    let ramp = session.ramp(args.connections, args.common.rate);
+    session.run_for(args.hold, "hold");
+    let held_at_end = Shared::get(&session.shared().open);
+    let at_end = Probe::read(args.common.server_pid);
+    let (pings_sent, pongs_received) = (
+        Shared::get(&session.shared().pings),
+        Shared::get(&session.shared().pongs),
+    );
+    let workers = session.fleet.workers;
+    let before = session.before;
+    let done = session.finish()?;
+    let report = &done.report;
+    let result = SoakResult {
+        meta,
+        url: args.url.clone(),
+        requested: args.connections,
+        workers,
+        ramp,
+        failed_by_reason: report.failures.clone(),
+        dropped: report.drops.values().sum(),
+        dropped_by_reason: report.drops.clone(),
+        held_at_end,
+        hold_seconds: args.hold.as_secs_f64(),
+        handshake_latency: Latency::of(&report.handshake_us),
+        pings_sent,
+        pongs_received,
+        memory: Memory::compute(&before, &at_end, &done.after, held_at_end, &done.series),
+        series: done.series.clone(),
+    };
+    if let Some(dir) = &args.common.out {
+        write_json(dir, "results.json", &result)?;
+        plot_series(dir, &result.series)?;
+        let title = "Connect + handshake latency";
+        plot::cdf(&dir.join("latency.svg"), title, &report.handshake_us)?;
+    }
+    Ok(result)
+}
