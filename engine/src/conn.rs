@@ -4,7 +4,7 @@
 use crate::outbound::Outbound;
 use crate::protocol::decoder::Decoder;
 use crate::timers::Tick;
-use crate::topics::TopicId;
+use crate::topics::Subscriptions;
 
 /// Where a connection is in its life. Transitions only move down the list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub struct Conn {
     /// Send queue (write side).
     pub out: Outbound,
     /// Topics subscribed.
-    pub topics: Vec<TopicId>,
+    pub topics: Subscriptions,
 }
 
 impl Conn {
@@ -93,7 +93,7 @@ impl Conn {
             head: None,
             decoder: Decoder::default(),
             out: Outbound::default(),
-            topics: Vec::new(),
+            topics: Subscriptions::None,
         }
     }
 
@@ -123,6 +123,6 @@ mod tests {
         // The table holds one of these per fixed-file slot; user-space memory
         // per idle connection is this plus its topic memberships.
         let size = std::mem::size_of::<Option<Conn>>();
-        assert!(size <= 96, "Conn grew to {size} bytes");
+        assert!(size <= 72, "Conn grew to {size} bytes");
     }
 }

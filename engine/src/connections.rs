@@ -16,7 +16,7 @@ use crate::protocol::frame::{self, OpCode};
 use crate::protocol::handshake::{self, Reject, Request};
 use crate::stats::WorkerStats;
 use crate::timers::{Entry, Tick, Wheel};
-use crate::topics::{self, Topics};
+use crate::topics::{self, Member, Topics};
 use bytes::Bytes;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -373,12 +373,9 @@ impl Connections {
                 self.reply(slot, reply);
             }
             Action::Control(control::Request::Unsubscribe { topic }) => {
-                if let Some(id) = self.topics.id(&topic) {
-                    if let Some(i) = conn.topics.iter().position(|&t| t == id) {
-                        conn.topics.swap_remove(i);
-                        self.topics.unsubscribe(id, slot);
-                        self.update_topic_gauge();
-                    }
+                let member = self.topics.id(&topic).and_then(|id| conn.topics.remove(id));
+                if let Some(member) = member {
+                    self.leave(slot, member);
                 }
                 self.reply(slot, control::ack("unsubscribed", &topic));
             }
@@ -400,17 +397,27 @@ impl Connections {
         if self
             .topics
             .id(topic)
-            .is_none_or(|id| !conn.topics.contains(&id))
+            .is_none_or(|id| conn.topics.find(id).is_none())
         {
-            if conn.topics.len() >= topics::MAX_TOPICS_PER_CONNECTION {
+            if conn.topics.as_slice().len() >= topics::MAX_TOPICS_PER_CONNECTION {
                 return control::error("too many topics on this connection");
             }
-            let (id, added) = self.topics.subscribe(topic, slot);
-            debug_assert!(added);
-            conn.topics.push(id);
+            conn.topics.push(self.topics.subscribe(topic, slot));
             self.update_topic_gauge();
         }
         control::ack("subscribed", topic)
+    }
+
+    /// Takes `slot` out of `member`'s topic, and updates the connection
+    /// whose slot took its place in the member list.
+    fn leave(&mut self, slot: u32, member: Member) {
+        if let Some(moved) = self.topics.unsubscribe(member, slot) {
+            let conn = self.table[moved as usize]
+                .as_mut()
+                .expect("subscriber slot is live");
+            conn.topics.moved(member.topic, member.index);
+        }
+        self.update_topic_gauge();
     }
 
     fn update_topic_gauge(&self) {
@@ -461,10 +468,9 @@ impl Connections {
             .take()
             .expect("remove of an empty slot");
         debug_assert!(!conn.busy());
-        for &id in &conn.topics {
-            self.topics.unsubscribe(id, slot);
+        for &member in conn.topics.as_slice() {
+            self.leave(slot, member);
         }
-        self.update_topic_gauge();
         self.len -= 1;
         let stats = self.io.stats();
         WorkerStats::sub(&stats.connections, 1);

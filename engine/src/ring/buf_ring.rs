@@ -16,22 +16,24 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-/// Anonymous private mapping, unmapped on drop. Pages are only backed by
-/// memory once touched.
+/// Anonymous private mapping, unmapped on drop. With `populate`, its pages
+/// are backed at once (MAP_POPULATE); otherwise only once touched.
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
 
 impl Mapping {
-    fn new(len: usize) -> io::Result<Self> {
+    fn new(len: usize, populate: bool) -> io::Result<Self> {
         // SAFETY: a fresh anonymous mapping; no existing memory is affected.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | if populate { libc::MAP_POPULATE } else { 0 },
                 -1,
                 0,
             )
@@ -88,8 +90,15 @@ impl BufRing {
                 "buffer count must be a power of two up to 32768, size above 0",
             ));
         }
-        let entries = Mapping::new(usize::from(count) * std::mem::size_of::<BufRingEntry>())?;
-        let buffers = Mapping::new(usize::from(count) * size as usize)?;
+        let entries = Mapping::new(
+            usize::from(count) * std::mem::size_of::<BufRingEntry>(),
+            false,
+        )?;
+        // Populated up front: the kernel would otherwise fault pages in
+        // while copying received bytes, and RSS would creep up with the
+        // first few thousand connections instead of showing the pool's
+        // fixed cost from the start.
+        let buffers = Mapping::new(usize::from(count) * size as usize, true)?;
         let register = |flags| {
             // SAFETY: the mapping is page aligned, sized for `count` entries
             // and lives until after the ring is unregistered (drop order in

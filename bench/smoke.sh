@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Smoke run of every ringcast-bench subcommand at small scale against the
+# debug builds: soak 2000 connections for 5 s, fanout to 500 subscribers
+# for 20 messages, echo, and compare with both peers. Checks that each
+# results.json has its fields and that nothing failed, dropped or was lost.
+# Bounded: every command runs under `timeout`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --quiet -p ringcast -p ringcast-bench -p peer-tungstenite -p peer-fastwebsockets
+bin=target/debug
+out=$(mktemp -d)
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$out"
+}
+trap cleanup EXIT
+
+# ringcast on free ports; its first stdout line names them.
+mkfifo "$out/addresses"
+RUST_LOG=warn "$bin/ringcast" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo \
+  >"$out/addresses" &
+server_pid=$!
+read -r _ ws api <"$out/addresses"
+ws=${ws#ws=}
+api=${api#api=}
+
+bench() { timeout 180 "$bin/ringcast-bench" "$@" --quiet; }
+
+bench soak --url "ws://$ws/ws?topic=t" --connections 2000 --hold 5s --ping-interval 1s \
+  --server-pid "$server_pid" --out "$out/soak"
+bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topic=t" \
+  --subscribers 500 --messages 20 --interval 20ms --out "$out/fanout"
+bench echo --url "ws://$ws/echo" --connections 50 --duration 3s --out "$out/echo"
+kill "$server_pid"
+server_pid=
+bench compare --connections 1000 --hold 1s --subscribers 200 --messages 5 --interval 20ms \
+  --echo-connections 20 --echo-duration 1s --out "$out/compare"
+
+python3 - "$out" <<'EOF'
+import json, sys
+out = sys.argv[1]
+
+def load(path, *fields):
+    with open(f"{out}/{path}") as f:
+        r = json.load(f)
+    missing = [k for k in fields if k not in r]
+    assert not missing, f"{path}: missing {missing}"
+    return r
+
+soak = load("soak/results.json", "ramp", "handshake_latency", "memory", "dropped", "series")
+assert soak["ramp"]["opened"] == 2000 and soak["ramp"]["failed"] == 0, soak["ramp"]
+assert soak["dropped"] == 0 and soak["held_at_end"] == 2000
+assert soak["pongs_received"] > 0 and soak["memory"]["server_rss_peak"] > 0
+fan = load("fanout/results.json", "latency", "per_message", "lost", "out_of_order", "expected")
+assert fan["subscribers"] == 500 and fan["published"] == 20, fan["publish_errors"]
+assert fan["expected"] == 10000 and fan["delivered"] == 10000, (fan["delivered"], fan["lost"])
+assert fan["lost"] == 0 and fan["out_of_order"] == 0 and len(fan["per_message"]) == 20
+echo = load("echo/results.json", "messages_per_s", "round_trip")
+assert echo["messages"] > 0 and echo["bad_messages"] == 0 and echo["dropped"] == 0
+cmp = load("compare/compare.json", "entries", "ratios")
+assert [e["server"] for e in cmp["entries"]] == ["ringcast", "tokio-tungstenite", "fastwebsockets"]
+for e in cmp["entries"]:
+    assert e["fanout"]["lost"] == 0 and e["soak"]["ramp"]["failed"] == 0, e["server"]
+print("bench smoke: soak, fanout, echo and compare passed")
+EOF
