@@ -3,9 +3,8 @@
 //! and round-trip latency.
 
 use crate::load::{Mode, Shared};
-use crate::plot;
-use crate::report::{print_table, write_json, Latency, Meta};
-use crate::session::{plot_series, Common, Ramp, Session};
+use crate::report::{print_table, Latency, Meta};
+use crate::session::{write_outputs, Common, Ramp, Session};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -118,13 +117,8 @@ pub fn run(args: &Echo) -> Result<EchoResult, String> {
         series: done.series.clone(),
     };
     if let Some(dir) = &args.common.out {
-        write_json(dir, "results.json", &result)?;
-        plot_series(dir, &result.series)?;
-        plot::cdf(
-            &dir.join("latency.svg"),
-            "Echo round trip",
-            &report.latency_us,
-        )?;
+        let title = "Echo round trip";
+        write_outputs(dir, &result, &result.series, title, &report.latency_us)?;
     }
     Ok(result)
 }

@@ -4,8 +4,8 @@
 
 use crate::load::{fanout_payload, now_ns, Mode, Shared};
 use crate::plot;
-use crate::report::{print_table, progress, write_json, Latency, Meta};
-use crate::session::{plot_series, Common, Ramp, Session};
+use crate::report::{print_table, progress, Latency, Meta};
+use crate::session::{write_outputs, Common, Ramp, Session};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -231,13 +231,8 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
         series: done.series.clone(),
     };
     if let Some(dir) = &args.common.out {
-        write_json(dir, "results.json", &result)?;
-        plot_series(dir, &result.series)?;
-        plot::cdf(
-            &dir.join("latency.svg"),
-            "Publish-to-receipt latency",
-            &report.latency_us,
-        )?;
+        let title = "Publish-to-receipt latency";
+        write_outputs(dir, &result, &result.series, title, &report.latency_us)?;
         let p99 = |m: &PerMessage| m.latency.p99_us as f64 / 1e3;
         let max = |m: &PerMessage| m.latency.max_us as f64 / 1e3;
         let points = |f: &dyn Fn(&PerMessage) -> f64| {

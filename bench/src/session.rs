@@ -5,8 +5,9 @@
 use crate::load::{now_ns, Fleet, Mode, Phase, Plan, Report, Shared};
 use crate::plot;
 use crate::probe::{Probe, Sample, Sampler};
-use crate::report::{bytes, progress};
+use crate::report::{bytes, progress, write_json};
 use crate::target::{parse_source_ips, Target};
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -203,11 +204,28 @@ impl Session {
     }
 }
 
+/// Writes a run's outputs into `dir`: results.json, the time-series plots
+/// (see [`plot_series`]) and latency.svg, the CDF of `latency` (µs).
+///
+/// # Errors
+/// A message naming the file that cannot be written or drawn.
+pub fn write_outputs(
+    dir: &Path,
+    result: &impl Serialize,
+    series: &[Sample],
+    latency_title: &str,
+    latency: &Histogram<u64>,
+) -> Result<(), String> {
+    write_json(dir, "results.json", result)?;
+    plot_series(dir, series)?;
+    plot::cdf(&dir.join("latency.svg"), latency_title, latency)
+}
+
 /// Draws connections.svg and, with a server PID, rss.svg from `series`.
 ///
 /// # Errors
 /// As [`plot::lines`].
-pub fn plot_series(dir: &Path, series: &[Sample]) -> Result<(), String> {
+fn plot_series(dir: &Path, series: &[Sample]) -> Result<(), String> {
     let open = series.iter().map(|s| (s.t, s.open as f64)).collect();
     plot::lines(
         &dir.join("connections.svg"),

@@ -2,10 +2,9 @@
 //! held and what it cost the server and the kernel.
 
 use crate::load::{Mode, Shared};
-use crate::plot;
 use crate::probe::{Probe, Sample};
-use crate::report::{bytes, print_table, write_json, Latency, Meta};
-use crate::session::{plot_series, Common, Ramp, Session};
+use crate::report::{bytes, print_table, Latency, Meta};
+use crate::session::{write_outputs, Common, Ramp, Session};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -212,10 +211,8 @@ pub fn run(args: &Soak) -> Result<SoakResult, String> {
         series: done.series.clone(),
     };
     if let Some(dir) = &args.common.out {
-        write_json(dir, "results.json", &result)?;
-        plot_series(dir, &result.series)?;
         let title = "Connect + handshake latency";
-        plot::cdf(&dir.join("latency.svg"), title, &report.handshake_us)?;
+        write_outputs(dir, &result, &result.series, title, &report.handshake_us)?;
     }
     Ok(result)
 }
