@@ -1,5 +1,5 @@
 //! What a client puts on the wire and checks coming back: the opening
-//! handshake (RFC 6455 §4.1) and masked client frames (§5.2, §5.3).
+//! handshake (RFC 6455 §4.1), and the keys for it and for masking.
 //!
 //! A load generator shortcut, stated here once: each worker draws one
 //! random `Sec-WebSocket-Key` and one random masking key at start, and all
@@ -8,9 +8,14 @@
 //! exactly as it would for fresh keys.
 
 use base64::Engine as _;
+use ringcast_engine::protocol::frame::encode_masked;
 use ringcast_engine::protocol::handshake::accept_key;
-use ringcast_engine::protocol::mask::apply_mask;
 use ringcast_engine::OpCode;
+
+/// A masked client frame with FIN set (RFC 6455 §5.2, §5.3).
+pub fn client_frame(opcode: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    encode_masked(0x80 | opcode as u8, payload, key)
+}
 
 /// `n` random bytes from the kernel (`getrandom(2)`).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
@@ -106,33 +111,9 @@ impl Handshake {
     }
 }
 
-/// Encodes one masked client frame with FIN set (RFC 6455 §5.2): header,
-/// masking key `key`, then the masked payload.
-pub fn client_frame(opcode: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(14 + payload.len());
-    out.push(0x80 | opcode as u8);
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&key);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], key, 0);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringcast_engine::protocol::frame::parse_header;
 
     #[test]
     fn checks_responses() {
@@ -152,17 +133,5 @@ mod tests {
         let wrong = b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: x\r\n\r\n";
         assert_eq!(hs.check(wrong), Err(BadResponse::AcceptKey));
         assert_eq!(hs.check(b"SSH-2.0\r\n\r\n"), Err(BadResponse::Malformed));
-    }
-
-    #[test]
-    fn frames_unmask_to_their_payload() {
-        for len in [0usize, 125, 126, 70_000] {
-            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let mut frame = client_frame(OpCode::Binary, &payload, [1, 2, 3, 4]);
-            let h = parse_header(&frame).unwrap().unwrap();
-            assert_eq!((h.payload_len, h.mask), (len as u64, Some([1, 2, 3, 4])));
-            apply_mask(&mut frame[h.header_len..], [1, 2, 3, 4], 0);
-            assert_eq!(&frame[h.header_len..], &payload[..]);
-        }
     }
 }

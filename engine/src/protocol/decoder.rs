@@ -353,23 +353,7 @@ mod tests {
 
     /// A masked client frame.
     fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![b0];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&KEY);
-        let mut masked = payload.to_vec();
-        apply_mask(&mut masked, KEY, 0);
-        out.extend_from_slice(&masked);
-        out
+        crate::protocol::frame::encode_masked(b0, payload, KEY)
     }
 
     #[derive(Debug, PartialEq)]

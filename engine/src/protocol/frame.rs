@@ -1,5 +1,6 @@
-//! Frame headers (RFC 6455 §5.2): parse from a byte slice, encode for
-//! server-to-client frames.
+//! Frame headers (RFC 6455 §5.2): parse from a byte slice; encode
+//! server-to-client frames, and masked client-to-server frames for the load
+//! generator and tests.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -126,17 +127,17 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, HeaderError> {
     }))
 }
 
-/// Writes an unmasked header with FIN set, as servers send (RFC 6455 §5.1),
-/// for a payload of `payload_len` bytes.
-fn put_header(out: &mut BytesMut, opcode: OpCode, payload_len: usize) {
-    out.put_u8(0x80 | opcode as u8);
+/// Writes a header: first byte `b0` (FIN, RSV, opcode), then the MASK bit
+/// `mask` (0x80 or 0) with the payload length in its shortest form.
+fn put_header(out: &mut impl BufMut, b0: u8, mask: u8, payload_len: usize) {
+    out.put_u8(b0);
     if payload_len < 126 {
-        out.put_u8(payload_len as u8);
+        out.put_u8(mask | payload_len as u8);
     } else if let Ok(len) = u16::try_from(payload_len) {
-        out.put_u8(126);
+        out.put_u8(mask | 126);
         out.put_u16(len);
     } else {
-        out.put_u8(127);
+        out.put_u8(mask | 127);
         out.put_u64(payload_len as u64);
     }
 }
@@ -146,9 +147,22 @@ fn put_header(out: &mut BytesMut, opcode: OpCode, payload_len: usize) {
 /// every subscriber's send shares it.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(10 + payload.len());
-    put_header(&mut out, opcode, payload.len());
+    put_header(&mut out, 0x80 | opcode as u8, 0, payload.len());
     out.put_slice(payload);
     out.freeze()
+}
+
+/// Encodes one masked frame as clients send it (RFC 6455 §5.3): first byte
+/// `b0` exactly as given (FIN, RSV, opcode: tests set invalid ones on
+/// purpose), masking key `key`, then the payload masked with it.
+pub fn encode_masked(b0: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAX_HEADER_LEN + payload.len());
+    put_header(&mut out, b0, 0x80, payload.len());
+    out.extend_from_slice(&key);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    crate::protocol::mask::apply_mask(&mut out[start..], key, 0);
+    out
 }
 
 #[cfg(test)]
@@ -195,6 +209,22 @@ mod tests {
         }
         let huge = [0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(parse_header(&huge), Err(HeaderError::LengthOverflow));
+    }
+
+    #[test]
+    fn masked_frames_unmask_to_their_payload() {
+        let key = [1, 2, 3, 4];
+        for len in [0usize, 125, 126, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut frame = encode_masked(0x82, &payload, key);
+            let h = parse_header(&frame).unwrap().unwrap();
+            assert_eq!(
+                (h.opcode, h.payload_len, h.mask),
+                (OpCode::Binary, len as u64, Some(key))
+            );
+            crate::protocol::mask::apply_mask(&mut frame[h.header_len..], key, 0);
+            assert_eq!(&frame[h.header_len..], &payload[..]);
+        }
     }
 
     #[test]
