@@ -142,9 +142,11 @@ struct CompareResult<'a> {
     ratios: Vec<(String, Vec<(String, f64)>)>,
 }
 
-fn sibling(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    Ok(exe.with_file_name(name))
+/// The directory this binary is in, where cargo also puts the server and
+/// the peers.
+fn own_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    Ok(exe.with_file_name(""))
 }
 
 /// Runs the comparison; true when every run went without failure or loss.
@@ -158,14 +160,11 @@ pub fn run(args: &Compare) -> Result<bool, String> {
         .map_err(|e| format!("cannot raise RLIMIT_NOFILE: {e}"))?;
     let ringcast = match &args.ringcast_bin {
         Some(path) => path.clone(),
-        None => sibling("ringcast")?,
+        None => own_dir()?.join("ringcast"),
     };
     let peers_dir = match &args.peers_dir {
         Some(dir) => dir.clone(),
-        None => sibling("ringcast-bench")?
-            .parent()
-            .expect("binary in a directory")
-            .to_path_buf(),
+        None => own_dir()?,
     };
     let mut serve = Command::new(&ringcast);
     serve.args(["serve", "--echo"]);

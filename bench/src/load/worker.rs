@@ -532,10 +532,7 @@ impl Clients {
                         self.send_echo(ring, slot);
                     }
                 }
-                Err(e) => {
-                    self.fail(e.to_string());
-                    return self.close(ring, slot);
-                }
+                Err(e) => return self.lose(ring, slot, e.to_string()),
             }
         }
         if self.conns[slot as usize].state != State::Open {
