@@ -9,7 +9,7 @@ use peer_common::{Args, Peer};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -57,8 +57,12 @@ async fn subscriber(ws: Ws, mut rx: broadcast::Receiver<Bytes>) {
         tokio::select! {
             message = rx.recv() => match message {
                 Ok(payload) => {
-                    let text = String::from_utf8_lossy(&payload).into_owned();
-                    if sink.send(Message::text(text)).await.is_err() {
+                    // Shares the broadcast buffer (no copy per subscriber).
+                    let message = match Utf8Bytes::try_from(payload.clone()) {
+                        Ok(text) => Message::Text(text),
+                        Err(_) => Message::Binary(payload),
+                    };
+                    if sink.send(message).await.is_err() {
                         return;
                     }
                 }
