@@ -6,17 +6,37 @@ use common::*;
 use futures_util::future::join_all;
 use futures_util::SinkExt;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error, Message};
 
 #[tokio::test]
-async fn a_full_table_holds_new_connections_in_the_backlog_until_a_slot_frees() {
-    // 80 slots: multishot accepts first, single-shot once 64 or fewer are free.
+async fn beyond_max_connections_gets_503_and_a_full_table_holds_the_backlog() {
+    // --max-connections 80 on one worker: 80 open connections, and a table
+    // of 80 + 64 slots so that connection 81 can be answered.
     let server = Server::start(&["--workers", "1", "--max-connections", "80"]);
-    assert_eq!(server.stats().await["capacity"], 80);
+    assert_eq!(server.stats().await["capacity"], 144);
     let url = server.url("/ws?topic=t");
     let mut admitted = join_all((0..80).map(|_| connect(&url))).await;
+    let refused = tokio_tungstenite::connect_async(&url).await;
+    match refused {
+        Err(Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!("connection 81 was not refused with 503: {other:?}"),
+    }
+    assert_eq!(
+        server.stats().await["handshake_rejects"]["over_capacity"],
+        1
+    );
 
-    // The 81st TCP connect succeeds (the kernel queues it in the backlog),
+    // Fill every remaining slot with sockets that never send a request.
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(Raw::connect(&server).await);
+    }
+    server.wait_for_stat("slots_in_use", 144).await;
+
+    // The next TCP connect succeeds (the kernel queues it in the backlog),
     // but no slot takes it, so no handshake answer comes yet.
     let waiting = tokio::spawn({
         let url = url.clone();
@@ -28,13 +48,11 @@ async fn a_full_table_holds_new_connections_in_the_backlog_until_a_slot_frees() 
         }
     })
     .await;
-    assert!(
-        held.is_err(),
-        "an 81st connection was admitted past an 80-slot table"
-    );
+    assert!(held.is_err(), "a connection was taken past a full table");
     assert_eq!(server.publish("topic=t", "full").await, 80);
 
-    // Freeing one slot re-arms the accept; the waiting client gets in.
+    // A client leaving frees a slot and an open place: the waiting client
+    // gets in.
     let mut leaving = admitted.pop().unwrap();
     leaving.send(Message::Close(None)).await.unwrap();
     let mut late = tokio::time::timeout(WAIT, waiting)
@@ -47,6 +65,7 @@ async fn a_full_table_holds_new_connections_in_the_backlog_until_a_slot_frees() 
         assert_eq!(next_text(ws).await, "full");
         assert_eq!(next_text(ws).await, "after");
     }
+    drop(silent);
 }
 
 #[tokio::test]

@@ -22,13 +22,15 @@ pub const TCP_MEM_PAGES_PER_CONNECTION: u64 = 1;
 pub const STORM_BACKLOG: u64 = 65535;
 
 /// Connections one worker's fixed-file table holds: its share of
-/// `max_connections`, capped by RLIMIT_NOFILE (`nofile`), since
-/// `IORING_REGISTER_FILES_SPARSE` refuses more (EMFILE). The process
-/// ceiling is therefore `workers × min(nofile, ⌈max_connections /
-/// workers⌉)`.
+/// `max_connections` plus headroom (a sixteenth, at least 64 slots) for
+/// connections beyond the limit to be answered 503, capped by RLIMIT_NOFILE
+/// (`nofile`), since `IORING_REGISTER_FILES_SPARSE` refuses more (EMFILE).
+/// The process ceiling is therefore about `workers × min(nofile,
+/// ⌈max_connections / workers⌉ + headroom)`.
 pub fn table_size(workers: usize, max_connections: usize, nofile: u64) -> u32 {
     let share = max_connections.div_ceil(workers.max(1)).max(1) as u64;
-    share.min(nofile).min(u64::from(u32::MAX)) as u32
+    let slots = share.saturating_add((share / 16).max(64));
+    slots.min(nofile).min(u64::from(u32::MAX)) as u32
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit and returns it. Each
@@ -268,8 +270,10 @@ mod tests {
     #[test]
     fn table_size_is_the_share_capped_by_the_limit() {
         assert_eq!(table_size(2, usize::MAX, 20000), 20000);
-        assert_eq!(table_size(2, 1000, 20000), 500);
-        assert_eq!(table_size(3, 1000, 20000), 334);
+        assert_eq!(table_size(2, 1000, 20000), 564);
+        assert_eq!(table_size(3, 1000, 20000), 398);
+        assert_eq!(table_size(1, 160_000, 20000), 20000);
+        assert_eq!(table_size(1, 16_000, 20000), 17_000);
     }
 
     #[test]

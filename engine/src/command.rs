@@ -1,5 +1,5 @@
-//! Work handed to a worker from other threads: publishes, broadcasts and
-//! shutdown. Each worker has a channel and an eventfd; the sender pushes a
+//! Work handed to a worker from other threads: publishes, broadcasts,
+//! drain, rebalance and shutdown. Each worker has a channel and an eventfd; the sender pushes a
 //! [`Command`] and writes the eventfd, which completes a read the worker
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A command for one worker.
 pub enum Command {
@@ -27,7 +28,23 @@ pub enum Command {
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },
-    /// Stop accepting, close every connection with 1001, then exit.
+    /// Close the listener, close every open connection with 1001 spread
+    /// over the first 90% of `period`, and exit once none is left or
+    /// `period` has passed. Commands queued before this one (publishes)
+    /// are applied first.
+    Drain {
+        /// The whole drain, in time.
+        period: Duration,
+    },
+    /// Close `fraction` (0.0–1.0) of the open connections, chosen at
+    /// random, with 1001 spread evenly over `period`.
+    Rebalance {
+        /// Share of open connections to close.
+        fraction: f64,
+        /// Time the closes are spread over.
+        period: Duration,
+    },
+    /// Stop accepting, close every connection with 1001 at once, then exit.
     Shutdown,
 }
 

@@ -1,6 +1,7 @@
 //! Engine configuration. The server's CLI fills this in; every field has a
 //! default in [`Config::default`].
 
+use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -34,10 +35,27 @@ pub struct Config {
     /// Most bytes queued for one connection, in bytes (default 4 MiB). A
     /// connection over it is a slow consumer and is closed with 1008.
     pub max_outbound_bytes: usize,
-    /// Connections the process is sized for, in total (default
-    /// `usize::MAX`: as many as the host allows). Each worker's fixed-file
-    /// table holds min(RLIMIT_NOFILE, this / workers) connections.
+    /// Open connections allowed in total (default `usize::MAX`: as many as
+    /// the host holds). A handshake beyond it is answered 503. Each
+    /// worker's fixed-file table is sized for its share plus headroom to
+    /// answer those 503s (see [`crate::capacity::table_size`]).
     pub max_connections: usize,
+    /// Open connections allowed per client address (0: no limit); beyond
+    /// it a handshake is answered 429.
+    pub max_connections_per_ip: usize,
+    /// Accepts per second for the whole process (`None`: unlimited),
+    /// shared evenly by the workers. Connections beyond the rate wait in
+    /// the listen backlog.
+    pub max_handshakes_per_sec: Option<f64>,
+    /// Expect a PROXY protocol v1 or v2 header at the start of every
+    /// connection; connections without a valid one are refused with 400.
+    pub proxy_protocol: bool,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed (empty:
+    /// the headers are ignored).
+    pub trusted_proxies: Vec<IpNet>,
+    /// `Origin` patterns allowed (empty: any); see
+    /// [`crate::admission::Admission`].
+    pub allowed_origins: Vec<String>,
     /// Receive buffers per worker (power of two, default 1024).
     pub read_buffers: u16,
     /// Size of each receive buffer in bytes (default 4096).
@@ -58,6 +76,11 @@ impl Default for Config {
             max_message_size: 1 << 20,
             max_outbound_bytes: 4 << 20,
             max_connections: usize::MAX,
+            max_connections_per_ip: 0,
+            max_handshakes_per_sec: None,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
             read_buffers: 1024,
             read_buffer_size: 4096,
         }

@@ -1,6 +1,7 @@
 //! One connection's record in a worker's table, keyed by its fixed-file
 //! slot.
 
+use crate::admission::PeerId;
 use crate::outbound::Outbound;
 use crate::protocol::decoder::Decoder;
 use crate::timers::Tick;
@@ -33,7 +34,7 @@ pub enum Endpoint {
     Echo,
 }
 
-/// A connection. About 90 bytes while idle; buffers are allocated only
+/// A connection. 80 bytes while idle; buffers are allocated only
 /// while a handshake, frame or send is in progress.
 pub struct Conn {
     /// Generation of this slot's tenant (24 bits, see `ring::token`).
@@ -52,6 +53,14 @@ pub struct Conn {
     pub cancel_sent: bool,
     /// Queued in the worker's flush list this iteration.
     pub flush_queued: bool,
+    /// Admitted by [`crate::admission::Admission::admit`]: counts as open.
+    pub admitted: bool,
+    /// The close code sent or received first (RFC 6455 §7.1.5), 0 while
+    /// none was.
+    pub close_code: u16,
+    /// The client's address: the socket's peer until the handshake names
+    /// the real client (PROXY header, trusted forwarding headers).
+    pub peer: PeerId,
     /// Tick of the last byte received.
     pub last_active: Tick,
     /// Tick of the last ping sent (or the handshake).
@@ -75,7 +84,7 @@ pub struct Conn {
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(gen: u32, now: Tick) -> Self {
+    pub fn new(gen: u32, now: Tick, peer: PeerId) -> Self {
         Self {
             gen,
             phase: Phase::Handshake,
@@ -85,6 +94,9 @@ impl Conn {
             shutdown_in_flight: false,
             cancel_sent: false,
             flush_queued: false,
+            admitted: false,
+            close_code: 0,
+            peer,
             last_active: now,
             last_ping: now,
             phase_since: now,
@@ -123,6 +135,6 @@ mod tests {
         // The table holds one of these per fixed-file slot; user-space memory
         // per idle connection is this plus its topic memberships.
         let size = std::mem::size_of::<Option<Conn>>();
-        assert!(size <= 72, "Conn grew to {size} bytes");
+        assert!(size <= 80, "Conn grew to {size} bytes");
     }
 }

@@ -7,6 +7,7 @@
 //! due) and [`Io::release`] (connections to tear down), which the worker
 //! turns into SQEs once per loop iteration.
 
+use crate::admission::{Admission, Forwarding, PeerId};
 use crate::config::Config;
 use crate::conn::{Conn, Endpoint, Phase};
 use crate::control;
@@ -14,13 +15,16 @@ use crate::protocol::close::{self, code};
 use crate::protocol::decoder::{Message, ProtocolError};
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::handshake::{self, Reject, Request};
-use crate::stats::WorkerStats;
+use crate::protocol::proxy;
+use crate::spread::Spread;
+use crate::stats::{close_code_index, WorkerStats};
 use crate::timers::{Entry, Tick, Wheel};
 use crate::topics::{self, Member, Topics};
 use bytes::Bytes;
+use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a closing connection may take to finish the close handshake
 /// before its socket is closed regardless.
@@ -37,6 +41,7 @@ struct Limits {
     ping: Tick,
     handshake: Tick,
     close: Tick,
+    proxy_protocol: bool,
 }
 
 /// State shared by every connection of the worker, apart from the table
@@ -51,6 +56,18 @@ pub struct Io {
     worker: usize,
     limits: Limits,
     ping: Bytes,
+    admission: Arc<Admission>,
+    /// Set by a drain: handshakes that complete now are answered 503.
+    draining: bool,
+}
+
+/// A handshake that passed every check.
+struct Accepted {
+    endpoint: Endpoint,
+    topics: Vec<String>,
+    response: Vec<u8>,
+    peer: PeerId,
+    client: IpAddr,
 }
 
 /// What a decoded message asks for, applied once decoding is done.
@@ -72,6 +89,7 @@ pub struct Connections {
     delivery: u32,
     actions: Vec<Action>,
     due: Vec<(Entry, Tick)>,
+    spread: Option<Spread>,
 }
 
 impl Io {
@@ -104,15 +122,24 @@ impl Io {
         if conn.phase != Phase::Open {
             return false;
         }
+        let len = frame.len() as u64;
         if conn.out.push(frame, self.limits.max_outbound).is_err() {
-            WorkerStats::add(&self.stats().slow_consumer_closes, 1);
-            conn.out.drop_unsent();
+            let stats = self.stats();
+            WorkerStats::add(&stats.slow_consumer_closes, 1);
+            WorkerStats::sub(&stats.outbound_bytes, conn.out.drop_unsent() as u64);
             tracing::debug!(slot, "slow consumer: outbound queue over its limit");
             self.close(conn, slot, Some(code::POLICY_VIOLATION), "slow consumer");
             return false;
         }
+        WorkerStats::add(&self.stats().outbound_bytes, len);
         self.mark_flush(conn, slot);
         true
+    }
+
+    /// Queues `frame` whatever the limit (responses, close frames).
+    fn enqueue(&mut self, conn: &mut Conn, frame: Bytes) {
+        WorkerStats::add(&self.stats().outbound_bytes, frame.len() as u64);
+        conn.out.push_unbounded(frame);
     }
 
     /// Starts the close handshake: queues a close frame (after anything
@@ -121,17 +148,72 @@ impl Io {
         if conn.phase != Phase::Open {
             return;
         }
-        conn.out.push_unbounded(close::encode(status, reason));
+        if conn.close_code == 0 {
+            conn.close_code = status.unwrap_or(code::NO_STATUS);
+        }
+        self.enqueue(conn, close::encode(status, reason));
         self.closing(conn, slot);
     }
 
     /// Refuses a handshake with an HTTP error response.
     fn reject(&mut self, conn: &mut Conn, slot: u32, reason: Reject) {
         self.stats().reject(reason);
-        tracing::debug!(slot, reason = reason.label(), "handshake rejected");
+        let peer = self.admission.ip(conn.peer);
+        tracing::debug!(slot, peer = ?peer, reason = reason.label(), "handshake rejected");
         conn.head = None;
-        conn.out.push_unbounded(Bytes::from(reason.response()));
+        self.enqueue(conn, Bytes::from(reason.response()));
         self.closing(conn, slot);
+    }
+
+    /// Parses what a handshaking connection sent so far: the PROXY header
+    /// (with `--proxy-protocol`), then the upgrade request; routes it and
+    /// applies the admission rules. `Ok(None)` while incomplete; else the
+    /// verdict and the bytes after the request (the first frames).
+    fn handshake(&self, buf: &[u8], peer: PeerId) -> Result<Option<(Accepted, Vec<u8>)>, Reject> {
+        let (proxied, buf) = if self.limits.proxy_protocol {
+            match proxy::parse(buf) {
+                Ok(None) => return Ok(None),
+                Ok(Some((source, used))) => match source {
+                    proxy::Source::Client(addr) => (Some(addr.ip()), &buf[used..]),
+                    proxy::Source::Local => (None, &buf[used..]),
+                },
+                Err(proxy::Malformed(why)) => {
+                    tracing::debug!(peer = ?self.admission.ip(peer), why, "bad PROXY header");
+                    return Err(Reject::BadProxyHeader);
+                }
+            }
+        } else {
+            (None, buf)
+        };
+        let Some((req, used)) = handshake::parse(buf)? else {
+            return Ok(None);
+        };
+        let (endpoint, topics, response) = route(&req, &self.limits)?;
+        if !self.admission.origin_allowed(req.origin) {
+            return Err(Reject::OriginNotAllowed);
+        }
+        let socket = self.admission.ip(peer);
+        let fwd = Forwarding {
+            proxied,
+            forwarded_for: req.forwarded_for,
+            real_ip: req.real_ip,
+        };
+        let client = match socket.or(proxied) {
+            Some(ip) => self.admission.client_ip(ip, fwd)?,
+            None => return Err(Reject::Malformed),
+        };
+        if self.draining {
+            return Err(Reject::Draining);
+        }
+        let peer = self.admission.admit(peer, client)?;
+        let accepted = Accepted {
+            endpoint,
+            topics,
+            response,
+            peer,
+            client,
+        };
+        Ok(Some((accepted, buf[used..].to_vec())))
     }
 
     fn closing(&mut self, conn: &mut Conn, slot: u32) {
@@ -214,8 +296,15 @@ fn on_message(endpoint: Endpoint, message: Message<'_>, actions: &mut Vec<Action
 
 impl Connections {
     /// An empty table of `capacity` slots for worker number `worker`.
-    pub fn new(config: &Config, capacity: usize, stats: Arc<[WorkerStats]>, worker: usize) -> Self {
+    pub fn new(
+        config: &Config,
+        capacity: usize,
+        stats: Arc<[WorkerStats]>,
+        worker: usize,
+        admission: &Arc<Admission>,
+    ) -> Self {
         let ticks = Wheel::ticks;
+        let admission = admission.clone();
         let mut table = Vec::new();
         table.resize_with(capacity, || None);
         Self {
@@ -238,13 +327,17 @@ impl Connections {
                     ping: ticks(config.ping_interval),
                     handshake: ticks(config.handshake_timeout),
                     close: ticks(CLOSE_TIMEOUT),
+                    proxy_protocol: config.proxy_protocol,
                 },
                 ping: frame::encode(OpCode::Ping, b""),
+                admission,
+                draining: false,
             },
             next_gen: 0,
             delivery: 0,
             actions: Vec::new(),
             due: Vec::new(),
+            spread: None,
         }
     }
 
@@ -266,16 +359,18 @@ impl Connections {
         self.table[slot as usize].as_mut()
     }
 
-    /// Registers a connection the kernel accepted into `slot`. Returns its
+    /// Registers a connection the kernel accepted into `slot` from `ip`
+    /// (`None` when the accept reported no address). Returns its
     /// generation.
-    pub fn accept(&mut self, slot: u32) -> u32 {
+    pub fn accept(&mut self, slot: u32, ip: Option<IpAddr>) -> u32 {
         assert!(
             self.table[slot as usize].is_none(),
             "accept into an occupied slot {slot}"
         );
         self.next_gen = (self.next_gen + 1) & crate::ring::token::GEN_MASK;
         let now = self.io.wheel.now();
-        let mut conn = Conn::new(self.next_gen, now);
+        let peer = ip.map_or(PeerId::NONE, |ip| self.io.admission.accepted(ip));
+        let mut conn = Conn::new(self.next_gen, now, peer);
         let at = now + self.io.limits.handshake;
         self.io.schedule(&mut conn, slot, at);
         self.table[slot as usize] = Some(conn);
@@ -307,22 +402,28 @@ impl Connections {
             head.extend_from_slice(data);
         }
         let buf: &[u8] = conn.head.as_deref().map_or(&*data, |h| &h[..]);
-        let (verdict, mut rest) = match handshake::parse(buf) {
+        let (accepted, mut rest) = match self.io.handshake(buf, conn.peer) {
             Ok(None) => {
                 if conn.head.is_none() {
                     conn.head = Some(Box::new(data.to_vec()));
                 }
                 return;
             }
-            Err(reason) => (Err(reason), Vec::new()),
-            Ok(Some((req, used))) => (route(&req, &self.io.limits), buf[used..].to_vec()),
+            Err(reason) => return self.io.reject(conn, slot, reason),
+            Ok(Some(verdict)) => verdict,
         };
         conn.head = None;
-        let (endpoint, topics, response) = match verdict {
-            Ok(accepted) => accepted,
-            Err(reason) => return self.io.reject(conn, slot, reason),
-        };
-        conn.out.push_unbounded(Bytes::from(response));
+        let Accepted {
+            endpoint,
+            topics,
+            response,
+            peer,
+            client,
+        } = accepted;
+        conn.peer = peer;
+        conn.admitted = true;
+        tracing::debug!(slot, peer = %client, ?endpoint, "connection open");
+        self.io.enqueue(conn, Bytes::from(response));
         conn.endpoint = endpoint;
         conn.enter(Phase::Open, self.io.wheel.now());
         conn.last_ping = conn.phase_since;
@@ -442,7 +543,9 @@ impl Connections {
             return self.io.release(conn, slot);
         }
         conn.out.written(result as usize);
-        WorkerStats::add(&self.io.stats().bytes_out, result as u64);
+        let stats = self.io.stats();
+        WorkerStats::add(&stats.bytes_out, result as u64);
+        WorkerStats::sub(&stats.outbound_bytes, result as u64);
         if !conn.out.is_empty() || conn.phase == Phase::Closing {
             self.io.mark_flush(conn, slot);
         }
@@ -472,9 +575,18 @@ impl Connections {
             self.leave(slot, member);
         }
         self.len -= 1;
+        self.io.admission.closed(conn.peer, conn.admitted);
         let stats = self.io.stats();
         WorkerStats::sub(&stats.connections, 1);
+        WorkerStats::sub(&stats.outbound_bytes, conn.out.pending() as u64);
         WorkerStats::add(&stats.closed, 1);
+        if conn.admitted {
+            let code = match conn.close_code {
+                0 => code::ABNORMAL,
+                c => c,
+            };
+            WorkerStats::add(&stats.closed_by_code[close_code_index(code)], 1);
+        }
         conn
     }
 
@@ -513,9 +625,52 @@ impl Connections {
         queued
     }
 
+    /// Starts closing `fraction` of the open connections with 1001 and
+    /// `reason`, chosen at random and spread evenly over `over` (see
+    /// [`Spread`]); replaces any plan under way. With `drain`, handshakes
+    /// that complete from now on are refused with 503.
+    pub fn close_spread(
+        &mut self,
+        fraction: f64,
+        over: Duration,
+        reason: &'static str,
+        drain: bool,
+    ) {
+        self.io.draining |= drain;
+        let open = self
+            .table
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| {
+                c.as_ref()
+                    .filter(|c| c.phase == Phase::Open)
+                    .map(|c| (slot as u32, c.gen))
+            })
+            .collect();
+        self.spread = Some(Spread::new(open, fraction, over, reason));
+    }
+
+    /// Closes the connections whose turn in the spread has come.
+    fn step_spread(&mut self) {
+        let Some(spread) = self.spread.as_mut() else {
+            return;
+        };
+        let reason = spread.reason;
+        for &(slot, gen) in spread.due(Instant::now()) {
+            if let Some(conn) = self.table[slot as usize].as_mut().filter(|c| c.gen == gen) {
+                self.io.close(conn, slot, Some(code::GOING_AWAY), reason);
+            }
+        }
+        if spread.is_done() {
+            self.spread = None;
+        }
+    }
+
     /// Closes every connection for shutdown: open ones with 1001, the rest
     /// at once.
     pub fn shutdown(&mut self) {
+        self.io.draining = true;
+        self.spread = None;
         for (slot, conn) in self.table.iter_mut().enumerate() {
             let Some(conn) = conn.as_mut() else { continue };
             match conn.phase {
@@ -537,8 +692,10 @@ impl Connections {
     }
 
     /// Runs every due deadline: handshake timeouts (408), pings, idle
-    /// timeouts (1001), and close handshakes that took too long.
+    /// timeouts (1001), close handshakes that took too long, and the
+    /// closes of a drain or rebalance whose turn has come.
     pub fn fire_timers(&mut self) {
+        self.step_spread();
         let mut due = std::mem::take(&mut self.due);
         self.io.wheel.expire(&mut due);
         let now = self.io.wheel.now();

@@ -9,13 +9,16 @@
 //!   fan-out, timers, and the lists of sends and teardowns for the ring;
 //! - [`conn`] and [`outbound`]: one connection's record and send queue;
 //! - [`protocol`]: RFC 6455 as pure state machines over byte slices;
+//! - [`admission`]: client addresses, Origin, and connection limits;
 //! - [`topics`], [`control`]: subscriptions and the JSON control messages;
-//! - [`timers`]: the timer wheel;
+//! - [`timers`]: the timer wheel; [`spread`]: closes spread over a period
+//!   (drain, rebalance);
 //! - [`runtime`] and [`command`]: starting workers, and publishing to them
 //!   from other threads; [`capacity`]: the host's connection ceiling.
 //!
 //! See `engine/README.md` for the design note.
 
+pub mod admission;
 pub mod capacity;
 pub mod command;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod outbound;
 pub mod protocol;
 pub mod ring;
 pub mod runtime;
+pub mod spread;
 pub mod stats;
 pub mod timers;
 pub mod topics;

@@ -1,5 +1,7 @@
-//! Starting the workers, and the [`Handle`] other threads use to publish.
+//! Starting the workers, and the [`Handle`] other threads use to publish,
+//! drain and rebalance.
 
+use crate::admission::Admission;
 use crate::capacity::table_size;
 use crate::command::{Ack, Command, Mailbox};
 use crate::config::Config;
@@ -11,6 +13,7 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// A running engine: worker threads, each with its own ring and listener.
 pub struct Runtime {
@@ -21,12 +24,13 @@ pub struct Runtime {
     nofile: u64,
 }
 
-/// A cheap, cloneable handle for other threads: publish, broadcast, stats
-/// and shutdown.
+/// A cheap, cloneable handle for other threads: publish, broadcast, stats,
+/// drain, rebalance and shutdown.
 #[derive(Clone)]
 pub struct Handle {
     mailboxes: Arc<[Mailbox]>,
     stats: Arc<[WorkerStats]>,
+    admission: Arc<Admission>,
 }
 
 impl Runtime {
@@ -48,6 +52,13 @@ impl Runtime {
             listeners.push(crate::ring::listener::bind(local_addr)?);
         }
         let stats: Arc<[WorkerStats]> = (0..workers).map(|_| WorkerStats::default()).collect();
+        let admission = Arc::new(Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.trusted_proxies.clone(),
+            &config.allowed_origins,
+        ));
+        let accept_rate = config.max_handshakes_per_sec.map(|r| r / workers as f64);
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut mailboxes = Vec::with_capacity(workers);
@@ -72,6 +83,8 @@ impl Runtime {
                 commands,
                 wake,
                 stats: stats.clone(),
+                admission: admission.clone(),
+                accept_rate,
             };
             let (config, ready) = (config.clone(), ready_tx.clone());
             let thread = std::thread::Builder::new()
@@ -94,6 +107,7 @@ impl Runtime {
         let handle = Handle {
             mailboxes: mailboxes.into(),
             stats,
+            admission,
         };
         let mut failure = None;
         for _ in 0..workers {
@@ -215,7 +229,32 @@ impl Handle {
 
     /// Current counters, summed over workers.
     pub fn stats(&self) -> Snapshot {
-        stats::snapshot(&self.stats)
+        let mut snapshot = stats::snapshot(&self.stats);
+        snapshot.open = self.admission.open() as u64;
+        snapshot
+    }
+
+    /// Starts a drain: every worker closes its listener, closes its open
+    /// connections with 1001 spread over the first 90% of `period` (in
+    /// random order), answers handshakes still in progress with 503, and
+    /// exits once it holds no connection or `period` has passed. Publishes
+    /// handed over before this call are queued first and written before
+    /// each connection's close frame.
+    pub fn drain(&self, period: Duration) {
+        for mailbox in self.mailboxes.iter() {
+            let _ = mailbox.send(Command::Drain { period });
+        }
+    }
+
+    /// Closes `fraction` (clamped to 0.0–1.0) of each worker's open
+    /// connections, chosen at random, with 1001 spread evenly over
+    /// `period`, so that their clients reconnect through the load balancer
+    /// onto other nodes. A later call replaces a rebalance under way.
+    pub fn rebalance(&self, fraction: f64, period: Duration) {
+        let fraction = fraction.clamp(0.0, 1.0);
+        for mailbox in self.mailboxes.iter() {
+            let _ = mailbox.send(Command::Rebalance { fraction, period });
+        }
     }
 
     /// Asks every worker to stop accepting, close its connections with 1001

@@ -4,6 +4,18 @@
 use crate::protocol::handshake::Reject;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// Close codes counted on their own (RFC 6455 §7.4.1); others count as
+/// "other". 1006 stands for a connection that ended without a close frame.
+pub const CLOSE_CODES: [u16; 10] = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011];
+
+/// Index of `code` in the per-code counters.
+pub fn close_code_index(code: u16) -> usize {
+    CLOSE_CODES
+        .iter()
+        .position(|&c| c == code)
+        .unwrap_or(CLOSE_CODES.len())
+}
+
 /// One worker's counters. Gauges go up and down; the rest only grow.
 #[derive(Default, Debug)]
 #[repr(align(128))]
@@ -12,12 +24,19 @@ pub struct WorkerStats {
     pub capacity: AtomicU64,
     /// Gauge: connections in the table (handshaking, open or closing).
     pub connections: AtomicU64,
+    /// Gauge: fixed-file slots holding a socket.
+    pub slots_in_use: AtomicU64,
+    /// Gauge: bytes queued to clients and not yet written.
+    pub outbound_bytes: AtomicU64,
     /// Gauge: topics with at least one subscriber on this worker.
     pub topics: AtomicU64,
     /// Connections accepted.
     pub accepted: AtomicU64,
     /// Connections whose slot was released.
     pub closed: AtomicU64,
+    /// Admitted connections closed, by close code (indexed by
+    /// [`close_code_index`]; the last is "other").
+    pub closed_by_code: [AtomicU64; CLOSE_CODES.len() + 1],
     /// Data messages received from clients.
     pub messages_in: AtomicU64,
     /// Bytes received from clients, all frames and handshakes included.
@@ -56,8 +75,15 @@ impl WorkerStats {
 pub struct Snapshot {
     /// Connections in all tables.
     pub connections: u64,
+    /// Admitted connections (handshake done, not yet closed): what
+    /// `--max-connections` limits.
+    pub open: u64,
     /// Total connection capacity (sum of fixed-file tables).
     pub capacity: u64,
+    /// Fixed-file slots holding a socket.
+    pub slots_in_use: u64,
+    /// Bytes queued to clients and not yet written.
+    pub outbound_bytes: u64,
     /// Sum over workers of topics with subscribers there (a topic with
     /// subscribers on two workers counts twice).
     pub topics: u64,
@@ -65,6 +91,8 @@ pub struct Snapshot {
     pub accepted: u64,
     /// Connections closed since start.
     pub closed: u64,
+    /// Admitted connections closed, by close code ("1006": no close frame).
+    pub closed_by_code: std::collections::BTreeMap<String, u64>,
     /// Data messages received from clients.
     pub messages_in: u64,
     /// Bytes received from clients.
@@ -81,6 +109,10 @@ pub struct Snapshot {
     pub handshake_rejects: std::collections::BTreeMap<&'static str, u64>,
     /// Per worker: connections in its table.
     pub worker_connections: Vec<u64>,
+    /// Per worker: fixed-file slots holding a socket.
+    pub worker_slots_in_use: Vec<u64>,
+    /// Per worker: fixed-file table size.
+    pub worker_capacity: Vec<u64>,
 }
 
 /// Sums the workers' counters.
@@ -90,6 +122,8 @@ pub fn snapshot(workers: &[WorkerStats]) -> Snapshot {
         let get = |c: &AtomicU64| c.load(Relaxed);
         s.connections += get(&w.connections);
         s.capacity += get(&w.capacity);
+        s.slots_in_use += get(&w.slots_in_use);
+        s.outbound_bytes += get(&w.outbound_bytes);
         s.topics += get(&w.topics);
         s.accepted += get(&w.accepted);
         s.closed += get(&w.closed);
@@ -100,6 +134,14 @@ pub fn snapshot(workers: &[WorkerStats]) -> Snapshot {
         s.slow_consumer_closes += get(&w.slow_consumer_closes);
         s.buffer_ring_empty += get(&w.buffer_ring_empty);
         s.worker_connections.push(get(&w.connections));
+        s.worker_slots_in_use.push(get(&w.slots_in_use));
+        s.worker_capacity.push(get(&w.capacity));
+        for (i, counter) in w.closed_by_code.iter().enumerate() {
+            let label = CLOSE_CODES
+                .get(i)
+                .map_or_else(|| "other".to_owned(), u16::to_string);
+            *s.closed_by_code.entry(label).or_default() += get(counter);
+        }
         for reason in Reject::ALL {
             *s.handshake_rejects.entry(reason.label()).or_default() +=
                 get(&w.rejects[reason as usize]);

@@ -5,7 +5,14 @@
 //! timers; then turn the connection layer's flush and release lists into
 //! SQEs. Those SQEs go to the kernel in one `io_uring_enter` at the top of
 //! the next iteration, so a broadcast to N subscribers is one batch.
+//!
+//! Accepts are single-shot, up to [`ACCEPTS`] armed at once, each with its
+//! own address buffer (a multishot accept reports no peer address). No
+//! more are armed than there are free fixed-file slots and accept-rate
+//! tokens, so a full table or an exceeded rate leaves connections waiting
+//! in the listen backlog rather than refused.
 
+use crate::admission::{AcceptRate, Admission};
 use crate::command::Command;
 use crate::config::Config;
 use crate::conn::Phase;
@@ -16,31 +23,42 @@ use crate::stats::WorkerStats;
 use io_uring::types::{CancelBuilder, DestinationSlot, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use std::io;
-use std::net::TcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Free fixed-file slots below which connections are accepted one at a time.
-///
-/// A multishot accept keeps accepting while connections are queued. Once the
-/// table is full, the kernel has already taken the next connection off the
-/// backlog when the slot install fails (ENFILE), and it resets that
-/// connection. Near the limit, single-shot accepts take exactly as many
-/// connections as there are free slots. The rest wait in the listen backlog
-/// until a slot is closed.
-const SINGLE_ACCEPT_BELOW: u32 = 64;
+/// Accepts armed at once per worker. Each completes with one connection;
+/// the loop re-arms them in the same batch as everything else.
+pub const ACCEPTS: usize = 32;
 
-/// The listener's accept request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Accepting {
-    /// None armed: the table is full, or the worker is stopping.
-    Idle,
-    /// A single-shot accept is armed (few free slots).
-    Single,
-    /// A multishot accept is armed; `cancelling` once free slots ran low.
-    Multishot { cancelling: bool },
+/// Where one armed accept writes its peer's address.
+#[derive(Clone, Copy)]
+struct AcceptAddr {
+    addr: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+/// The peer address an accept wrote, if IPv4 or IPv6.
+fn peer_ip(a: &AcceptAddr) -> Option<IpAddr> {
+    let storage = &a.addr as *const libc::sockaddr_storage;
+    // SAFETY: the kernel wrote a sockaddr of `len` bytes for the family it
+    // names; each cast reads only a type that family guarantees.
+    let addr = unsafe {
+        match i32::from(a.addr.ss_family) {
+            libc::AF_INET => {
+                let v4 = &*storage.cast::<libc::sockaddr_in>();
+                SocketAddr::from((u32::from_be(v4.sin_addr.s_addr).to_be_bytes(), 0))
+            }
+            libc::AF_INET6 => {
+                let v6 = &*storage.cast::<libc::sockaddr_in6>();
+                SocketAddr::from((v6.sin6_addr.s6_addr, 0))
+            }
+            _ => return None,
+        }
+    };
+    Some(addr.ip().to_canonical())
 }
 
 /// One worker: its ring, buffers, listener and connections.
@@ -49,12 +67,16 @@ pub struct Worker {
     // before the buffer memory it points into.
     ring: IoUring,
     bufs: BufRing,
-    listener: TcpListener,
+    accept_addrs: Box<[AcceptAddr; ACCEPTS]>,
+    /// The listener; `None` once a drain closed it.
+    listener: Option<TcpListener>,
     conns: Connections,
     commands: Receiver<Command>,
     wake: Arc<OwnedFd>,
     wake_buf: Box<u64>,
-    accepting: Accepting,
+    /// Indexes into `accept_addrs` with no accept armed.
+    idle_accepts: Vec<u8>,
+    accept_rate: AcceptRate,
     /// Fixed-file slots in the table.
     capacity: u32,
     /// Slots holding a socket: from the accept CQE to the CLOSE CQE.
@@ -80,6 +102,10 @@ pub struct Setup {
     pub wake: Arc<OwnedFd>,
     /// All workers' counters.
     pub stats: Arc<[WorkerStats]>,
+    /// Admission rules and counts shared by every worker.
+    pub admission: Arc<Admission>,
+    /// This worker's share of `--max-handshakes-per-sec`.
+    pub accept_rate: Option<f64>,
 }
 
 fn errno(result: i32) -> i32 {
@@ -117,15 +143,25 @@ impl Worker {
             incremental_buffers = bufs.is_incremental(),
             "worker ready"
         );
+        let conns = Connections::new(
+            config,
+            setup.capacity as usize,
+            setup.stats,
+            setup.index,
+            &setup.admission,
+        );
         Ok(Self {
             ring,
             bufs,
-            listener: setup.listener,
-            conns: Connections::new(config, setup.capacity as usize, setup.stats, setup.index),
+            // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+            accept_addrs: Box::new(unsafe { std::mem::zeroed() }),
+            listener: Some(setup.listener),
+            conns,
             commands: setup.commands,
             wake: setup.wake,
             wake_buf: Box::new(0),
-            accepting: Accepting::Idle,
+            idle_accepts: (0..ACCEPTS as u8).rev().collect(),
+            accept_rate: AcceptRate::new(setup.accept_rate),
             capacity: setup.capacity,
             slots_in_use: 0,
             starved: Vec::new(),
@@ -139,10 +175,14 @@ impl Worker {
     /// # Errors
     /// An `io_uring_enter(2)` error other than a timeout or interruption.
     pub fn run(mut self) -> io::Result<()> {
-        self.arm_accept();
+        self.arm_accepts();
         self.arm_wake();
         loop {
-            let wait = self.conns.until_next_tick().max(Duration::from_millis(1));
+            let mut wait = self.conns.until_next_tick();
+            if let Some(refill) = self.accept_rate.next_in() {
+                wait = wait.min(refill);
+            }
+            let wait = wait.max(Duration::from_millis(1));
             let ts = Timespec::new()
                 .sec(wait.as_secs())
                 .nsec(wait.subsec_nanos());
@@ -166,6 +206,7 @@ impl Worker {
             self.cqes = cqes;
             self.conns.fire_timers();
             self.rearm_starved();
+            self.arm_accepts();
             self.flush();
             if let Some(deadline) = self.stop_by {
                 if self.conns.is_empty() || Instant::now() >= deadline {
@@ -189,35 +230,47 @@ impl Worker {
         }
     }
 
-    /// Arms an accept suited to the free slots, unless one is armed, the
-    /// table is full (connections then wait in the backlog), or the worker
-    /// is stopping.
-    fn arm_accept(&mut self) {
-        let free = self.capacity - self.slots_in_use;
-        if self.accepting != Accepting::Idle || free == 0 || self.stop_by.is_some() {
-            return;
-        }
-        let listener = Fd(self.listener.as_raw_fd());
-        let (entry, mode) = if free > SINGLE_ACCEPT_BELOW {
-            let entry = opcode::AcceptMulti::new(listener)
-                .allocate_file_index(true)
-                .build();
-            (entry, Accepting::Multishot { cancelling: false })
-        } else {
-            let entry = opcode::Accept::new(listener, std::ptr::null_mut(), std::ptr::null_mut())
-                .file_index(Some(DestinationSlot::auto_target()))
-                .build();
-            (entry, Accepting::Single)
+    /// Arms accepts up to [`ACCEPTS`], the free fixed-file slots and the
+    /// accept-rate tokens, unless the listener is closed or the worker is
+    /// stopping. Connections beyond those wait in the listen backlog.
+    fn arm_accepts(&mut self) {
+        let Some(listener) = self.listener.as_ref().map(|l| Fd(l.as_raw_fd())) else {
+            return; // closed by a drain or shutdown
         };
-        self.push(entry.user_data(Token::worker(Op::Accept).encode()));
-        self.accepting = mode;
+        let armed = (ACCEPTS - self.idle_accepts.len()) as u32;
+        let free = self.capacity - self.slots_in_use - armed;
+        let mut allowed = free.min(self.idle_accepts.len() as u32);
+        if allowed > 0 {
+            allowed = allowed.min(self.accept_rate.available());
+        }
+        for _ in 0..allowed {
+            let index = self.idle_accepts.pop().expect("an idle accept");
+            let a = &mut self.accept_addrs[usize::from(index)];
+            a.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            let entry = opcode::Accept::new(listener, (&raw mut a.addr).cast(), &raw mut a.len)
+                .file_index(Some(DestinationSlot::auto_target()))
+                .build()
+                .user_data(Token::accept(u32::from(index)).encode());
+            self.accept_rate.take();
+            self.push(entry);
+        }
     }
 
-    fn cancel_accept(&mut self) {
-        let entry = opcode::AsyncCancel::new(Token::worker(Op::Accept).encode())
+    /// Cancels the armed accepts and closes the listener. The cancel is
+    /// submitted before the descriptor is closed, so no accept SQE can
+    /// name a reused descriptor number.
+    fn close_listener(&mut self) {
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(listener.as_raw_fd())).all())
             .build()
             .user_data(Token::worker(Op::Cancel).encode());
         self.push(entry);
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!("submitting the accept cancel: {e}");
+        }
+        drop(listener);
     }
 
     fn arm_wake(&mut self) {
@@ -246,14 +299,15 @@ impl Worker {
     fn dispatch(&mut self, token: Token, result: i32, flags: u32) {
         let (slot, gen) = (token.slot, token.gen);
         match token.op {
-            Op::Accept => self.on_accept(result, flags),
+            Op::Accept => self.on_accept(slot, result),
             Op::Recv => self.on_recv(slot, gen, result, flags),
             Op::Send => self.conns.on_sent(slot, gen, result),
             Op::Shutdown => self.conns.on_shutdown(slot, gen, result),
             Op::Cancel => {}
             Op::Close => {
                 self.slots_in_use -= 1;
-                self.arm_accept();
+                let stats = self.conns.io.stats();
+                WorkerStats::sub(&stats.slots_in_use, 1);
             }
             Op::Wake => {
                 self.drain_commands();
@@ -265,41 +319,30 @@ impl Worker {
         }
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32) {
+    /// An accept armed with address buffer `index` completed.
+    fn on_accept(&mut self, index: u32, result: i32) {
+        let index = u8::try_from(index).expect("accept index");
+        self.idle_accepts.push(index);
         if result >= 0 {
             let slot = result as u32;
             self.slots_in_use += 1;
+            WorkerStats::add(&self.conns.io.stats().slots_in_use, 1);
             assert!(
                 self.slots_in_use <= self.capacity,
                 "more sockets than fixed-file slots"
             );
-            if self.stop_by.is_some() {
-                self.close_slot(slot);
-            } else {
-                let gen = self.conns.accept(slot);
-                self.arm_recv(slot, gen);
-            }
-        } else if errno(result) == libc::ENFILE {
-            tracing::warn!(
-                capacity = self.capacity,
-                "fixed-file table full during a burst: one connection was refused"
-            );
+            // One that raced a drain's cancel is answered 503 at its
+            // handshake.
+            let ip = peer_ip(&self.accept_addrs[usize::from(index)]);
+            let gen = self.conns.accept(slot, ip);
+            self.arm_recv(slot, gen);
         } else if errno(result) != libc::ECANCELED {
+            // ENFILE cannot happen (no more accepts than free slots are
+            // armed); EMFILE, ENOBUFS and the like are transient.
             tracing::warn!(
                 "accept failed: {}",
                 io::Error::from_raw_os_error(errno(result))
             );
-        }
-        if !cqueue::more(flags) {
-            self.accepting = Accepting::Idle;
-            self.arm_accept();
-        } else if self.accepting == (Accepting::Multishot { cancelling: false })
-            && self.capacity - self.slots_in_use <= SINGLE_ACCEPT_BELOW
-        {
-            // Few slots left: stop the multishot; its last CQE re-arms
-            // in single-shot mode.
-            self.accepting = Accepting::Multishot { cancelling: true };
-            self.cancel_accept();
         }
     }
 
@@ -427,22 +470,41 @@ impl Worker {
                     ack.complete(self.conns.publish(&topics, &frame));
                 }
                 Command::Broadcast { frame, ack } => ack.complete(self.conns.broadcast(&frame)),
+                Command::Drain { period } => self.begin_drain(period),
+                Command::Rebalance { fraction, period } => {
+                    if self.stop_by.is_none() {
+                        self.conns
+                            .close_spread(fraction, period, "rebalancing", false);
+                    }
+                }
                 Command::Shutdown => self.begin_shutdown(),
             }
         }
     }
 
-    fn begin_shutdown(&mut self) {
+    /// Closes the listener (the load balancer's connects now fail here and
+    /// go to other nodes), spreads 1001 closes over 90% of `period`, and
+    /// sets the exit deadline. The last tenth of the period is left for
+    /// the last close handshakes and queued frames to finish.
+    fn begin_drain(&mut self, period: Duration) {
         if self.stop_by.is_some() {
             return;
         }
-        self.stop_by = Some(Instant::now() + CLOSE_TIMEOUT + Duration::from_secs(1));
-        if matches!(
-            self.accepting,
-            Accepting::Multishot { cancelling: false } | Accepting::Single
-        ) {
-            self.cancel_accept();
+        self.close_listener();
+        self.stop_by = Some(Instant::now() + period);
+        self.conns
+            .close_spread(1.0, period.mul_f64(0.9), "server draining", true);
+    }
+
+    /// Closes every connection at once and exits after the close timeout;
+    /// also ends a drain early.
+    fn begin_shutdown(&mut self) {
+        let deadline = Instant::now() + CLOSE_TIMEOUT + Duration::from_secs(1);
+        if self.stop_by.is_some_and(|at| at <= deadline) {
+            return;
         }
+        self.close_listener();
+        self.stop_by = Some(deadline);
         self.conns.shutdown();
     }
 }

@@ -1,8 +1,19 @@
-//! Command line: `ringcast serve [FLAGS]`.
+//! Command line: `ringcast serve [FLAGS]`, `ringcast config print [FLAGS]`
+//! and `ringcast doctor`.
+//!
+//! Every serve flag can also come from a `RINGCAST_*` environment variable
+//! and from the TOML file named by `--config`, whose keys are the flag
+//! names (`idle-timeout = "120s"`). Precedence: flags > environment > file
+//! > defaults. See `deploy/ringcast.toml` for an annotated example.
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use ringcast_engine::Config;
+use serde::{Serialize, Serializer};
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// WebSocket push server: clients subscribe to topics, backends publish
@@ -18,62 +29,139 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default when no subcommand is given).
     Serve(Serve),
+    /// Show the configuration in effect.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Check this host's limits for a target number of connections.
     Doctor(crate::doctor::Doctor),
 }
 
-/// Flags of `ringcast serve`.
-#[derive(Parser, Debug, Clone)]
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (flags > RINGCAST_* environment >
+    /// --config file > defaults) as TOML, in the config file's format.
+    Print(Serve),
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+fn humantime_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// Flags of `ringcast serve`. Serialized with the flag names as keys: the
+/// config file's format.
+#[derive(Parser, Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Serve {
+    /// TOML file with any of these flags as keys (flag names without the
+    /// dashes in front, e.g. `idle-timeout = "120s"`).
+    #[arg(long, env = "RINGCAST_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Address for WebSocket clients; every worker listens on it
     /// (SO_REUSEPORT). Port 0 picks a free port.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "RINGCAST_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Address of the HTTP publish API (publish, broadcast, healthz, stats).
-    #[arg(long, default_value = "127.0.0.1:8081")]
+    /// Address of the HTTP API (publish, broadcast, drain, rebalance,
+    /// healthz, readyz, stats, metrics). The load balancer's health checks
+    /// need to reach /readyz here.
+    #[arg(long, env = "RINGCAST_API_LISTEN", default_value = "127.0.0.1:8081")]
     pub api_listen: SocketAddr,
     /// Worker threads, one io_uring each [default: available cores].
-    #[arg(long)]
+    #[arg(long, env = "RINGCAST_WORKERS")]
     pub workers: Option<usize>,
     /// Path of the WebSocket topics endpoint.
-    #[arg(long, default_value = "/ws")]
+    #[arg(long, env = "RINGCAST_PATH", default_value = "/ws")]
     pub path: String,
     /// Also serve /echo, which echoes every message back (conformance runs,
     /// benchmarks).
-    #[arg(long)]
+    #[arg(long, env = "RINGCAST_ECHO")]
     pub echo: bool,
-    /// Subprotocol to accept when a client offers it (repeatable).
-    #[arg(long = "subprotocol")]
+    /// Subprotocol to accept when a client offers it (repeatable, or a
+    /// comma-separated list).
+    #[arg(
+        long = "subprotocol",
+        env = "RINGCAST_SUBPROTOCOL",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "subprotocol")]
     pub subprotocols: Vec<String>,
     /// Close a connection that sent nothing, not even a pong, for this long.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "humantime_str")]
     pub idle_timeout: Duration,
     /// Ping every connection this often.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RINGCAST_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "humantime_str")]
     pub ping_interval: Duration,
     /// Close a connection that has not completed its opening handshake in
     /// this time (slowloris), with 408.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "humantime_str")]
     pub handshake_timeout: Duration,
     /// Largest message, from a client (else close 1009) or a publisher
     /// (else 413), in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
     pub max_message_size: usize,
     /// Most bytes queued to one connection; a connection over it is a slow
     /// consumer and is closed with 1008.
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, env = "RINGCAST_MAX_OUTBOUND_BYTES", default_value_t = 4 << 20)]
     pub max_outbound_bytes: usize,
-    /// Connections to size for, in total. Each worker's fixed-file table
-    /// holds min(RLIMIT_NOFILE, this / workers) [default: the host's
+    /// Open connections allowed in total; a handshake beyond it gets 503
+    /// with Retry-After. Each worker's fixed-file table is sized for its
+    /// share plus headroom, capped by RLIMIT_NOFILE [default: the host's
     /// ceiling, workers x RLIMIT_NOFILE].
-    #[arg(long)]
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Open connections allowed per client address (after PROXY protocol
+    /// and trusted forwarding headers); beyond it a handshake gets 429 with
+    /// Retry-After. 0: no limit.
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// New connections accepted per second, for the whole process (a
+    /// reconnect storm's brake). Connections beyond the rate wait in the
+    /// listen backlog [default: unlimited].
+    #[arg(long, env = "RINGCAST_MAX_HANDSHAKES_PER_SEC")]
+    pub max_handshakes_per_sec: Option<f64>,
+    /// Expect a PROXY protocol v1 or v2 header (haproxy send-proxy /
+    /// send-proxy-v2) on every WebSocket connection; others get 400.
+    #[arg(long, env = "RINGCAST_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+    /// Networks (CIDR) whose X-Forwarded-For / X-Real-IP are believed
+    /// (repeatable, or comma-separated). While set, those headers from any
+    /// other peer get 403; while empty they are ignored.
+    #[arg(long, env = "RINGCAST_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Origins allowed to open a WebSocket: `https://app.example.com`,
+    /// `https://*.example.com` (subdomains), `example.com` (any scheme) or
+    /// `*` (repeatable, or comma-separated). Others get 403; requests
+    /// without Origin (non-browser clients) pass [default: any].
+    #[arg(long, env = "RINGCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// On SIGTERM or POST /drain: time to close every connection (1001,
+    /// spread over the first 90%) before exiting. A second SIGTERM closes
+    /// the rest at once.
+    #[arg(long, env = "RINGCAST_DRAIN_PERIOD", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "humantime_str")]
+    pub drain_period: Duration,
+    /// Log line format (level from RUST_LOG, default info).
+    #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
     /// Receive buffers per worker (a power of two up to 32768), shared by
     /// all its connections.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "RINGCAST_READ_BUFFERS", default_value_t = 1024)]
     pub read_buffers: u16,
     /// Size of each receive buffer, in bytes.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, env = "RINGCAST_READ_BUFFER_SIZE", default_value_t = 4096)]
     pub read_buffer_size: u32,
 }
 
@@ -81,6 +169,104 @@ impl Default for Serve {
     fn default() -> Self {
         Self::parse_from(["serve"])
     }
+}
+
+/// Parses the command line, layering the `--config` file under flags and
+/// environment variables.
+///
+/// # Errors
+/// A message for an unreadable or invalid file or an unknown key; clap
+/// errors (bad flag values, including ones from the file or environment)
+/// as `clap::Error` text.
+pub fn parse(args: Vec<OsString>) -> Result<Cli, CliError> {
+    let first = Cli::command().try_get_matches_from(&args)?;
+    let (depth, serve) = match first.subcommand() {
+        Some(("serve", m)) => (2, m),
+        Some(("config", m)) => match m.subcommand() {
+            Some(("print", m)) => (3, m),
+            _ => return Ok(Cli::from_arg_matches(&first)?),
+        },
+        _ => return Ok(Cli::from_arg_matches(&first)?),
+    };
+    let Some(path) = serve.get_one::<PathBuf>("config") else {
+        return Ok(Cli::from_arg_matches(&first)?);
+    };
+    let from_file = file_args(path, |id| serve.value_source(id))?;
+    let mut layered = args[..depth.min(args.len())].to_vec();
+    layered.extend(from_file);
+    layered.extend(args.into_iter().skip(depth));
+    Ok(Cli::from_arg_matches(
+        &Cli::command().try_get_matches_from(layered)?,
+    )?)
+}
+
+/// A command-line failure: clap's own (printed as clap formats it) or ours.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad flags or values; `--help` and `--version` also land here.
+    Clap(clap::Error),
+    /// A config file problem, with the file named.
+    Config(String),
+}
+
+impl From<clap::Error> for CliError {
+    fn from(e: clap::Error) -> Self {
+        CliError::Clap(e)
+    }
+}
+
+/// The config file's settings as flags, leaving out those the command line
+/// or the environment already set (`source` tells, by argument id).
+fn file_args(
+    path: &Path,
+    source: impl Fn(&str) -> Option<ValueSource>,
+) -> Result<Vec<OsString>, CliError> {
+    let fail = |why: String| CliError::Config(format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| fail(e.to_string()))?;
+    let command = Serve::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
+            .ok_or_else(|| fail(format!("unknown key {key:?} (keys are serve flag names)")))?;
+        if matches!(
+            source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let flag = format!("--{key}");
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            other => Err(fail(format!("{key}: unexpected {}", other.type_str()))),
+        };
+        match (&value, arg.get_action()) {
+            (toml::Value::Boolean(on), ArgAction::SetTrue) => {
+                if *on {
+                    out.push(flag.into());
+                }
+            }
+            (toml::Value::Array(items), ArgAction::Append) => {
+                for item in items {
+                    out.push(format!("{flag}={}", scalar(item)?).into());
+                }
+            }
+            (_, ArgAction::Set) => out.push(format!("{flag}={}", scalar(&value)?).into()),
+            _ => {
+                return Err(fail(format!(
+                    "{key}: unexpected {} for this key",
+                    value.type_str()
+                )))
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Serve {
@@ -99,9 +285,19 @@ impl Serve {
             max_message_size: self.max_message_size,
             max_outbound_bytes: self.max_outbound_bytes,
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_handshakes_per_sec: self.max_handshakes_per_sec,
+            proxy_protocol: self.proxy_protocol,
+            trusted_proxies: self.trusted_proxies.clone(),
+            allowed_origins: self.allowed_origins.clone(),
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
         }
+    }
+
+    /// The effective configuration as TOML, keys named as flags.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the serve flags serialize to TOML")
     }
 
     /// Checks values clap cannot.
@@ -145,6 +341,67 @@ impl Serve {
                     .into(),
             );
         }
+        if self
+            .max_handshakes_per_sec
+            .is_some_and(|r| !r.is_finite() || r <= 0.0)
+        {
+            return Err("--max-handshakes-per-sec must be a number above zero".into());
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every serve flag appears in the annotated example config, and the
+    /// example parses into a valid configuration.
+    #[test]
+    fn the_example_config_covers_every_flag() {
+        let example = include_str!("../../deploy/ringcast.toml");
+        for arg in Serve::command().get_arguments() {
+            let Some(long) = arg.get_long().filter(|l| *l != "config") else {
+                continue;
+            };
+            assert!(
+                example.contains(&format!("\n{long} = "))
+                    || example.contains(&format!("\n# {long} = ")),
+                "deploy/ringcast.toml does not mention {long}"
+            );
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/ringcast.toml");
+        let cli = parse(vec![
+            "ringcast".into(),
+            "serve".into(),
+            "--config".into(),
+            path.into(),
+        ])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let Some(Command::Serve(serve)) = cli.command else {
+            panic!("not serve")
+        };
+        serve.validate().unwrap();
+    }
+
+    #[test]
+    fn printed_config_reads_back_as_a_config_file() {
+        let serve =
+            Serve::parse_from(["serve", "--workers", "3", "--trusted-proxies", "10.0.0.0/8"]);
+        let printed = serve.to_toml();
+        let table: toml::Table = printed.parse().unwrap();
+        assert_eq!(table["workers"].as_integer(), Some(3));
+        assert_eq!(table["idle-timeout"].as_str(), Some("2m"));
+        let args = file_args_from(&printed);
+        let again = Serve::parse_from(std::iter::once(OsString::from("serve")).chain(args));
+        assert_eq!(again.to_toml(), printed);
+    }
+
+    fn file_args_from(text: &str) -> Vec<OsString> {
+        let dir = std::env::temp_dir().join(format!("ringcast-cli-{}", std::process::id()));
+        std::fs::write(&dir, text).unwrap();
+        let args = file_args(&dir, |_| None).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        args
     }
 }

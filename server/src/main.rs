@@ -3,38 +3,59 @@
 mod api;
 mod cli;
 mod doctor;
+mod metrics;
 
-use clap::Parser;
-use cli::{Cli, Command, Serve};
+use cli::{CliError, Command, ConfigCommand, LogFormat, Serve};
 use ringcast_engine::runtime::Runtime;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let serve = match Cli::parse().command {
-        Some(Command::Serve(serve)) => serve,
+    let cli = match cli::parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(CliError::Clap(e)) => e.exit(),
+        Err(CliError::Config(message)) => {
+            eprintln!("ringcast: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let (serve, print) = match cli.command {
+        Some(Command::Serve(serve)) => (serve, false),
+        Some(Command::Config(ConfigCommand::Print(serve))) => (serve, true),
         Some(Command::Doctor(doctor)) => return doctor::run(&doctor),
-        None => Serve::default(),
+        None => (Serve::default(), false),
     };
     if let Err(message) = serve.validate() {
         eprintln!("ringcast: {message}");
         return ExitCode::from(2);
     }
+    if print {
+        print!("{}", serve.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(serve.log_format);
     match run(serve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!("{e}");
             eprintln!("ringcast: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -58,33 +79,72 @@ fn run(serve: Serve) -> std::io::Result<()> {
         );
     }
     let handle = runtime.handle();
+    let ws_addr = runtime.local_addr();
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let served = tokio.block_on(async {
+    tokio.block_on(async move {
         let listener = tokio::net::TcpListener::bind(serve.api_listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", serve.api_listen))
         })?;
         let api_addr = listener.local_addr()?;
-        tracing::info!(ws = %runtime.local_addr(), api = %api_addr, path = %serve.path, "ringcast listening");
+        tracing::info!(ws = %ws_addr, api = %api_addr, path = %serve.path, "ringcast listening");
         // One stable line on stdout for scripts and tests.
-        println!("listening ws={} api={}", runtime.local_addr(), api_addr);
-        let app = api::router(handle.clone(), serve.max_message_size);
-        axum::serve(listener, app).with_graceful_shutdown(stop_signal()).await
-    });
-    handle.shutdown();
-    tracing::info!("shutting down: closing connections with 1001");
-    let stopped = runtime.wait();
-    served.and(stopped)
+        println!("listening ws={ws_addr} api={api_addr}");
+        let state = Arc::new(api::State::new(handle.clone(), &serve));
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = api::router(state.clone(), serve.max_message_size);
+        let api = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = api_stopped.await;
+                })
+                .await
+        });
+        let mut signals = Signals::new()?;
+        tokio::select! {
+            () = signals.next() => {}
+            () = state.drain_requested() => {}
+        }
+        state.begin_drain(None);
+        // The workers exit once their connections are gone or the drain
+        // period ends; a second signal closes the rest at once.
+        let mut stopped = tokio::task::spawn_blocking(move || runtime.wait());
+        let result = loop {
+            tokio::select! {
+                joined = &mut stopped => break joined.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                () = signals.next() => {
+                    tracing::info!("second signal: closing every connection now");
+                    handle.shutdown();
+                }
+            }
+        };
+        let _ = stop_api.send(());
+        let served = api.await.map_err(std::io::Error::other)?;
+        tracing::info!("drained; exiting");
+        result.and(served)
+    })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

@@ -4,10 +4,11 @@
 
 use futures_util::{SinkExt, StreamExt};
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -22,13 +23,26 @@ pub struct Server {
     child: Option<Child>,
     pub ws: SocketAddr,
     pub api: SocketAddr,
+    /// JSON log lines, for servers started with [`Server::start_logged`].
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Server {
     /// Starts the binary with `args` on free ports and waits for its
     /// `listening ws=… api=…` line.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        Self::spawn(args, false)
+    }
+
+    /// As [`Server::start`], with debug logs in JSON collected for
+    /// [`Server::wait_for_log`].
+    pub fn start_logged(args: &[&str]) -> Self {
+        Self::spawn(args, true)
+    }
+
+    fn spawn(args: &[&str], logged: bool) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+        command
             .args([
                 "serve",
                 "--listen",
@@ -37,10 +51,28 @@ impl Server {
                 "127.0.0.1:0",
             ])
             .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start ringcast");
+            .stdout(Stdio::piped());
+        if logged {
+            command
+                .args(["--log-format", "json"])
+                .env("RUST_LOG", "info,ringcast_engine=debug")
+                .stderr(Stdio::piped());
+        } else {
+            command.env("RUST_LOG", "warn");
+        }
+        let mut child = command.spawn().expect("start ringcast");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let line = line.expect("read a log line");
+                    let value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                    logs.lock().unwrap().push(value);
+                }
+            });
+        }
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -57,6 +89,81 @@ impl Server {
             child: Some(child),
             ws,
             api,
+            logs,
+        }
+    }
+
+    /// Waits (up to [`WAIT`]) for a JSON log line `matches` accepts.
+    pub async fn wait_for_log(
+        &self,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = self.logs.lock().unwrap().iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such log line in {:?}",
+                self.logs.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `signal` to the server.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its status.
+    pub async fn exit_within(mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("ringcast did not exit within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// GETs `path` on the API; returns the status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{}", self.api, path))
+            .await
+            .expect("API request");
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Scrapes `/metrics` and parses it as Prometheus text.
+    pub async fn metrics(&self) -> prometheus_parse::Scrape {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+            .expect("/metrics is Prometheus text")
+    }
+
+    /// Polls `/stats` (up to [`WAIT`]) until `field` equals `value`.
+    pub async fn wait_for_stat(&self, field: &str, value: u64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let now = self.stats().await[field].as_u64();
+            if now == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stats {field} stayed {now:?}, wanted {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -125,6 +232,40 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// The value of a counter or gauge in a scrape, by name and labels.
+pub fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name} is not a counter or gauge: {other:?}"),
+    }
+}
+
+/// A TCP connection to `to` from source address `from` (any 127.0.0.0/8
+/// address on loopback).
+pub async fn tcp_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    socket.connect(to).await.expect("TCP connect")
+}
+
+/// A WebSocket client connecting to `url` (on `to`) from address `from`.
+pub async fn connect_from(from: IpAddr, to: SocketAddr, url: &str) -> Ws {
+    let stream = tcp_from(from, to).await;
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+        .0
 }
 
 pub async fn connect(url: &str) -> Ws {

@@ -3,7 +3,8 @@
 use super::utf8::Utf8Validator;
 use bytes::Bytes;
 
-/// Status codes the server sends (RFC 6455 §7.4.1).
+/// Status codes the server sends, and the two that only name what
+/// happened (1005, 1006: never sent on the wire) (RFC 6455 §7.4.1).
 pub mod code {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
@@ -13,6 +14,10 @@ pub mod code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A message of a type this endpoint does not accept.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A close frame arrived without a status code.
+    pub const NO_STATUS: u16 = 1005;
+    /// The connection ended without a close frame.
+    pub const ABNORMAL: u16 = 1006;
     /// Text that is not UTF-8, or another inconsistent payload.
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// A policy was violated (e.g. the peer reads too slowly).

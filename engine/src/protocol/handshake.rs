@@ -44,11 +44,28 @@ pub enum Reject {
     BadTopic,
     /// The handshake did not complete in time (408).
     Timeout,
+    /// `--proxy-protocol` is on and the connection did not start with a
+    /// valid PROXY v1 or v2 header (400).
+    BadProxyHeader,
+    /// `X-Forwarded-For` or `X-Real-IP` from a peer outside
+    /// `--trusted-proxies` (403).
+    UntrustedForwarded,
+    /// `X-Forwarded-For` or `X-Real-IP` that is not a list of IP addresses,
+    /// from a trusted proxy (400).
+    BadForwarded,
+    /// An `Origin` outside `--allowed-origins` (403).
+    OriginNotAllowed,
+    /// The server holds `--max-connections` open connections (503).
+    OverCapacity,
+    /// The client address holds `--max-connections-per-ip` (429).
+    PerIpLimit,
+    /// The server is draining: it takes no new connections (503).
+    Draining,
 }
 
 impl Reject {
     /// Every reason, in `repr` order (for per-reason counters).
-    pub const ALL: [Reject; 10] = [
+    pub const ALL: [Reject; 17] = [
         Reject::Malformed,
         Reject::NotGet,
         Reject::MissingHost,
@@ -59,6 +76,13 @@ impl Reject {
         Reject::NotFound,
         Reject::BadTopic,
         Reject::Timeout,
+        Reject::BadProxyHeader,
+        Reject::UntrustedForwarded,
+        Reject::BadForwarded,
+        Reject::OriginNotAllowed,
+        Reject::OverCapacity,
+        Reject::PerIpLimit,
+        Reject::Draining,
     ];
 
     /// The HTTP status code sent.
@@ -68,6 +92,9 @@ impl Reject {
             Reject::HeadersTooLarge => 431,
             Reject::NotFound => 404,
             Reject::Timeout => 408,
+            Reject::UntrustedForwarded | Reject::OriginNotAllowed => 403,
+            Reject::OverCapacity | Reject::Draining => 503,
+            Reject::PerIpLimit => 429,
             _ => 400,
         }
     }
@@ -85,6 +112,13 @@ impl Reject {
             Reject::NotFound => "not_found",
             Reject::BadTopic => "bad_topic",
             Reject::Timeout => "timeout",
+            Reject::BadProxyHeader => "bad_proxy_header",
+            Reject::UntrustedForwarded => "untrusted_forwarded",
+            Reject::BadForwarded => "bad_forwarded",
+            Reject::OriginNotAllowed => "origin_not_allowed",
+            Reject::OverCapacity => "over_capacity",
+            Reject::PerIpLimit => "per_ip_limit",
+            Reject::Draining => "draining",
         }
     }
 
@@ -100,6 +134,23 @@ impl Reject {
             Reject::NotFound => "no WebSocket endpoint at this path",
             Reject::BadTopic => crate::topics::NAME_RULE,
             Reject::Timeout => "handshake not completed in time",
+            Reject::BadProxyHeader => "expected a valid PROXY protocol v1 or v2 header",
+            Reject::UntrustedForwarded => "forwarding headers from an untrusted peer",
+            Reject::BadForwarded => "X-Forwarded-For or X-Real-IP is not a list of IP addresses",
+            Reject::OriginNotAllowed => "origin not allowed",
+            Reject::OverCapacity => "server at its connection limit, retry later",
+            Reject::PerIpLimit => "too many connections from this address, retry later",
+            Reject::Draining => "server is draining, connect again",
+        }
+    }
+
+    /// Seconds a client is asked to wait before retrying (`Retry-After`,
+    /// RFC 9110 §10.2.3), for refusals that are about load, not the request.
+    pub fn retry_after(self) -> Option<u32> {
+        match self {
+            Reject::OverCapacity | Reject::Draining => Some(5),
+            Reject::PerIpLimit => Some(10),
+            _ => None,
         }
     }
 
@@ -107,16 +158,19 @@ impl Reject {
     pub fn response(self) -> Vec<u8> {
         let status = self.status();
         let phrase = match status {
+            403 => "Forbidden",
             404 => "Not Found",
             408 => "Request Timeout",
             426 => "Upgrade Required",
+            429 => "Too Many Requests",
             431 => "Request Header Fields Too Large",
+            503 => "Service Unavailable",
             _ => "Bad Request",
         };
-        let extra = if self == Reject::UnsupportedVersion {
-            "Sec-WebSocket-Version: 13\r\n"
-        } else {
-            ""
+        let extra = match (self, self.retry_after()) {
+            (Reject::UnsupportedVersion, _) => "Sec-WebSocket-Version: 13\r\n".to_owned(),
+            (_, Some(seconds)) => format!("Retry-After: {seconds}\r\n"),
+            _ => String::new(),
         };
         let body = self.explanation();
         format!(
@@ -136,6 +190,12 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Query string after `?`, if any, undecoded.
     pub query: Option<&'a str>,
+    /// The `Origin` header (RFC 6455 §4.1, sent by browsers), if any.
+    pub origin: Option<&'a str>,
+    /// `X-Forwarded-For`, if any (several lines are refused as malformed).
+    pub forwarded_for: Option<&'a str>,
+    /// `X-Real-IP`, if any.
+    pub real_ip: Option<&'a str>,
     upgrade: Result<&'a str, Reject>,
     protocols: [&'a str; MAX_PROTOCOL_HEADERS],
 }
@@ -164,7 +224,7 @@ fn has_token(value: &[u8], token: &str) -> bool {
 /// [`Reject::HeadersTooLarge`] once the head passes [`MAX_REQUEST_HEAD`]
 /// bytes or 64 headers; [`Reject::Malformed`] for bad HTTP or a version
 /// other than 1.1; [`Reject::NotGet`] for another method.
-pub fn parse(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, Reject> {
+pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -198,9 +258,25 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, Reject> {
     let mut key_count = 0;
     let mut protocols = [""; MAX_PROTOCOL_HEADERS];
     let mut protocol_count = 0;
+    let (mut origin, mut forwarded_for, mut real_ip) = (None, None, None);
+    let text = |value: &'a [u8]| std::str::from_utf8(value).map_err(|_| Reject::Malformed);
+    // One value per header: a repeated one would let a client hide behind
+    // a proxy's line.
+    let once = |slot: &mut Option<&'a str>, value: &'a [u8]| -> Result<(), Reject> {
+        match slot.replace(text(value)?.trim()) {
+            None => Ok(()),
+            Some(_) => Err(Reject::Malformed),
+        }
+    };
     for h in req.headers.iter() {
         let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
+        if name.eq_ignore_ascii_case("origin") {
+            once(&mut origin, h.value)?;
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            once(&mut forwarded_for, h.value)?;
+        } else if name.eq_ignore_ascii_case("x-real-ip") {
+            once(&mut real_ip, h.value)?;
+        } else if name.eq_ignore_ascii_case("host") {
             host = !h.value.trim_ascii().is_empty();
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade |= has_token(h.value, "websocket");
@@ -238,6 +314,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, Reject> {
         Request {
             path,
             query,
+            origin,
+            forwarded_for,
+            real_ip,
             upgrade,
             protocols,
         },

@@ -9,10 +9,12 @@
 //! - [`close`]: close codes and close frame payloads (RFC 6455 §5.5.1, §7.4).
 //! - [`decoder`]: a connection's read side: frames to messages, with
 //!   fragment reassembly and interleaved control frames (RFC 6455 §5.4).
+//! - [`proxy`]: the PROXY protocol v1/v2 header in front of a connection.
 
 pub mod close;
 pub mod decoder;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod proxy;
 pub mod utf8;

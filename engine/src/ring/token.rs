@@ -11,7 +11,8 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Op {
-    /// Multishot accept on the worker's listener.
+    /// An accept on the worker's listener; the slot field holds the index
+    /// of its address buffer.
     Accept = 1,
     /// Multishot receive on a connection.
     Recv = 2,
@@ -47,6 +48,15 @@ impl Token {
         Self {
             op,
             slot: 0,
+            gen: 0,
+        }
+    }
+
+    /// A token for the accept using address buffer `index`.
+    pub const fn accept(index: u32) -> Self {
+        Self {
+            op: Op::Accept,
+            slot: index,
             gen: 0,
         }
     }
