@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, black-box tests against the built binary
 # (tokio-tungstenite and Python websockets clients), and the Autobahn
-# conformance cases 1-10 via kosoku, then the tuning/ scripts' tests
+# conformance cases 1-10 via kosoku, nginx and haproxy in front of the
+# server with the configs in deploy/, then the tuning/ scripts' tests
 # (root, for a network namespace). Installs the Python test venv (.venv)
-# on first use.
+# and, as root, Debian's nginx and haproxy on first use.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,6 +15,9 @@ if [ ! -x .venv/bin/kosoku ] || [ ! -x .venv/bin/python ]; then
   fi
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
+
+# nginx and haproxy from Debian, for tests/proxies.rs (apt-get, as root).
+scripts/install-test-deps.sh
 
 export RINGCAST_PYTHON="$PWD/.venv/bin/python"
 export RINGCAST_KOSOKU="$PWD/.venv/bin/kosoku"

@@ -151,12 +151,12 @@ impl Server {
             .expect("/metrics is Prometheus text")
     }
 
-    /// Polls `/stats` (up to [`WAIT`]) until `field` equals `value`.
+    /// Polls `/stats` (up to [`WAIT`]) until `field` is at least `value`.
     pub async fn wait_for_stat(&self, field: &str, value: u64) {
         let deadline = Instant::now() + WAIT;
         loop {
             let now = self.stats().await[field].as_u64();
-            if now == Some(value) {
+            if now >= Some(value) {
                 return;
             }
             assert!(
