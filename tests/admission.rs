@@ -191,6 +191,13 @@ async fn forwarding_headers_count_only_from_trusted_proxies_and_origins_are_chec
         };
         assert!(head.starts_with(want), "{origin}: {head}");
     }
+    server
+        .wait_for_log(|l| {
+            l["fields"]["message"] == "handshake rejected"
+                && l["fields"]["reason"] == "origin_not_allowed"
+                && l["fields"]["peer"] == "127.0.0.1"
+        })
+        .await;
     let scrape = server.metrics().await;
     assert_eq!(rejects(&scrape, "untrusted_forwarded"), 2.0);
     assert_eq!(rejects(&scrape, "bad_forwarded"), 1.0);

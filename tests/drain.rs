@@ -97,6 +97,9 @@ async fn sigterm_drains_1000_clients_with_1001_spread_over_the_period() {
 async fn post_drain_closes_the_listener_while_healthz_stays_up() {
     let server = Server::start(&["--workers", "2"]);
     let clients = connect_many(&server.url("/ws?topic=t"), 10).await;
+    // Connected before the drain, upgrade request sent after it.
+    let mut pending = Raw::connect(&server).await;
+    server.wait_for_stat("slots_in_use", 11).await;
     let (status, body) = server.post("/drain?period=6s", "text/plain", "").await;
     assert_eq!(status, 202, "{body}");
     // Set before the workers hear of the drain, so true at once.
@@ -114,6 +117,9 @@ async fn post_drain_closes_the_listener_while_healthz_stays_up() {
         server.stats().await["connections"].as_u64().unwrap() > 0,
         "every client was closed before the listeners"
     );
+    pending.send(GOOD_HANDSHAKE.as_bytes()).await;
+    let head = pending.response_head().await;
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
     for mut ws in clients {
         let (_, code) = read_until_close(&mut ws, WAIT).await;
         assert_eq!(code, 1001);

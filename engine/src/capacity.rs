@@ -9,7 +9,7 @@ use std::io;
 pub const KERNEL_BYTES_PER_SOCKET: u64 = 4300;
 /// Kernel memory per armed multishot receive, in bytes (measured).
 pub const KERNEL_BYTES_PER_ARMED_RECV: u64 = 900;
-/// User-space bytes per idle connection budgeted: the 72-byte table record
+/// User-space bytes per idle connection budgeted: the 80-byte table record
 /// plus topic membership and timer entry, rounded up.
 pub const USER_BYTES_PER_CONNECTION: u64 = 128;
 /// Share of total memory the connections may take; the rest is left to

@@ -159,7 +159,8 @@ impl Io {
     fn reject(&mut self, conn: &mut Conn, slot: u32, reason: Reject) {
         self.stats().reject(reason);
         let peer = self.admission.ip(conn.peer);
-        tracing::debug!(slot, peer = ?peer, reason = reason.label(), "handshake rejected");
+        let peer = peer.map_or_else(String::new, |ip| ip.to_string());
+        tracing::debug!(slot, peer, reason = reason.label(), "handshake rejected");
         conn.head = None;
         self.enqueue(conn, Bytes::from(reason.response()));
         self.closing(conn, slot);
