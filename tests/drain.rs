@@ -28,6 +28,14 @@ async fn read_until_close(ws: &mut Ws, limit: Duration) -> (Vec<String>, u16) {
     }
 }
 
+async fn every_client_gets_1001_then_exit_0(server: Server, clients: Vec<Ws>) {
+    for mut ws in clients {
+        let (_, code) = read_until_close(&mut ws, WAIT).await;
+        assert_eq!(code, 1001);
+    }
+    assert!(server.exit_within(WAIT).await.success());
+}
+
 async fn connect_many(url: &str, n: usize) -> Vec<Ws> {
     let mut clients = Vec::with_capacity(n);
     while clients.len() < n {
@@ -120,11 +128,7 @@ async fn post_drain_closes_the_listener_while_healthz_stays_up() {
     pending.send(GOOD_HANDSHAKE.as_bytes()).await;
     let head = pending.response_head().await;
     assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
-    for mut ws in clients {
-        let (_, code) = read_until_close(&mut ws, WAIT).await;
-        assert_eq!(code, 1001);
-    }
-    assert!(server.exit_within(WAIT).await.success());
+    every_client_gets_1001_then_exit_0(server, clients).await;
 }
 
 #[tokio::test]
@@ -134,11 +138,7 @@ async fn a_second_sigterm_closes_every_connection_at_once() {
     server.signal(libc::SIGTERM);
     server.wait_for_stat("closed", 1).await; // the drain has begun
     server.signal(libc::SIGTERM);
-    for mut ws in clients {
-        let (_, code) = read_until_close(&mut ws, WAIT).await;
-        assert_eq!(code, 1001);
-    }
-    assert!(server.exit_within(WAIT).await.success());
+    every_client_gets_1001_then_exit_0(server, clients).await;
 }
 
 #[tokio::test]
