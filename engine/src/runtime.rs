@@ -241,9 +241,7 @@ impl Handle {
     /// handed over before this call are queued first and written before
     /// each connection's close frame.
     pub fn drain(&self, period: Duration) {
-        for mailbox in self.mailboxes.iter() {
-            let _ = mailbox.send(Command::Drain { period });
-        }
+        self.tell_all(|| Command::Drain { period });
     }
 
     /// Closes `fraction` (clamped to 0.0–1.0) of each worker's open
@@ -252,16 +250,20 @@ impl Handle {
     /// onto other nodes. A later call replaces a rebalance under way.
     pub fn rebalance(&self, fraction: f64, period: Duration) {
         let fraction = fraction.clamp(0.0, 1.0);
-        for mailbox in self.mailboxes.iter() {
-            let _ = mailbox.send(Command::Rebalance { fraction, period });
-        }
+        self.tell_all(|| Command::Rebalance { fraction, period });
     }
 
     /// Asks every worker to stop accepting, close its connections with 1001
     /// (waiting up to the close timeout for the close handshake) and exit.
     pub fn shutdown(&self) {
+        self.tell_all(|| Command::Shutdown);
+    }
+
+    /// Sends every worker a command that needs no reply; a worker that
+    /// has already exited is skipped.
+    fn tell_all(&self, make: impl Fn() -> Command) {
         for mailbox in self.mailboxes.iter() {
-            let _ = mailbox.send(Command::Shutdown);
+            let _ = mailbox.send(make());
         }
     }
 }

@@ -40,7 +40,6 @@ fn main() -> ExitCode {
     match run(serve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("ringcast: {e}");
             ExitCode::FAILURE
         }
