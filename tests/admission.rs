@@ -7,14 +7,9 @@ mod common;
 
 use common::*;
 use futures_util::future::join_all;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// A PROXY protocol v2 header for a TCP over IPv4 client.
 fn proxy_v2(client: [u8; 4], port: u16) -> Vec<u8> {

@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use futures_util::future::join_all;
 use futures_util::SinkExt;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::{Error, Message};
@@ -15,7 +14,7 @@ async fn beyond_max_connections_gets_503_and_a_full_table_holds_the_backlog() {
     let server = Server::start(&["--workers", "1", "--max-connections", "80"]);
     assert_eq!(server.stats().await["capacity"], 144);
     let url = server.url("/ws?topic=t");
-    let mut admitted = join_all((0..80).map(|_| connect(&url))).await;
+    let mut admitted = connect_many(&url, 80).await;
     let refused = tokio_tungstenite::connect_async(&url).await;
     match refused {
         Err(Error::Http(response)) => {
@@ -74,10 +73,7 @@ async fn fan_out_to_more_subscribers_than_one_submission_queue() {
     // than the 4096-entry submission queue holds.
     let server = Server::start(&["--workers", "1"]);
     let url = server.url("/ws?topic=wide");
-    let mut subscribers = Vec::new();
-    for _ in 0..10 {
-        subscribers.extend(join_all((0..500).map(|_| connect(&url))).await);
-    }
+    let mut subscribers = connect_many(&url, 5000).await;
     for i in 0..3 {
         assert_eq!(server.publish("topic=wide", &format!("m{i}")).await, 5000);
     }

@@ -36,15 +36,6 @@ async fn every_client_gets_1001_then_exit_0(server: Server, clients: Vec<Ws>) {
     assert!(server.exit_within(WAIT).await.success());
 }
 
-async fn connect_many(url: &str, n: usize) -> Vec<Ws> {
-    let mut clients = Vec::with_capacity(n);
-    while clients.len() < n {
-        let batch = (n - clients.len()).min(100);
-        clients.extend(join_all((0..batch).map(|_| connect(url))).await);
-    }
-    clients
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_1000_clients_with_1001_spread_over_the_period() {
     let period = Duration::from_secs(4);

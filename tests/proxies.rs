@@ -9,7 +9,7 @@ use common::*;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,10 +72,6 @@ async fn wait_listening(addr: SocketAddr) {
         assert!(Instant::now() < deadline, "nothing listens on {addr}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
 }
 
 #[tokio::test]

@@ -181,10 +181,8 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
     // The subscription is in place once a publish counts it.
     assert_eq!(server.publish("topic=t", "before").await, 1);
     assert_eq!(next_text(&mut ws).await, "before");
-    let status = {
-        let waiter = tokio::task::spawn_blocking(move || server.terminate());
-        expect_close(&mut ws, 1001).await;
-        waiter.await.unwrap()
-    };
+    server.signal(libc::SIGTERM);
+    expect_close(&mut ws, 1001).await;
+    let status = server.exit_within(WAIT).await;
     assert!(status.success(), "exit status {status:?}");
 }

@@ -171,21 +171,6 @@ impl Server {
         format!("ws://{}{}", self.ws, path)
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        for _ in 0..200 {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child.kill().unwrap();
-        panic!("ringcast did not exit within 10 s of SIGTERM");
-    }
-
     /// POSTs `body` to the API at `path` with a content type; returns the
     /// status and the body.
     pub async fn post(
@@ -266,6 +251,21 @@ pub async fn connect_from(from: IpAddr, to: SocketAddr, url: &str) -> Ws {
         .expect("connect timed out")
         .expect("connect")
         .0
+}
+
+/// An IP address from its text.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// `n` clients connected to `url`, opened 100 at a time.
+pub async fn connect_many(url: &str, n: usize) -> Vec<Ws> {
+    let mut clients = Vec::with_capacity(n);
+    while clients.len() < n {
+        let batch = (n - clients.len()).min(100);
+        clients.extend(futures_util::future::join_all((0..batch).map(|_| connect(url))).await);
+    }
+    clients
 }
 
 pub async fn connect(url: &str) -> Ws {
