@@ -21,7 +21,9 @@ scripts/install-test-deps.sh
 
 export RINGCAST_PYTHON="$PWD/.venv/bin/python"
 export RINGCAST_KOSOKU="$PWD/.venv/bin/kosoku"
-cargo test --workspace "$@"
+# fault-injection adds a test-only route (POST /debug/panic) that
+# tests/failures.rs uses; release builds never enable it.
+cargo test --workspace --features ringcast/fault-injection "$@"
 
 # Host tuning scripts: dry run, capacity doctor, apply/revert in a netns.
 RINGCAST_BIN="$PWD/target/debug/ringcast" tuning/tests/run.sh

@@ -6,7 +6,7 @@ use crate::load::{now_ns, Fleet, Mode, Phase, Plan, Report, Shared};
 use crate::plot;
 use crate::probe::{Probe, Sample, Sampler};
 use crate::report::{bytes, progress, write_json};
-use crate::target::{parse_source_ips, Target};
+use crate::target::{parse_source_ips, Target, DISTINCT_SOURCES};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -19,11 +19,13 @@ pub struct Common {
     /// New connections per second, in total.
     #[arg(long, default_value_t = 20_000)]
     pub rate: u32,
-    /// Source addresses to spread connections over, e.g.
-    /// 127.0.0.2-127.0.0.60 (about 28k ephemeral ports each per
-    /// destination) [default: the kernel picks].
-    #[arg(long)]
-    pub source_ips: Option<String>,
+    /// Source addresses to spread connections over, round robin: IPv4
+    /// addresses and ranges (e.g. 127.0.0.2-127.0.0.60; about 28k
+    /// ephemeral ports each per destination), or `kernel` to let the
+    /// kernel pick. The default gives every connection its own client
+    /// address, as on the internet.
+    #[arg(long, default_value = DISTINCT_SOURCES)]
+    pub source_ips: String,
     /// Load-generator threads, one io_uring each [default: cores, raised
     /// so that each ring's share of connections fits RLIMIT_NOFILE].
     #[arg(long)]
@@ -86,10 +88,7 @@ impl Session {
         mode: Mode,
     ) -> Result<Self, String> {
         let target = Target::parse(url)?;
-        let sources = match &common.source_ips {
-            Some(spec) => parse_source_ips(spec)?,
-            None => Vec::new(),
-        };
+        let sources = parse_source_ips(&common.source_ips)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let before = Probe::read(common.server_pid);
         let start_ns = now_ns();

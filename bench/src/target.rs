@@ -1,7 +1,7 @@
 //! Where the load goes: a `ws://` URL resolved to one socket address, and
 //! the source addresses connections are spread over.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 
 /// A WebSocket endpoint: `ws://host[:port][/path][?query]` (RFC 6455 §3;
 /// `wss://` is not supported: the bench measures the server, not TLS).
@@ -55,30 +55,72 @@ impl Target {
     }
 }
 
-/// Parses `--source-ips`: a comma-separated list of IPv4 addresses and
-/// inclusive ranges, e.g. `127.0.0.2-127.0.0.60,127.0.1.1`. Each source
-/// address gives about 28k ephemeral ports per destination.
+/// The default `--source-ips`: every address of 127.1.0.0/16 to
+/// 127.255.0.0/16, so that each of up to 16.6M connections comes from its
+/// own client address, as on the internet. A server's memory per
+/// connection depends on how many distinct peers it tracks, so a load
+/// from a handful of addresses measures a different server.
+pub const DISTINCT_SOURCES: &str = "127.1.0.1-127.255.255.254";
+
+/// Source addresses to bind, as inclusive IPv4 ranges; connection `n` of
+/// a run binds address `n` modulo their count.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    ranges: Vec<(u32, u32)>,
+    count: u64,
+}
+
+impl Sources {
+    /// No source address: the kernel picks one (127.0.0.1 on loopback).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Address number `n`, modulo the number of addresses.
+    ///
+    /// # Panics
+    /// If there is none.
+    pub fn nth(&self, n: u64) -> Ipv4Addr {
+        let mut n = n % self.count;
+        for &(first, last) in &self.ranges {
+            let size = u64::from(last - first) + 1;
+            if n < size {
+                return Ipv4Addr::from(first + n as u32);
+            }
+            n -= size;
+        }
+        unreachable!("n is below the count")
+    }
+}
+
+/// Parses `--source-ips`: `kernel` (let the kernel pick), or a
+/// comma-separated list of IPv4 addresses and inclusive ranges, e.g.
+/// `127.0.0.2-127.0.0.60,127.0.1.1`. Each source address gives about 28k
+/// ephemeral ports per destination.
 ///
 /// # Errors
 /// A message naming the piece that is not an address or an ascending range.
-pub fn parse_source_ips(spec: &str) -> Result<Vec<IpAddr>, String> {
-    let mut out = Vec::new();
+pub fn parse_source_ips(spec: &str) -> Result<Sources, String> {
+    let mut out = Sources::default();
+    if spec.trim() == "kernel" {
+        return Ok(out);
+    }
     for piece in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let parse = |s: &str| {
             s.trim()
                 .parse::<Ipv4Addr>()
+                .map(u32::from)
                 .map_err(|_| format!("--source-ips: {s:?} is not an IPv4 address"))
         };
-        match piece.split_once('-') {
-            Some((first, last)) => {
-                let (first, last) = (u32::from(parse(first)?), u32::from(parse(last)?));
-                if first > last {
-                    return Err(format!("--source-ips: {piece:?} is not ascending"));
-                }
-                out.extend((first..=last).map(|ip| IpAddr::V4(Ipv4Addr::from(ip))));
-            }
-            None => out.push(IpAddr::V4(parse(piece)?)),
+        let (first, last) = match piece.split_once('-') {
+            Some((first, last)) => (parse(first)?, parse(last)?),
+            None => (parse(piece)?, parse(piece)?),
+        };
+        if first > last {
+            return Err(format!("--source-ips: {piece:?} is not ascending"));
         }
+        out.ranges.push((first, last));
+        out.count += u64::from(last - first) + 1;
     }
     if out.is_empty() {
         return Err("--source-ips: no address given".into());
@@ -110,8 +152,14 @@ mod tests {
     #[test]
     fn parses_source_ranges() {
         let ips = parse_source_ips("127.0.0.2-127.0.0.4, 127.0.1.1").unwrap();
-        assert_eq!(ips.len(), 4);
-        assert_eq!(ips[3], "127.0.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ips.count, 4);
+        assert_eq!(ips.nth(3), Ipv4Addr::new(127, 0, 1, 1));
+        assert_eq!(ips.nth(4), Ipv4Addr::new(127, 0, 0, 2));
+        assert!(parse_source_ips("kernel").unwrap().is_empty());
+        assert_eq!(
+            parse_source_ips(DISTINCT_SOURCES).unwrap().count,
+            16_711_678
+        );
         assert!(parse_source_ips("127.0.0.4-127.0.0.2").is_err());
         assert!(parse_source_ips("localhost").is_err());
     }

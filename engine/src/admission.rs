@@ -177,8 +177,13 @@ impl Admission {
         }
     }
 
+    /// The peer table. A panic elsewhere while it was held (each update is
+    /// a few counter and map steps, so none is left half done in a way
+    /// later calls trip on) does not make every other worker panic in turn.
     fn peers(&self) -> std::sync::MutexGuard<'_, Peers> {
-        self.peers.lock().expect("peer table lock")
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts a connection from `ip` (its socket's peer address at accept).

@@ -4,8 +4,9 @@
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
 use bytes::Bytes;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +47,9 @@ pub enum Command {
     },
     /// Stop accepting, close every connection with 1001 at once, then exit.
     Shutdown,
+    /// Panic on the worker thread (tests of the panic policy only).
+    #[cfg(feature = "fault-injection")]
+    InjectPanic,
 }
 
 type Done = Box<dyn FnOnce(usize) + Send>;
@@ -80,21 +84,55 @@ impl Ack {
     }
 }
 
+/// A worker's wake-up: an eventfd whose read the worker keeps armed, and
+/// a flag that coalesces wake-ups. Only the sender that finds the flag
+/// clear writes the eventfd; the worker clears it before it reads the
+/// channel. A burst of publishes to one worker is then one `write(2)` and
+/// one wake-up, not one per publish.
+pub struct Wake {
+    /// The eventfd (non-blocking, close-on-exec).
+    pub fd: OwnedFd,
+    /// Set while a wake-up is on its way and not yet handled.
+    pub pending: AtomicBool,
+}
+
+impl Wake {
+    /// A new eventfd.
+    ///
+    /// # Errors
+    /// `eventfd(2)` errors (e.g. `EMFILE`).
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd returns a new descriptor we then own.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: `raw` is a valid descriptor nobody else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            pending: AtomicBool::new(false),
+        })
+    }
+}
+
 /// The sending side of one worker's mailbox.
 pub struct Mailbox {
     pub(crate) tx: Sender<Command>,
-    pub(crate) wake: Arc<OwnedFd>,
+    pub(crate) wake: Arc<Wake>,
 }
 
 impl Mailbox {
-    /// Sends `command` and wakes the worker. Returns the command back if the
-    /// worker has exited.
+    /// Sends `command` and wakes the worker unless a wake-up is already on
+    /// its way. Returns the command back if the worker has exited.
     pub fn send(&self, command: Command) -> Result<(), Command> {
         self.tx.send(command).map_err(|e| e.0)?;
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. A
-        // failed write (counter saturated) still leaves the worker woken.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if !self.wake.pending.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+            // A failed write (counter saturated) still leaves the worker
+            // woken.
+            unsafe { libc::write(self.wake.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
         Ok(())
     }
 }

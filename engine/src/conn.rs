@@ -41,20 +41,18 @@ pub struct Conn {
     pub gen: u32,
     /// Life-cycle phase.
     pub phase: Phase,
-    /// Endpoint, set by the handshake.
-    pub endpoint: Endpoint,
+    /// Endpoint, set when the handshake is admitted; `None` before, and for
+    /// a connection refused at its handshake. `Some` means the connection
+    /// counts as open in [`crate::admission::Admission`].
+    pub endpoint: Option<Endpoint>,
     /// A multishot receive is armed.
     pub recv_armed: bool,
-    /// A send is in flight.
-    pub send_in_flight: bool,
     /// A shutdown is in flight.
     pub shutdown_in_flight: bool,
     /// A cancellation has been submitted (Releasing).
     pub cancel_sent: bool,
     /// Queued in the worker's flush list this iteration.
     pub flush_queued: bool,
-    /// Admitted by [`crate::admission::Admission::admit`]: counts as open.
-    pub admitted: bool,
     /// The close code sent or received first (RFC 6455 §7.1.5), 0 while
     /// none was.
     pub close_code: u16,
@@ -70,8 +68,9 @@ pub struct Conn {
     /// Tick of this connection's live timer entry.
     pub timer_at: Tick,
     /// Worker-local sequence number of the last publish queued here, so a
-    /// publish to several topics is delivered once.
-    pub last_delivery: u32,
+    /// publish to several topics is delivered once. 64 bits, so it never
+    /// wraps onto a value a connection still holds.
+    pub last_delivery: u64,
     /// Request head bytes received so far, while it spans receives.
     pub head: Option<Box<Vec<u8>>>,
     /// Frame decoder (read side).
@@ -88,13 +87,11 @@ impl Conn {
         Self {
             gen,
             phase: Phase::Handshake,
-            endpoint: Endpoint::PubSub,
+            endpoint: None,
             recv_armed: false,
-            send_in_flight: false,
             shutdown_in_flight: false,
             cancel_sent: false,
             flush_queued: false,
-            admitted: false,
             close_code: 0,
             peer,
             last_active: now,
@@ -120,9 +117,10 @@ impl Conn {
         self.phase_since = now;
     }
 
-    /// Whether an operation on the socket is still in flight.
+    /// Whether an operation on the socket is still in flight. The record
+    /// (and its send queue) is removed only once this is false.
     pub fn busy(&self) -> bool {
-        self.recv_armed || self.send_in_flight || self.shutdown_in_flight
+        self.recv_armed || self.out.in_flight() || self.shutdown_in_flight
     }
 }
 

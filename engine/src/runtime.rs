@@ -3,14 +3,13 @@
 
 use crate::admission::Admission;
 use crate::capacity::table_size;
-use crate::command::{Ack, Command, Mailbox};
+use crate::command::{Ack, Command, Mailbox, Wake};
 use crate::config::Config;
 use crate::protocol::frame::{self, OpCode};
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::worker::{Setup, Worker};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -64,13 +63,7 @@ impl Runtime {
         let mut mailboxes = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
         for (index, listener) in listeners.into_iter().enumerate() {
-            // SAFETY: eventfd returns a new descriptor we then own.
-            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-            if raw < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `raw` is a valid, owned descriptor.
-            let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+            let wake = Arc::new(Wake::new()?);
             let (tx, commands) = mpsc::channel();
             mailboxes.push(Mailbox {
                 tx,
@@ -78,6 +71,7 @@ impl Runtime {
             });
             let setup = Setup {
                 index,
+                workers,
                 capacity: per_worker,
                 listener,
                 commands,
@@ -186,8 +180,9 @@ impl Handle {
     }
 
     /// Publishes one message to every subscriber of any of `topics` (each
-    /// connection receives it once). The frame is encoded once here and
-    /// shared by every worker. `done` is called, on a worker thread, with the
+    /// connection receives it once). The frame is encoded once here; with
+    /// several workers, each copies it once into its own buffer, which its
+    /// subscribers' queues share. `done` is called, on a worker thread, with the
     /// number of connections it was queued to once every worker has queued
     /// it. Messages from one caller are delivered in call order.
     pub fn publish(
@@ -257,6 +252,15 @@ impl Handle {
     /// (waiting up to the close timeout for the close handshake) and exit.
     pub fn shutdown(&self) {
         self.tell_all(|| Command::Shutdown);
+    }
+
+    /// Makes worker `index` panic, to test how the process reacts
+    /// (`fault-injection` builds only; never in a release).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self, index: usize) {
+        if let Some(mailbox) = self.mailboxes.get(index) {
+            let _ = mailbox.send(Command::InjectPanic);
+        }
     }
 
     /// Sends every worker a command that needs no reply; a worker that

@@ -51,6 +51,9 @@ pub struct WorkerStats {
     pub buffer_ring_empty: AtomicU64,
     /// Handshakes refused, indexed by `Reject as usize`.
     pub rejects: [AtomicU64; Reject::ALL.len()],
+    /// Gauge: io_uring operations submitted whose last CQE has not
+    /// arrived (receives, sends, accepts, ...). 0 once the worker exited.
+    pub operations_in_flight: AtomicU64,
 }
 
 impl WorkerStats {
@@ -107,6 +110,9 @@ pub struct Snapshot {
     pub buffer_ring_empty: u64,
     /// Handshake rejects by reason label.
     pub handshake_rejects: std::collections::BTreeMap<&'static str, u64>,
+    /// io_uring operations in flight (0 after every worker exited: each
+    /// cancels and reaps its operations before it frees their memory).
+    pub operations_in_flight: u64,
     /// Per worker: connections in its table.
     pub worker_connections: Vec<u64>,
     /// Per worker: fixed-file slots holding a socket.
@@ -133,6 +139,7 @@ pub fn snapshot(workers: &[WorkerStats]) -> Snapshot {
         s.bytes_out += get(&w.bytes_out);
         s.slow_consumer_closes += get(&w.slow_consumer_closes);
         s.buffer_ring_empty += get(&w.buffer_ring_empty);
+        s.operations_in_flight += get(&w.operations_in_flight);
         s.worker_connections.push(get(&w.connections));
         s.worker_slots_in_use.push(get(&w.slots_in_use));
         s.worker_capacity.push(get(&w.capacity));

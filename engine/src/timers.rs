@@ -28,7 +28,13 @@ pub struct Entry {
     pub gen: u32,
 }
 
-/// The wheel. 8 bytes per scheduled entry.
+/// Entries a slot keeps room for once it has fired; a slot that held more
+/// gives its memory back, so the wheel holds memory for the entries
+/// scheduled now, not for the busiest lap it has seen.
+const KEPT_PER_SLOT: usize = 16;
+
+/// The wheel. 8 bytes per scheduled entry, plus at most
+/// [`KEPT_PER_SLOT`] entries' room per empty slot.
 pub struct Wheel {
     start: Instant,
     slots: Vec<Vec<Entry>>,
@@ -75,11 +81,9 @@ impl Wheel {
         let now = self.now();
         while self.next <= now {
             let tick = self.next;
-            due.extend(
-                self.slots[tick as usize % SLOTS]
-                    .drain(..)
-                    .map(|e| (e, tick)),
-            );
+            let slot = &mut self.slots[tick as usize % SLOTS];
+            due.extend(slot.drain(..).map(|e| (e, tick)));
+            slot.shrink_to(KEPT_PER_SLOT);
             self.next += 1;
         }
     }
@@ -107,6 +111,18 @@ mod tests {
         std::thread::sleep(TICK * 3);
         w.expire(&mut due);
         assert_eq!(due, [(e, 2)]);
+    }
+
+    #[test]
+    fn a_fired_slot_gives_back_what_a_burst_grew() {
+        let mut w = Wheel::new();
+        for slot in 0..10_000 {
+            w.schedule(Entry { slot, gen: 0 }, 0);
+        }
+        let mut due = Vec::new();
+        w.expire(&mut due);
+        assert_eq!(due.len(), 10_000);
+        assert!(w.slots[0].capacity() <= KEPT_PER_SLOT);
     }
 
     #[test]

@@ -80,7 +80,7 @@ fn error(status: StatusCode, reason: &str) -> Response {
 
 /// The API's routes; bodies over `max_message_size` bytes get 413.
 pub fn router(state: Arc<State>, max_message_size: usize) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/publish", post(publish))
         .route("/broadcast", post(broadcast))
         .route("/drain", post(drain))
@@ -88,9 +88,24 @@ pub fn router(state: Arc<State>, max_message_size: usize) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/stats", get(stats))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    #[cfg(feature = "fault-injection")]
+    let router = router.route("/debug/panic", post(inject_panic));
+    router
         .layer(DefaultBodyLimit::max(max_message_size))
         .with_state(state)
+}
+
+/// `POST /debug/panic?worker=N`: makes worker N panic (fault-injection
+/// builds only, for the test of the panic policy).
+#[cfg(feature = "fault-injection")]
+async fn inject_panic(Extract(state): Shared, RawQuery(query): RawQuery) -> Response {
+    let worker = query_values(query.as_deref(), "worker")
+        .first()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0);
+    state.handle.inject_panic(worker);
+    StatusCode::ACCEPTED.into_response()
 }
 
 /// Text for `text/*` and `application/json` (then the body must be UTF-8),

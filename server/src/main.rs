@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(serve.log_format);
+    abort_on_panic();
     match run(serve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -44,6 +45,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Makes any panic, on any thread, end the process. A worker that died
+/// while the others run would leave `/healthz` at 200 while its share of
+/// the connections gets nothing; aborting gives systemd or the orchestrator
+/// a failed exit (SIGABRT) to restart on, after the usual panic message.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        tracing::error!(thread = name, "a thread panicked; aborting the process");
+        eprintln!(
+            "ringcast: thread {name} panicked; aborting so that the supervisor restarts ringcast"
+        );
+        std::process::abort();
+    }));
 }
 
 fn init_logging(format: LogFormat) {

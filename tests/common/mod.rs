@@ -23,24 +23,43 @@ pub struct Server {
     child: Option<Child>,
     pub ws: SocketAddr,
     pub api: SocketAddr,
-    /// JSON log lines, for servers started with [`Server::start_logged`].
+    /// JSON log lines, for servers started with [`Server::start_logged`];
+    /// raw stderr lines (as JSON strings) for [`Server::start_stderr`].
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+/// What a test keeps of the server's stderr.
+#[derive(Clone, Copy, PartialEq)]
+enum Stderr {
+    /// Inherited, at `RUST_LOG=warn`.
+    Inherit,
+    /// Debug logs in JSON, each line parsed (a line that is not JSON fails
+    /// the test).
+    Json,
+    /// Every line as text (panic messages are not JSON).
+    Raw,
 }
 
 impl Server {
     /// Starts the binary with `args` on free ports and waits for its
     /// `listening ws=… api=…` line.
     pub fn start(args: &[&str]) -> Self {
-        Self::spawn(args, false)
+        Self::spawn(args, Stderr::Inherit)
     }
 
     /// As [`Server::start`], with debug logs in JSON collected for
     /// [`Server::wait_for_log`].
     pub fn start_logged(args: &[&str]) -> Self {
-        Self::spawn(args, true)
+        Self::spawn(args, Stderr::Json)
     }
 
-    fn spawn(args: &[&str], logged: bool) -> Self {
+    /// As [`Server::start`], keeping every stderr line as a JSON string
+    /// for [`Server::wait_for_log`].
+    pub fn start_stderr(args: &[&str]) -> Self {
+        Self::spawn(args, Stderr::Raw)
+    }
+
+    fn spawn(args: &[&str], mode: Stderr) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
         command
             .args([
@@ -52,13 +71,19 @@ impl Server {
             ])
             .args(args)
             .stdout(Stdio::piped());
-        if logged {
-            command
-                .args(["--log-format", "json"])
-                .env("RUST_LOG", "info,ringcast_engine=debug")
-                .stderr(Stdio::piped());
-        } else {
-            command.env("RUST_LOG", "warn");
+        match mode {
+            Stderr::Json => {
+                command
+                    .args(["--log-format", "json"])
+                    .env("RUST_LOG", "info,ringcast_engine=debug")
+                    .stderr(Stdio::piped());
+            }
+            Stderr::Raw => {
+                command.env("RUST_LOG", "warn").stderr(Stdio::piped());
+            }
+            Stderr::Inherit => {
+                command.env("RUST_LOG", "warn");
+            }
         }
         let mut child = command.spawn().expect("start ringcast");
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -67,8 +92,12 @@ impl Server {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let line = line.expect("read a log line");
-                    let value = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                    let value = if mode == Stderr::Json {
+                        serde_json::from_str(&line)
+                            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"))
+                    } else {
+                        serde_json::Value::String(line)
+                    };
                     logs.lock().unwrap().push(value);
                 }
             });

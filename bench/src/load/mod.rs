@@ -17,10 +17,9 @@ mod conn;
 pub mod wire;
 mod worker;
 
-use crate::target::Target;
+use crate::target::{Sources, Target};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -87,7 +86,7 @@ pub struct Plan {
     /// Where to connect.
     pub target: Target,
     /// Source addresses to bind, round robin; empty: let the kernel pick.
-    pub sources: Vec<IpAddr>,
+    pub sources: Sources,
     /// Connections to open, in total.
     pub connections: usize,
     /// New connections per second, in total.

@@ -8,6 +8,7 @@ use super::{
     now_ns, parse_fanout_payload, per_message_histogram, Mode, Phase, Plan, Report, Shared,
     PER_MESSAGE_LIMIT,
 };
+use crate::target::Sources;
 use io_uring::types::{CancelBuilder, DestinationSlot, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use ringcast_engine::protocol::close;
@@ -83,6 +84,7 @@ pub struct Setup {
 }
 
 /// A socket address in the form the kernel reads.
+#[derive(Clone, Copy)]
 struct RawAddr {
     storage: libc::sockaddr_storage,
     len: libc::socklen_t,
@@ -154,7 +156,9 @@ struct Clients {
     ping: Vec<u8>,
     echo: Vec<u8>,
     dest: RawAddr,
-    sources: Vec<RawAddr>,
+    sources: Sources,
+    /// Each slot's source address while its BIND is in flight.
+    binds: Vec<RawAddr>,
     domain: i32,
     mode: Mode,
     setup: Setup,
@@ -185,11 +189,7 @@ impl Worker {
             Mode::Echo { size } => client_frame(OpCode::Binary, &vec![b'e'; size], mask),
             _ => Vec::new(),
         };
-        let sources = plan
-            .sources
-            .iter()
-            .map(|&ip| RawAddr::new(SocketAddr::new(ip, 0)))
-            .collect();
+        let sources = plan.sources.clone();
         let domain = match plan.target.addr.ip() {
             IpAddr::V4(_) => libc::AF_INET,
             IpAddr::V6(_) => libc::AF_INET6,
@@ -202,6 +202,7 @@ impl Worker {
             ping: client_frame(OpCode::Ping, b"", mask),
             echo,
             dest: RawAddr::new(plan.target.addr),
+            binds: Vec::with_capacity(if sources.is_empty() { 0 } else { setup.quota }),
             sources,
             domain,
             mode: plan.mode,
@@ -380,8 +381,13 @@ impl Clients {
             None => return, // every slot busy; a CLOSE in flight frees one
         };
         let source = (!self.sources.is_empty()).then(|| {
-            let n = self.sources.len();
-            &self.sources[(self.setup.index + self.started * self.setup.workers) % n]
+            let n = (self.setup.index + self.started * self.setup.workers) as u64;
+            let addr = RawAddr::new(SocketAddr::new(self.sources.nth(n).into(), 0));
+            if self.binds.len() <= slot as usize {
+                self.binds.resize_with(slot as usize + 1, || addr);
+            }
+            self.binds[slot as usize] = addr;
+            &self.binds[slot as usize]
         });
         self.started += 1;
         self.connecting += 1;

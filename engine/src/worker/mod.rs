@@ -6,60 +6,38 @@
 //! SQEs. Those SQEs go to the kernel in one `io_uring_enter` at the top of
 //! the next iteration, so a broadcast to N subscribers is one batch.
 //!
-//! Accepts are single-shot, up to [`ACCEPTS`] armed at once, each with its
-//! own address buffer (a multishot accept reports no peer address). No
-//! more are armed than there are free fixed-file slots and accept-rate
-//! tokens, so a full table or an exceeded rate leaves connections waiting
-//! in the listen backlog rather than refused.
+//! The worker counts the operations in flight (SQEs whose last CQE has not
+//! arrived). When it stops, it cancels them all and reaps every CQE before
+//! the ring, the buffer ring and the send queues are dropped, so the
+//! kernel never writes to or reads from freed memory, even in a program
+//! that embeds the engine and goes on running.
+
+mod accept;
+mod commands;
+
+pub use accept::ACCEPTS;
 
 use crate::admission::{AcceptRate, Admission};
-use crate::command::Command;
+use crate::command::{Command, Wake};
 use crate::config::Config;
 use crate::conn::Phase;
-use crate::connections::{Connections, CLOSE_TIMEOUT};
+use crate::connections::Connections;
+use crate::outbound::SendBuf;
 use crate::ring::buf_ring::{BufRing, BUFFER_GROUP};
 use crate::ring::token::{Op, Token};
 use crate::stats::WorkerStats;
-use io_uring::types::{CancelBuilder, DestinationSlot, Fd, Fixed, SubmitArgs, Timespec};
+use accept::Accepts;
+use io_uring::types::{CancelBuilder, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Accepts armed at once per worker. Each completes with one connection;
-/// the loop re-arms them in the same batch as everything else.
-pub const ACCEPTS: usize = 32;
-
-/// Where one armed accept writes its peer's address.
-#[derive(Clone, Copy)]
-struct AcceptAddr {
-    addr: libc::sockaddr_storage,
-    len: libc::socklen_t,
-}
-
-/// The peer address an accept wrote, if IPv4 or IPv6.
-fn peer_ip(a: &AcceptAddr) -> Option<IpAddr> {
-    let storage = &a.addr as *const libc::sockaddr_storage;
-    // SAFETY: the kernel wrote a sockaddr of `len` bytes for the family it
-    // names; each cast reads only a type that family guarantees.
-    let addr = unsafe {
-        match i32::from(a.addr.ss_family) {
-            libc::AF_INET => {
-                let v4 = &*storage.cast::<libc::sockaddr_in>();
-                SocketAddr::from((u32::from_be(v4.sin_addr.s_addr).to_be_bytes(), 0))
-            }
-            libc::AF_INET6 => {
-                let v6 = &*storage.cast::<libc::sockaddr_in6>();
-                SocketAddr::from((v6.sin6_addr.s6_addr, 0))
-            }
-            _ => return None,
-        }
-    };
-    Some(addr.ip().to_canonical())
-}
+/// Longest a stopping worker waits for its cancelled operations' CQEs.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One worker: its ring, buffers, listener and connections.
 pub struct Worker {
@@ -67,15 +45,13 @@ pub struct Worker {
     // before the buffer memory it points into.
     ring: IoUring,
     bufs: BufRing,
-    accept_addrs: Box<[AcceptAddr; ACCEPTS]>,
+    accepts: Accepts,
     /// The listener; `None` once a drain closed it.
     listener: Option<TcpListener>,
     conns: Connections,
     commands: Receiver<Command>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<Wake>,
     wake_buf: Box<u64>,
-    /// Indexes into `accept_addrs` with no accept armed.
-    idle_accepts: Vec<u8>,
     accept_rate: AcceptRate,
     /// Fixed-file slots in the table.
     capacity: u32,
@@ -86,12 +62,19 @@ pub struct Worker {
     cqes: Vec<(u64, i32, u32)>,
     /// Set by shutdown: exit once every connection is gone or at this time.
     stop_by: Option<Instant>,
+    /// SQEs pushed whose last CQE has not arrived.
+    in_flight: usize,
+    /// Copy each published frame into this worker's own buffer, so its
+    /// reference count is touched by this thread only (several workers).
+    copy_frames: bool,
 }
 
 /// What a worker needs from the runtime.
 pub struct Setup {
     /// Worker number, for stats and logs.
     pub index: usize,
+    /// Workers in the process.
+    pub workers: usize,
     /// Fixed-file table size: this worker's connection capacity.
     pub capacity: u32,
     /// The bound SO_REUSEPORT listener.
@@ -99,7 +82,7 @@ pub struct Setup {
     /// Commands from other threads.
     pub commands: Receiver<Command>,
     /// Eventfd written when a command is sent.
-    pub wake: Arc<OwnedFd>,
+    pub wake: Arc<Wake>,
     /// All workers' counters.
     pub stats: Arc<[WorkerStats]>,
     /// Admission rules and counts shared by every worker.
@@ -108,18 +91,16 @@ pub struct Setup {
     pub accept_rate: Option<f64>,
 }
 
-fn errno(result: i32) -> i32 {
-    -result
-}
-
 impl Worker {
     /// Sets up the ring, the sparse fixed-file table and the buffer ring.
     ///
     /// # Errors
-    /// From ring setup, `IORING_REGISTER_FILES_SPARSE` (`EMFILE` when
-    /// `capacity` exceeds RLIMIT_NOFILE), or buffer ring registration.
+    /// From ring setup, the probe of the kernel's io_uring features,
+    /// `IORING_REGISTER_FILES_SPARSE` (`EMFILE` when `capacity` exceeds
+    /// RLIMIT_NOFILE), or buffer ring registration.
     pub fn new(config: &Config, setup: Setup) -> io::Result<Self> {
         let (ring, flags) = crate::ring::setup::build_ring()?;
+        crate::ring::setup::probe(&ring)?;
         ring.submitter()
             .register_files_sparse(setup.capacity)
             .map_err(|e| {
@@ -153,106 +134,178 @@ impl Worker {
         Ok(Self {
             ring,
             bufs,
-            // SAFETY: sockaddr_storage is plain data; zero is a valid value.
-            accept_addrs: Box::new(unsafe { std::mem::zeroed() }),
+            accepts: Accepts::new(),
             listener: Some(setup.listener),
             conns,
             commands: setup.commands,
             wake: setup.wake,
             wake_buf: Box::new(0),
-            idle_accepts: (0..ACCEPTS as u8).rev().collect(),
             accept_rate: AcceptRate::new(setup.accept_rate),
             capacity: setup.capacity,
             slots_in_use: 0,
             starved: Vec::new(),
             cqes: Vec::with_capacity(1024),
             stop_by: None,
+            in_flight: 0,
+            copy_frames: setup.workers > 1,
         })
     }
 
-    /// Runs the loop until shutdown completes.
+    /// Runs the loop until shutdown completes, then cancels and reaps every
+    /// operation still in flight.
     ///
     /// # Errors
     /// An `io_uring_enter(2)` error other than a timeout or interruption.
     pub fn run(mut self) -> io::Result<()> {
         self.arm_accepts();
         self.arm_wake();
-        loop {
+        let outcome = loop {
             let mut wait = self.conns.until_next_tick();
             if let Some(refill) = self.accept_rate.next_in() {
                 wait = wait.min(refill);
             }
-            let wait = wait.max(Duration::from_millis(1));
-            let ts = Timespec::new()
-                .sec(wait.as_secs())
-                .nsec(wait.subsec_nanos());
-            let args = SubmitArgs::new().timespec(&ts);
-            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
-                match e.raw_os_error() {
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY) => {}
-                    _ => return Err(e),
-                }
+            if let Some(until) = self.accepts.paused_until() {
+                wait = wait.min(until.saturating_duration_since(Instant::now()));
             }
-            let mut cqes = std::mem::take(&mut self.cqes);
-            cqes.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
-            for &(user_data, result, flags) in &cqes {
-                self.dispatch(Token::decode(user_data), result, flags);
+            if let Err(e) = self.submit_and_wait(wait) {
+                break Err(e);
             }
-            cqes.clear();
-            self.cqes = cqes;
+            self.reap(Self::dispatch);
             self.conns.fire_timers();
             self.rearm_starved();
             self.arm_accepts();
             self.flush();
+            self.publish_in_flight();
             if let Some(deadline) = self.stop_by {
                 if self.conns.is_empty() || Instant::now() >= deadline {
-                    return Ok(());
+                    break Ok(());
                 }
             }
+        };
+        self.quiesce();
+        outcome
+    }
+
+    /// Submits what is queued and waits up to `wait` (at least 1 ms) for a
+    /// CQE.
+    fn submit_and_wait(&mut self, wait: Duration) -> io::Result<()> {
+        let wait = wait.max(Duration::from_millis(1));
+        let ts = Timespec::new()
+            .sec(wait.as_secs())
+            .nsec(wait.subsec_nanos());
+        let args = SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Err(e)
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Err(e)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands every CQE waiting to `handle`, counting finished operations.
+    fn reap(&mut self, handle: fn(&mut Self, Token, i32, u32)) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(user_data, result, flags) in &cqes {
+            let token = Token::decode(user_data);
+            // A multishot receive's CQEs carry F_MORE until its last.
+            if token.op != Op::Recv || !cqueue::more(flags) {
+                self.in_flight -= 1;
+            }
+            handle(self, token, result, flags);
+        }
+        cqes.clear();
+        self.cqes = cqes;
+    }
+
+    /// Cancels every operation in flight and reaps their CQEs, then
+    /// removes the connections left and closes their slots, for at most
+    /// [`QUIESCE_TIMEOUT`]. If some operations never complete, the
+    /// worker's memory is leaked on purpose rather than freed under the
+    /// kernel.
+    fn quiesce(mut self) {
+        self.close_listener();
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::any())
+            .build()
+            .user_data(Token::worker(Op::Cancel).encode());
+        self.push(entry);
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        self.reap_all(deadline);
+        for slot in self.conns.slots() {
+            self.conns.remove(slot);
+            self.close_slot(slot);
+        }
+        self.reap_all(deadline);
+        self.publish_in_flight();
+        if self.in_flight > 0 {
+            tracing::error!(
+                operations = self.in_flight,
+                "io_uring operations did not complete after cancellation; \
+                 leaking the worker's buffers instead of freeing them under the kernel"
+            );
+            std::mem::forget(self);
+        }
+    }
+
+    /// Reaps CQEs with [`Self::settle`] until nothing is in flight or
+    /// `deadline` passes.
+    fn reap_all(&mut self, deadline: Instant) {
+        while self.in_flight > 0 && Instant::now() < deadline {
+            if let Err(e) = self.submit_and_wait(Duration::from_millis(100)) {
+                tracing::error!("io_uring_enter while stopping: {e}");
+                return;
+            }
+            self.reap(Self::settle);
+        }
+    }
+
+    fn publish_in_flight(&self) {
+        let gauge = &self.conns.io.stats().operations_in_flight;
+        gauge.store(self.in_flight as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Accounts for a CQE while stopping: the kernel is done with what it
+    /// pointed to; nothing is re-armed.
+    fn settle(&mut self, token: Token, result: i32, flags: u32) {
+        let (slot, gen) = (token.slot, token.gen);
+        match token.op {
+            Op::Accept => {
+                self.accepts.completed(token.slot);
+                if result >= 0 {
+                    self.slot_taken();
+                    self.close_slot(result as u32);
+                }
+            }
+            Op::Send => self.conns.get(slot, gen).out.abandon_send(),
+            Op::Recv if !cqueue::more(flags) => self.conns.get(slot, gen).recv_armed = false,
+            Op::Shutdown => self.conns.get(slot, gen).shutdown_in_flight = false,
+            Op::Close => self.slot_freed(),
+            Op::Recv | Op::Cancel | Op::Wake => {}
         }
     }
 
     /// Queues an SQE, submitting first if the submission queue is full.
     fn push(&mut self, entry: squeue::Entry) {
+        self.in_flight += 1;
         loop {
             // SAFETY: every buffer an SQE points to (receive buffers, send
-            // queues, the wake buffer) outlives its operation; see each arm.
+            // queues, the wake buffer, accept addresses) outlives its
+            // operation: the worker reaps every CQE before dropping them.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
             if let Err(e) = self.ring.submit() {
                 tracing::warn!("io_uring submit with a full SQ: {e}");
             }
-        }
-    }
-
-    /// Arms accepts up to [`ACCEPTS`], the free fixed-file slots and the
-    /// accept-rate tokens, unless the listener is closed or the worker is
-    /// stopping. Connections beyond those wait in the listen backlog.
-    fn arm_accepts(&mut self) {
-        let Some(listener) = self.listener.as_ref().map(|l| Fd(l.as_raw_fd())) else {
-            return; // closed by a drain or shutdown
-        };
-        let armed = (ACCEPTS - self.idle_accepts.len()) as u32;
-        let free = self.capacity - self.slots_in_use - armed;
-        let mut allowed = free.min(self.idle_accepts.len() as u32);
-        if allowed > 0 {
-            allowed = allowed.min(self.accept_rate.available());
-        }
-        for _ in 0..allowed {
-            let index = self.idle_accepts.pop().expect("an idle accept");
-            let a = &mut self.accept_addrs[usize::from(index)];
-            a.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            let entry = opcode::Accept::new(listener, (&raw mut a.addr).cast(), &raw mut a.len)
-                .file_index(Some(DestinationSlot::auto_target()))
-                .build()
-                .user_data(Token::accept(u32::from(index)).encode());
-            self.accept_rate.take();
-            self.push(entry);
         }
     }
 
@@ -275,7 +328,7 @@ impl Worker {
 
     fn arm_wake(&mut self) {
         let buf: *mut u64 = &mut *self.wake_buf;
-        let entry = opcode::Read::new(Fd(self.wake.as_raw_fd()), buf.cast(), 8)
+        let entry = opcode::Read::new(Fd(self.wake.fd.as_raw_fd()), buf.cast(), 8)
             .build()
             .user_data(Token::worker(Op::Wake).encode());
         self.push(entry);
@@ -304,11 +357,7 @@ impl Worker {
             Op::Send => self.conns.on_sent(slot, gen, result),
             Op::Shutdown => self.conns.on_shutdown(slot, gen, result),
             Op::Cancel => {}
-            Op::Close => {
-                self.slots_in_use -= 1;
-                let stats = self.conns.io.stats();
-                WorkerStats::sub(&stats.slots_in_use, 1);
-            }
+            Op::Close => self.slot_freed(),
             Op::Wake => {
                 self.drain_commands();
                 self.arm_wake();
@@ -316,33 +365,6 @@ impl Worker {
         }
         if matches!(token.op, Op::Recv | Op::Send | Op::Shutdown) {
             self.finish_release(slot);
-        }
-    }
-
-    /// An accept armed with address buffer `index` completed.
-    fn on_accept(&mut self, index: u32, result: i32) {
-        let index = u8::try_from(index).expect("accept index");
-        self.idle_accepts.push(index);
-        if result >= 0 {
-            let slot = result as u32;
-            self.slots_in_use += 1;
-            WorkerStats::add(&self.conns.io.stats().slots_in_use, 1);
-            assert!(
-                self.slots_in_use <= self.capacity,
-                "more sockets than fixed-file slots"
-            );
-            // One that raced a drain's cancel is answered 503 at its
-            // handshake.
-            let ip = peer_ip(&self.accept_addrs[usize::from(index)]);
-            let gen = self.conns.accept(slot, ip);
-            self.arm_recv(slot, gen);
-        } else if errno(result) != libc::ECANCELED {
-            // ENFILE cannot happen (no more accepts than free slots are
-            // armed); EMFILE, ENOBUFS and the like are transient.
-            tracing::warn!(
-                "accept failed: {}",
-                io::Error::from_raw_os_error(errno(result))
-            );
         }
     }
 
@@ -358,11 +380,11 @@ impl Worker {
                     .consumed(bid, result as usize, cqueue::buffer_more(flags));
             }
             0 => self.conns.on_eof(slot, gen),
-            _ if errno(result) == libc::ENOBUFS => {
+            _ if -result == libc::ENOBUFS => {
                 WorkerStats::add(&self.conns.io.stats().buffer_ring_empty, 1);
                 self.starved.push(slot);
             }
-            _ if errno(result) == libc::ECANCELED => {}
+            _ if -result == libc::ECANCELED => {}
             _ => self.conns.on_eof(slot, gen),
         }
         if !cqueue::more(flags) {
@@ -401,6 +423,22 @@ impl Worker {
         }
     }
 
+    /// An accept installed a socket in a fixed-file slot.
+    fn slot_taken(&mut self) {
+        self.slots_in_use += 1;
+        WorkerStats::add(&self.conns.io.stats().slots_in_use, 1);
+        assert!(
+            self.slots_in_use <= self.capacity,
+            "more sockets than fixed-file slots"
+        );
+    }
+
+    /// A slot's close completed.
+    fn slot_freed(&mut self) {
+        self.slots_in_use -= 1;
+        WorkerStats::sub(&self.conns.io.stats().slots_in_use, 1);
+    }
+
     fn close_slot(&mut self, slot: u32) {
         let entry = opcode::Close::new(Fixed(slot))
             .build()
@@ -409,7 +447,8 @@ impl Worker {
     }
 
     /// Turns the connection layer's lists into SQEs: one send per
-    /// connection with output, shutdowns after final frames, and teardown.
+    /// connection with output (`IORING_OP_SEND` for one frame, `SENDMSG`
+    /// for several), shutdowns after final frames, and teardown.
     fn flush(&mut self) {
         let mut flush = std::mem::take(&mut self.conns.io.flush);
         for slot in flush.drain(..) {
@@ -417,7 +456,7 @@ impl Worker {
                 continue;
             };
             conn.flush_queued = false;
-            if conn.phase == Phase::Releasing || conn.send_in_flight || conn.shutdown_in_flight {
+            if conn.phase == Phase::Releasing || conn.out.in_flight() || conn.shutdown_in_flight {
                 continue;
             }
             let token = |op| {
@@ -428,19 +467,22 @@ impl Worker {
                 }
                 .encode()
             };
-            let entry = if let Some(msg) = conn.out.prepare_send() {
-                conn.send_in_flight = true;
-                opcode::SendMsg::new(Fixed(slot), msg)
+            let entry = match conn.out.start_send() {
+                Some(SendBuf::One { ptr, len }) => opcode::Send::new(Fixed(slot), ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(token(Op::Send)),
+                Some(SendBuf::Gather(msg)) => opcode::SendMsg::new(Fixed(slot), msg)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
-                    .user_data(token(Op::Send))
-            } else if conn.phase == Phase::Closing {
-                conn.shutdown_in_flight = true;
-                opcode::Shutdown::new(Fixed(slot), libc::SHUT_WR)
-                    .build()
-                    .user_data(token(Op::Shutdown))
-            } else {
-                continue;
+                    .user_data(token(Op::Send)),
+                None if conn.phase == Phase::Closing => {
+                    conn.shutdown_in_flight = true;
+                    opcode::Shutdown::new(Fixed(slot), libc::SHUT_WR)
+                        .build()
+                        .user_data(token(Op::Shutdown))
+                }
+                None => continue,
             };
             self.push(entry);
         }
@@ -461,50 +503,5 @@ impl Worker {
             self.finish_release(slot);
         }
         self.conns.io.release = release;
-    }
-
-    fn drain_commands(&mut self) {
-        while let Ok(command) = self.commands.try_recv() {
-            match command {
-                Command::Publish { topics, frame, ack } => {
-                    ack.complete(self.conns.publish(&topics, &frame));
-                }
-                Command::Broadcast { frame, ack } => ack.complete(self.conns.broadcast(&frame)),
-                Command::Drain { period } => self.begin_drain(period),
-                Command::Rebalance { fraction, period } => {
-                    if self.stop_by.is_none() {
-                        self.conns
-                            .close_spread(fraction, period, "rebalancing", false);
-                    }
-                }
-                Command::Shutdown => self.begin_shutdown(),
-            }
-        }
-    }
-
-    /// Closes the listener (the load balancer's connects now fail here and
-    /// go to other nodes), spreads 1001 closes over 90% of `period`, and
-    /// sets the exit deadline. The last tenth of the period is left for
-    /// the last close handshakes and queued frames to finish.
-    fn begin_drain(&mut self, period: Duration) {
-        if self.stop_by.is_some() {
-            return;
-        }
-        self.close_listener();
-        self.stop_by = Some(Instant::now() + period);
-        self.conns
-            .close_spread(1.0, period.mul_f64(0.9), "server draining", true);
-    }
-
-    /// Closes every connection at once and exits after the close timeout;
-    /// also ends a drain early.
-    fn begin_shutdown(&mut self) {
-        let deadline = Instant::now() + CLOSE_TIMEOUT + Duration::from_secs(1);
-        if self.stop_by.is_some_and(|at| at <= deadline) {
-            return;
-        }
-        self.close_listener();
-        self.stop_by = Some(deadline);
-        self.conns.shutdown();
     }
 }

@@ -1,0 +1,145 @@
+//! A handshaking connection's bytes: the PROXY header, the upgrade
+//! request, routing, admission, and the switch to WebSocket frames.
+
+use super::io::{Io, Limits};
+use super::Connections;
+use crate::admission::{Forwarding, PeerId};
+use crate::conn::{Endpoint, Phase};
+use crate::protocol::handshake::{self, Reject, Request};
+use crate::protocol::proxy;
+use crate::topics;
+use bytes::Bytes;
+use std::net::IpAddr;
+
+/// A handshake that passed every check.
+struct Accepted {
+    endpoint: Endpoint,
+    topics: Vec<String>,
+    response: Vec<u8>,
+    peer: PeerId,
+    client: IpAddr,
+}
+
+impl Io {
+    /// Parses what a handshaking connection sent so far: the PROXY header
+    /// (with `--proxy-protocol`), then the upgrade request; routes it and
+    /// applies the admission rules. `Ok(None)` while incomplete; else the
+    /// verdict and the bytes after the request (the first frames).
+    fn handshake(&self, buf: &[u8], peer: PeerId) -> Result<Option<(Accepted, Vec<u8>)>, Reject> {
+        let (proxied, buf) = if self.limits.proxy_protocol {
+            match proxy::parse(buf) {
+                Ok(None) => return Ok(None),
+                Ok(Some((source, used))) => match source {
+                    proxy::Source::Client(addr) => (Some(addr.ip()), &buf[used..]),
+                    proxy::Source::Local => (None, &buf[used..]),
+                },
+                Err(proxy::Malformed(why)) => {
+                    tracing::debug!(peer = ?self.admission.ip(peer), why, "bad PROXY header");
+                    return Err(Reject::BadProxyHeader);
+                }
+            }
+        } else {
+            (None, buf)
+        };
+        let Some((req, used)) = handshake::parse(buf)? else {
+            return Ok(None);
+        };
+        let (endpoint, topics, response) = route(&req, &self.limits)?;
+        if !self.admission.origin_allowed(req.origin) {
+            return Err(Reject::OriginNotAllowed);
+        }
+        let socket = self.admission.ip(peer);
+        let fwd = Forwarding {
+            proxied,
+            forwarded_for: req.forwarded_for,
+            real_ip: req.real_ip,
+        };
+        let client = match socket.or(proxied) {
+            Some(ip) => self.admission.client_ip(ip, fwd)?,
+            None => return Err(Reject::Malformed),
+        };
+        if self.draining {
+            return Err(Reject::Draining);
+        }
+        let peer = self.admission.admit(peer, client)?;
+        let accepted = Accepted {
+            endpoint,
+            topics,
+            response,
+            peer,
+            client,
+        };
+        Ok(Some((accepted, buf[used..].to_vec())))
+    }
+}
+
+/// Decides what a complete upgrade request gets: the endpoint, the topics
+/// to subscribe, and the 101 response.
+fn route(req: &Request<'_>, limits: &Limits) -> Result<(Endpoint, Vec<String>, Vec<u8>), Reject> {
+    let endpoint = if req.path == limits.path {
+        Endpoint::PubSub
+    } else if limits.echo && req.path == "/echo" {
+        Endpoint::Echo
+    } else {
+        return Err(Reject::NotFound);
+    };
+    let mut topics = Vec::new();
+    if endpoint == Endpoint::PubSub {
+        let query = req.query.unwrap_or("").as_bytes();
+        for (key, value) in form_urlencoded::parse(query) {
+            if key == "topic" {
+                if !topics::is_valid_name(&value)
+                    || topics.len() == topics::MAX_TOPICS_PER_CONNECTION
+                {
+                    return Err(Reject::BadTopic);
+                }
+                topics.push(value.into_owned());
+            }
+        }
+    }
+    let upgrade = req.upgrade(&limits.subprotocols)?;
+    Ok((endpoint, topics, handshake::accept_response(&upgrade)))
+}
+
+impl Connections {
+    pub(super) fn on_handshake_bytes(&mut self, slot: u32, data: &mut [u8]) {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        if let Some(head) = conn.head.as_mut() {
+            head.extend_from_slice(data);
+        }
+        let buf: &[u8] = conn.head.as_deref().map_or(&*data, |h| &h[..]);
+        let (accepted, mut rest) = match self.io.handshake(buf, conn.peer) {
+            Ok(None) => {
+                if conn.head.is_none() {
+                    conn.head = Some(Box::new(data.to_vec()));
+                }
+                return;
+            }
+            Err(reason) => return self.io.reject(conn, slot, reason),
+            Ok(Some(verdict)) => verdict,
+        };
+        conn.head = None;
+        let Accepted {
+            endpoint,
+            topics,
+            response,
+            peer,
+            client,
+        } = accepted;
+        conn.peer = peer;
+        tracing::debug!(slot, peer = %client, ?endpoint, "connection open");
+        self.io.enqueue(conn, Bytes::from(response));
+        conn.endpoint = Some(endpoint);
+        conn.enter(Phase::Open, self.io.wheel.now());
+        conn.last_ping = conn.phase_since;
+        let at = conn.phase_since + self.io.limits.ping.min(self.io.limits.idle);
+        self.io.schedule(conn, slot, at);
+        self.io.mark_flush(conn, slot);
+        for topic in topics {
+            self.subscribe(slot, &topic);
+        }
+        if !rest.is_empty() {
+            self.on_frames(slot, &mut rest);
+        }
+    }
+}

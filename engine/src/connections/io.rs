@@ -1,0 +1,188 @@
+//! What every connection of a worker shares beside the table: the lists
+//! the ring turns into SQEs, the timer wheel, the send-queue pool, limits,
+//! counters and admission; and the per-connection steps built on them
+//! (queue a frame, start a close, reject a handshake, tear down).
+
+use crate::admission::Admission;
+use crate::config::Config;
+use crate::conn::{Conn, Phase};
+use crate::outbound::QueuePool;
+use crate::protocol::close::{self, code};
+use crate::protocol::frame::{self, OpCode};
+use crate::protocol::handshake::Reject;
+use crate::stats::WorkerStats;
+use crate::timers::{Entry, Tick, Wheel};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a closing connection may take to finish the close handshake
+/// before its socket is closed regardless.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Limits and endpoint settings, in the units the hot path uses.
+pub(super) struct Limits {
+    pub path: String,
+    pub echo: bool,
+    pub subprotocols: Vec<String>,
+    pub max_message: usize,
+    pub max_outbound: usize,
+    pub idle: Tick,
+    pub ping: Tick,
+    pub handshake: Tick,
+    pub close: Tick,
+    pub proxy_protocol: bool,
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> Self {
+        let ticks = Wheel::ticks;
+        Self {
+            path: config.path.clone(),
+            echo: config.echo,
+            subprotocols: config.subprotocols.clone(),
+            max_message: config.max_message_size,
+            max_outbound: config.max_outbound_bytes,
+            idle: ticks(config.idle_timeout),
+            ping: ticks(config.ping_interval),
+            handshake: ticks(config.handshake_timeout),
+            close: ticks(CLOSE_TIMEOUT),
+            proxy_protocol: config.proxy_protocol,
+        }
+    }
+}
+
+/// State shared by every connection of the worker, apart from the table
+/// and the topics (so both can be borrowed beside it).
+pub struct Io {
+    /// Slots with frames to send, or a shutdown due, this iteration.
+    pub flush: Vec<u32>,
+    /// Slots to tear down this iteration.
+    pub release: Vec<u32>,
+    /// Storage for send queues.
+    pub pool: QueuePool,
+    pub(super) wheel: Wheel,
+    stats: Arc<[WorkerStats]>,
+    worker: usize,
+    pub(super) limits: Limits,
+    pub(super) ping: Bytes,
+    pub(super) admission: Arc<Admission>,
+    /// Set by a drain: handshakes that complete now are answered 503.
+    pub(super) draining: bool,
+}
+
+impl Io {
+    pub(super) fn new(
+        config: &Config,
+        stats: Arc<[WorkerStats]>,
+        worker: usize,
+        admission: Arc<Admission>,
+    ) -> Self {
+        Self {
+            flush: Vec::new(),
+            release: Vec::new(),
+            pool: QueuePool::default(),
+            wheel: Wheel::new(),
+            stats,
+            worker,
+            limits: Limits::new(config),
+            ping: frame::encode(OpCode::Ping, b""),
+            admission,
+            draining: false,
+        }
+    }
+
+    /// This worker's counters.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats[self.worker]
+    }
+
+    pub(super) fn mark_flush(&mut self, conn: &mut Conn, slot: u32) {
+        if !conn.flush_queued {
+            conn.flush_queued = true;
+            self.flush.push(slot);
+        }
+    }
+
+    pub(super) fn schedule(&mut self, conn: &mut Conn, slot: u32, at: Tick) {
+        conn.timer_at = self.wheel.schedule(
+            Entry {
+                slot,
+                gen: conn.gen,
+            },
+            at,
+        );
+    }
+
+    /// Queues `frame` on an open connection. A queue over its limit makes
+    /// the connection a slow consumer: the frames not yet handed to the
+    /// kernel are dropped and it is closed with 1008. Returns whether the
+    /// frame was queued.
+    pub(super) fn queue(&mut self, conn: &mut Conn, slot: u32, frame: Bytes) -> bool {
+        if conn.phase != Phase::Open {
+            return false;
+        }
+        let len = frame.len() as u64;
+        if conn
+            .out
+            .push(frame, self.limits.max_outbound, &mut self.pool)
+            .is_err()
+        {
+            let dropped = conn.out.drop_unsent(&mut self.pool) as u64;
+            let stats = self.stats();
+            WorkerStats::add(&stats.slow_consumer_closes, 1);
+            WorkerStats::sub(&stats.outbound_bytes, dropped);
+            tracing::debug!(slot, "slow consumer: outbound queue over its limit");
+            self.close(conn, slot, Some(code::POLICY_VIOLATION), "slow consumer");
+            return false;
+        }
+        WorkerStats::add(&self.stats().outbound_bytes, len);
+        self.mark_flush(conn, slot);
+        true
+    }
+
+    /// Queues `frame` whatever the limit (responses, close frames).
+    pub(super) fn enqueue(&mut self, conn: &mut Conn, frame: Bytes) {
+        WorkerStats::add(&self.stats().outbound_bytes, frame.len() as u64);
+        conn.out.push_unbounded(frame, &mut self.pool);
+    }
+
+    /// Starts the close handshake: queues a close frame (after anything
+    /// already queued) and shuts the write side once it is written.
+    pub(super) fn close(&mut self, conn: &mut Conn, slot: u32, status: Option<u16>, reason: &str) {
+        if conn.phase != Phase::Open {
+            return;
+        }
+        if conn.close_code == 0 {
+            conn.close_code = status.unwrap_or(code::NO_STATUS);
+        }
+        self.enqueue(conn, close::encode(status, reason));
+        self.closing(conn, slot);
+    }
+
+    /// Refuses a handshake with an HTTP error response.
+    pub(super) fn reject(&mut self, conn: &mut Conn, slot: u32, reason: Reject) {
+        self.stats().reject(reason);
+        let peer = self.admission.ip(conn.peer);
+        let peer = peer.map_or_else(String::new, |ip| ip.to_string());
+        tracing::debug!(slot, peer, reason = reason.label(), "handshake rejected");
+        conn.head = None;
+        self.enqueue(conn, Bytes::from(reason.response()));
+        self.closing(conn, slot);
+    }
+
+    fn closing(&mut self, conn: &mut Conn, slot: u32) {
+        let now = self.wheel.now();
+        conn.enter(Phase::Closing, now);
+        self.mark_flush(conn, slot);
+        self.schedule(conn, slot, now + self.limits.close);
+    }
+
+    /// Tears the connection down: cancel its operations, close its slot.
+    pub fn release(&mut self, conn: &mut Conn, slot: u32) {
+        if conn.phase != Phase::Releasing {
+            conn.enter(Phase::Releasing, self.wheel.now());
+            self.release.push(slot);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! An open connection's messages: decoded frames, echo, control messages
+//! (subscribe, unsubscribe) and the close handshake's first step.
+
+use super::Connections;
+use crate::conn::Endpoint;
+use crate::control;
+use crate::protocol::decoder::{Message, ProtocolError};
+use crate::protocol::frame::{self, OpCode};
+use crate::stats::WorkerStats;
+use crate::topics::{self, Member};
+use bytes::Bytes;
+use std::ops::ControlFlow;
+
+/// What a decoded message asks for, applied once decoding is done.
+pub(super) enum Action {
+    Send(Bytes),
+    Control(control::Request),
+    CloseEcho(Option<u16>),
+    Fail(ProtocolError),
+}
+
+/// Turns one decoded message into actions (no access to the table here).
+fn on_message(endpoint: Endpoint, message: Message<'_>, actions: &mut Vec<Action>) {
+    let text_reply = |s: String| Action::Send(frame::encode(OpCode::Text, s.as_bytes()));
+    actions.push(match (endpoint, message) {
+        (Endpoint::Echo, Message::Text(t)) => {
+            Action::Send(frame::encode(OpCode::Text, t.as_bytes()))
+        }
+        (Endpoint::Echo, Message::Binary(b)) => Action::Send(frame::encode(OpCode::Binary, b)),
+        (Endpoint::PubSub, Message::Text(t)) => match control::parse(t) {
+            Ok(request) => Action::Control(request),
+            Err(reason) => text_reply(control::error(&reason)),
+        },
+        (Endpoint::PubSub, Message::Binary(_)) => {
+            text_reply(control::error("binary messages are not control messages"))
+        }
+        (_, Message::Ping(p)) => Action::Send(frame::encode(OpCode::Pong, p)),
+        (_, Message::Pong(_)) => return,
+        (_, Message::Close(status)) => Action::CloseEcho(status),
+    });
+}
+
+impl Connections {
+    pub(super) fn on_frames(&mut self, slot: u32, data: &mut [u8]) {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        let mut decoder = std::mem::take(&mut conn.decoder);
+        let mut actions = std::mem::take(&mut self.actions);
+        let endpoint = conn.endpoint.expect("an open connection has an endpoint");
+        let max = self.io.limits.max_message;
+        let mut messages = 0u64;
+        let fed = decoder.feed(data, max, &mut |m| {
+            messages += u64::from(matches!(m, Message::Text(_) | Message::Binary(_)));
+            on_message(endpoint, m, &mut actions);
+            ControlFlow::Continue(())
+        });
+        conn.decoder = decoder;
+        WorkerStats::add(&self.io.stats().messages_in, messages);
+        if let Err(e) = fed {
+            tracing::debug!(slot, code = e.code, reason = e.reason, "protocol error");
+            actions.push(Action::Fail(e));
+        }
+        for action in actions.drain(..) {
+            self.apply(slot, action);
+        }
+        self.actions = actions;
+    }
+
+    fn apply(&mut self, slot: u32, action: Action) {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        match action {
+            Action::Send(frame) => {
+                self.io.queue(conn, slot, frame);
+            }
+            Action::CloseEcho(status) => self.io.close(conn, slot, status, ""),
+            Action::Fail(e) => self.io.close(conn, slot, Some(e.code), e.reason),
+            Action::Control(control::Request::Subscribe { topic }) => {
+                let reply = self.subscribe(slot, &topic);
+                self.reply(slot, reply);
+            }
+            Action::Control(control::Request::Unsubscribe { topic }) => {
+                let member = self.topics.id(&topic).and_then(|id| conn.topics.remove(id));
+                if let Some(member) = member {
+                    self.leave(slot, member);
+                }
+                self.reply(slot, control::ack("unsubscribed", &topic));
+            }
+        }
+    }
+
+    fn reply(&mut self, slot: u32, text: String) {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        self.io
+            .queue(conn, slot, frame::encode(OpCode::Text, text.as_bytes()));
+    }
+
+    /// Subscribes `slot` to `topic`; returns the reply to send.
+    pub(super) fn subscribe(&mut self, slot: u32, topic: &str) -> String {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        if !topics::is_valid_name(topic) {
+            return control::error(topics::NAME_RULE);
+        }
+        if self
+            .topics
+            .id(topic)
+            .is_none_or(|id| conn.topics.find(id).is_none())
+        {
+            if conn.topics.as_slice().len() >= topics::MAX_TOPICS_PER_CONNECTION {
+                return control::error("too many topics on this connection");
+            }
+            conn.topics.push(self.topics.subscribe(topic, slot));
+            self.update_topic_gauge();
+        }
+        control::ack("subscribed", topic)
+    }
+
+    /// Takes `slot` out of `member`'s topic, and updates the connection
+    /// whose slot took its place in the member list.
+    pub(super) fn leave(&mut self, slot: u32, member: Member) {
+        if let Some(moved) = self.topics.unsubscribe(member, slot) {
+            let conn = self.table.get_mut(moved).expect("subscriber slot is live");
+            conn.topics.moved(member.topic, member.index);
+        }
+        self.update_topic_gauge();
+    }
+
+    fn update_topic_gauge(&self) {
+        let gauge = &self.io.stats().topics;
+        gauge.store(
+            self.topics.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}

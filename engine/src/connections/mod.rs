@@ -1,0 +1,208 @@
+//! A worker's connections and everything that reacts to their bytes and
+//! their deadlines.
+//!
+//! This layer never touches the ring. It records what the ring must do in
+//! two lists, [`Io::flush`] (connections with bytes to send or a shutdown
+//! due) and [`Io::release`] (connections to tear down), which the worker
+//! turns into SQEs once per loop iteration.
+//!
+//! - [`table`]: the records by fixed-file slot, in memory that follows load;
+//! - [`io`]: what connections share (lists, wheel, send-queue pool, limits)
+//!   and the steps built on it: queue, close, reject, release;
+//! - `handshake`: the upgrade request, routing and admission;
+//! - `messages`: decoded frames, control messages and subscriptions;
+//! - `fanout`: publish and broadcast;
+//! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
+
+mod deadlines;
+mod fanout;
+mod handshake;
+pub mod io;
+mod messages;
+pub mod table;
+
+pub use io::{Io, CLOSE_TIMEOUT};
+
+use crate::admission::{Admission, PeerId};
+use crate::config::Config;
+use crate::conn::{Conn, Phase};
+use crate::protocol::close::code;
+use crate::spread::Spread;
+use crate::stats::{close_code_index, WorkerStats};
+use crate::timers::{Entry, Tick};
+use messages::Action;
+use std::net::IpAddr;
+use std::sync::Arc;
+use table::Table;
+
+/// The connections of one worker, indexed by fixed-file slot.
+pub struct Connections {
+    table: Table,
+    topics: crate::topics::Topics,
+    /// Ring-facing lists, timers, send-queue pool and counters.
+    pub io: Io,
+    next_gen: u32,
+    /// Sequence number of the last publish (see `Conn::last_delivery`).
+    delivery: u64,
+    actions: Vec<Action>,
+    due: Vec<(Entry, Tick)>,
+    spread: Option<Spread>,
+    next_trim: Tick,
+}
+
+/// The connection a CQE for (`slot`, `gen`) belongs to.
+///
+/// # Panics
+/// If the slot holds no connection or another generation: a CQE outlived
+/// its connection, which the release protocol rules out.
+fn tenant(table: &mut Table, slot: u32, gen: u32) -> &mut Conn {
+    let conn = table.get_mut(slot).expect("CQE for an empty slot");
+    assert_eq!(conn.gen, gen, "CQE for a previous tenant of slot {slot}");
+    conn
+}
+
+impl Connections {
+    /// An empty table for slots `0..capacity`, for worker number `worker`.
+    /// Memory grows with the connections, not with `capacity`.
+    pub fn new(
+        config: &Config,
+        capacity: usize,
+        stats: Arc<[WorkerStats]>,
+        worker: usize,
+        admission: &Arc<Admission>,
+    ) -> Self {
+        Self {
+            table: Table::new(capacity),
+            topics: crate::topics::Topics::default(),
+            io: Io::new(config, stats, worker, admission.clone()),
+            next_gen: 0,
+            delivery: 0,
+            actions: Vec::new(),
+            due: Vec::new(),
+            spread: None,
+            next_trim: 0,
+        }
+    }
+
+    /// Whether no connection is left.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// The connection in `slot`, checking the CQE's generation.
+    ///
+    /// # Panics
+    /// See [`tenant`].
+    pub fn get(&mut self, slot: u32, gen: u32) -> &mut Conn {
+        tenant(&mut self.table, slot, gen)
+    }
+
+    /// The slots holding a connection now.
+    pub fn slots(&mut self) -> Vec<u32> {
+        let mut slots = Vec::with_capacity(self.table.len());
+        self.table.for_each(|slot, _| slots.push(slot));
+        slots
+    }
+
+    /// The connection in `slot`, if any (for lists built this iteration).
+    pub fn slot(&mut self, slot: u32) -> Option<&mut Conn> {
+        self.table.get_mut(slot)
+    }
+
+    /// Registers a connection the kernel accepted into `slot` from `ip`
+    /// (`None` when the accept reported no address). Returns its
+    /// generation.
+    pub fn accept(&mut self, slot: u32, ip: Option<IpAddr>) -> u32 {
+        self.next_gen = (self.next_gen + 1) & crate::ring::token::GEN_MASK;
+        let now = self.io.wheel.now();
+        let peer = ip.map_or(PeerId::NONE, |ip| self.io.admission.accepted(ip));
+        let mut conn = Conn::new(self.next_gen, now, peer);
+        let at = now + self.io.limits.handshake;
+        self.io.schedule(&mut conn, slot, at);
+        self.table.insert(slot, conn);
+        let stats = self.io.stats();
+        WorkerStats::add(&stats.accepted, 1);
+        WorkerStats::add(&stats.connections, 1);
+        self.next_gen
+    }
+
+    /// Bytes received on `slot`. `data` is the kernel's buffer, unmasked
+    /// and parsed in place.
+    pub fn on_data(&mut self, slot: u32, gen: u32, data: &mut [u8]) {
+        WorkerStats::add(&self.io.stats().bytes_in, data.len() as u64);
+        let now = self.io.wheel.now();
+        let conn = self.get(slot, gen);
+        conn.last_active = now;
+        match conn.phase {
+            Phase::Handshake => self.on_handshake_bytes(slot, data),
+            Phase::Open => self.on_frames(slot, data),
+            // Input after our close frame or during teardown is discarded.
+            Phase::Closing | Phase::ShutDown | Phase::Releasing => {}
+        }
+    }
+
+    /// The peer closed its side (receive returned 0), or the socket failed.
+    pub fn on_eof(&mut self, slot: u32, gen: u32) {
+        let conn = tenant(&mut self.table, slot, gen);
+        self.io.release(conn, slot);
+    }
+
+    /// The send in flight wrote `result` bytes (or failed with `-errno`).
+    pub fn on_sent(&mut self, slot: u32, gen: u32, result: i32) {
+        let conn = tenant(&mut self.table, slot, gen);
+        if result < 0 {
+            conn.out.abandon_send();
+            return self.io.release(conn, slot);
+        }
+        conn.out.sent(result as usize, &mut self.io.pool);
+        let stats = self.io.stats();
+        WorkerStats::add(&stats.bytes_out, result as u64);
+        WorkerStats::sub(&stats.outbound_bytes, result as u64);
+        if !conn.out.is_empty() || conn.phase == Phase::Closing {
+            self.io.mark_flush(conn, slot);
+        }
+    }
+
+    /// `shutdown(SHUT_WR)` completed: wait for the peer's EOF.
+    pub fn on_shutdown(&mut self, slot: u32, gen: u32, result: i32) {
+        let now = self.io.wheel.now();
+        let conn = tenant(&mut self.table, slot, gen);
+        conn.shutdown_in_flight = false;
+        if conn.phase == Phase::Closing {
+            conn.enter(Phase::ShutDown, now);
+        }
+        if result < 0 || !conn.recv_armed {
+            self.io.release(conn, slot);
+        }
+    }
+
+    /// Removes a connection whose operations have all completed, and
+    /// unsubscribes it. The caller closes the slot.
+    ///
+    /// # Panics
+    /// If an operation is still in flight.
+    pub fn remove(&mut self, slot: u32) {
+        let mut conn = self.table.remove(slot);
+        assert!(
+            !conn.busy(),
+            "removing slot {slot} with operations in flight"
+        );
+        for &member in conn.topics.as_slice() {
+            self.leave(slot, member);
+        }
+        let unsent = conn.out.clear(&mut self.io.pool);
+        let admitted = conn.endpoint.is_some();
+        self.io.admission.closed(conn.peer, admitted);
+        let stats = self.io.stats();
+        WorkerStats::sub(&stats.connections, 1);
+        WorkerStats::sub(&stats.outbound_bytes, unsent as u64);
+        WorkerStats::add(&stats.closed, 1);
+        if admitted {
+            let code = match conn.close_code {
+                0 => code::ABNORMAL,
+                c => c,
+            };
+            WorkerStats::add(&stats.closed_by_code[close_code_index(code)], 1);
+        }
+    }
+}

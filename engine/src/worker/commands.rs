@@ -1,0 +1,78 @@
+//! Commands from other threads (publish, broadcast, drain, rebalance,
+//! shutdown), read when the wake-up eventfd's read completes.
+
+use super::Worker;
+use crate::command::Command;
+use crate::connections::CLOSE_TIMEOUT;
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+impl Worker {
+    /// Applies every command waiting. The wake flag is cleared first, so a
+    /// command sent while this runs either is seen here or writes the
+    /// eventfd again.
+    pub(super) fn drain_commands(&mut self) {
+        self.wake.pending.swap(false, Ordering::AcqRel);
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Publish { topics, frame, ack } => {
+                    let frame = self.local(frame);
+                    ack.complete(self.conns.publish(&topics, &frame));
+                }
+                Command::Broadcast { frame, ack } => {
+                    let frame = self.local(frame);
+                    ack.complete(self.conns.broadcast(&frame));
+                }
+                Command::Drain { period } => self.begin_drain(period),
+                Command::Rebalance { fraction, period } => {
+                    if self.stop_by.is_none() {
+                        self.conns
+                            .close_spread(fraction, period, "rebalancing", false);
+                    }
+                }
+                Command::Shutdown => self.begin_shutdown(),
+                #[cfg(feature = "fault-injection")]
+                Command::InjectPanic => panic!("injected worker panic (fault-injection build)"),
+            }
+        }
+    }
+
+    /// This worker's own copy of a frame shared by several workers: every
+    /// subscriber's queue then bumps a reference count that no other
+    /// thread touches (one copy per worker per publish instead of a cache
+    /// line bounced between cores per delivery).
+    fn local(&self, frame: Bytes) -> Bytes {
+        if self.copy_frames {
+            Bytes::copy_from_slice(&frame)
+        } else {
+            frame
+        }
+    }
+
+    /// Closes the listener (the load balancer's connects now fail here and
+    /// go to other nodes), spreads 1001 closes over 90% of `period`, and
+    /// sets the exit deadline. The last tenth of the period is left for
+    /// the last close handshakes and queued frames to finish.
+    fn begin_drain(&mut self, period: Duration) {
+        if self.stop_by.is_some() {
+            return;
+        }
+        self.close_listener();
+        self.stop_by = Some(Instant::now() + period);
+        self.conns
+            .close_spread(1.0, period.mul_f64(0.9), "server draining", true);
+    }
+
+    /// Closes every connection at once and exits after the close timeout;
+    /// also ends a drain early.
+    fn begin_shutdown(&mut self) {
+        let deadline = Instant::now() + CLOSE_TIMEOUT + Duration::from_secs(1);
+        if self.stop_by.is_some_and(|at| at <= deadline) {
+            return;
+        }
+        self.close_listener();
+        self.stop_by = Some(deadline);
+        self.conns.shutdown();
+    }
+}
