@@ -5,6 +5,7 @@ mod common;
 
 use common::{connect_many, next_text, subscribe, Server, WAIT};
 use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -35,9 +36,11 @@ fn is_published(topic: &str, bytes: &[u8]) -> bool {
 }
 
 /// A subscriber with a small receive buffer that reads a little at a time
-/// and keeps reading: parses every server frame, checks each data frame
-/// is intact and from its topic, and returns the close code.
-async fn slow_reader(server: &Server, topic: &str) -> (usize, u16) {
+/// until `done` is set, then as fast as it can (a closing connection gets
+/// the close timeout, 5 s, to drain): parses every server frame, checks
+/// each data frame is intact and from its topic, and returns the number
+/// of data frames and the close code.
+async fn slow_reader(server: &Server, topic: &str, done: &AtomicBool) -> (usize, u16) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream: TcpStream = socket.connect(server.ws).await.unwrap();
@@ -82,8 +85,11 @@ async fn slow_reader(server: &Server, topic: &str) -> (usize, u16) {
             frames += usize::from(opcode == 0x1);
             buf.drain(..used);
         }
-        // Read slowly: the server's queue for this connection fills up.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Read slowly while publishing goes on: the server's queue for this
+        // connection fills up.
+        if !done.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -107,8 +113,10 @@ fn server_frame(buf: &[u8]) -> Option<(u8, &[u8], usize)> {
     (buf.len() >= head + len).then(|| (buf[0] & 0x0f, &buf[head..head + len], head + len))
 }
 
-/// Messages published to each topic in the slow-consumer test.
-const MESSAGES: usize = 300;
+/// Messages published to each topic in the slow-consumer test: 8 MB to
+/// the slow topic, more than the kernel's socket buffers (4 MB at most)
+/// and the queue limit together can hold.
+const MESSAGES: usize = 600;
 
 /// Every third message is large, the others small.
 fn size(seq: usize) -> usize {
@@ -124,11 +132,9 @@ async fn slow_subscribers_get_intact_frames_then_1008_while_fast_ones_get_everyt
     let server = Server::start(&["--workers", "2", "--max-outbound-bytes", "65536"]);
     let url = server.url("/ws?topic=fast");
     let mut fast = connect_many(&url, 4).await;
+    let published = AtomicBool::new(false);
     let slow: Vec<_> = (0..4)
-        .map(|_| {
-            let server = &server;
-            async move { slow_reader(server, "slow").await }
-        })
+        .map(|_| slow_reader(&server, "slow", &published))
         .collect();
     let slow = futures_util::future::join_all(slow);
     // The fast subscribers read as fast as they can, and must get every
@@ -149,6 +155,7 @@ async fn slow_subscribers_get_intact_frames_then_1008_while_fast_ones_get_everyt
                 assert_eq!(status, 200, "{reply}");
             }
         }
+        published.store(true, Ordering::Release);
     };
     let (slow, _, ()) = tokio::join!(slow, fast_readers, publisher);
     for (frames, code) in slow {

@@ -3,8 +3,11 @@
 //! connection limit, the per-address limit, and each worker's accept rate.
 //!
 //! One [`Admission`] is shared by every worker. Its state is touched once
-//! when a connection is accepted, once when its handshake completes and
-//! once when it is removed; never on the frame path.
+//! when a handshake completes and once when the connection is removed;
+//! never on the frame path. Client addresses are kept (interned, counted)
+//! only while `--max-connections-per-ip` is set, and only for admitted
+//! connections: without that limit, a connection costs the table nothing,
+//! however many distinct addresses the clients come from.
 
 use crate::protocol::handshake::Reject;
 use ipnet::IpNet;
@@ -14,26 +17,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A client address interned in [`Admission`]'s table: connections from
-/// one address share one entry and count against it.
+/// A client address interned in [`Admission`]'s table: the admitted
+/// connections from one address share one entry and count against it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerId(u32);
 
 impl PeerId {
-    /// No address known (not counted anywhere).
+    /// No address kept (the per-address limit is off, or not admitted).
     pub const NONE: PeerId = PeerId(u32::MAX);
 }
 
-/// One address: connections referring to it, and how many of those are
-/// admitted (open WebSocket connections, the per-address limit's count).
+/// One address and its admitted connections.
 #[derive(Clone, Copy)]
 struct Entry {
     ip: IpAddr,
-    refs: u32,
     open: u32,
 }
 
-/// Addresses with at least one connection.
+/// Addresses with at least one admitted connection.
 #[derive(Default)]
 struct Peers {
     ids: HashMap<IpAddr, u32>,
@@ -42,48 +43,41 @@ struct Peers {
 }
 
 impl Peers {
-    fn acquire(&mut self, ip: IpAddr) -> PeerId {
-        let id = match self.ids.get(&ip) {
-            Some(&id) => id,
-            None => {
-                let entry = Entry {
-                    ip,
-                    refs: 0,
-                    open: 0,
-                };
-                let id = match self.free.pop() {
-                    Some(id) => {
-                        self.entries[id as usize] = entry;
-                        id
-                    }
-                    None => {
-                        self.entries.push(entry);
-                        (self.entries.len() - 1) as u32
-                    }
-                };
-                self.ids.insert(ip, id);
+    /// The id of `ip`, interning it with no connection counted.
+    fn intern(&mut self, ip: IpAddr) -> u32 {
+        if let Some(&id) = self.ids.get(&ip) {
+            return id;
+        }
+        let entry = Entry { ip, open: 0 };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize] = entry;
                 id
             }
+            None => {
+                self.entries.push(entry);
+                (self.entries.len() - 1) as u32
+            }
         };
-        self.entries[id as usize].refs += 1;
-        PeerId(id)
+        self.ids.insert(ip, id);
+        id
     }
 
-    fn entry(&mut self, peer: PeerId) -> &mut Entry {
-        let entry = &mut self.entries[peer.0 as usize];
-        assert!(entry.refs > 0, "peer id {} is not in use", peer.0);
-        entry
-    }
-
-    fn release(&mut self, peer: PeerId) {
-        let entry = self.entry(peer);
-        entry.refs -= 1;
-        if entry.refs == 0 {
-            debug_assert_eq!(entry.open, 0);
-            let ip = entry.ip;
-            self.ids.remove(&ip);
-            self.free.push(peer.0);
+    /// Forgets `id` if no connection counts against it.
+    fn forget_if_unused(&mut self, id: u32) {
+        let entry = self.entries[id as usize];
+        if entry.open == 0 {
+            self.ids.remove(&entry.ip);
+            self.free.push(id);
         }
+    }
+
+    /// One admitted connection of `peer` is gone.
+    fn release(&mut self, peer: PeerId) {
+        let entry = &mut self.entries[peer.0 as usize];
+        assert!(entry.open > 0, "peer id {} is not in use", peer.0);
+        entry.open -= 1;
+        self.forget_if_unused(peer.0);
     }
 }
 
@@ -186,16 +180,6 @@ impl Admission {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts a connection from `ip` (its socket's peer address at accept).
-    pub fn accepted(&self, ip: IpAddr) -> PeerId {
-        self.peers().acquire(ip)
-    }
-
-    /// The address an interned id stands for.
-    pub fn ip(&self, peer: PeerId) -> Option<IpAddr> {
-        (peer != PeerId::NONE).then(|| self.peers().entry(peer).ip)
-    }
-
     /// Whether `ip` is in `--trusted-proxies`.
     fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
@@ -246,57 +230,43 @@ impl Admission {
     }
 
     /// Admits a completed handshake from `client`: counts it as an open
-    /// connection of `client` and of the process, and moves the
-    /// connection's reference from `peer` (its socket's address) to
-    /// `client`. Returns the id to keep for [`Self::closed`].
+    /// connection of the process and, with a per-address limit, of
+    /// `client`. Returns the id to keep for [`Self::closed`]
+    /// ([`PeerId::NONE`] without a per-address limit).
     ///
     /// # Errors
-    /// [`Reject::PerIpLimit`] or [`Reject::OverCapacity`]; the connection
-    /// then keeps `peer` until it is removed.
-    pub fn admit(&self, peer: PeerId, client: IpAddr) -> Result<PeerId, Reject> {
-        let mut peers = self.peers();
-        let id = if peer != PeerId::NONE && peers.entry(peer).ip == client {
-            peer
-        } else {
-            peers.acquire(client)
-        };
-        let refuse = if peers.entry(id).open as usize >= self.max_per_ip {
-            Some(Reject::PerIpLimit)
-        } else if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_open {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            Some(Reject::OverCapacity)
-        } else {
-            None
-        };
-        match refuse {
-            Some(reason) => {
-                if id != peer {
-                    peers.release(id);
-                }
-                Err(reason)
-            }
-            None => {
-                peers.entry(id).open += 1;
-                if id != peer && peer != PeerId::NONE {
-                    peers.release(peer);
-                }
-                Ok(id)
+    /// [`Reject::PerIpLimit`] or [`Reject::OverCapacity`]; nothing is
+    /// counted then.
+    pub fn admit(&self, client: IpAddr) -> Result<PeerId, Reject> {
+        let mut peers = (self.max_per_ip != usize::MAX).then(|| self.peers());
+        let id = peers.as_mut().map(|p| p.intern(client));
+        if let (Some(peers), Some(id)) = (peers.as_mut(), id) {
+            if peers.entries[id as usize].open as usize >= self.max_per_ip {
+                return Err(Reject::PerIpLimit);
             }
         }
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_open {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            if let (Some(peers), Some(id)) = (peers.as_mut(), id) {
+                peers.forget_if_unused(id);
+            }
+            return Err(Reject::OverCapacity);
+        }
+        Ok(match (peers.as_mut(), id) {
+            (Some(peers), Some(id)) => {
+                peers.entries[id as usize].open += 1;
+                PeerId(id)
+            }
+            _ => PeerId::NONE,
+        })
     }
 
-    /// A connection is gone: `peer` is its id, `open` whether it had been
-    /// admitted.
-    pub fn closed(&self, peer: PeerId, open: bool) {
-        if open {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// An admitted connection is gone; `peer` is what [`Self::admit`]
+    /// returned.
+    pub fn closed(&self, peer: PeerId) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
         if peer != PeerId::NONE {
-            let mut peers = self.peers();
-            if open {
-                peers.entry(peer).open -= 1;
-            }
-            peers.release(peer);
+            self.peers().release(peer);
         }
     }
 
@@ -428,30 +398,30 @@ mod tests {
     #[test]
     fn per_ip_and_total_limits_and_release() {
         let a = admission(&[]);
-        // Handshakes still in progress do not count against the address.
-        let lb = a.accepted(ip("10.0.0.1"));
-        let accepted: Vec<_> = (0..3).map(|_| a.accepted(ip("10.0.0.1"))).collect();
-        let mut admitted = Vec::new();
-        for &peer in &accepted[..2] {
-            admitted.push(a.admit(peer, ip("192.0.2.1")).unwrap());
-        }
-        assert_eq!(
-            a.admit(accepted[2], ip("192.0.2.1")),
-            Err(Reject::PerIpLimit)
-        );
-        a.closed(accepted[2], false);
-        let other = a.accepted(ip("192.0.2.2"));
-        let other = a.admit(other, ip("192.0.2.2")).unwrap();
+        let admitted: Vec<_> = (0..2).map(|_| a.admit(ip("192.0.2.1")).unwrap()).collect();
+        assert_eq!(a.admit(ip("192.0.2.1")), Err(Reject::PerIpLimit));
+        let other = a.admit(ip("192.0.2.2")).unwrap();
         assert_eq!(a.open(), 3);
-        let fourth = a.accepted(ip("192.0.2.3"));
-        assert_eq!(a.admit(fourth, ip("192.0.2.3")), Err(Reject::OverCapacity));
-        a.closed(fourth, false);
+        assert_eq!(a.admit(ip("192.0.2.3")), Err(Reject::OverCapacity));
+        assert_eq!(a.peers().ids.len(), 2, "a refused address is not kept");
         for peer in admitted.into_iter().chain([other]) {
-            a.closed(peer, true);
+            a.closed(peer);
         }
-        a.closed(lb, false);
         assert_eq!(a.open(), 0);
         assert!(a.peers().ids.is_empty(), "every address released");
+    }
+
+    #[test]
+    fn without_a_per_ip_limit_no_address_is_kept() {
+        let a = Admission::new(10, 0, Vec::new(), &[]);
+        let peers: Vec<_> = (1..=5)
+            .map(|i| a.admit(IpAddr::from([192, 0, 2, i])).unwrap())
+            .collect();
+        assert!(peers.iter().all(|&p| p == PeerId::NONE));
+        assert!(a.peers().ids.is_empty());
+        assert_eq!(a.open(), 5);
+        peers.into_iter().for_each(|p| a.closed(p));
+        assert_eq!(a.open(), 0);
     }
 
     #[test]

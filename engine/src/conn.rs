@@ -34,7 +34,7 @@ pub enum Endpoint {
     Echo,
 }
 
-/// A connection. 80 bytes while idle; buffers are allocated only
+/// A connection. 72 bytes while idle; buffers are allocated only
 /// while a handshake, frame or send is in progress.
 pub struct Conn {
     /// Generation of this slot's tenant (24 bits, see `ring::token`).
@@ -56,8 +56,8 @@ pub struct Conn {
     /// The close code sent or received first (RFC 6455 §7.1.5), 0 while
     /// none was.
     pub close_code: u16,
-    /// The client's address: the socket's peer until the handshake names
-    /// the real client (PROXY header, trusted forwarding headers).
+    /// The client's address in the per-address count, once admitted (see
+    /// [`crate::admission::Admission::admit`]); `PeerId::NONE` otherwise.
     pub peer: PeerId,
     /// Tick of the last byte received.
     pub last_active: Tick,
@@ -71,8 +71,6 @@ pub struct Conn {
     /// publish to several topics is delivered once. 64 bits, so it never
     /// wraps onto a value a connection still holds.
     pub last_delivery: u64,
-    /// Request head bytes received so far, while it spans receives.
-    pub head: Option<Box<Vec<u8>>>,
     /// Frame decoder (read side).
     pub decoder: Decoder,
     /// Send queue (write side).
@@ -83,7 +81,7 @@ pub struct Conn {
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(gen: u32, now: Tick, peer: PeerId) -> Self {
+    pub fn new(gen: u32, now: Tick) -> Self {
         Self {
             gen,
             phase: Phase::Handshake,
@@ -93,13 +91,12 @@ impl Conn {
             cancel_sent: false,
             flush_queued: false,
             close_code: 0,
-            peer,
+            peer: PeerId::NONE,
             last_active: now,
             last_ping: now,
             phase_since: now,
             timer_at: 0,
             last_delivery: 0,
-            head: None,
             decoder: Decoder::default(),
             out: Outbound::default(),
             topics: Subscriptions::None,
@@ -133,6 +130,6 @@ mod tests {
         // The table holds one of these per fixed-file slot; user-space memory
         // per idle connection is this plus its topic memberships.
         let size = std::mem::size_of::<Option<Conn>>();
-        assert!(size <= 80, "Conn grew to {size} bytes");
+        assert!(size <= 72, "Conn grew to {size} bytes");
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = match cli::parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(CliError::Clap(e)) => e.exit(),
@@ -44,6 +45,25 @@ fn main() -> ExitCode {
             eprintln!("ringcast: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Opts the process out of transparent huge pages (`PR_SET_THP_DISABLE`).
+/// The allocator asks for them on its arenas (`MADV_HUGEPAGE`), and on a
+/// host with THP in `madvise` or `always` mode every touched 2 MiB region
+/// then counts whole in RSS. For a server whose memory is many small
+/// records spread over time, that measured 670–890 B of RSS per idle
+/// connection instead of under 200 B (15,000 connections, 2 workers). A
+/// failure (a kernel without the option) only costs that memory.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and touches no
+    // memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        eprintln!(
+            "ringcast: PR_SET_THP_DISABLE failed ({}); memory per connection may be higher",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -25,7 +25,8 @@ impl Io {
     /// (with `--proxy-protocol`), then the upgrade request; routes it and
     /// applies the admission rules. `Ok(None)` while incomplete; else the
     /// verdict and the bytes after the request (the first frames).
-    fn handshake(&self, buf: &[u8], peer: PeerId) -> Result<Option<(Accepted, Vec<u8>)>, Reject> {
+    fn handshake(&self, buf: &[u8], slot: u32) -> Result<Option<(Accepted, Vec<u8>)>, Reject> {
+        let socket = self.handshaking.get(&slot).and_then(|h| h.peer);
         let (proxied, buf) = if self.limits.proxy_protocol {
             match proxy::parse(buf) {
                 Ok(None) => return Ok(None),
@@ -34,7 +35,7 @@ impl Io {
                     proxy::Source::Local => (None, &buf[used..]),
                 },
                 Err(proxy::Malformed(why)) => {
-                    tracing::debug!(peer = ?self.admission.ip(peer), why, "bad PROXY header");
+                    tracing::debug!(peer = ?socket, why, "bad PROXY header");
                     return Err(Reject::BadProxyHeader);
                 }
             }
@@ -48,7 +49,6 @@ impl Io {
         if !self.admission.origin_allowed(req.origin) {
             return Err(Reject::OriginNotAllowed);
         }
-        let socket = self.admission.ip(peer);
         let fwd = Forwarding {
             proxied,
             forwarded_for: req.forwarded_for,
@@ -61,7 +61,7 @@ impl Io {
         if self.draining {
             return Err(Reject::Draining);
         }
-        let peer = self.admission.admit(peer, client)?;
+        let peer = self.admission.admit(client)?;
         let accepted = Accepted {
             endpoint,
             topics,
@@ -104,21 +104,32 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<(Endpoint, Vec<String>, V
 impl Connections {
     pub(super) fn on_handshake_bytes(&mut self, slot: u32, data: &mut [u8]) {
         let conn = self.table.get_mut(slot).expect("live slot");
-        if let Some(head) = conn.head.as_mut() {
+        let mut head = self
+            .io
+            .handshaking
+            .get_mut(&slot)
+            .map(|h| std::mem::take(&mut h.head))
+            .unwrap_or_default();
+        // The usual request arrives whole and is parsed in the kernel's
+        // buffer; only one that spans receives is copied.
+        let verdict = if head.is_empty() {
+            self.io.handshake(data, slot)
+        } else {
             head.extend_from_slice(data);
-        }
-        let buf: &[u8] = conn.head.as_deref().map_or(&*data, |h| &h[..]);
-        let (accepted, mut rest) = match self.io.handshake(buf, conn.peer) {
+            self.io.handshake(&head, slot)
+        };
+        let (accepted, mut rest) = match verdict {
             Ok(None) => {
-                if conn.head.is_none() {
-                    conn.head = Some(Box::new(data.to_vec()));
+                if head.is_empty() {
+                    head = data.to_vec();
                 }
+                self.io.handshaking.entry(slot).or_default().head = head;
                 return;
             }
             Err(reason) => return self.io.reject(conn, slot, reason),
             Ok(Some(verdict)) => verdict,
         };
-        conn.head = None;
+        self.io.handshaking.remove(&slot);
         let Accepted {
             endpoint,
             topics,

@@ -13,6 +13,8 @@ use crate::protocol::handshake::Reject;
 use crate::stats::WorkerStats;
 use crate::timers::{Entry, Tick, Wheel};
 use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +71,20 @@ pub struct Io {
     pub(super) admission: Arc<Admission>,
     /// Set by a drain: handshakes that complete now are answered 503.
     pub(super) draining: bool,
+    /// What connections still in their opening handshake hold, by slot.
+    /// Dropped once the handshake ends, so an open connection keeps none
+    /// of it.
+    pub(super) handshaking: HashMap<u32, Handshaking>,
+}
+
+/// A connection in its opening handshake.
+#[derive(Default)]
+pub(super) struct Handshaking {
+    /// The socket's peer address (`None` if the accept reported none):
+    /// what forwarding headers are judged by and what reject logs name.
+    pub peer: Option<IpAddr>,
+    /// Request bytes received so far, while the request spans receives.
+    pub head: Vec<u8>,
 }
 
 impl Io {
@@ -89,6 +105,7 @@ impl Io {
             ping: frame::encode(OpCode::Ping, b""),
             admission,
             draining: false,
+            handshaking: HashMap::new(),
         }
     }
 
@@ -163,10 +180,9 @@ impl Io {
     /// Refuses a handshake with an HTTP error response.
     pub(super) fn reject(&mut self, conn: &mut Conn, slot: u32, reason: Reject) {
         self.stats().reject(reason);
-        let peer = self.admission.ip(conn.peer);
+        let peer = self.handshaking.remove(&slot).and_then(|h| h.peer);
         let peer = peer.map_or_else(String::new, |ip| ip.to_string());
         tracing::debug!(slot, peer, reason = reason.label(), "handshake rejected");
-        conn.head = None;
         self.enqueue(conn, Bytes::from(reason.response()));
         self.closing(conn, slot);
     }

@@ -23,7 +23,7 @@ pub mod table;
 
 pub use io::{Io, CLOSE_TIMEOUT};
 
-use crate::admission::{Admission, PeerId};
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::conn::{Conn, Phase};
 use crate::protocol::close::code;
@@ -115,8 +115,12 @@ impl Connections {
     pub fn accept(&mut self, slot: u32, ip: Option<IpAddr>) -> u32 {
         self.next_gen = (self.next_gen + 1) & crate::ring::token::GEN_MASK;
         let now = self.io.wheel.now();
-        let peer = ip.map_or(PeerId::NONE, |ip| self.io.admission.accepted(ip));
-        let mut conn = Conn::new(self.next_gen, now, peer);
+        let handshaking = io::Handshaking {
+            peer: ip,
+            head: Vec::new(),
+        };
+        self.io.handshaking.insert(slot, handshaking);
+        let mut conn = Conn::new(self.next_gen, now);
         let at = now + self.io.limits.handshake;
         self.io.schedule(&mut conn, slot, at);
         self.table.insert(slot, conn);
@@ -192,7 +196,11 @@ impl Connections {
         }
         let unsent = conn.out.clear(&mut self.io.pool);
         let admitted = conn.endpoint.is_some();
-        self.io.admission.closed(conn.peer, admitted);
+        if admitted {
+            self.io.admission.closed(conn.peer);
+        } else {
+            self.io.handshaking.remove(&slot);
+        }
         let stats = self.io.stats();
         WorkerStats::sub(&stats.connections, 1);
         WorkerStats::sub(&stats.outbound_bytes, unsent as u64);

@@ -140,14 +140,13 @@ fn split(slot: u32) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::PeerId;
 
     #[test]
     fn memory_follows_connections_and_scans_visit_only_them() {
         let mut t = Table::new(1 << 20);
         assert_eq!(t.chunks_allocated(), 0);
         for slot in [3, 70, 5000, 1_048_575] {
-            t.insert(slot, Conn::new(1, 0, PeerId::NONE));
+            t.insert(slot, Conn::new(1, 0));
         }
         assert_eq!((t.len(), t.chunks_allocated()), (4, 3));
         let mut seen = Vec::new();
@@ -165,7 +164,7 @@ mod tests {
     #[should_panic(expected = "occupied slot 7")]
     fn a_slot_holds_one_connection() {
         let mut t = Table::new(CHUNK);
-        t.insert(7, Conn::new(1, 0, PeerId::NONE));
-        t.insert(7, Conn::new(2, 0, PeerId::NONE));
+        t.insert(7, Conn::new(1, 0));
+        t.insert(7, Conn::new(2, 0));
     }
 }
