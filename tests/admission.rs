@@ -224,6 +224,8 @@ async fn metrics_parse_as_prometheus_text_and_track_the_server() {
     assert_eq!(value("ringcast_buffer_ring_empty_total", &[]), 0.0);
     assert_eq!(value("ringcast_slow_consumer_closes_total", &[]), 0.0);
     assert_eq!(value("ringcast_draining", &[]), 0.0);
+    // Each worker keeps at least its wake-up read and its accepts armed.
+    assert!(value("ringcast_io_uring_operations_in_flight", &[]) >= 4.0);
     for worker in ["0", "1"] {
         assert_eq!(value("ringcast_connections", &[("worker", worker)]), 0.0);
         assert_eq!(

@@ -142,6 +142,11 @@ pub fn render(s: &Snapshot, draining: bool, latency: &HistogramVec) -> String {
         s.buffer_ring_empty,
     );
     m.gauge(
+        "ringcast_io_uring_operations_in_flight",
+        "io_uring operations submitted whose last completion has not arrived",
+        s.operations_in_flight,
+    );
+    m.gauge(
         "ringcast_topics",
         "Topics with subscribers, summed over workers",
         s.topics,
