@@ -124,6 +124,9 @@ impl Connections {
             self.next_trim = now + TRIM_EVERY;
             self.io.pool.trim();
             self.table.trim();
+            // A reconnect storm's peak of handshakes need not stay.
+            let handshaking = self.io.handshaking.len();
+            self.io.handshaking.shrink_to(handshaking * 2);
         }
     }
 }

@@ -240,11 +240,13 @@ impl Worker {
         self.push(entry);
         let deadline = Instant::now() + QUIESCE_TIMEOUT;
         self.reap_all(deadline);
-        for slot in self.conns.slots() {
-            self.conns.remove(slot);
-            self.close_slot(slot);
+        if self.in_flight == 0 {
+            for slot in self.conns.slots() {
+                self.conns.remove(slot);
+                self.close_slot(slot);
+            }
+            self.reap_all(deadline);
         }
-        self.reap_all(deadline);
         self.publish_in_flight();
         if self.in_flight > 0 {
             tracing::error!(
