@@ -10,11 +10,12 @@ use crate::outbound::QueuePool;
 use crate::protocol::close::{self, code};
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::handshake::Reject;
+use crate::session::Auth;
 use crate::stats::WorkerStats;
-use crate::timers::{Entry, Tick, Wheel};
+use crate::timers::{Entry, Tick, Wheel, NEVER, TICK};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a closing connection may take to finish the close handshake
 /// before its socket is closed regardless.
@@ -69,6 +70,8 @@ pub struct Io {
     pub(super) admission: Arc<Admission>,
     /// Set by a drain: handshakes that complete now are answered 503.
     pub(super) draining: bool,
+    /// Token verification; `None` while auth is off.
+    pub(super) auth: Option<Arc<Auth>>,
 }
 
 impl Io {
@@ -89,7 +92,23 @@ impl Io {
             ping: frame::encode(OpCode::Ping, b""),
             admission,
             draining: false,
+            auth: config.auth.clone(),
         }
+    }
+
+    /// The tick at which a token that expires at `expires` (Unix seconds)
+    /// does; [`NEVER`] for `None` or beyond the tick range.
+    pub(super) fn expiry_tick(&self, expires: Option<u64>) -> Tick {
+        let Some(at) = expires else {
+            return NEVER;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let left = Duration::from_secs(at).saturating_sub(now);
+        let ticks = left.as_millis().div_ceil(TICK.as_millis());
+        let ticks = Tick::try_from(ticks).unwrap_or(NEVER);
+        self.wheel.now().saturating_add(ticks).min(NEVER - 1)
     }
 
     /// This worker's counters.
