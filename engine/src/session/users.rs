@@ -212,11 +212,6 @@ impl Sessions {
             .iter()
             .flat_map(|&id| self.entries[id as usize].slots.as_slice().iter().copied())
     }
-
-    /// Distinct user ids with a connection on this worker.
-    pub fn users(&self) -> usize {
-        self.by_user.len()
-    }
 }
 
 #[cfg(test)]
@@ -242,7 +237,10 @@ mod tests {
         let anon2 = s.attach(None, topics(&["a"]), 5);
         assert_eq!((a1, anon1), (a2, anon2));
         assert_ne!(a1, b);
-        assert_eq!((s.entries.len(), s.grants.len(), s.users()), (3, 2, 1));
+        assert_eq!(
+            (s.entries.len(), s.grants.len(), s.by_user.len()),
+            (3, 2, 1)
+        );
         let mut slots: Vec<_> = s.user_slots("42").collect();
         slots.sort_unstable();
         assert_eq!(slots, [1, 2, 3]);
@@ -255,7 +253,7 @@ mod tests {
         s.detach(b, 3);
         assert_eq!(s.user_slots("42").collect::<Vec<_>>(), [2]);
         s.detach(a2, 2);
-        assert_eq!((s.users(), s.user_slots("42").count()), (0, 0));
+        assert_eq!((s.by_user.len(), s.user_slots("42").count()), (0, 0));
         s.detach(anon1, 4);
         s.detach(anon2, 5);
         s.detach(SessionId::NONE, 6);
