@@ -8,12 +8,16 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if [ ! -x .venv/bin/kosoku ] || [ ! -x .venv/bin/python ]; then
+if [ ! -x .venv/bin/python ]; then
   if ! python3 -m venv .venv 2>/dev/null; then
     echo "test.sh: python3 -m venv failed; on Debian: apt-get install python3-venv" >&2
     exit 1
   fi
+fi
+# (Re)install the pinned tools whenever the requirements change.
+if ! cmp -s tests/python/requirements.txt .venv/requirements.txt; then
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  cp tests/python/requirements.txt .venv/requirements.txt
 fi
 
 # nginx and haproxy from Debian, for tests/proxies.rs (apt-get, as root).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke run of every ringcast-bench subcommand at small scale against the
 # debug builds: soak 2000 connections for 5 s, fanout to 500 subscribers
-# for 20 messages, echo, and compare with both peers. Checks that each
+# for 20 messages, echo, a soak of 500 connections with a JWT each against
+# a server with auth on, and compare with both peers. Checks that each
 # results.json has its fields and that nothing failed, dropped or was lost.
 # Bounded: every command runs under `timeout`.
 set -euo pipefail
@@ -17,14 +18,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# ringcast on free ports; its first stdout line names them.
-mkfifo "$out/addresses"
-RUST_LOG=warn "$bin/ringcast" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo \
-  >"$out/addresses" &
-server_pid=$!
-read -r _ ws api <"$out/addresses"
-ws=${ws#ws=}
-api=${api#api=}
+# ringcast on free ports with the flags given; its first stdout line names
+# them (sets server_pid, ws and api).
+start_server() {
+  rm -f "$out/addresses"
+  mkfifo "$out/addresses"
+  RUST_LOG=warn "$bin/ringcast" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 "$@" \
+    >"$out/addresses" &
+  server_pid=$!
+  read -r _ ws api <"$out/addresses"
+  ws=${ws#ws=}
+  api=${api#api=}
+}
+start_server --echo
 
 bench() { timeout 180 "$bin/ringcast-bench" "$@" --quiet; }
 
@@ -33,6 +39,11 @@ bench soak --url "ws://$ws/ws?topic=t" --connections 2000 --hold 5s --ping-inter
 bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topic=t" \
   --subscribers 500 --messages 20 --interval 20ms --out "$out/fanout"
 bench echo --url "ws://$ws/echo" --connections 50 --duration 3s --out "$out/echo"
+kill "$server_pid"
+head -c 32 /dev/urandom | base64 >"$out/jwt-secret"
+start_server --jwt-hmac-secret-file "$out/jwt-secret"
+bench soak --url "ws://$ws/ws?topic=t" --connections 500 --hold 1s \
+  --jwt-hmac-secret-file "$out/jwt-secret" --out "$out/soak-auth"
 kill "$server_pid"
 server_pid=
 bench compare --connections 1000 --hold 1s --subscribers 200 --messages 5 --interval 20ms \
@@ -53,6 +64,8 @@ soak = load("soak/results.json", "ramp", "handshake_latency", "memory", "dropped
 assert soak["ramp"]["opened"] == 2000 and soak["ramp"]["failed"] == 0, soak["ramp"]
 assert soak["dropped"] == 0 and soak["held_at_end"] == 2000
 assert soak["pongs_received"] > 0 and soak["memory"]["server_rss_peak"] > 0
+auth = load("soak-auth/results.json", "ramp")
+assert auth["ramp"]["opened"] == 500 and auth["ramp"]["failed"] == 0, auth["failed_by_reason"]
 fan = load("fanout/results.json", "latency", "per_message", "lost", "out_of_order", "expected")
 assert fan["subscribers"] == 500 and fan["published"] == 20, fan["publish_errors"]
 assert fan["expected"] == 10000 and fan["delivered"] == 10000, (fan["delivered"], fan["lost"])
@@ -63,5 +76,5 @@ cmp = load("compare/compare.json", "entries", "ratios")
 assert [e["server"] for e in cmp["entries"]] == ["ringcast", "tokio-tungstenite", "fastwebsockets"]
 for e in cmp["entries"]:
     assert e["fanout"]["lost"] == 0 and e["soak"]["ramp"]["failed"] == 0, e["server"]
-print("bench smoke: soak, fanout, echo and compare passed")
+print("bench smoke: soak, fanout, echo, soak with auth and compare passed")
 EOF

@@ -162,7 +162,19 @@ async fn resilient_client(front: SocketAddr, stop: Arc<AtomicBool>) -> Vec<u64> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_with_proxy_v2_fails_over_on_drain_without_losing_messages() {
-    let args = ["--proxy-protocol", "--drain-period", "3s", "--workers", "1"];
+    // The API needs a token: haproxy's health checks (GET /readyz) go
+    // without one; the harness's publishes carry it.
+    let token = scratch_dir("haproxy").join("api-token");
+    std::fs::write(&token, "haproxy-test-token\n").unwrap();
+    let args = [
+        "--proxy-protocol",
+        "--drain-period",
+        "3s",
+        "--workers",
+        "1",
+        "--api-token-file",
+        token.to_str().unwrap(),
+    ];
     let a = Server::start_logged(&args);
     let b = Server::start_logged(&args);
     let port = free_port();
@@ -275,8 +287,8 @@ async fn haproxy_with_proxy_v2_fails_over_on_drain_without_losing_messages() {
 
 /// Publishes to a node that may have exited after its drain (0 then).
 async fn a_or_zero(a: &Server, seq: u64) -> u64 {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/publish?topic=feed", a.api))
+    let response = a
+        .api(reqwest::Method::POST, "/publish?topic=feed")
         .header("content-type", "text/plain")
         .body(seq.to_string())
         .send()

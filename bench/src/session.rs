@@ -2,6 +2,7 @@
 //! sampler, ramp connections up with a progress bar, and at the end stop
 //! the fleet, wait for the sockets to go, and draw the time-series plots.
 
+use crate::load::wire::Tokens;
 use crate::load::{now_ns, Fleet, Mode, Phase, Plan, Report, Shared};
 use crate::plot;
 use crate::probe::{Probe, Sample, Sampler};
@@ -30,6 +31,11 @@ pub struct Common {
     /// so that each ring's share of connections fits RLIMIT_NOFILE].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// The server's HMAC secret (`ringcast serve --jwt-hmac-secret-file`):
+    /// each connection then sends its own HS256 token, for its own user
+    /// (`sub`), as `Authorization: Bearer`.
+    #[arg(long)]
+    pub jwt_hmac_secret_file: Option<PathBuf>,
     /// PID of the server, to sample its resident memory (VmRSS).
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -79,8 +85,8 @@ impl Session {
     /// Starts `connections` connections to `url` doing `mode`.
     ///
     /// # Errors
-    /// A message for a bad URL or `--source-ips`, or a fleet that cannot
-    /// start.
+    /// A message for a bad URL or `--source-ips`, an unreadable
+    /// `--jwt-hmac-secret-file`, or a fleet that cannot start.
     pub fn start(
         common: &Common,
         url: &str,
@@ -89,6 +95,11 @@ impl Session {
     ) -> Result<Self, String> {
         let target = Target::parse(url)?;
         let sources = parse_source_ips(&common.source_ips)?;
+        let tokens = common
+            .jwt_hmac_secret_file
+            .as_deref()
+            .map(Tokens::from_secret_file)
+            .transpose()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let before = Probe::read(common.server_pid);
         let start_ns = now_ns();
@@ -99,6 +110,7 @@ impl Session {
             rate: common.rate,
             workers: common.workers.unwrap_or(cores),
             mode,
+            tokens,
         })?;
         let sampler = Sampler::start(common.server_pid, fleet.shared().clone());
         Ok(Self {

@@ -1,5 +1,5 @@
 //! Work handed to a worker from other threads: publishes, broadcasts,
-//! drain, rebalance and shutdown. Each worker has a channel and an eventfd; the sender pushes a
+//! user look-ups and disconnections, drain, rebalance and shutdown. Each worker has a channel and an eventfd; the sender pushes a
 //! [`Command`] and writes the eventfd, which completes a read the worker
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
@@ -13,10 +13,13 @@ use std::time::Duration;
 
 /// A command for one worker.
 pub enum Command {
-    /// Queue `frame` to every subscriber of any of `topics` (once each).
+    /// Queue `frame` to every subscriber of any of `topics` and every
+    /// connection of any of `users` (once each).
     Publish {
         /// Topic names, already validated.
         topics: Arc<[String]>,
+        /// User ids (`sub`).
+        users: Arc<[String]>,
         /// The encoded frame, shared by all workers and subscribers.
         frame: Bytes,
         /// Completed with the number of connections queued to.
@@ -27,6 +30,25 @@ pub enum Command {
         /// The encoded frame.
         frame: Bytes,
         /// Completed with the number of connections queued to.
+        ack: Arc<Ack>,
+    },
+    /// Close every open connection of any of `users` with `code` and
+    /// `reason`.
+    Disconnect {
+        /// User ids (`sub`).
+        users: Arc<[String]>,
+        /// Close code (1000, or 3000–4999).
+        code: u16,
+        /// Close reason, at most 123 bytes.
+        reason: Arc<str>,
+        /// Completed with the number of connections being closed.
+        ack: Arc<Ack>,
+    },
+    /// Count the open connections of `user`.
+    UserConnections {
+        /// User id (`sub`).
+        user: Arc<str>,
+        /// Completed with this worker's count.
         ack: Arc<Ack>,
     },
     /// Close the listener, close every open connection with 1001 spread
@@ -54,8 +76,8 @@ pub enum Command {
 
 type Done = Box<dyn FnOnce(usize) + Send>;
 
-/// Collects the per-worker counts of one publish; calls its callback once
-/// every worker has queued the frame.
+/// Collects the per-worker counts of one publish (or user command); calls
+/// its callback with their sum once every worker has answered.
 pub struct Ack {
     remaining: AtomicUsize,
     delivered: AtomicUsize,

@@ -1,8 +1,10 @@
 //! Engine configuration. The server's CLI fills this in; every field has a
 //! default in [`Config::default`].
 
+use crate::session::Auth;
 use ipnet::IpNet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything a [`crate::Runtime`] needs to start.
@@ -60,6 +62,9 @@ pub struct Config {
     pub read_buffers: u16,
     /// Size of each receive buffer in bytes (default 4096).
     pub read_buffer_size: u32,
+    /// Token verification (`None`: auth is off; every connection is
+    /// anonymous and may subscribe to any topic that is not user-limited).
+    pub auth: Option<Arc<Auth>>,
 }
 
 impl Default for Config {
@@ -83,6 +88,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             read_buffers: 1024,
             read_buffer_size: 4096,
+            auth: None,
         }
     }
 }

@@ -4,7 +4,8 @@
 use crate::admission::PeerId;
 use crate::outbound::Outbound;
 use crate::protocol::decoder::Decoder;
-use crate::timers::Tick;
+use crate::session::SessionId;
+use crate::timers::{Tick, NEVER};
 use crate::topics::Subscriptions;
 
 /// Where a connection is in its life. Transitions only move down the list.
@@ -34,7 +35,7 @@ pub enum Endpoint {
     Echo,
 }
 
-/// A connection. 72 bytes while idle; buffers are allocated only
+/// A connection. 80 bytes while idle; buffers are allocated only
 /// while a handshake, frame or send is in progress.
 pub struct Conn {
     /// Generation of this slot's tenant (24 bits, see `ring::token`).
@@ -67,6 +68,11 @@ pub struct Conn {
     pub phase_since: Tick,
     /// Tick of this connection's live timer entry.
     pub timer_at: Tick,
+    /// Who the connection is: its user and token's permissions, interned
+    /// in the worker's [`crate::session::Sessions`].
+    pub session: SessionId,
+    /// Tick at which its token expires ([`NEVER`] without one).
+    pub expires: Tick,
     /// Worker-local sequence number of the last publish queued here, so a
     /// publish to several topics is delivered once. 64 bits, so it never
     /// wraps onto a value a connection still holds.
@@ -96,6 +102,8 @@ impl Conn {
             last_ping: now,
             phase_since: now,
             timer_at: 0,
+            session: SessionId::NONE,
+            expires: NEVER,
             last_delivery: 0,
             decoder: Decoder::default(),
             out: Outbound::default(),
@@ -128,8 +136,10 @@ mod tests {
     #[test]
     fn an_idle_connection_record_stays_small() {
         // The table holds one of these per fixed-file slot; user-space memory
-        // per idle connection is this plus its topic memberships.
+        // per idle connection is this plus its topic memberships and, with
+        // auth, its share of its user's session. Auth may add 8 bytes to
+        // the 80 before it, no more.
         let size = std::mem::size_of::<Option<Conn>>();
-        assert!(size <= 72, "Conn grew to {size} bytes");
+        assert!(size <= 80, "Conn grew to {size} bytes");
     }
 }

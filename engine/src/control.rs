@@ -3,6 +3,10 @@
 //!
 //! `{"op":"subscribe","topic":"a"}` → `{"op":"subscribed","topic":"a"}`,
 //! `{"op":"unsubscribe","topic":"a"}` → `{"op":"unsubscribed","topic":"a"}`,
+//! `{"op":"refresh","token":"..."}` → `{"op":"refreshed"}` (a newer token
+//! for the same user, before the current one expires),
+//! a subscribe the token does not allow →
+//! `{"op":"error","topic":"a","reason":"forbidden"}`,
 //! anything else → `{"op":"error","reason":"..."}`.
 
 use serde::Deserialize;
@@ -20,6 +24,11 @@ pub enum Request {
     Unsubscribe {
         /// Topic name.
         topic: String,
+    },
+    /// Replace the connection's token with a newer one for the same user.
+    Refresh {
+        /// The new token (never logged).
+        token: String,
     },
 }
 
@@ -42,6 +51,23 @@ pub fn error(reason: &str) -> String {
     serde_json::json!({ "op": "error", "reason": reason }).to_string()
 }
 
+/// `{"op":"refreshed"}`: the connection now holds the new token.
+pub fn refreshed() -> String {
+    serde_json::json!({ "op": "refreshed" }).to_string()
+}
+
+/// `{"op":"unsubscribed","topic":...,"reason":"forbidden"}`: a refreshed
+/// token no longer allows a topic the connection was subscribed to.
+pub fn revoked(topic: &str) -> String {
+    serde_json::json!({ "op": "unsubscribed", "topic": topic, "reason": "forbidden" }).to_string()
+}
+
+/// `{"op":"error","topic":...,"reason":...}`: a request about `topic` was
+/// refused.
+pub fn topic_error(topic: &str, reason: &str) -> String {
+    serde_json::json!({ "op": "error", "topic": topic, "reason": reason }).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +81,18 @@ mod tests {
         assert_eq!(
             parse(r#"{"topic":"a","op":"unsubscribe"}"#),
             Ok(Request::Unsubscribe { topic: "a".into() })
+        );
+        assert_eq!(
+            parse(r#"{"op":"refresh","token":"a.b.c"}"#),
+            Ok(Request::Refresh {
+                token: "a.b.c".into()
+            })
+        );
+        let refused: serde_json::Value =
+            serde_json::from_str(&topic_error("x", "forbidden")).unwrap();
+        assert_eq!(
+            refused,
+            serde_json::json!({"op": "error", "topic": "x", "reason": "forbidden"})
         );
         for bad in ["", "{", r#"{"op":"dance"}"#, r#"{"op":"subscribe"}"#, "[1]"] {
             assert!(parse(bad).is_err(), "{bad}");

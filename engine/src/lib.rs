@@ -8,6 +8,8 @@
 //! - [`connections`]: the connection table, handshake and message handling,
 //!   fan-out, timers, and the lists of sends and teardowns for the ring;
 //! - [`conn`] and [`outbound`]: one connection's record and send queue;
+//! - [`session`]: who a connection is (its token, user id and
+//!   permissions), and each worker's index of users;
 //! - [`protocol`]: RFC 6455 as pure state machines over byte slices;
 //! - [`admission`]: client addresses, Origin, and connection limits;
 //! - [`topics`], [`control`]: subscriptions and the JSON control messages;
@@ -29,6 +31,7 @@ pub mod outbound;
 pub mod protocol;
 pub mod ring;
 pub mod runtime;
+pub mod session;
 pub mod spread;
 pub mod stats;
 pub mod timers;

@@ -1,5 +1,5 @@
 //! Starting the workers, and the [`Handle`] other threads use to publish,
-//! drain and rebalance.
+//! reach users, drain and rebalance.
 
 use crate::admission::Admission;
 use crate::capacity::table_size;
@@ -179,8 +179,9 @@ impl Handle {
         }
     }
 
-    /// Publishes one message to every subscriber of any of `topics` (each
-    /// connection receives it once). The frame is encoded once here; with
+    /// Publishes one message to every subscriber of any of `topics` and
+    /// every connection of any of `users` (each connection receives it
+    /// once). The frame is encoded once here; with
     /// several workers, each copies it once into its own buffer, which its
     /// subscribers' queues share. `done` is called, on a worker thread, with the
     /// number of connections it was queued to once every worker has queued
@@ -188,16 +189,56 @@ impl Handle {
     pub fn publish(
         &self,
         topics: Vec<String>,
+        users: Vec<String>,
         opcode: OpCode,
         payload: &[u8],
         done: impl FnOnce(usize) + Send + 'static,
     ) {
         let frame = frame::encode(opcode, payload);
-        let topics: Arc<[String]> = topics.into();
+        let (topics, users): (Arc<[String]>, Arc<[String]>) = (topics.into(), users.into());
         self.send_all(
             |ack| Command::Publish {
                 topics: topics.clone(),
+                users: users.clone(),
                 frame: frame.clone(),
+                ack,
+            },
+            done,
+        );
+    }
+
+    /// Closes every open connection of any of `users`, on every worker,
+    /// with `code` (1000 or 3000–4999) and `reason` (at most 123 bytes).
+    /// `done` is called, on a worker thread, with the number of
+    /// connections being closed once every worker has started closing its
+    /// own.
+    pub fn disconnect(
+        &self,
+        users: Vec<String>,
+        code: u16,
+        reason: &str,
+        done: impl FnOnce(usize) + Send + 'static,
+    ) {
+        let users: Arc<[String]> = users.into();
+        let reason: Arc<str> = reason.into();
+        self.send_all(
+            |ack| Command::Disconnect {
+                users: users.clone(),
+                code,
+                reason: reason.clone(),
+                ack,
+            },
+            done,
+        );
+    }
+
+    /// Counts the open connections of `user` over every worker; `done` is
+    /// called, on a worker thread, with the sum.
+    pub fn user_connections(&self, user: &str, done: impl FnOnce(usize) + Send + 'static) {
+        let user: Arc<str> = user.into();
+        self.send_all(
+            |ack| Command::UserConnections {
+                user: user.clone(),
                 ack,
             },
             done,

@@ -4,9 +4,12 @@
 use crate::protocol::handshake::Reject;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Close codes counted on their own (RFC 6455 §7.4.1); others count as
-/// "other". 1006 stands for a connection that ended without a close frame.
-pub const CLOSE_CODES: [u16; 10] = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011];
+/// Close codes counted on their own (RFC 6455 §7.4.1, and ringcast's
+/// 4001 token expired and 4003 disconnected); others count as "other".
+/// 1006 stands for a connection that ended without a close frame.
+pub const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 4001, 4003,
+];
 
 /// Index of `code` in the per-code counters.
 pub fn close_code_index(code: u16) -> usize {

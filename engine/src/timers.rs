@@ -19,6 +19,9 @@ const SLOTS: usize = 4096;
 /// Time in ticks since the wheel started.
 pub type Tick = u32;
 
+/// A deadline that never comes (about 13.6 years of ticks away).
+pub const NEVER: Tick = Tick::MAX;
+
 /// One scheduled deadline: the connection's slot and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {

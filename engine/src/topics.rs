@@ -7,17 +7,27 @@ use std::collections::HashMap;
 pub const MAX_TOPIC_LEN: usize = 128;
 
 /// The naming rule, as stated in error replies.
-pub const NAME_RULE: &str = "a topic is 1-128 bytes of A-Z a-z 0-9 _ . : -";
+pub const NAME_RULE: &str = "a topic is 1-128 bytes of A-Z a-z 0-9 _ . : -, \
+    optionally followed by # and a comma-separated list of user ids of those characters";
 
 /// Most topics one connection may subscribe to.
 pub const MAX_TOPICS_PER_CONNECTION: usize = 64;
 
-/// Whether `name` is a valid topic: 1–128 bytes of `[A-Za-z0-9_.:-]`.
+/// Whether `name` is a valid topic: 1–128 bytes of `[A-Za-z0-9_.:-]`,
+/// optionally followed by `#` and a comma-separated list of user ids of
+/// the same characters (a user-limited topic, `dialog#42,43`; see
+/// [`crate::session::permissions`]).
 pub fn is_valid_name(name: &str) -> bool {
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    };
     (1..=MAX_TOPIC_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && match name.split_once('#') {
+            None => word(name),
+            Some((base, users)) => word(base) && users.split(',').all(word),
+        }
 }
 
 /// Identifies a topic within one worker while it has subscribers.
@@ -215,6 +225,11 @@ impl Topics {
         moved
     }
 
+    /// The name of topic `id`.
+    pub fn name(&self, id: TopicId) -> &str {
+        &self.topics[id as usize].name
+    }
+
     /// The id of topic `name`, if it has subscribers here.
     pub fn id(&self, name: &str) -> Option<TopicId> {
         self.by_name.get(name).copied()
@@ -266,6 +281,10 @@ mod tests {
         assert!(!is_valid_name(&"a".repeat(129)));
         assert!(!is_valid_name("a b"));
         assert!(!is_valid_name("é"));
+        assert!(is_valid_name("dialog#42,43") && is_valid_name("notifications#42"));
+        for bad in ["#42", "a#", "a#42,", "a#4#2", "a,b", "a#,42"] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -49,9 +49,15 @@ fn wait_returns_with_no_operation_in_flight() {
     let payload = vec![b'x'; 1 << 20];
     for _ in 0..16 {
         let tx = tx.clone();
-        handle.publish(vec!["stuck".into()], OpCode::Binary, &payload, move |n| {
-            tx.send(n).unwrap();
-        });
+        handle.publish(
+            vec!["stuck".into()],
+            Vec::new(),
+            OpCode::Binary,
+            &payload,
+            move |n| {
+                tx.send(n).unwrap();
+            },
+        );
     }
     for _ in 0..16 {
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 1);

@@ -1,29 +1,41 @@
 //! The HTTP API, on its own tokio thread, off the workers' path.
 //!
-//! - `POST /publish?topic=a[&topic=b]`: body delivered verbatim as one
-//!   message to every subscriber of any listed topic.
+//! - `POST /publish?topic=a[&topic=b][&user=42]`: body delivered verbatim
+//!   as one message to every subscriber of any listed topic and every
+//!   connection of any listed user.
 //! - `POST /broadcast`: to every connection on the topics endpoint.
+//! - `POST /disconnect?user=42[&code=4003][&reason=...]`: close every
+//!   connection of the users.
+//! - `GET /users/42`: the user's open connections.
 //! - `POST /drain[?period=30s]`: start a graceful drain (as SIGTERM does).
 //! - `POST /rebalance?fraction=0.2[&period=30s]`: close that share of the
 //!   connections with 1001, spread over the period.
 //! - `GET /healthz`: liveness, 200 while the process runs (also draining).
 //! - `GET /readyz`: readiness, 200 until a drain starts, then 503.
 //! - `GET /stats`: counters as JSON; `GET /metrics`: Prometheus text.
+//!
+//! With `--api-token-file`, every route but `GET /healthz`, `/readyz` and
+//! `/metrics` needs `Authorization: Bearer TOKEN` (compared in constant
+//! time), else 401.
 
 use crate::cli::Serve;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, State as Extract};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State as Extract};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::HistogramVec;
+use ringcast_engine::session::jwt::MAX_USER_ID;
+use ringcast_engine::session::DISCONNECTED;
 use ringcast_engine::topics::{is_valid_name, NAME_RULE};
 use ringcast_engine::{Handle, OpCode};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 /// What the handlers share.
@@ -35,13 +47,17 @@ pub struct State {
     /// Seconds from a publish request to every worker having queued it,
     /// by kind (`publish`, `broadcast`).
     publish_latency: HistogramVec,
+    /// `--api-token-file`'s token, if set.
+    api_token: Option<String>,
 }
 
 impl State {
-    /// State for a server started with `serve`'s flags.
-    pub fn new(handle: Handle, serve: &Serve) -> Self {
+    /// State for a server started with `serve`'s flags; `api_token` guards
+    /// every route but the health checks and metrics.
+    pub fn new(handle: Handle, serve: &Serve, api_token: Option<String>) -> Self {
         Self {
             handle,
+            api_token,
             draining: AtomicBool::new(false),
             drain_started: Notify::new(),
             drain_period: serve.drain_period,
@@ -80,20 +96,50 @@ fn error(status: StatusCode, reason: &str) -> Response {
 
 /// The API's routes; bodies over `max_message_size` bytes get 413.
 pub fn router(state: Arc<State>, max_message_size: usize) -> Router {
-    let router = Router::new()
+    let guarded = Router::new()
         .route("/publish", post(publish))
         .route("/broadcast", post(broadcast))
+        .route("/disconnect", post(disconnect))
+        .route("/users/{user}", get(user_connections))
         .route("/drain", post(drain))
         .route("/rebalance", post(rebalance))
+        .route("/stats", get(stats));
+    #[cfg(feature = "fault-injection")]
+    let guarded = guarded.route("/debug/panic", post(inject_panic));
+    let guarded = guarded.route_layer(middleware::from_fn_with_state(state.clone(), api_token));
+    Router::new()
+        .merge(guarded)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/stats", get(stats))
-        .route("/metrics", get(metrics));
-    #[cfg(feature = "fault-injection")]
-    let router = router.route("/debug/panic", post(inject_panic));
-    router
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_message_size))
         .with_state(state)
+}
+
+/// With `--api-token-file`: lets the request through only with
+/// `Authorization: Bearer TOKEN`, compared in constant time; else 401.
+async fn api_token(Extract(state): Shared, request: Request, next: Next) -> Response {
+    if let Some(expected) = &state.api_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "API token required (Authorization: Bearer)",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
 }
 
 /// `POST /debug/panic?worker=N`: makes worker N panic (fault-injection
@@ -143,23 +189,45 @@ async fn deliver(
         Ok(op) => op,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    send(
-        opcode,
-        Box::new(move |n| {
-            let _ = tx.send(n);
-        }),
-    );
-    match rx.await {
-        Ok(n) => {
+    count(
+        |done| send(opcode, done),
+        |n| {
             state
                 .publish_latency
                 .with_label_values(&[kind])
                 .observe(started.elapsed().as_secs_f64());
-            Json(json!({ "subscribers": n })).into_response()
-        }
+            json!({ "subscribers": n })
+        },
+    )
+    .await
+}
+
+/// Hands the workers a command with `send`, waits for the sum of their
+/// counts, and answers `reply(sum)`; 503 when the workers have exited.
+async fn count(
+    send: impl FnOnce(Box<dyn FnOnce(usize) + Send>),
+    reply: impl FnOnce(usize) -> serde_json::Value,
+) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    send(Box::new(move |n| {
+        let _ = tx.send(n);
+    }));
+    match rx.await {
+        Ok(n) => Json(reply(n)).into_response(),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"),
     }
+}
+
+/// A 400 for the first user id from a query that is empty or over
+/// [`MAX_USER_ID`] bytes, if any.
+fn bad_user(users: &[String]) -> Option<Response> {
+    let bad = users
+        .iter()
+        .find(|u| u.is_empty() || u.len() > MAX_USER_ID)?;
+    Some(error(
+        StatusCode::BAD_REQUEST,
+        &format!("invalid user {bad:?}: 1-{MAX_USER_ID} bytes"),
+    ))
 }
 
 /// The values of `name` in a query string.
@@ -177,10 +245,11 @@ async fn publish(
     body: Bytes,
 ) -> Response {
     let topics = query_values(query.as_deref(), "topic");
-    if topics.is_empty() {
+    let users = query_values(query.as_deref(), "user");
+    if topics.is_empty() && users.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
-            "at least one topic=NAME is required",
+            "at least one topic=NAME or user=ID is required",
         );
     }
     if let Some(bad) = topics.iter().find(|t| !is_valid_name(t)) {
@@ -189,11 +258,54 @@ async fn publish(
             &format!("invalid topic {bad:?}: {NAME_RULE}"),
         );
     }
+    if let Some(response) = bad_user(&users) {
+        return response;
+    }
     let handle = state.handle.clone();
     deliver(&state, "publish", &headers, &body, |op, done| {
-        handle.publish(topics, op, &body, done)
+        handle.publish(topics, users, op, &body, done)
     })
     .await
+}
+
+/// `POST /disconnect?user=42[&user=43][&code=4003][&reason=...]`: closes
+/// every connection of the users on this node; `{"disconnected":N}`.
+async fn disconnect(Extract(state): Shared, RawQuery(query): RawQuery) -> Response {
+    let query = query.as_deref();
+    let users = query_values(query, "user");
+    if users.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "at least one user=ID is required");
+    }
+    if let Some(response) = bad_user(&users) {
+        return response;
+    }
+    let code = match query_values(query, "code").first() {
+        None => DISCONNECTED,
+        Some(text) => match text.parse::<u16>() {
+            Ok(code) if code == 1000 || (3000..=4999).contains(&code) => code,
+            _ => return error(StatusCode::BAD_REQUEST, "code must be 1000 or 3000-4999"),
+        },
+    };
+    let reason = query_values(query, "reason")
+        .pop()
+        .unwrap_or_else(|| "disconnected".to_owned());
+    if reason.len() > 123 {
+        return error(StatusCode::BAD_REQUEST, "reason must be at most 123 bytes");
+    }
+    let handle = state.handle.clone();
+    let disconnect = |done| handle.disconnect(users, code, &reason, done);
+    count(disconnect, |n| json!({ "disconnected": n })).await
+}
+
+/// `GET /users/42`: `{"connections":N}`, the user's open connections on
+/// this node.
+async fn user_connections(Extract(state): Shared, Path(user): Path<String>) -> Response {
+    if let Some(response) = bad_user(std::slice::from_ref(&user)) {
+        return response;
+    }
+    let handle = state.handle.clone();
+    let ask = |done| handle.user_connections(&user, done);
+    count(ask, |n| json!({ "connections": n })).await
 }
 
 async fn broadcast(Extract(state): Shared, headers: HeaderMap, body: Bytes) -> Response {

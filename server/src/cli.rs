@@ -9,11 +9,13 @@
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+use ringcast_engine::session::{Auth, KeySource, Settings};
 use ringcast_engine::Config;
 use serde::{Serialize, Serializer};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// WebSocket push server: clients subscribe to topics, backends publish
@@ -156,6 +158,45 @@ pub struct Serve {
     /// Log line format (level from RUST_LOG, default info).
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
+    /// Connection auth: a file holding the HMAC secret that signs HS256,
+    /// HS384 or HS512 tokens (trailing whitespace, such as a final newline,
+    /// is ignored). One of the three --jwt key flags turns auth on.
+    #[arg(long, env = "RINGCAST_JWT_HMAC_SECRET_FILE", conflicts_with_all = ["jwt_public_key", "jwt_jwks"])]
+    pub jwt_hmac_secret_file: Option<PathBuf>,
+    /// Connection auth: a PEM file with the public key that verifies RS256,
+    /// RS384, RS512 (RSA), ES256, ES384 (EC P-256, P-384) or EdDSA
+    /// (Ed25519) tokens. A token's alg must match the key's type.
+    #[arg(long, env = "RINGCAST_JWT_PUBLIC_KEY", conflicts_with = "jwt_jwks")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Connection auth: a JWKS file (RFC 7517); each token's kid picks its
+    /// key. The file is read again on SIGHUP (a bad file keeps the old
+    /// keys).
+    #[arg(long, env = "RINGCAST_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// Accepted token audiences (repeatable, or comma-separated); when set,
+    /// a token's aud must name one [default: aud not checked].
+    #[arg(long, env = "RINGCAST_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Accepted token issuers (repeatable, or comma-separated); when set, a
+    /// token's iss must be one [default: iss not checked].
+    #[arg(long, env = "RINGCAST_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+    /// Clock skew allowed when checking a token's exp, nbf and iat, in
+    /// whole seconds. A connection is closed with 4001 this long after its
+    /// token's exp.
+    #[arg(long, env = "RINGCAST_JWT_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "humantime_str")]
+    pub jwt_leeway: Duration,
+    /// With auth on, let connections without a token in, anonymous: they
+    /// may subscribe to any topic that is not user-limited. A token that is
+    /// present must still be valid.
+    #[arg(long, env = "RINGCAST_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    /// A file holding the API token. When set, every API request except
+    /// GET /healthz, /readyz and /metrics needs `Authorization: Bearer
+    /// TOKEN`, else 401 (trailing whitespace in the file is ignored).
+    #[arg(long, env = "RINGCAST_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// Receive buffers per worker (a power of two up to 32768), shared by
     /// all its connections.
     #[arg(long, env = "RINGCAST_READ_BUFFERS", default_value_t = 1024)]
@@ -270,10 +311,14 @@ fn file_args(
 }
 
 impl Serve {
-    /// The engine configuration these flags describe.
-    pub fn engine_config(&self) -> Config {
+    /// The engine configuration these flags describe, with the JWT keys
+    /// loaded.
+    ///
+    /// # Errors
+    /// A message naming a key file that cannot be read or used.
+    pub fn engine_config(&self) -> Result<Config, String> {
         let defaults = Config::default();
-        Config {
+        Ok(Config {
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),
             path: self.path.clone(),
@@ -292,6 +337,45 @@ impl Serve {
             allowed_origins: self.allowed_origins.clone(),
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
+            auth: self.auth()?,
+        })
+    }
+
+    /// Token verification, if a --jwt key flag is set.
+    fn auth(&self) -> Result<Option<Arc<Auth>>, String> {
+        let keys = match (
+            &self.jwt_hmac_secret_file,
+            &self.jwt_public_key,
+            &self.jwt_jwks,
+        ) {
+            (Some(path), _, _) => KeySource::HmacSecret(path.clone()),
+            (_, Some(path), _) => KeySource::PublicKey(path.clone()),
+            (_, _, Some(path)) => KeySource::Jwks(path.clone()),
+            (None, None, None) => return Ok(None),
+        };
+        let auth = Auth::new(Settings {
+            keys,
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+            leeway: self.jwt_leeway,
+            allow_anonymous: self.allow_anonymous,
+        })?;
+        Ok(Some(Arc::new(auth)))
+    }
+
+    /// The API token from --api-token-file, if set.
+    ///
+    /// # Errors
+    /// A message for a file that cannot be read or holds only whitespace.
+    pub fn api_token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.api_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--api-token-file {}: {e}", path.display()))?;
+        match text.trim() {
+            "" => Err(format!("--api-token-file {}: empty", path.display())),
+            token => Ok(Some(token.to_owned())),
         }
     }
 
@@ -346,6 +430,20 @@ impl Serve {
             .is_some_and(|r| !r.is_finite() || r <= 0.0)
         {
             return Err("--max-handshakes-per-sec must be a number above zero".into());
+        }
+        let auth_on = self.jwt_hmac_secret_file.is_some()
+            || self.jwt_public_key.is_some()
+            || self.jwt_jwks.is_some();
+        if !auth_on
+            && (self.allow_anonymous
+                || !self.jwt_audience.is_empty()
+                || !self.jwt_issuer.is_empty())
+        {
+            return Err(
+                "--allow-anonymous, --jwt-audience and --jwt-issuer need a key: \
+                 --jwt-hmac-secret-file, --jwt-public-key or --jwt-jwks"
+                    .into(),
+            );
         }
         Ok(())
     }

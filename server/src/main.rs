@@ -7,6 +7,8 @@ mod metrics;
 
 use cli::{CliError, Command, ConfigCommand, LogFormat, Serve};
 use ringcast_engine::runtime::Runtime;
+use ringcast_engine::session::Auth;
+use ringcast_engine::Config;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -37,9 +39,19 @@ fn main() -> ExitCode {
         print!("{}", serve.to_toml());
         return ExitCode::SUCCESS;
     }
+    let (config, api_token) = match serve
+        .engine_config()
+        .and_then(|c| Ok((c, serve.api_token()?)))
+    {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            eprintln!("ringcast: {message}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(serve.log_format);
     abort_on_panic();
-    match run(serve) {
+    match run(serve, config, api_token) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringcast: {e}");
@@ -97,8 +109,49 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(serve: Serve) -> std::io::Result<()> {
-    let config = serve.engine_config();
+/// Logs, once at startup, whether connections and the API need tokens.
+fn log_access(serve: &Serve, auth: Option<&Auth>, api_token: bool) {
+    match auth {
+        None => tracing::info!(
+            "auth is off (no --jwt-* flag): every connection is anonymous and may subscribe to any topic"
+        ),
+        Some(auth) => tracing::info!(
+            keys = %auth.describe(),
+            allow_anonymous = auth.allow_anonymous(),
+            "auth is on: connections need a valid token"
+        ),
+    }
+    if !api_token && !serve.api_listen.ip().is_loopback() {
+        tracing::warn!(
+            api = %serve.api_listen,
+            "the API listens beyond loopback without --api-token-file: anyone who reaches it can publish, disconnect, drain and rebalance"
+        );
+    }
+}
+
+/// Reloads the JWT keys on every SIGHUP (a bad file keeps the old keys).
+fn reload_on_hangup(auth: Option<Arc<Auth>>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match &auth {
+                None => tracing::info!("SIGHUP: auth is off, no keys to reload"),
+                Some(auth) => match auth.reload() {
+                    Ok(keys) => tracing::info!(keys, "SIGHUP: JWT keys reloaded"),
+                    Err(why) => tracing::warn!(
+                        "SIGHUP: JWT keys not reloaded, the previous keys stay: {why}"
+                    ),
+                },
+            }
+        }
+    });
+    Ok(())
+}
+
+fn run(serve: Serve, config: Config, api_token: Option<String>) -> std::io::Result<()> {
+    log_access(&serve, config.auth.as_deref(), api_token.is_some());
+    let auth = config.auth.clone();
     let workers = config.workers;
     let runtime = Runtime::start(config)?;
     let (capacity, nofile) = (runtime.capacity(), runtime.rlimit_nofile());
@@ -122,6 +175,7 @@ fn run(serve: Serve) -> std::io::Result<()> {
         .enable_all()
         .build()?;
     tokio.block_on(async move {
+        reload_on_hangup(auth)?;
         let listener = tokio::net::TcpListener::bind(serve.api_listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", serve.api_listen))
         })?;
@@ -129,7 +183,7 @@ fn run(serve: Serve) -> std::io::Result<()> {
         tracing::info!(ws = %ws_addr, api = %api_addr, path = %serve.path, "ringcast listening");
         // One stable line on stdout for scripts and tests.
         println!("listening ws={ws_addr} api={api_addr}");
-        let state = Arc::new(api::State::new(handle.clone(), &serve));
+        let state = Arc::new(api::State::new(handle.clone(), &serve, api_token));
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = api::router(state.clone(), serve.max_message_size);
         let api = tokio::spawn(async move {

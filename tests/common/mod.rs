@@ -26,6 +26,9 @@ pub struct Server {
     /// JSON log lines, for servers started with [`Server::start_logged`];
     /// raw stderr lines (as JSON strings) for [`Server::start_stderr`].
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// The API token, when the server was started with `--api-token-file`:
+    /// the harness's API requests carry it.
+    pub api_token: Option<String>,
 }
 
 /// What a test keeps of the server's stderr.
@@ -85,6 +88,12 @@ impl Server {
                 command.env("RUST_LOG", "warn");
             }
         }
+        let api_token = args.iter().position(|a| *a == "--api-token-file").map(|i| {
+            std::fs::read_to_string(args[i + 1])
+                .unwrap()
+                .trim()
+                .to_owned()
+        });
         let mut child = command.spawn().expect("start ringcast");
         let logs = Arc::new(Mutex::new(Vec::new()));
         if let Some(stderr) = child.stderr.take() {
@@ -119,6 +128,22 @@ impl Server {
             ws,
             api,
             logs,
+            api_token,
+        }
+    }
+
+    /// All log lines so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// An API request to `path`, with the API token if the server has one.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request =
+            reqwest::Client::new().request(method, format!("http://{}{}", self.api, path));
+        match &self.api_token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         }
     }
 
@@ -166,7 +191,9 @@ impl Server {
 
     /// GETs `path` on the API; returns the status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("http://{}{}", self.api, path))
+        let response = self
+            .api(reqwest::Method::GET, path)
+            .send()
             .await
             .expect("API request");
         (response.status().as_u16(), response.text().await.unwrap())
@@ -208,8 +235,8 @@ impl Server {
         content_type: &str,
         body: impl Into<reqwest::Body>,
     ) -> (u16, String) {
-        let response = reqwest::Client::new()
-            .post(format!("http://{}{}", self.api, path))
+        let response = self
+            .api(reqwest::Method::POST, path)
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -230,7 +257,8 @@ impl Server {
     }
 
     pub async fn stats(&self) -> serde_json::Value {
-        reqwest::get(format!("http://{}/stats", self.api))
+        self.api(reqwest::Method::GET, "/stats")
+            .send()
             .await
             .unwrap()
             .json()
@@ -474,4 +502,89 @@ pub fn venv_tool(var: &str, name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A fresh scratch directory for this test process.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ringcast-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mint_script(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/mint_jwt.py");
+    let mut child = Command::new(venv_tool("RINGCAST_PYTHON", "python"))
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tests/python/mint_jwt.py");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "mint_jwt.py {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Writes RSA keys a and b and JWKS files into `dir` with PyJWT's script
+/// (see tests/python/mint_jwt.py).
+pub fn make_keys(dir: &std::path::Path) {
+    mint_script(&["keys", dir.to_str().unwrap()], "");
+}
+
+/// Tokens minted by PyJWT, one per spec (see tests/python/mint_jwt.py).
+pub fn mint(specs: &serde_json::Value) -> Vec<String> {
+    serde_json::from_str(&mint_script(&["mint"], &specs.to_string())).unwrap()
+}
+
+/// Seconds since the Unix epoch, for token claims.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A WebSocket client for `url` with `token` as `Authorization: Bearer`.
+pub async fn connect_bearer(url: &str, token: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+        .0
+}
+
+/// Sends a raw upgrade request for `target` (path and query) with `extra`
+/// header lines; returns the response head and the connection.
+pub async fn handshake(server: &Server, target: &str, extra: &str) -> (String, Raw) {
+    let request = GOOD_HANDSHAKE
+        .replace("GET /ws ", &format!("GET {target} "))
+        .replace("Host: test\r\n", &format!("Host: test\r\n{extra}"));
+    let mut raw = Raw::connect(server).await;
+    raw.send(request.as_bytes()).await;
+    (raw.response_head().await, raw)
+}
+
+/// The response head of [`handshake`].
+pub async fn handshake_head(server: &Server, target: &str, extra: &str) -> String {
+    handshake(server, target, extra).await.0
 }

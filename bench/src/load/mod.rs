@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use wire::Tokens;
 
 /// Per-message latency detail is kept for at most this many fan-out
 /// messages; later ones count in the overall figures only.
@@ -96,6 +97,8 @@ pub struct Plan {
     pub workers: usize,
     /// What connections do once open.
     pub mode: Mode,
+    /// With connection auth: a distinct token per connection.
+    pub tokens: Option<Tokens>,
 }
 
 /// Live counters, updated by workers and read by the controller.

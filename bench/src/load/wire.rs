@@ -8,9 +8,11 @@
 //! exactly as it would for fresh keys.
 
 use base64::Engine as _;
+use jsonwebtoken::{EncodingKey, Header};
 use ringcast_engine::protocol::frame::encode_masked;
 use ringcast_engine::protocol::handshake::accept_key;
 use ringcast_engine::OpCode;
+use std::path::Path;
 
 /// A masked client frame with FIN set (RFC 6455 §5.2, §5.3).
 pub fn client_frame(opcode: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
@@ -63,6 +65,48 @@ impl std::fmt::Display for BadResponse {
     }
 }
 
+/// Mints a distinct HS256 token for each connection, for a server with
+/// connection auth on (`ringcast serve --jwt-hmac-secret-file`): its own
+/// user (`sub`), valid for a day.
+#[derive(Clone)]
+pub struct Tokens {
+    key: EncodingKey,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens(HS256)")
+    }
+}
+
+impl Tokens {
+    /// Reads the HMAC secret the server verifies with (trailing whitespace
+    /// ignored, as the server does).
+    ///
+    /// # Errors
+    /// A message naming the file when it cannot be read or is empty.
+    pub fn from_secret_file(path: &Path) -> Result<Self, String> {
+        let secret = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let secret = secret.trim_ascii_end();
+        if secret.is_empty() {
+            return Err(format!("{}: empty", path.display()));
+        }
+        Ok(Self {
+            key: EncodingKey::from_secret(secret),
+        })
+    }
+
+    /// A token for user `sub`.
+    pub fn mint(&self, sub: &str) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + 24 * 3600;
+        let claims = serde_json::json!({ "sub": sub, "exp": exp });
+        jsonwebtoken::encode(&Header::default(), &claims, &self.key).expect("HS256 signs")
+    }
+}
+
 impl Handshake {
     /// A request for `resource` (path and query) on `host`, with a fresh
     /// random key.
@@ -78,6 +122,15 @@ impl Handshake {
             request,
             expected_accept: accept_key(&key),
         }
+    }
+
+    /// The request with `Authorization: Bearer TOKEN` added.
+    pub fn request_with_token(&self, token: &str) -> Vec<u8> {
+        let head = &self.request[..self.request.len() - 2];
+        let mut request = Vec::with_capacity(self.request.len() + token.len() + 24);
+        request.extend_from_slice(head);
+        request.extend_from_slice(format!("Authorization: Bearer {token}\r\n\r\n").as_bytes());
+        request
     }
 
     /// Checks a response at the start of `buf`. Returns `Ok(None)` while the
@@ -133,5 +186,7 @@ mod tests {
         let wrong = b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: x\r\n\r\n";
         assert_eq!(hs.check(wrong), Err(BadResponse::AcceptKey));
         assert_eq!(hs.check(b"SSH-2.0\r\n\r\n"), Err(BadResponse::Malformed));
+        let with = String::from_utf8(hs.request_with_token("a.b.c")).unwrap();
+        assert!(with.ends_with("Version: 13\r\nAuthorization: Bearer a.b.c\r\n\r\n"));
     }
 }

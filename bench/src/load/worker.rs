@@ -163,6 +163,8 @@ struct Clients {
     mode: Mode,
     setup: Setup,
     started: usize,
+    /// Tokens minted (with auth): numbers each connection's user.
+    minted: u64,
     connecting: usize,
     phase: Phase,
     report: Report,
@@ -207,6 +209,7 @@ impl Worker {
             domain,
             mode: plan.mode,
             started: 0,
+            minted: 0,
             connecting: 0,
             phase: Phase::Ramp,
             report: Report::new(),
@@ -423,8 +426,18 @@ impl Clients {
         match (conn.state, result) {
             (State::Connecting, 0..) => {
                 conn.state = State::Handshaking;
-                let request = &self.handshake.request;
-                self.send(ring, slot, request.as_ptr(), request.len(), 0);
+                match &self.setup.plan.tokens {
+                    Some(tokens) => {
+                        let user = format!("bench-{}-{}", self.setup.index, self.minted);
+                        self.minted += 1;
+                        let request = self.handshake.request_with_token(&tokens.mint(&user));
+                        self.send_owned(ring, slot, request);
+                    }
+                    None => {
+                        let request = &self.handshake.request;
+                        self.send(ring, slot, request.as_ptr(), request.len(), 0);
+                    }
+                }
                 self.arm_recv(ring, slot);
             }
             (State::Connecting, _) => {
@@ -453,7 +466,8 @@ impl Clients {
         push(ring, send);
     }
 
-    /// Sends a frame built for this connection alone (a pong).
+    /// Sends bytes built for this connection alone (a pong, a handshake
+    /// with its own token).
     fn send_owned(&mut self, ring: &mut IoUring, slot: u32, frame: Vec<u8>) {
         if self.owned.len() >= usize::from(u16::MAX) {
             return; // 65535 replies in flight: this one is skipped

@@ -6,6 +6,7 @@ use super::Connections;
 use crate::conn::Phase;
 use crate::protocol::close::code;
 use crate::protocol::handshake::Reject;
+use crate::session::TOKEN_EXPIRED;
 use crate::spread::Spread;
 use crate::timers::Tick;
 use std::time::{Duration, Instant};
@@ -67,7 +68,8 @@ impl Connections {
     }
 
     /// Runs every due deadline: handshake timeouts (408), pings, idle
-    /// timeouts (1001), close handshakes that took too long, and the
+    /// timeouts (1001), expired tokens (4001), close handshakes that took
+    /// too long, and the
     /// closes of a drain or rebalance whose turn has come. About once a
     /// second it also gives back memory the load no longer needs (spare
     /// send queues, empty table chunks).
@@ -100,12 +102,19 @@ impl Connections {
                             .close(conn, slot, Some(code::GOING_AWAY), "idle timeout");
                         continue;
                     }
+                    if now >= conn.expires {
+                        self.io
+                            .close(conn, slot, Some(TOKEN_EXPIRED), "token expired");
+                        continue;
+                    }
                     if now >= conn.last_ping + limits.ping {
                         conn.last_ping = now;
                         let ping = self.io.ping.clone();
                         self.io.queue(conn, slot, ping);
                     }
-                    let next = idle_at.min(conn.last_ping + self.io.limits.ping);
+                    let next = idle_at
+                        .min(conn.last_ping + self.io.limits.ping)
+                        .min(conn.expires);
                     self.io.schedule(conn, slot, next);
                 }
                 Phase::Closing | Phase::ShutDown => {

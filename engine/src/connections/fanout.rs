@@ -1,27 +1,33 @@
-//! Publish and broadcast: one shared frame queued to many connections.
+//! Publish and broadcast: one shared frame queued to many connections, by
+//! topic, by user, or to all; and closing every connection of some users.
 
 use super::Connections;
-use crate::conn::Endpoint;
+use crate::conn::{Endpoint, Phase};
 use crate::stats::WorkerStats;
 use bytes::Bytes;
 
 impl Connections {
-    /// Queues `frame` to every open subscriber of any of `topics`, once per
-    /// connection. Returns how many connections it was queued to.
-    pub fn publish(&mut self, topics: &[String], frame: &Bytes) -> usize {
+    /// Queues `frame` to every open subscriber of any of `topics` and
+    /// every open connection of any of `users`, once per connection.
+    /// Returns how many connections it was queued to.
+    pub fn publish(&mut self, topics: &[String], users: &[String], frame: &Bytes) -> usize {
         self.delivery += 1;
+        let (table, io, delivery) = (&mut self.table, &mut self.io, self.delivery);
         let mut queued = 0;
-        for name in topics {
-            let Some(id) = self.topics.id(name) else {
-                continue;
-            };
-            for slot in self.topics.members(id) {
-                let conn = self.table.get_mut(slot).expect("subscriber slot is live");
-                if conn.last_delivery != self.delivery {
-                    conn.last_delivery = self.delivery;
-                    queued += usize::from(self.io.queue(conn, slot, frame.clone()));
-                }
+        let mut deliver = |slot: u32| {
+            let conn = table.get_mut(slot).expect("subscriber slot is live");
+            if conn.last_delivery != delivery {
+                conn.last_delivery = delivery;
+                queued += usize::from(io.queue(conn, slot, frame.clone()));
             }
+        };
+        for name in topics {
+            if let Some(id) = self.topics.id(name) {
+                self.topics.members(id).for_each(&mut deliver);
+            }
+        }
+        for user in users {
+            self.sessions.user_slots(user).for_each(&mut deliver);
         }
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
         queued
@@ -38,5 +44,29 @@ impl Connections {
         });
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
         queued
+    }
+
+    /// Starts closing every open connection of any of `users` with `code`
+    /// and `reason`. Returns how many it closes.
+    pub fn disconnect(&mut self, users: &[String], code: u16, reason: &str) -> usize {
+        let (table, io) = (&mut self.table, &mut self.io);
+        let mut closed = 0;
+        for slot in users.iter().flat_map(|user| self.sessions.user_slots(user)) {
+            let conn = table.get_mut(slot).expect("user slot is live");
+            if conn.phase == Phase::Open {
+                io.close(conn, slot, Some(code), reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Open connections of `user` on this worker.
+    pub fn user_connections(&mut self, user: &str) -> usize {
+        let table = &mut self.table;
+        self.sessions
+            .user_slots(user)
+            .filter(|&slot| table.get_mut(slot).is_some_and(|c| c.phase == Phase::Open))
+            .count()
     }
 }

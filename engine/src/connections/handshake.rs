@@ -7,6 +7,7 @@ use crate::admission::{Forwarding, PeerId};
 use crate::conn::{Endpoint, Phase};
 use crate::protocol::handshake::{self, Reject, Request};
 use crate::protocol::proxy;
+use crate::session::{self, Identity};
 use crate::topics;
 use bytes::Bytes;
 use std::net::IpAddr;
@@ -18,6 +19,8 @@ struct Accepted {
     response: Vec<u8>,
     peer: PeerId,
     client: IpAddr,
+    /// The verified token, if auth is on and the client sent one.
+    identity: Option<Identity>,
 }
 
 impl Io {
@@ -61,6 +64,17 @@ impl Io {
         if self.draining {
             return Err(Reject::Draining);
         }
+        let identity = self.authenticate(&req, client)?;
+        let (user, grant) = match &identity {
+            Some(id) => (id.user.as_deref(), Some(&id.grant)),
+            None => (None, None),
+        };
+        if !topics
+            .iter()
+            .all(|t| session::permissions::may_subscribe(user, grant, t))
+        {
+            return Err(Reject::Forbidden);
+        }
         let peer = self.admission.admit(client)?;
         let accepted = Accepted {
             endpoint,
@@ -68,8 +82,34 @@ impl Io {
             response,
             peer,
             client,
+            identity,
         };
         Ok(Some((accepted, buf[used..].to_vec())))
+    }
+}
+
+impl Io {
+    /// Verifies the request's token while auth is on. `Ok(None)`: auth is
+    /// off, or no token and `--allow-anonymous`.
+    ///
+    /// # Errors
+    /// [`Reject::Unauthorized`] for a missing or invalid token; why is
+    /// logged at debug level, never the token.
+    fn authenticate(&self, req: &Request<'_>, client: IpAddr) -> Result<Option<Identity>, Reject> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        match session::token(req) {
+            Some(token) => auth.verify(&token).map(Some).map_err(|why| {
+                tracing::debug!(peer = %client, why, "token refused");
+                Reject::Unauthorized
+            }),
+            None if auth.allow_anonymous() => Ok(None),
+            None => {
+                tracing::debug!(peer = %client, "no token");
+                Err(Reject::Unauthorized)
+            }
+        }
     }
 }
 
@@ -136,14 +176,22 @@ impl Connections {
             response,
             peer,
             client,
+            identity,
         } = accepted;
         conn.peer = peer;
+        if let Some(identity) = identity {
+            conn.expires = self.io.expiry_tick(identity.expires);
+            conn.session = self
+                .sessions
+                .attach(identity.user.as_deref(), identity.grant, slot);
+        }
         tracing::debug!(slot, peer = %client, ?endpoint, "connection open");
         self.io.enqueue(conn, Bytes::from(response));
         conn.endpoint = Some(endpoint);
         conn.enter(Phase::Open, self.io.wheel.now());
         conn.last_ping = conn.phase_since;
-        let at = conn.phase_since + self.io.limits.ping.min(self.io.limits.idle);
+        let at =
+            (conn.phase_since + self.io.limits.ping.min(self.io.limits.idle)).min(conn.expires);
         self.io.schedule(conn, slot, at);
         self.io.mark_flush(conn, slot);
         for topic in topics {

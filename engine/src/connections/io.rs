@@ -10,13 +10,14 @@ use crate::outbound::QueuePool;
 use crate::protocol::close::{self, code};
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::handshake::Reject;
+use crate::session::Auth;
 use crate::stats::WorkerStats;
-use crate::timers::{Entry, Tick, Wheel};
+use crate::timers::{Entry, Tick, Wheel, NEVER, TICK};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a closing connection may take to finish the close handshake
 /// before its socket is closed regardless.
@@ -75,6 +76,8 @@ pub struct Io {
     /// Dropped once the handshake ends, so an open connection keeps none
     /// of it.
     pub(super) handshaking: HashMap<u32, Handshaking>,
+    /// Token verification; `None` while auth is off.
+    pub(super) auth: Option<Arc<Auth>>,
 }
 
 /// A connection in its opening handshake.
@@ -106,7 +109,23 @@ impl Io {
             admission,
             draining: false,
             handshaking: HashMap::new(),
+            auth: config.auth.clone(),
         }
+    }
+
+    /// The tick at which a token that expires at `expires` (Unix seconds)
+    /// does; [`NEVER`] for `None` or beyond the tick range.
+    pub(super) fn expiry_tick(&self, expires: Option<u64>) -> Tick {
+        let Some(at) = expires else {
+            return NEVER;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let left = Duration::from_secs(at).saturating_sub(now);
+        let ticks = left.as_millis().div_ceil(TICK.as_millis());
+        let ticks = Tick::try_from(ticks).unwrap_or(NEVER);
+        self.wheel.now().saturating_add(ticks).min(NEVER - 1)
     }
 
     /// This worker's counters.

@@ -1,11 +1,12 @@
 //! An open connection's messages: decoded frames, echo, control messages
-//! (subscribe, unsubscribe) and the close handshake's first step.
+//! (subscribe, unsubscribe, refresh) and the close handshake's first step.
 
 use super::Connections;
 use crate::conn::Endpoint;
 use crate::control;
 use crate::protocol::decoder::{Message, ProtocolError};
 use crate::protocol::frame::{self, OpCode};
+use crate::session::jwt::MAX_TOKEN;
 use crate::stats::WorkerStats;
 use crate::topics::{self, Member};
 use bytes::Bytes;
@@ -84,7 +85,65 @@ impl Connections {
                 }
                 self.reply(slot, control::ack("unsubscribed", &topic));
             }
+            Action::Control(control::Request::Refresh { token }) => {
+                let reply = self.refresh(slot, &token);
+                self.reply(slot, reply);
+            }
         }
+    }
+
+    /// Replaces `slot`'s token with `token` if it is valid and names the
+    /// same user (`sub`): its permissions and expiry become the new
+    /// token's, and topics those no longer allow are left (each reported).
+    /// Returns the reply; on refusal the old token stays.
+    fn refresh(&mut self, slot: u32, token: &str) -> String {
+        let Some(auth) = self.io.auth.clone() else {
+            return control::error("auth is off: there is no token to refresh");
+        };
+        if token.len() > MAX_TOKEN {
+            return control::error("invalid token: over 8 KiB");
+        }
+        let identity = match auth.verify(token) {
+            Ok(identity) => identity,
+            Err(why) => {
+                tracing::debug!(slot, why, "refresh refused");
+                return control::error(&format!("invalid token: {why}"));
+            }
+        };
+        let conn = self.table.get_mut(slot).expect("live slot");
+        if identity.user.as_deref() != self.sessions.user(conn.session) {
+            return control::error("a refresh must keep the same sub");
+        }
+        let old = conn.session;
+        conn.session = self
+            .sessions
+            .attach(identity.user.as_deref(), identity.grant, slot);
+        self.sessions.detach(old, slot);
+        conn.expires = self.io.expiry_tick(identity.expires);
+        if conn.expires < conn.timer_at {
+            let at = conn.expires;
+            self.io.schedule(conn, slot, at);
+        }
+        let session = conn.session;
+        let revoked: Vec<Member> = conn
+            .topics
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|m| {
+                !self
+                    .sessions
+                    .may_subscribe(session, self.topics.name(m.topic))
+            })
+            .collect();
+        for member in revoked {
+            let reply = control::revoked(self.topics.name(member.topic));
+            let conn = self.table.get_mut(slot).expect("live slot");
+            conn.topics.remove(member.topic);
+            self.leave(slot, member);
+            self.reply(slot, reply);
+        }
+        control::refreshed()
     }
 
     fn reply(&mut self, slot: u32, text: String) {
@@ -98,6 +157,9 @@ impl Connections {
         let conn = self.table.get_mut(slot).expect("live slot");
         if !topics::is_valid_name(topic) {
             return control::error(topics::NAME_RULE);
+        }
+        if !self.sessions.may_subscribe(conn.session, topic) {
+            return control::topic_error(topic, "forbidden");
         }
         if self
             .topics

@@ -10,8 +10,10 @@
 //! - [`io`]: what connections share (lists, wheel, send-queue pool, limits)
 //!   and the steps built on it: queue, close, reject, release;
 //! - `handshake`: the upgrade request, routing and admission;
-//! - `messages`: decoded frames, control messages and subscriptions;
-//! - `fanout`: publish and broadcast;
+//! - `messages`: decoded frames, control messages, subscriptions and
+//!   token refreshes;
+//! - `fanout`: publish and broadcast, to topics and to users, and the
+//!   disconnection of users;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
 
 mod deadlines;
@@ -27,6 +29,7 @@ use crate::admission::Admission;
 use crate::config::Config;
 use crate::conn::{Conn, Phase};
 use crate::protocol::close::code;
+use crate::session::Sessions;
 use crate::spread::Spread;
 use crate::stats::{close_code_index, WorkerStats};
 use crate::timers::{Entry, Tick};
@@ -39,6 +42,7 @@ use table::Table;
 pub struct Connections {
     table: Table,
     topics: crate::topics::Topics,
+    sessions: Sessions,
     /// Ring-facing lists, timers, send-queue pool and counters.
     pub io: Io,
     next_gen: u32,
@@ -74,6 +78,7 @@ impl Connections {
         Self {
             table: Table::new(capacity),
             topics: crate::topics::Topics::default(),
+            sessions: Sessions::default(),
             io: Io::new(config, stats, worker, admission.clone()),
             next_gen: 0,
             delivery: 0,
@@ -180,8 +185,9 @@ impl Connections {
         }
     }
 
-    /// Removes a connection whose operations have all completed, and
-    /// unsubscribes it. The caller closes the slot.
+    /// Removes a connection whose operations have all completed,
+    /// unsubscribes it and lets go of its session. The caller closes the
+    /// slot.
     ///
     /// # Panics
     /// If an operation is still in flight.
@@ -194,6 +200,7 @@ impl Connections {
         for &member in conn.topics.as_slice() {
             self.leave(slot, member);
         }
+        self.sessions.detach(conn.session, slot);
         let unsent = conn.out.clear(&mut self.io.pool);
         let admitted = conn.endpoint.is_some();
         if admitted {

@@ -61,11 +61,18 @@ pub enum Reject {
     PerIpLimit,
     /// The server is draining: it takes no new connections (503).
     Draining,
+    /// Auth is configured and the token is missing (without
+    /// `--allow-anonymous`), malformed, badly signed, expired, not yet
+    /// valid, or for another audience or issuer (401, with
+    /// `WWW-Authenticate: Bearer error="invalid_token"`).
+    Unauthorized,
+    /// A topic in the URL that the connection's claims do not allow (403).
+    Forbidden,
 }
 
 impl Reject {
     /// Every reason, in `repr` order (for per-reason counters).
-    pub const ALL: [Reject; 17] = [
+    pub const ALL: [Reject; 19] = [
         Reject::Malformed,
         Reject::NotGet,
         Reject::MissingHost,
@@ -83,6 +90,8 @@ impl Reject {
         Reject::OverCapacity,
         Reject::PerIpLimit,
         Reject::Draining,
+        Reject::Unauthorized,
+        Reject::Forbidden,
     ];
 
     /// The HTTP status code sent.
@@ -92,7 +101,8 @@ impl Reject {
             Reject::HeadersTooLarge => 431,
             Reject::NotFound => 404,
             Reject::Timeout => 408,
-            Reject::UntrustedForwarded | Reject::OriginNotAllowed => 403,
+            Reject::UntrustedForwarded | Reject::OriginNotAllowed | Reject::Forbidden => 403,
+            Reject::Unauthorized => 401,
             Reject::OverCapacity | Reject::Draining => 503,
             Reject::PerIpLimit => 429,
             _ => 400,
@@ -119,6 +129,8 @@ impl Reject {
             Reject::OverCapacity => "over_capacity",
             Reject::PerIpLimit => "per_ip_limit",
             Reject::Draining => "draining",
+            Reject::Unauthorized => "unauthorized",
+            Reject::Forbidden => "forbidden",
         }
     }
 
@@ -141,6 +153,8 @@ impl Reject {
             Reject::OverCapacity => "server at its connection limit, retry later",
             Reject::PerIpLimit => "too many connections from this address, retry later",
             Reject::Draining => "server is draining, connect again",
+            Reject::Unauthorized => "a valid token is required",
+            Reject::Forbidden => "the token does not allow this topic",
         }
     }
 
@@ -158,6 +172,7 @@ impl Reject {
     pub fn response(self) -> Vec<u8> {
         let status = self.status();
         let phrase = match status {
+            401 => "Unauthorized",
             403 => "Forbidden",
             404 => "Not Found",
             408 => "Request Timeout",
@@ -169,6 +184,9 @@ impl Reject {
         };
         let extra = match (self, self.retry_after()) {
             (Reject::UnsupportedVersion, _) => "Sec-WebSocket-Version: 13\r\n".to_owned(),
+            (Reject::Unauthorized, _) => {
+                "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n".to_owned()
+            }
             (_, Some(seconds)) => format!("Retry-After: {seconds}\r\n"),
             _ => String::new(),
         };
@@ -196,6 +214,10 @@ pub struct Request<'a> {
     pub forwarded_for: Option<&'a str>,
     /// `X-Real-IP`, if any.
     pub real_ip: Option<&'a str>,
+    /// `Authorization`, if any (several lines are refused as malformed).
+    pub authorization: Option<&'a str>,
+    /// The first `Cookie` header, if any.
+    pub cookie: Option<&'a str>,
     upgrade: Result<&'a str, Reject>,
     protocols: [&'a str; MAX_PROTOCOL_HEADERS],
 }
@@ -259,6 +281,7 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
     let mut protocols = [""; MAX_PROTOCOL_HEADERS];
     let mut protocol_count = 0;
     let (mut origin, mut forwarded_for, mut real_ip) = (None, None, None);
+    let (mut authorization, mut cookie) = (None, None);
     let text = |value: &'a [u8]| std::str::from_utf8(value).map_err(|_| Reject::Malformed);
     // One value per header: a repeated one would let a client hide behind
     // a proxy's line.
@@ -276,6 +299,12 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
             once(&mut forwarded_for, h.value)?;
         } else if name.eq_ignore_ascii_case("x-real-ip") {
             once(&mut real_ip, h.value)?;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            once(&mut authorization, h.value)?;
+        } else if name.eq_ignore_ascii_case("cookie") {
+            if cookie.is_none() {
+                cookie = Some(text(h.value)?.trim());
+            }
         } else if name.eq_ignore_ascii_case("host") {
             host = !h.value.trim_ascii().is_empty();
         } else if name.eq_ignore_ascii_case("upgrade") {
@@ -317,6 +346,8 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
             origin,
             forwarded_for,
             real_ip,
+            authorization,
+            cookie,
             upgrade,
             protocols,
         },
@@ -397,6 +428,7 @@ mod tests {
         let (req, used) = parse(&bytes).unwrap().unwrap();
         assert_eq!(used, GOOD.len());
         assert_eq!((req.path, req.query), ("/ws", Some("topic=a")));
+        assert_eq!((req.authorization, req.cookie), (None, None));
         let up = req.upgrade(&["superchat".into()]).unwrap();
         assert_eq!(up.protocol, Some("superchat"));
         assert!(req.upgrade(&[]).unwrap().protocol.is_none());
@@ -446,5 +478,21 @@ mod tests {
         let response = String::from_utf8(Reject::UnsupportedVersion.response()).unwrap();
         assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(response.contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    #[test]
+    fn exposes_the_credential_headers() {
+        let request = GOOD.replace(
+            "Host: x\r\n",
+            "Host: x\r\nAuthorization: Bearer a.b.c\r\nCookie: x=1; ringcast_token=t\r\n",
+        );
+        let (req, _) = parse(request.as_bytes()).unwrap().unwrap();
+        assert_eq!(req.authorization, Some("Bearer a.b.c"));
+        assert_eq!(req.cookie, Some("x=1; ringcast_token=t"));
+        let twice = request.replace("Cookie", "Authorization: Basic x\r\nCookie");
+        assert_eq!(parse(twice.as_bytes()).unwrap_err(), Reject::Malformed);
+        let response = String::from_utf8(Reject::Unauthorized.response()).unwrap();
+        assert!(response.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+        assert!(response.contains("WWW-Authenticate: Bearer error=\"invalid_token\"\r\n"));
     }
 }

@@ -1,5 +1,5 @@
-//! Commands from other threads (publish, broadcast, drain, rebalance,
-//! shutdown), read when the wake-up eventfd's read completes.
+//! Commands from other threads (publish, broadcast, user commands, drain,
+//! rebalance, shutdown), read when the wake-up eventfd's read completes.
 
 use super::Worker;
 use crate::command::Command;
@@ -16,9 +16,23 @@ impl Worker {
         self.wake.pending.swap(false, Ordering::AcqRel);
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Publish { topics, frame, ack } => {
+                Command::Publish {
+                    topics,
+                    users,
+                    frame,
+                    ack,
+                } => {
                     let frame = self.local(frame);
-                    ack.complete(self.conns.publish(&topics, &frame));
+                    ack.complete(self.conns.publish(&topics, &users, &frame));
+                }
+                Command::Disconnect {
+                    users,
+                    code,
+                    reason,
+                    ack,
+                } => ack.complete(self.conns.disconnect(&users, code, &reason)),
+                Command::UserConnections { user, ack } => {
+                    ack.complete(self.conns.user_connections(&user));
                 }
                 Command::Broadcast { frame, ack } => {
                     let frame = self.local(frame);
