@@ -3,6 +3,7 @@
 //! [`Command`] and writes the eventfd, which completes a read the worker
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
+use crate::hub::TopicFrame;
 use bytes::Bytes;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -19,6 +20,8 @@ pub enum Command {
         topics: Arc<[String]>,
         /// The encoded frame, shared by all workers and subscribers.
         frame: Bytes,
+        /// Each topic's `ringcast.v1` delivery, in the order of `topics`.
+        v1: Arc<[TopicFrame]>,
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },
@@ -26,6 +29,8 @@ pub enum Command {
     Broadcast {
         /// The encoded frame.
         frame: Bytes,
+        /// The `ringcast.v1` broadcast frame.
+        v1: Bytes,
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },

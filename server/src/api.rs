@@ -2,7 +2,10 @@
 //!
 //! - `POST /publish?topic=a[&topic=b]`: body delivered verbatim as one
 //!   message to every subscriber of any listed topic.
+//!   The reply gives each topic's offset when it keeps history.
 //! - `POST /broadcast`: to every connection on the topics endpoint.
+//! - `GET /history?topic=a[&since=12][&limit=100]`: a topic's retained
+//!   messages.
 //! - `POST /drain[?period=30s]`: start a graceful drain (as SIGTERM does).
 //! - `POST /rebalance?fraction=0.2[&period=30s]`: close that share of the
 //!   connections with 1001, spread over the period.
@@ -19,7 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::HistogramVec;
 use ringcast_engine::topics::{is_valid_name, NAME_RULE};
-use ringcast_engine::{Handle, OpCode};
+use ringcast_engine::{Content, Handle};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -83,6 +86,7 @@ pub fn router(state: Arc<State>, max_message_size: usize) -> Router {
     let router = Router::new()
         .route("/publish", post(publish))
         .route("/broadcast", post(broadcast))
+        .route("/history", get(history))
         .route("/drain", post(drain))
         .route("/rebalance", post(rebalance))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -108,44 +112,38 @@ async fn inject_panic(Extract(state): Shared, RawQuery(query): RawQuery) -> Resp
     StatusCode::ACCEPTED.into_response()
 }
 
-/// Text for `text/*` and `application/json` (then the body must be UTF-8),
-/// binary otherwise.
-fn opcode_for(headers: &HeaderMap, body: &[u8]) -> Result<OpCode, &'static str> {
-    let content_type = headers
+/// What the body is, from `Content-Type`: `text/*` (then it must be
+/// UTF-8), `application/json` (then it must be JSON), anything else bytes.
+fn content_for(headers: &HeaderMap, body: &[u8]) -> Result<Content, &'static str> {
+    let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if content_type.starts_with("text/") || content_type == "application/json" {
-        std::str::from_utf8(body).map_err(|_| "body is not valid UTF-8 for a text content type")?;
-        Ok(OpCode::Text)
-    } else {
-        Ok(OpCode::Binary)
-    }
+        .unwrap_or("");
+    let content = Content::from_content_type(value);
+    content.check(body)?;
+    Ok(content)
 }
 
-/// Picks the frame type, hands the message to the workers with `send`, and
-/// answers `{"subscribers":N}` once every worker has queued it; the time
-/// that took goes into the publish latency histogram under `kind`.
+/// Checks the body's content type, hands the message to the workers with
+/// `send` (which returns the offsets it got), and answers
+/// `{"subscribers":N}`, with `"offsets":{...}` when any topic keeps
+/// history, once every worker has queued it; the time that took goes into
+/// the publish latency histogram under `kind`.
 async fn deliver(
     state: &State,
     kind: &str,
     headers: &HeaderMap,
     body: &[u8],
-    send: impl FnOnce(OpCode, Box<dyn FnOnce(usize) + Send>),
+    send: impl FnOnce(Content, Box<dyn FnOnce(usize) + Send>) -> Vec<(String, u64)>,
 ) -> Response {
     let started = Instant::now();
-    let opcode = match opcode_for(headers, body) {
-        Ok(op) => op,
+    let content = match content_for(headers, body) {
+        Ok(content) => content,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    send(
-        opcode,
+    let offsets = send(
+        content,
         Box::new(move |n| {
             let _ = tx.send(n);
         }),
@@ -156,7 +154,12 @@ async fn deliver(
                 .publish_latency
                 .with_label_values(&[kind])
                 .observe(started.elapsed().as_secs_f64());
-            Json(json!({ "subscribers": n })).into_response()
+            let mut reply = json!({ "subscribers": n });
+            if !offsets.is_empty() {
+                let offsets = offsets.into_iter().map(|(topic, o)| (topic, json!(o)));
+                reply["offsets"] = offsets.collect::<serde_json::Map<_, _>>().into();
+            }
+            Json(reply).into_response()
         }
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"),
     }
@@ -190,18 +193,60 @@ async fn publish(
         );
     }
     let handle = state.handle.clone();
-    deliver(&state, "publish", &headers, &body, |op, done| {
-        handle.publish(topics, op, &body, done)
+    deliver(&state, "publish", &headers, &body, |content, done| {
+        handle.publish(topics, content, &body, done)
     })
     .await
 }
 
 async fn broadcast(Extract(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
     let handle = state.handle.clone();
-    deliver(&state, "broadcast", &headers, &body, |op, done| {
-        handle.broadcast(op, &body, done)
+    deliver(&state, "broadcast", &headers, &body, |content, done| {
+        handle.broadcast(content, &body, done);
+        Vec::new()
     })
     .await
+}
+
+/// Most messages one `GET /history` returns, and the default `limit`.
+const HISTORY_LIMIT: usize = 1000;
+
+/// `GET /history?topic=a[&since=12][&limit=100]`: the topic's epoch, top
+/// offset, oldest retained offset and up to `limit` messages after
+/// `since`; 404 for a topic that keeps no history.
+async fn history(Extract(state): Shared, RawQuery(query): RawQuery) -> Response {
+    let query = query.as_deref();
+    let [topic] = &query_values(query, "topic")[..] else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "exactly one topic=NAME is required",
+        );
+    };
+    let number = |name: &str| -> Result<Option<u64>, Response> {
+        match query_values(query, name).first() {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("{name}={v:?} is not a count"),
+                )
+            }),
+        }
+    };
+    let (since, limit) = match (number("since"), number("limit")) {
+        (Ok(since), Ok(limit)) => (since, limit),
+        (Err(response), _) | (_, Err(response)) => return response,
+    };
+    let limit = limit.map_or(HISTORY_LIMIT, |l| (l as usize).min(HISTORY_LIMIT));
+    match state.handle.history(topic, since, limit) {
+        Some(page) => {
+            ([(header::CONTENT_TYPE, "application/json")], page.to_json()).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("topic {topic:?} keeps no history (see --history)"),
+        ),
+    }
 }
 
 /// `period=` from the query (humantime, e.g. `10s`), if given.

@@ -12,6 +12,7 @@
 //! - `handshake`: the upgrade request, routing and admission;
 //! - `messages`: decoded frames, control messages and subscriptions;
 //! - `fanout`: publish and broadcast;
+//! - `recovery`: `ringcast.v1` subscribes with a position, and replays;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
 
 mod deadlines;
@@ -19,6 +20,7 @@ mod fanout;
 mod handshake;
 pub mod io;
 mod messages;
+mod recovery;
 pub mod table;
 
 pub use io::{Io, CLOSE_TIMEOUT};
@@ -48,6 +50,9 @@ pub struct Connections {
     due: Vec<(Entry, Tick)>,
     spread: Option<Spread>,
     next_trim: Tick,
+    /// History, read when a `ringcast.v1` connection subscribes.
+    hub: Arc<crate::hub::Hub>,
+    skips: recovery::Skips,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -70,6 +75,7 @@ impl Connections {
         stats: Arc<[WorkerStats]>,
         worker: usize,
         admission: &Arc<Admission>,
+        hub: Arc<crate::hub::Hub>,
     ) -> Self {
         Self {
             table: Table::new(capacity),
@@ -81,6 +87,8 @@ impl Connections {
             due: Vec::new(),
             spread: None,
             next_trim: 0,
+            hub,
+            skips: recovery::Skips::default(),
         }
     }
 
