@@ -222,20 +222,18 @@ async fn history(Extract(state): Shared, RawQuery(query): RawQuery) -> Response 
             "exactly one topic=NAME is required",
         );
     };
-    let number = |name: &str| -> Result<Option<u64>, Response> {
+    let number = |name: &str| -> Result<Option<u64>, String> {
         match query_values(query, name).first() {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("{name}={v:?} is not a count"),
-                )
-            }),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{name}={v:?} is not a count")),
         }
     };
     let (since, limit) = match (number("since"), number("limit")) {
         (Ok(since), Ok(limit)) => (since, limit),
-        (Err(response), _) | (_, Err(response)) => return response,
+        (Err(reason), _) | (_, Err(reason)) => return error(StatusCode::BAD_REQUEST, &reason),
     };
     let limit = limit.map_or(HISTORY_LIMIT, |l| (l as usize).min(HISTORY_LIMIT));
     match state.handle.history(topic, since, limit) {

@@ -25,21 +25,15 @@ impl Epoch {
 ///   be created with, unless a stream is forgotten meanwhile; a client
 ///   told that epoch at offset 0 recovers the stream's first messages.
 ///
-/// Two epochs of one topic collide with probability 2^-48.
+/// Two epochs of one topic collide with probability 2^-48. `default()`
+/// makes a source with a fresh random key.
+#[derive(Default)]
 pub struct EpochSource {
     key: RandomState,
     generation: u64,
 }
 
 impl EpochSource {
-    /// A source with a fresh random key.
-    pub fn new() -> Self {
-        Self {
-            key: RandomState::new(),
-            generation: 0,
-        }
-    }
-
     /// The epoch a stream of `topic` created now gets.
     pub fn epoch(&self, topic: &str) -> Epoch {
         let hash = self.key.hash_one((topic, self.generation));
@@ -60,7 +54,7 @@ mod tests {
 
     #[test]
     fn epochs_differ_by_topic_generation_and_process() {
-        let mut source = EpochSource::new();
+        let mut source = EpochSource::default();
         let a = source.epoch("a");
         assert_eq!(a, source.epoch("a"));
         assert_ne!(a, source.epoch("b"));
@@ -68,6 +62,6 @@ mod tests {
         assert!(a.as_str().bytes().all(|b| ALPHABET.contains(&b)));
         source.continuity_lost();
         assert_ne!(a, source.epoch("a"));
-        assert_ne!(a, EpochSource::new().epoch("a"), "a restart");
+        assert_ne!(a, EpochSource::default().epoch("a"), "a restart");
     }
 }

@@ -125,7 +125,7 @@ impl History {
             by_name: HashMap::new(),
             by_age: BTreeSet::new(),
             by_expiry: BTreeSet::new(),
-            epochs: EpochSource::new(),
+            epochs: EpochSource::default(),
             bytes: 0,
             max_bytes,
             messages: 0,
