@@ -3,6 +3,7 @@
 //! [`Command`] and writes the eventfd, which completes a read the worker
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
+use crate::hub::TopicFrame;
 use bytes::Bytes;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -22,6 +23,11 @@ pub enum Command {
         users: Arc<[String]>,
         /// The encoded frame, shared by all workers and subscribers.
         frame: Bytes,
+        /// Each topic's `ringcast.v1` delivery, in the order of `topics`.
+        v1: Arc<[TopicFrame]>,
+        /// The `ringcast.v1` frame for connections of `users` (empty
+        /// without users).
+        direct: Bytes,
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },
@@ -29,6 +35,8 @@ pub enum Command {
     Broadcast {
         /// The encoded frame.
         frame: Bytes,
+        /// The `ringcast.v1` broadcast frame.
+        v1: Bytes,
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },

@@ -58,6 +58,12 @@ pub struct Config {
     /// `Origin` patterns allowed (empty: any); see
     /// [`crate::admission::Admission`].
     pub allowed_origins: Vec<String>,
+    /// Topics that keep history, and how much (default none); the first
+    /// rule a topic matches applies.
+    pub history: Vec<crate::hub::rules::Rule>,
+    /// Bytes all history may take, overheads included (default 256 MiB);
+    /// past it the oldest messages are evicted first.
+    pub history_max_bytes: usize,
     /// Receive buffers per worker (power of two, default 1024).
     pub read_buffers: u16,
     /// Size of each receive buffer in bytes (default 4096).
@@ -86,6 +92,8 @@ impl Default for Config {
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
+            history: Vec::new(),
+            history_max_bytes: 256 << 20,
             read_buffers: 1024,
             read_buffer_size: 4096,
             auth: None,

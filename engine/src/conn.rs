@@ -31,6 +31,10 @@ pub enum Phase {
 pub enum Endpoint {
     /// Topics endpoint: text messages are JSON control messages.
     PubSub,
+    /// Topics endpoint with the `ringcast.v1` subprotocol: every server
+    /// message is JSON, deliveries name their topic and position, and a
+    /// subscribe may resume (see `connections/recovery.rs`).
+    PubSubV1,
     /// `/echo`: every message comes back.
     Echo,
 }

@@ -13,6 +13,8 @@
 //! - [`protocol`]: RFC 6455 as pure state machines over byte slices;
 //! - [`admission`]: client addresses, Origin, and connection limits;
 //! - [`topics`], [`control`]: subscriptions and the JSON control messages;
+//! - [`hub`]: per-topic history, offsets and epochs, shared by publishers
+//!   and workers (the `ringcast.v1` subprotocol's recovery);
 //! - [`timers`]: the timer wheel; [`spread`]: closes spread over a period
 //!   (drain, rebalance);
 //! - [`runtime`] and [`command`]: starting workers, and publishing to them
@@ -27,6 +29,7 @@ pub mod config;
 pub mod conn;
 pub mod connections;
 pub mod control;
+pub mod hub;
 pub mod outbound;
 pub mod protocol;
 pub mod ring;
@@ -40,5 +43,6 @@ pub mod worker;
 
 pub use config::Config;
 pub use protocol::frame::OpCode;
+pub use protocol::v1::Content;
 pub use runtime::{Handle, Runtime};
 pub use stats::Snapshot;

@@ -5,9 +5,12 @@ use crate::admission::Admission;
 use crate::capacity::table_size;
 use crate::command::{Ack, Command, Mailbox, Wake};
 use crate::config::Config;
-use crate::protocol::frame::{self, OpCode};
+use crate::hub::{Hub, Page};
+use crate::protocol::frame;
+use crate::protocol::v1::{self, Content, Data};
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::worker::{Setup, Worker};
+use bytes::Bytes;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
@@ -30,6 +33,7 @@ pub struct Handle {
     mailboxes: Arc<[Mailbox]>,
     stats: Arc<[WorkerStats]>,
     admission: Arc<Admission>,
+    hub: Arc<Hub>,
 }
 
 impl Runtime {
@@ -58,6 +62,7 @@ impl Runtime {
             &config.allowed_origins,
         ));
         let accept_rate = config.max_handshakes_per_sec.map(|r| r / workers as f64);
+        let hub = Arc::new(Hub::new(config.history.clone(), config.history_max_bytes));
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut mailboxes = Vec::with_capacity(workers);
@@ -79,6 +84,7 @@ impl Runtime {
                 stats: stats.clone(),
                 admission: admission.clone(),
                 accept_rate,
+                hub: hub.clone(),
             };
             let (config, ready) = (config.clone(), ready_tx.clone());
             let thread = std::thread::Builder::new()
@@ -102,6 +108,7 @@ impl Runtime {
             mailboxes: mailboxes.into(),
             stats,
             admission,
+            hub,
         };
         let mut failure = None;
         for _ in 0..workers {
@@ -179,28 +186,78 @@ impl Handle {
         }
     }
 
-    /// Publishes one message to every subscriber of any of `topics` and
-    /// every connection of any of `users` (each connection receives it
-    /// once). The frame is encoded once here; with
-    /// several workers, each copies it once into its own buffer, which its
-    /// subscribers' queues share. `done` is called, on a worker thread, with the
-    /// number of connections it was queued to once every worker has queued
-    /// it. Messages from one caller are delivered in call order.
+    /// Publishes one message to every subscriber of any of `topics`
+    /// (repeated names count once) and every connection of any of `users`.
+    /// A raw-mode connection receives it once whatever the number of its
+    /// topics; a `ringcast.v1` connection once per topic, each delivery
+    /// with that topic's offset and epoch when it keeps history (see
+    /// [`Hub::publish`]), or once as a message without topic when it is
+    /// only reached as a user's. The frames are encoded once here; with
+    /// several workers, each copies them once into its own buffer, which
+    /// its subscribers' queues share. `payload` must pass
+    /// [`Content::check`]. `done` is called, on a worker thread, with the
+    /// number of deliveries queued once every worker has queued it.
+    /// Messages from one caller are delivered in call order, and a topic's
+    /// messages in offset order whatever the callers. Returns the offset
+    /// given to each topic that keeps history.
     pub fn publish(
         &self,
         topics: Vec<String>,
         users: Vec<String>,
-        opcode: OpCode,
+        content: Content,
+        payload: &[u8],
+        done: impl FnOnce(usize) + Send + 'static,
+    ) -> Vec<(String, u64)> {
+        let mut unique: Vec<String> = Vec::with_capacity(topics.len());
+        for topic in topics {
+            if !unique.contains(&topic) {
+                unique.push(topic);
+            }
+        }
+        let topics: Arc<[String]> = unique.into();
+        let users: Arc<[String]> = users.into();
+        let frame = frame::encode(content.opcode(), payload);
+        let data = Data::new(content, payload);
+        let direct = if users.is_empty() {
+            Bytes::new()
+        } else {
+            v1::to_user(&data)
+        };
+        let offsets = self.hub.publish(&topics, &data, |v1| {
+            self.send_all(
+                |ack| Command::Publish {
+                    topics: topics.clone(),
+                    users: users.clone(),
+                    frame: frame.clone(),
+                    v1: v1.clone(),
+                    direct: direct.clone(),
+                    ack,
+                },
+                done,
+            );
+        });
+        topics
+            .iter()
+            .zip(offsets)
+            .filter_map(|(topic, offset)| Some((topic.clone(), offset?)))
+            .collect()
+    }
+
+    /// Sends one message to every connection on the topics endpoint
+    /// (`ringcast.v1` ones as a `broadcast` op); see [`Handle::publish`]
+    /// for `payload` and `done`.
+    pub fn broadcast(
+        &self,
+        content: Content,
         payload: &[u8],
         done: impl FnOnce(usize) + Send + 'static,
     ) {
-        let frame = frame::encode(opcode, payload);
-        let (topics, users): (Arc<[String]>, Arc<[String]>) = (topics.into(), users.into());
+        let frame = frame::encode(content.opcode(), payload);
+        let v1 = v1::broadcast(&Data::new(content, payload));
         self.send_all(
-            |ack| Command::Publish {
-                topics: topics.clone(),
-                users: users.clone(),
+            |ack| Command::Broadcast {
                 frame: frame.clone(),
+                v1: v1.clone(),
                 ack,
             },
             done,
@@ -245,28 +302,17 @@ impl Handle {
         );
     }
 
-    /// Sends one message to every connection on the topics endpoint; see
-    /// [`Handle::publish`] for `done`.
-    pub fn broadcast(
-        &self,
-        opcode: OpCode,
-        payload: &[u8],
-        done: impl FnOnce(usize) + Send + 'static,
-    ) {
-        let frame = frame::encode(opcode, payload);
-        self.send_all(
-            |ack| Command::Broadcast {
-                frame: frame.clone(),
-                ack,
-            },
-            done,
-        );
+    /// Up to `limit` retained messages of `topic` after offset `since`;
+    /// `None` when the topic keeps no history (see [`Hub::page`]).
+    pub fn history(&self, topic: &str, since: Option<u64>, limit: usize) -> Option<Page> {
+        self.hub.page(topic, since, limit)
     }
 
     /// Current counters, summed over workers.
     pub fn stats(&self) -> Snapshot {
         let mut snapshot = stats::snapshot(&self.stats);
         snapshot.open = self.admission.open() as u64;
+        snapshot.history = self.hub.stats();
         snapshot
     }
 

@@ -122,6 +122,8 @@ pub struct Snapshot {
     pub worker_slots_in_use: Vec<u64>,
     /// Per worker: fixed-file table size.
     pub worker_capacity: Vec<u64>,
+    /// Retained history (all topics).
+    pub history: crate::hub::history::HistoryStats,
 }
 
 /// Sums the workers' counters.

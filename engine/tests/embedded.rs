@@ -2,7 +2,7 @@
 //! no io_uring operation is left in flight, even when connections were
 //! mid-send (a client that stopped reading) or mid-receive at the end.
 
-use ringcast_engine::{Config, OpCode, Runtime};
+use ringcast_engine::{Config, Content, Runtime};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::mpsc;
@@ -52,7 +52,7 @@ fn wait_returns_with_no_operation_in_flight() {
         handle.publish(
             vec!["stuck".into()],
             Vec::new(),
-            OpCode::Binary,
+            Content::Binary,
             &payload,
             move |n| {
                 tx.send(n).unwrap();

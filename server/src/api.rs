@@ -2,11 +2,14 @@
 //!
 //! - `POST /publish?topic=a[&topic=b][&user=42]`: body delivered verbatim
 //!   as one message to every subscriber of any listed topic and every
-//!   connection of any listed user.
+//!   connection of any listed user. The reply gives each topic's offset
+//!   when it keeps history.
 //! - `POST /broadcast`: to every connection on the topics endpoint.
 //! - `POST /disconnect?user=42[&code=4003][&reason=...]`: close every
 //!   connection of the users.
 //! - `GET /users/42`: the user's open connections.
+//! - `GET /history?topic=a[&since=12][&limit=100]`: a topic's retained
+//!   messages.
 //! - `POST /drain[?period=30s]`: start a graceful drain (as SIGTERM does).
 //! - `POST /rebalance?fraction=0.2[&period=30s]`: close that share of the
 //!   connections with 1001, spread over the period.
@@ -30,7 +33,7 @@ use prometheus::HistogramVec;
 use ringcast_engine::session::jwt::MAX_USER_ID;
 use ringcast_engine::session::DISCONNECTED;
 use ringcast_engine::topics::{is_valid_name, NAME_RULE};
-use ringcast_engine::{Handle, OpCode};
+use ringcast_engine::{Content, Handle};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -101,6 +104,7 @@ pub fn router(state: Arc<State>, max_message_size: usize) -> Router {
         .route("/broadcast", post(broadcast))
         .route("/disconnect", post(disconnect))
         .route("/users/{user}", get(user_connections))
+        .route("/history", get(history))
         .route("/drain", post(drain))
         .route("/rebalance", post(rebalance))
         .route("/stats", get(stats));
@@ -154,66 +158,66 @@ async fn inject_panic(Extract(state): Shared, RawQuery(query): RawQuery) -> Resp
     StatusCode::ACCEPTED.into_response()
 }
 
-/// Text for `text/*` and `application/json` (then the body must be UTF-8),
-/// binary otherwise.
-fn opcode_for(headers: &HeaderMap, body: &[u8]) -> Result<OpCode, &'static str> {
-    let content_type = headers
+/// What the body is, from `Content-Type`: `text/*` (then it must be
+/// UTF-8), `application/json` (then it must be JSON), anything else bytes.
+fn content_for(headers: &HeaderMap, body: &[u8]) -> Result<Content, &'static str> {
+    let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if content_type.starts_with("text/") || content_type == "application/json" {
-        std::str::from_utf8(body).map_err(|_| "body is not valid UTF-8 for a text content type")?;
-        Ok(OpCode::Text)
-    } else {
-        Ok(OpCode::Binary)
-    }
+        .unwrap_or("");
+    let content = Content::from_content_type(value);
+    content.check(body)?;
+    Ok(content)
 }
 
-/// Picks the frame type, hands the message to the workers with `send`, and
-/// answers `{"subscribers":N}` once every worker has queued it; the time
-/// that took goes into the publish latency histogram under `kind`.
+/// Checks the body's content type, hands the message to the workers with
+/// `send` (which returns the offsets it got), and answers
+/// `{"subscribers":N}`, with `"offsets":{...}` when any topic keeps
+/// history, once every worker has queued it; the time that took goes into
+/// the publish latency histogram under `kind`.
 async fn deliver(
     state: &State,
     kind: &str,
     headers: &HeaderMap,
     body: &[u8],
-    send: impl FnOnce(OpCode, Box<dyn FnOnce(usize) + Send>),
+    send: impl FnOnce(Content, Box<dyn FnOnce(usize) + Send>) -> Vec<(String, u64)>,
 ) -> Response {
     let started = Instant::now();
-    let opcode = match opcode_for(headers, body) {
-        Ok(op) => op,
+    let content = match content_for(headers, body) {
+        Ok(content) => content,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
     count(
-        |done| send(opcode, done),
-        |n| {
+        |done| send(content, done),
+        |offsets, n| {
             state
                 .publish_latency
                 .with_label_values(&[kind])
                 .observe(started.elapsed().as_secs_f64());
-            json!({ "subscribers": n })
+            let mut reply = json!({ "subscribers": n });
+            if !offsets.is_empty() {
+                let offsets = offsets.into_iter().map(|(topic, o)| (topic, json!(o)));
+                reply["offsets"] = offsets.collect::<serde_json::Map<_, _>>().into();
+            }
+            reply
         },
     )
     .await
 }
 
-/// Hands the workers a command with `send`, waits for the sum of their
-/// counts, and answers `reply(sum)`; 503 when the workers have exited.
-async fn count(
-    send: impl FnOnce(Box<dyn FnOnce(usize) + Send>),
-    reply: impl FnOnce(usize) -> serde_json::Value,
+/// Hands the workers a command with `send` (whose result goes to `reply`),
+/// waits for the sum of their counts, and answers `reply(result, sum)`;
+/// 503 when the workers have exited.
+async fn count<T>(
+    send: impl FnOnce(Box<dyn FnOnce(usize) + Send>) -> T,
+    reply: impl FnOnce(T, usize) -> serde_json::Value,
 ) -> Response {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    send(Box::new(move |n| {
+    let sent = send(Box::new(move |n| {
         let _ = tx.send(n);
     }));
     match rx.await {
-        Ok(n) => Json(reply(n)).into_response(),
+        Ok(n) => Json(reply(sent, n)).into_response(),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"),
     }
 }
@@ -262,8 +266,8 @@ async fn publish(
         return response;
     }
     let handle = state.handle.clone();
-    deliver(&state, "publish", &headers, &body, |op, done| {
-        handle.publish(topics, users, op, &body, done)
+    deliver(&state, "publish", &headers, &body, |content, done| {
+        handle.publish(topics, users, content, &body, done)
     })
     .await
 }
@@ -294,7 +298,7 @@ async fn disconnect(Extract(state): Shared, RawQuery(query): RawQuery) -> Respon
     }
     let handle = state.handle.clone();
     let disconnect = |done| handle.disconnect(users, code, &reason, done);
-    count(disconnect, |n| json!({ "disconnected": n })).await
+    count(disconnect, |(), n| json!({ "disconnected": n })).await
 }
 
 /// `GET /users/42`: `{"connections":N}`, the user's open connections on
@@ -305,15 +309,55 @@ async fn user_connections(Extract(state): Shared, Path(user): Path<String>) -> R
     }
     let handle = state.handle.clone();
     let ask = |done| handle.user_connections(&user, done);
-    count(ask, |n| json!({ "connections": n })).await
+    count(ask, |(), n| json!({ "connections": n })).await
 }
 
 async fn broadcast(Extract(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
     let handle = state.handle.clone();
-    deliver(&state, "broadcast", &headers, &body, |op, done| {
-        handle.broadcast(op, &body, done)
+    deliver(&state, "broadcast", &headers, &body, |content, done| {
+        handle.broadcast(content, &body, done);
+        Vec::new()
     })
     .await
+}
+
+/// Most messages one `GET /history` returns, and the default `limit`.
+const HISTORY_LIMIT: usize = 1000;
+
+/// `GET /history?topic=a[&since=12][&limit=100]`: the topic's epoch, top
+/// offset, oldest retained offset and up to `limit` messages after
+/// `since`; 404 for a topic that keeps no history.
+async fn history(Extract(state): Shared, RawQuery(query): RawQuery) -> Response {
+    let query = query.as_deref();
+    let [topic] = &query_values(query, "topic")[..] else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "exactly one topic=NAME is required",
+        );
+    };
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        match query_values(query, name).first() {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{name}={v:?} is not a count")),
+        }
+    };
+    let (since, limit) = match (number("since"), number("limit")) {
+        (Ok(since), Ok(limit)) => (since, limit),
+        (Err(reason), _) | (_, Err(reason)) => return error(StatusCode::BAD_REQUEST, &reason),
+    };
+    let limit = limit.map_or(HISTORY_LIMIT, |l| (l as usize).min(HISTORY_LIMIT));
+    match state.handle.history(topic, since, limit) {
+        Some(page) => {
+            ([(header::CONTENT_TYPE, "application/json")], page.to_json()).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("topic {topic:?} keeps no history (see --history)"),
+        ),
+    }
 }
 
 /// `period=` from the query (humantime, e.g. `10s`), if given.

@@ -9,6 +9,7 @@
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+use ringcast_engine::hub::rules::Rule;
 use ringcast_engine::session::{Auth, KeySource, Settings};
 use ringcast_engine::Config;
 use serde::{Serialize, Serializer};
@@ -57,6 +58,11 @@ pub enum LogFormat {
 
 fn humantime_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// `--history` rules as the config file's table: `"PATTERN" = "SIZE/TTL"`.
+fn rules_table<S: Serializer>(rules: &[Rule], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(rules.iter().map(|r| (&r.pattern, r.limits())))
 }
 
 /// Flags of `ringcast serve`. Serialized with the flag names as keys: the
@@ -155,6 +161,19 @@ pub struct Serve {
     #[arg(long, env = "RINGCAST_DRAIN_PERIOD", default_value = "30s", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "humantime_str")]
     pub drain_period: Duration,
+    /// Topics that keep history, as PATTERN=SIZE/TTL: topics matching
+    /// PATTERN (`*` matches any run of characters) keep their last SIZE
+    /// messages for at most TTL, for ringcast.v1 clients to recover after
+    /// a reconnect (repeatable, or comma-separated; the first match
+    /// applies). In the config file, a table: `[history]` then
+    /// `"chat.*" = "200/10m"` [default: none].
+    #[arg(long = "history", env = "RINGCAST_HISTORY", value_delimiter = ',', value_parser = |s: &str| s.parse::<Rule>())]
+    #[serde(serialize_with = "rules_table")]
+    pub history: Vec<Rule>,
+    /// Bytes all history may take (messages plus a stated overhead each);
+    /// past it the oldest messages of any topic are evicted first.
+    #[arg(long, env = "RINGCAST_HISTORY_MAX_BYTES", default_value_t = 256 << 20)]
+    pub history_max_bytes: usize,
     /// Log line format (level from RUST_LOG, default info).
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -298,6 +317,12 @@ fn file_args(
                     out.push(format!("{flag}={}", scalar(item)?).into());
                 }
             }
+            // A table for a repeatable KEY=VALUE flag (`[history]`).
+            (toml::Value::Table(items), ArgAction::Append) => {
+                for (name, item) in items {
+                    out.push(format!("{flag}={name}={}", scalar(item)?).into());
+                }
+            }
             (_, ArgAction::Set) => out.push(format!("{flag}={}", scalar(&value)?).into()),
             _ => {
                 return Err(fail(format!(
@@ -335,6 +360,8 @@ impl Serve {
             proxy_protocol: self.proxy_protocol,
             trusted_proxies: self.trusted_proxies.clone(),
             allowed_origins: self.allowed_origins.clone(),
+            history: self.history.clone(),
+            history_max_bytes: self.history_max_bytes,
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
             auth: self.auth()?,
@@ -495,8 +522,29 @@ mod tests {
         assert_eq!(again.to_toml(), printed);
     }
 
+    #[test]
+    fn history_rules_come_from_flags_or_a_table() {
+        let serve = Serve::parse_from(["serve", "--history", "chat.*=200/10m,user.*=5/1h"]);
+        let printed = serve.to_toml();
+        assert!(
+            printed.contains("[history]\n\"chat.*\" = \"200/10m\"\n\"user.*\" = \"5/1h\""),
+            "{printed}"
+        );
+        let again = Serve::parse_from(
+            std::iter::once(OsString::from("serve")).chain(file_args_from(&printed)),
+        );
+        assert_eq!(again.history, serve.history);
+        assert_eq!(again.engine_config().unwrap().history.len(), 2);
+        let bad = Serve::try_parse_from(["serve", "--history", "chat.*=0/10m"]);
+        assert!(bad.unwrap_err().to_string().contains("SIZE"));
+    }
+
     fn file_args_from(text: &str) -> Vec<OsString> {
-        let dir = std::env::temp_dir().join(format!("ringcast-cli-{}", std::process::id()));
+        // One file per call: the tests run in parallel in one process.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("ringcast-cli-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(name);
         std::fs::write(&dir, text).unwrap();
         let args = file_args(&dir, |_| None).unwrap();
         std::fs::remove_file(&dir).unwrap();

@@ -152,6 +152,26 @@ pub fn render(s: &Snapshot, draining: bool, latency: &HistogramVec) -> String {
         s.topics,
     );
     m.gauge(
+        "ringcast_history_streams",
+        "Topics whose history is held (--history)",
+        s.history.streams,
+    );
+    m.gauge(
+        "ringcast_history_messages",
+        "Messages retained for recovery",
+        s.history.messages,
+    );
+    m.gauge(
+        "ringcast_history_bytes",
+        "Bytes of history counted against --history-max-bytes (frames plus overheads)",
+        s.history.bytes,
+    );
+    m.counter(
+        "ringcast_history_evicted_total",
+        "Retained messages evicted to stay under --history-max-bytes",
+        s.history.evicted,
+    );
+    m.gauge(
         "ringcast_draining",
         "1 once a drain has started",
         u64::from(draining),

@@ -173,6 +173,11 @@ impl Server {
         unsafe { libc::kill(pid, signal) };
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// Waits up to `limit` for the process to exit; returns its status.
     pub async fn exit_within(mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().unwrap();

@@ -3,44 +3,87 @@
 
 use super::Connections;
 use crate::conn::{Endpoint, Phase};
+use crate::hub::TopicFrame;
 use crate::stats::WorkerStats;
 use bytes::Bytes;
 
 impl Connections {
-    /// Queues `frame` to every open subscriber of any of `topics` and
-    /// every open connection of any of `users`, once per connection.
-    /// Returns how many connections it was queued to.
-    pub fn publish(&mut self, topics: &[String], users: &[String], frame: &Bytes) -> usize {
+    /// Queues one publish on this worker. Raw-mode connections get `frame`
+    /// once per connection, whether they subscribe to any of `topics` or
+    /// belong to any of `users`. `ringcast.v1` subscribers get each
+    /// topic's delivery from `v1` (in the order of `topics`), once per
+    /// topic, except where a recovering subscription already covers it;
+    /// `ringcast.v1` connections of `users` that got no topic delivery get
+    /// `direct`. Frames shared by the workers are passed through `local`
+    /// (this worker's copy) at their first use here. Returns how many
+    /// deliveries were queued.
+    pub fn publish(
+        &mut self,
+        topics: &[String],
+        users: &[String],
+        frame: &Bytes,
+        v1: &[TopicFrame],
+        direct: &Bytes,
+        local: impl Fn(&Bytes) -> Bytes,
+    ) -> usize {
         self.delivery += 1;
-        let (table, io, delivery) = (&mut self.table, &mut self.io, self.delivery);
+        let delivery = self.delivery;
         let mut queued = 0;
-        let mut deliver = |slot: u32| {
-            let conn = table.get_mut(slot).expect("subscriber slot is live");
-            if conn.last_delivery != delivery {
-                conn.last_delivery = delivery;
-                queued += usize::from(io.queue(conn, slot, frame.clone()));
-            }
-        };
-        for name in topics {
-            if let Some(id) = self.topics.id(name) {
-                self.topics.members(id).for_each(&mut deliver);
+        for (name, topic_frame) in topics.iter().zip(v1) {
+            let Some(id) = self.topics.id(name) else {
+                continue;
+            };
+            let mut v1_frame = None;
+            for slot in self.topics.members(id) {
+                let conn = self.table.get_mut(slot).expect("subscriber slot is live");
+                if conn.endpoint == Some(Endpoint::PubSubV1) {
+                    conn.last_delivery = delivery;
+                    if !self.skips.covers(id, slot, topic_frame.position) {
+                        let f = v1_frame.get_or_insert_with(|| local(&topic_frame.frame));
+                        queued += usize::from(self.io.queue(conn, slot, f.clone()));
+                    }
+                } else if conn.last_delivery != delivery {
+                    conn.last_delivery = delivery;
+                    queued += usize::from(self.io.queue(conn, slot, frame.clone()));
+                }
             }
         }
-        for user in users {
-            self.sessions.user_slots(user).for_each(&mut deliver);
+        let mut direct_frame = None;
+        for slot in users.iter().flat_map(|user| self.sessions.user_slots(user)) {
+            let conn = self.table.get_mut(slot).expect("user slot is live");
+            if conn.last_delivery == delivery {
+                continue;
+            }
+            conn.last_delivery = delivery;
+            let f = if conn.endpoint == Some(Endpoint::PubSubV1) {
+                direct_frame.get_or_insert_with(|| local(direct)).clone()
+            } else {
+                frame.clone()
+            };
+            queued += usize::from(self.io.queue(conn, slot, f));
         }
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
         queued
     }
 
-    /// Queues `frame` to every open connection on the topics endpoint.
-    pub fn broadcast(&mut self, frame: &Bytes) -> usize {
+    /// Queues `frame` to every open connection on the topics endpoint, and
+    /// `v1` (passed through `local` once) to those speaking `ringcast.v1`.
+    pub fn broadcast(
+        &mut self,
+        frame: &Bytes,
+        v1: &Bytes,
+        local: impl Fn(&Bytes) -> Bytes,
+    ) -> usize {
         let mut queued = 0;
+        let mut v1_frame = None;
         let io = &mut self.io;
         self.table.for_each(|slot, conn| {
-            if conn.endpoint == Some(Endpoint::PubSub) {
-                queued += usize::from(io.queue(conn, slot, frame.clone()));
-            }
+            let f = match conn.endpoint {
+                Some(Endpoint::PubSub) => frame.clone(),
+                Some(Endpoint::PubSubV1) => v1_frame.get_or_insert_with(|| local(v1)).clone(),
+                _ => return,
+            };
+            queued += usize::from(io.queue(conn, slot, f));
         });
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
         queued

@@ -7,6 +7,7 @@ use crate::admission::{Forwarding, PeerId};
 use crate::conn::{Endpoint, Phase};
 use crate::protocol::handshake::{self, Reject, Request};
 use crate::protocol::proxy;
+use crate::protocol::v1;
 use crate::session::{self, Identity};
 use crate::topics;
 use bytes::Bytes;
@@ -137,7 +138,14 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<(Endpoint, Vec<String>, V
             }
         }
     }
-    let upgrade = req.upgrade(&limits.subprotocols)?;
+    let upgrade = match endpoint {
+        Endpoint::PubSub => req.upgrade(&limits.topic_subprotocols)?,
+        _ => req.upgrade(&limits.subprotocols)?,
+    };
+    let endpoint = match upgrade.protocol {
+        Some(v1::NAME) if endpoint == Endpoint::PubSub => Endpoint::PubSubV1,
+        _ => endpoint,
+    };
     Ok((endpoint, topics, handshake::accept_response(&upgrade)))
 }
 
@@ -195,7 +203,7 @@ impl Connections {
         self.io.schedule(conn, slot, at);
         self.io.mark_flush(conn, slot);
         for topic in topics {
-            self.subscribe(slot, &topic);
+            self.subscribe_at_open(slot, &topic);
         }
         if !rest.is_empty() {
             self.on_frames(slot, &mut rest);

@@ -28,6 +28,8 @@ pub(super) struct Limits {
     pub path: String,
     pub echo: bool,
     pub subprotocols: Vec<String>,
+    /// `subprotocols` and `ringcast.v1`: what the topics endpoint accepts.
+    pub topic_subprotocols: Vec<String>,
     pub max_message: usize,
     pub max_outbound: usize,
     pub idle: Tick,
@@ -44,6 +46,7 @@ impl Limits {
             path: config.path.clone(),
             echo: config.echo,
             subprotocols: config.subprotocols.clone(),
+            topic_subprotocols: crate::connections::recovery::subprotocols(&config.subprotocols),
             max_message: config.max_message_size,
             max_outbound: config.max_outbound_bytes,
             idle: ticks(config.idle_timeout),

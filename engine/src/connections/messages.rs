@@ -6,6 +6,7 @@ use crate::conn::Endpoint;
 use crate::control;
 use crate::protocol::decoder::{Message, ProtocolError};
 use crate::protocol::frame::{self, OpCode};
+use crate::protocol::v1;
 use crate::session::jwt::MAX_TOKEN;
 use crate::stats::WorkerStats;
 use crate::topics::{self, Member};
@@ -16,6 +17,7 @@ use std::ops::ControlFlow;
 pub(super) enum Action {
     Send(Bytes),
     Control(control::Request),
+    V1(v1::Request),
     CloseEcho(Option<u16>),
     Fail(ProtocolError),
 }
@@ -32,7 +34,11 @@ fn on_message(endpoint: Endpoint, message: Message<'_>, actions: &mut Vec<Action
             Ok(request) => Action::Control(request),
             Err(reason) => text_reply(control::error(&reason)),
         },
-        (Endpoint::PubSub, Message::Binary(_)) => {
+        (Endpoint::PubSubV1, Message::Text(t)) => match v1::parse(t) {
+            Ok(request) => Action::V1(request),
+            Err(reason) => text_reply(control::error(&reason)),
+        },
+        (Endpoint::PubSub | Endpoint::PubSubV1, Message::Binary(_)) => {
             text_reply(control::error("binary messages are not control messages"))
         }
         (_, Message::Ping(p)) => Action::Send(frame::encode(OpCode::Pong, p)),
@@ -66,7 +72,7 @@ impl Connections {
         self.actions = actions;
     }
 
-    fn apply(&mut self, slot: u32, action: Action) {
+    pub(super) fn apply(&mut self, slot: u32, action: Action) {
         let conn = self.table.get_mut(slot).expect("live slot");
         match action {
             Action::Send(frame) => {
@@ -78,6 +84,7 @@ impl Connections {
                 let reply = self.subscribe(slot, &topic);
                 self.reply(slot, reply);
             }
+            Action::V1(request) => self.apply_v1(slot, request),
             Action::Control(control::Request::Unsubscribe { topic }) => {
                 let member = self.topics.id(&topic).and_then(|id| conn.topics.remove(id));
                 if let Some(member) = member {
@@ -146,7 +153,7 @@ impl Connections {
         control::refreshed()
     }
 
-    fn reply(&mut self, slot: u32, text: String) {
+    pub(super) fn reply(&mut self, slot: u32, text: String) {
         let conn = self.table.get_mut(slot).expect("live slot");
         self.io
             .queue(conn, slot, frame::encode(OpCode::Text, text.as_bytes()));
@@ -178,6 +185,7 @@ impl Connections {
     /// Takes `slot` out of `member`'s topic, and updates the connection
     /// whose slot took its place in the member list.
     pub(super) fn leave(&mut self, slot: u32, member: Member) {
+        self.skips.forget(member.topic, slot);
         if let Some(moved) = self.topics.unsubscribe(member, slot) {
             let conn = self.table.get_mut(moved).expect("subscriber slot is live");
             conn.topics.moved(member.topic, member.index);

@@ -14,6 +14,7 @@
 //!   token refreshes;
 //! - `fanout`: publish and broadcast, to topics and to users, and the
 //!   disconnection of users;
+//! - `recovery`: `ringcast.v1` subscribes with a position, and replays;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
 
 mod deadlines;
@@ -21,6 +22,7 @@ mod fanout;
 mod handshake;
 pub mod io;
 mod messages;
+mod recovery;
 pub mod table;
 
 pub use io::{Io, CLOSE_TIMEOUT};
@@ -52,6 +54,9 @@ pub struct Connections {
     due: Vec<(Entry, Tick)>,
     spread: Option<Spread>,
     next_trim: Tick,
+    /// History, read when a `ringcast.v1` connection subscribes.
+    hub: Arc<crate::hub::Hub>,
+    skips: recovery::Skips,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -74,6 +79,7 @@ impl Connections {
         stats: Arc<[WorkerStats]>,
         worker: usize,
         admission: &Arc<Admission>,
+        hub: Arc<crate::hub::Hub>,
     ) -> Self {
         Self {
             table: Table::new(capacity),
@@ -86,6 +92,8 @@ impl Connections {
             due: Vec::new(),
             spread: None,
             next_trim: 0,
+            hub,
+            skips: recovery::Skips::default(),
         }
     }
 

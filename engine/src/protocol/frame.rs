@@ -146,9 +146,18 @@ fn put_header(out: &mut impl BufMut, b0: u8, mask: u8, payload_len: usize) {
 /// one buffer. The result is reference-counted: a broadcast encodes once and
 /// every subscriber's send shares it.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(10 + payload.len());
-    put_header(&mut out, 0x80 | opcode as u8, 0, payload.len());
-    out.put_slice(payload);
+    encode_parts(opcode, &[payload])
+}
+
+/// As [`encode`], for a payload that is the concatenation of `parts`: one
+/// copy of each part, with no intermediate buffer.
+pub fn encode_parts(opcode: OpCode, parts: &[&[u8]]) -> Bytes {
+    let len = parts.iter().map(|p| p.len()).sum();
+    let mut out = BytesMut::with_capacity(10 + len);
+    put_header(&mut out, 0x80 | opcode as u8, 0, len);
+    for part in parts {
+        out.put_slice(part);
+    }
     out.freeze()
 }
 

@@ -10,6 +10,7 @@
 //! - [`decoder`]: a connection's read side: frames to messages, with
 //!   fragment reassembly and interleaved control frames (RFC 6455 §5.4).
 //! - [`proxy`]: the PROXY protocol v1/v2 header in front of a connection.
+//! - [`v1`]: the `ringcast.v1` subprotocol's JSON messages.
 
 pub mod close;
 pub mod decoder;
@@ -18,3 +19,4 @@ pub mod handshake;
 pub mod mask;
 pub mod proxy;
 pub mod utf8;
+pub mod v1;

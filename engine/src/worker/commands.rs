@@ -8,6 +8,18 @@ use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// This worker's own copy of a frame shared by several workers (`copy`):
+/// every subscriber's queue then bumps a reference count that no other
+/// thread touches (one copy per worker per publish instead of a cache line
+/// bounced between cores per delivery).
+fn local(copy: bool, frame: &Bytes) -> Bytes {
+    if copy {
+        Bytes::copy_from_slice(frame)
+    } else {
+        frame.clone()
+    }
+}
+
 impl Worker {
     /// Applies every command waiting. The wake flag is cleared first, so a
     /// command sent while this runs either is seen here or writes the
@@ -20,10 +32,17 @@ impl Worker {
                     topics,
                     users,
                     frame,
+                    v1,
+                    direct,
                     ack,
                 } => {
-                    let frame = self.local(frame);
-                    ack.complete(self.conns.publish(&topics, &users, &frame));
+                    let copy = self.copy_frames;
+                    let frame = local(copy, &frame);
+                    let v1_local = |f: &Bytes| local(copy, f);
+                    ack.complete(
+                        self.conns
+                            .publish(&topics, &users, &frame, &v1, &direct, v1_local),
+                    );
                 }
                 Command::Disconnect {
                     users,
@@ -34,9 +53,11 @@ impl Worker {
                 Command::UserConnections { user, ack } => {
                     ack.complete(self.conns.user_connections(&user));
                 }
-                Command::Broadcast { frame, ack } => {
-                    let frame = self.local(frame);
-                    ack.complete(self.conns.broadcast(&frame));
+                Command::Broadcast { frame, v1, ack } => {
+                    let copy = self.copy_frames;
+                    let frame = local(copy, &frame);
+                    let v1_local = |f: &Bytes| local(copy, f);
+                    ack.complete(self.conns.broadcast(&frame, &v1, v1_local));
                 }
                 Command::Drain { period } => self.begin_drain(period),
                 Command::Rebalance { fraction, period } => {
@@ -50,18 +71,7 @@ impl Worker {
                 Command::InjectPanic => panic!("injected worker panic (fault-injection build)"),
             }
         }
-    }
-
-    /// This worker's own copy of a frame shared by several workers: every
-    /// subscriber's queue then bumps a reference count that no other
-    /// thread touches (one copy per worker per publish instead of a cache
-    /// line bounced between cores per delivery).
-    fn local(&self, frame: Bytes) -> Bytes {
-        if self.copy_frames {
-            Bytes::copy_from_slice(&frame)
-        } else {
-            frame
-        }
+        self.conns.commands_applied();
     }
 
     /// Closes the listener (the load balancer's connects now fail here and

@@ -89,6 +89,8 @@ pub struct Setup {
     pub admission: Arc<Admission>,
     /// This worker's share of `--max-handshakes-per-sec`.
     pub accept_rate: Option<f64>,
+    /// History shared by every worker and the publishers.
+    pub hub: Arc<crate::hub::Hub>,
 }
 
 impl Worker {
@@ -130,6 +132,7 @@ impl Worker {
             setup.stats,
             setup.index,
             &setup.admission,
+            setup.hub,
         );
         Ok(Self {
             ring,
