@@ -61,9 +61,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Source, usize)>, Malformed> {
 }
 
 fn parse_v1(buf: &[u8]) -> Result<Option<(Source, usize)>, Malformed> {
-    let window = &buf[..buf.len().min(MAX_V1)];
+    // The CR must leave room for the LF within MAX_V1 bytes.
+    let window = &buf[..buf.len().min(MAX_V1 - 1)];
     let Some(cr) = window.iter().position(|&b| b == b'\r') else {
-        return if buf.len() >= MAX_V1 {
+        return if buf.len() >= MAX_V1 - 1 {
             Err(Malformed("v1 header longer than 107 bytes"))
         } else {
             Ok(None)
@@ -226,6 +227,20 @@ mod tests {
         }
         let long = format!("PROXY TCP4 {}", "1".repeat(MAX_V1));
         assert!(parse(long.as_bytes()).is_err());
+        // CR as the 107th byte: with its LF the line would be 108 bytes.
+        let mut over = format!("PROXY UNKNOWN{}", " ".repeat(MAX_V1 - 14));
+        assert_eq!(over.len(), MAX_V1 - 1);
+        assert_eq!(
+            parse(over.as_bytes()),
+            Err(Malformed("v1 header longer than 107 bytes"))
+        );
+        assert!(
+            parse(format!("{over}\r\n").as_bytes()).is_err(),
+            "108 bytes"
+        );
+        over.pop();
+        over.push_str("\r\n");
+        assert_eq!(parse(over.as_bytes()), Ok(Some((Source::Local, MAX_V1))));
         let mut huge = v2(0x21, 0x11, &[]);
         huge[14..16].copy_from_slice(&2000u16.to_be_bytes());
         assert!(parse(&huge).is_err());
