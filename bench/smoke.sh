@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Smoke run of every ringcast-bench subcommand at small scale against the
 # debug builds: soak 2000 connections for 5 s, fanout to 500 subscribers
-# for 20 messages, echo, a soak of 500 connections with a JWT each against
-# a server with auth on, and compare with both peers. Checks that each
+# for 20 messages (raw, then ringcast.v1), a reconnect storm of 500
+# clients recovering 100 messages each, echo, a soak of 500 connections
+# with a JWT each against a server with auth on, and compare with both
+# peers. Checks that each
 # results.json has its fields and that nothing failed, dropped or was lost.
 # Bounded: every command runs under `timeout`.
 set -euo pipefail
@@ -30,7 +32,7 @@ start_server() {
   ws=${ws#ws=}
   api=${api#api=}
 }
-start_server --echo
+start_server --echo --history 'storm=200/10m'
 
 bench() { timeout 180 "$bin/ringcast-bench" "$@" --quiet; }
 
@@ -38,6 +40,10 @@ bench soak --url "ws://$ws/ws?topic=t" --connections 2000 --hold 5s --ping-inter
   --server-pid "$server_pid" --out "$out/soak"
 bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topic=t" \
   --subscribers 500 --messages 20 --interval 20ms --out "$out/fanout"
+bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topic=t" \
+  --subprotocol ringcast.v1 --subscribers 500 --messages 20 --interval 20ms --out "$out/fanout-v1"
+bench recover --url "ws://$ws/ws" --api "http://$api" --topic storm --connections 500 \
+  --replay 100 --out "$out/recover"
 bench echo --url "ws://$ws/echo" --connections 50 --duration 3s --out "$out/echo"
 kill "$server_pid"
 head -c 32 /dev/urandom | base64 >"$out/jwt-secret"
@@ -70,11 +76,17 @@ fan = load("fanout/results.json", "latency", "per_message", "lost", "out_of_orde
 assert fan["subscribers"] == 500 and fan["published"] == 20, fan["publish_errors"]
 assert fan["expected"] == 10000 and fan["delivered"] == 10000, (fan["delivered"], fan["lost"])
 assert fan["lost"] == 0 and fan["out_of_order"] == 0 and len(fan["per_message"]) == 20
+v1 = load("fanout-v1/results.json", "latency", "subprotocol")
+assert v1["subprotocol"] == "ringcast.v1" and v1["delivered"] == 10000, v1["delivered"]
+assert v1["lost"] == 0 and v1["out_of_order"] == 0 and v1["bad_messages"] == 0
+rec = load("recover/results.json", "reconnect_to_recovered", "expected", "delivered")
+assert rec["ramp"]["opened"] == 500 and rec["delivered"] == rec["expected"] == 50000, rec["delivered"]
+assert rec["bad_messages"] == 0 and rec["reconnect_to_recovered"]["count"] == 500
 echo = load("echo/results.json", "messages_per_s", "round_trip")
 assert echo["messages"] > 0 and echo["bad_messages"] == 0 and echo["dropped"] == 0
 cmp = load("compare/compare.json", "entries", "ratios")
 assert [e["server"] for e in cmp["entries"]] == ["ringcast", "tokio-tungstenite", "fastwebsockets"]
 for e in cmp["entries"]:
     assert e["fanout"]["lost"] == 0 and e["soak"]["ramp"]["failed"] == 0, e["server"]
-print("bench smoke: soak, fanout, echo, soak with auth and compare passed")
+print("bench smoke: soak, fanout (raw and ringcast.v1), recover, echo, soak with auth and compare passed")
 EOF

@@ -210,6 +210,7 @@ pub fn run(args: &Compare) -> Result<bool, String> {
             interval: args.interval,
             size: 64,
             drain_timeout: Duration::from_secs(10),
+            subprotocol: None,
             common: common("fanout"),
         })?;
         let echo = echo::run(&Echo {

@@ -37,6 +37,11 @@ pub struct Fanout {
     /// still missing; they are then counted as lost.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Subprotocol the subscribers offer. `ringcast.v1`: every delivery is
+    /// JSON, and each subscriber reads the payload (sequence number and
+    /// send time) from its `data` [default: none, raw payloads].
+    #[arg(long, value_parser = [ringcast_engine::protocol::v1::NAME])]
+    pub subprotocol: Option<String>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -56,6 +61,8 @@ pub struct FanoutResult {
     pub meta: Meta,
     pub url: String,
     pub publish_url: String,
+    /// The subprotocol the subscribers offered, if any.
+    pub subprotocol: Option<String>,
     pub workers: usize,
     pub ramp: Ramp,
     pub failed_by_reason: BTreeMap<String, u64>,
@@ -105,6 +112,12 @@ impl FanoutResult {
         let worst = self.per_message.iter().max_by_key(|m| m.latency.p99_us);
         let rows = vec![
             ("url", self.url.clone()),
+            (
+                "subprotocol",
+                self.subprotocol
+                    .clone()
+                    .unwrap_or_else(|| "none (raw)".into()),
+            ),
             (
                 "subscribers",
                 format!("{} (failed {})", self.subscribers, self.ramp.failed),
@@ -159,7 +172,10 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
         return Err("--size must be at least 30 bytes".into());
     }
     let meta = Meta::now("fanout");
-    let session = Session::start(&args.common, &args.url, args.subscribers, Mode::Fanout)?;
+    let mode = Mode::Fanout {
+        v1: args.subprotocol.is_some(),
+    };
+    let session = Session::start(&args.common, &args.url, args.subscribers, mode)?;
     let ramp = session.ramp(args.subscribers, args.common.rate);
     let shared = session.shared().clone();
     let subscribers = Shared::get(&shared.open);
@@ -199,6 +215,7 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
         meta,
         url: args.url.clone(),
         publish_url: args.publish_url.clone(),
+        subprotocol: args.subprotocol.clone(),
         workers,
         ramp,
         failed_by_reason: report.failures.clone(),

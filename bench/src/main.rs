@@ -1,5 +1,6 @@
 //! `ringcast-bench`: soak, fan-out and echo load against any WebSocket
-//! server, and a side-by-side comparison of ringcast with peer servers.
+//! server, a reconnect storm with ringcast.v1 recovery, and a side-by-side
+//! comparison of ringcast with peer servers.
 
 mod compare;
 mod echo;
@@ -7,6 +8,7 @@ mod fanout;
 mod load;
 mod plot;
 mod probe;
+mod recover;
 mod report;
 mod session;
 mod soak;
@@ -37,6 +39,9 @@ enum Command {
     Fanout(fanout::Fanout),
     /// Closed-loop echo over C connections: messages/s and round trip.
     Echo(echo::Echo),
+    /// Reconnect storm with recovery: N ringcast.v1 clients each resume a
+    /// topic R messages back; time from connect to recovered.
+    Recover(recover::Recover),
     /// Start ringcast and each peer server in turn and run the same soak,
     /// fanout and echo against each.
     Compare(compare::Compare),
@@ -53,6 +58,10 @@ fn main() -> ExitCode {
             r.ok()
         }),
         Command::Echo(args) => echo::run(&args).map(|r| {
+            r.print();
+            r.ok()
+        }),
+        Command::Recover(args) => recover::run(&args).map(|r| {
             r.print();
             r.ok()
         }),

@@ -13,7 +13,7 @@
 //! (echo traffic, pings), and finally stops it and merges each worker's
 //! [`Report`].
 
-mod conn;
+pub(crate) mod conn;
 pub mod wire;
 mod worker;
 
@@ -44,11 +44,32 @@ pub enum Mode {
     /// per `ping_every` and count the pongs.
     Soak { ping_every: Option<Duration> },
     /// Receive published messages (payload `"SEQ SENT_NS ..."`, see
-    /// [`fanout_payload`]) and record publish-to-receipt latency.
-    Fanout,
+    /// [`fanout_payload`]) and record publish-to-receipt latency. With
+    /// `v1`, offer `ringcast.v1` and read the payload from each JSON
+    /// delivery's `data`.
+    Fanout { v1: bool },
     /// During [`Phase::Run`], send a `size`-byte binary message, wait for
     /// its echo, repeat; record round-trip latency.
     Echo { size: usize },
+    /// Offer `ringcast.v1`, send `subscribe` (a subscribe with `since`)
+    /// once open, expect `recovered:true` and `replay` messages, and
+    /// record the time from the start of the connect to the last one.
+    Recover {
+        replay: u32,
+        subscribe: &'static str,
+    },
+}
+
+impl Mode {
+    /// The subprotocol the handshake offers.
+    pub fn subprotocol(self) -> Option<&'static str> {
+        match self {
+            Self::Fanout { v1: true } | Self::Recover { .. } => {
+                Some(ringcast_engine::protocol::v1::NAME)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The payload of fan-out message `seq`: sequence number and send time

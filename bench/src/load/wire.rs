@@ -109,13 +109,15 @@ impl Tokens {
 
 impl Handshake {
     /// A request for `resource` (path and query) on `host`, with a fresh
-    /// random key.
-    pub fn new(host: &str, resource: &str) -> Self {
+    /// random key, offering `protocol` if given.
+    pub fn new(host: &str, resource: &str, protocol: Option<&str>) -> Self {
         let key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<16>());
+        let offer =
+            protocol.map_or_else(String::new, |p| format!("Sec-WebSocket-Protocol: {p}\r\n"));
         let request = format!(
             "GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\n{offer}\r\n"
         )
         .into_bytes();
         Self {
@@ -170,7 +172,10 @@ mod tests {
 
     #[test]
     fn checks_responses() {
-        let hs = Handshake::new("h", "/ws");
+        let hs = Handshake::new("h", "/ws", None);
+        let v1 = Handshake::new("h", "/ws", Some("ringcast.v1"));
+        let text = String::from_utf8(v1.request).unwrap();
+        assert!(text.ends_with("Sec-WebSocket-Protocol: ringcast.v1\r\n\r\n"));
         let good = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: {}\r\n\r\n",

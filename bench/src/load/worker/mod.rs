@@ -1,13 +1,13 @@
 //! One load-generator worker: a ring, a fixed-file table sized for its
 //! quota of connections, a provided buffer ring, and the loop that drives
-//! every connection's state machine from CQEs.
+//! every connection's state machine from CQEs; `messages` reads what
+//! arrives.
+
+mod messages;
 
 use super::conn::{now_us, Conn, State};
 use super::wire::{client_frame, random_bytes, Handshake};
-use super::{
-    now_ns, parse_fanout_payload, per_message_histogram, Mode, Phase, Plan, Report, Shared,
-    PER_MESSAGE_LIMIT,
-};
+use super::{now_ns, Mode, Phase, Plan, Report, Shared};
 use crate::target::Sources;
 use io_uring::types::{CancelBuilder, DestinationSlot, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
@@ -155,6 +155,8 @@ struct Clients {
     handshake: Handshake,
     ping: Vec<u8>,
     echo: Vec<u8>,
+    /// Recover: the subscribe each connection sends once open.
+    subscribe: Vec<u8>,
     dest: RawAddr,
     sources: Sources,
     /// Each slot's source address while its BIND is in flight.
@@ -191,6 +193,12 @@ impl Worker {
             Mode::Echo { size } => client_frame(OpCode::Binary, &vec![b'e'; size], mask),
             _ => Vec::new(),
         };
+        let subscribe = match plan.mode {
+            Mode::Recover { subscribe, .. } => {
+                client_frame(OpCode::Text, subscribe.as_bytes(), mask)
+            }
+            _ => Vec::new(),
+        };
         let sources = plan.sources.clone();
         let domain = match plan.target.addr.ip() {
             IpAddr::V4(_) => libc::AF_INET,
@@ -200,9 +208,14 @@ impl Worker {
             conns: Vec::with_capacity(setup.quota),
             free: Vec::new(),
             owned: Slab::new(),
-            handshake: Handshake::new(&plan.target.host, &plan.target.resource),
+            handshake: Handshake::new(
+                &plan.target.host,
+                &plan.target.resource,
+                plan.mode.subprotocol(),
+            ),
             ping: client_frame(OpCode::Ping, b"", mask),
             echo,
+            subscribe,
             dest: RawAddr::new(plan.target.addr),
             binds: Vec::with_capacity(if sources.is_empty() { 0 } else { setup.quota }),
             sources,
@@ -551,6 +564,9 @@ impl Clients {
                     if self.phase == Phase::Run && matches!(self.mode, Mode::Echo { .. }) {
                         self.send_echo(ring, slot);
                     }
+                    if !self.subscribe.is_empty() {
+                        self.send_owned(ring, slot, self.subscribe.clone());
+                    }
                 }
                 Err(e) => return self.lose(ring, slot, e.to_string()),
             }
@@ -599,11 +615,12 @@ impl Clients {
     fn on_frame(&mut self, ring: &mut IoUring, slot: u32, opcode: OpCode, payload: &[u8]) -> bool {
         match opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                self.shared().messages.fetch_add(1, Ordering::Relaxed);
-                self.shared()
-                    .last_message_ns
-                    .store(now_ns(), Ordering::Relaxed);
-                self.on_message(ring, slot, payload);
+                if self.on_message(ring, slot, payload) {
+                    self.shared().messages.fetch_add(1, Ordering::Relaxed);
+                    self.shared()
+                        .last_message_ns
+                        .store(now_ns(), Ordering::Relaxed);
+                }
             }
             OpCode::Ping => {
                 let pong = client_frame(OpCode::Pong, payload, random_bytes::<4>());
@@ -623,45 +640,6 @@ impl Clients {
             }
         }
         true
-    }
-
-    fn on_message(&mut self, ring: &mut IoUring, slot: u32, payload: &[u8]) {
-        match self.mode {
-            Mode::Soak { .. } => {}
-            Mode::Fanout => {
-                let Some((seq, sent_ns)) = parse_fanout_payload(payload) else {
-                    self.report.bad_messages += 1;
-                    return;
-                };
-                let latency_us = now_ns().saturating_sub(sent_ns) / 1000;
-                self.report.latency_us.saturating_record(latency_us.max(1));
-                if seq < PER_MESSAGE_LIMIT {
-                    let per = &mut self.report.per_message_us;
-                    if per.len() <= seq as usize {
-                        per.resize_with(seq as usize + 1, per_message_histogram);
-                    }
-                    per[seq as usize].saturating_record(latency_us.max(1));
-                }
-                let conn = &mut self.conns[slot as usize];
-                if seq < conn.next_seq {
-                    self.report.out_of_order += 1;
-                } else {
-                    conn.next_seq = seq + 1;
-                }
-            }
-            Mode::Echo { size } => {
-                let rtt = now_us().wrapping_sub(self.conns[slot as usize].stamp_us);
-                self.report
-                    .latency_us
-                    .saturating_record(u64::from(rtt.max(1)));
-                if payload.len() != size {
-                    self.report.bad_messages += 1;
-                }
-                if self.phase == Phase::Run {
-                    self.send_echo(ring, slot);
-                }
-            }
-        }
     }
 
     /// Counts a connection that failed before it opened.
