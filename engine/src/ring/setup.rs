@@ -6,9 +6,14 @@ use std::io;
 /// Submission queue entries per ring.
 pub const SQ_ENTRIES: u32 = 4096;
 
-/// Completion queue entries per ring: room for a burst of multishot
-/// receives and fan-out sends between two loop iterations.
-pub const CQ_ENTRIES: u32 = 65536;
+/// Completion queue sizes per ring, tried in order: room for a burst of
+/// multishot receives and fan-out sends between two loop iterations. A
+/// 65536-entry queue is 1 MiB of contiguous kernel memory; on a host whose
+/// free memory is fragmented (much page cache), `io_uring_setup` fails with
+/// `ENOMEM` for it while smaller queues still fit. A smaller queue only
+/// means completions wait in the kernel's overflow list (never dropped)
+/// until the loop reaps them.
+pub const CQ_ENTRIES: [u32; 3] = [65536, 16384, 4096];
 
 /// Adds setup flags to a ring builder.
 type Flags = fn(&mut io_uring::Builder);
@@ -16,13 +21,14 @@ type Flags = fn(&mut io_uring::Builder);
 /// Builds a ring for one worker thread, trying in order:
 /// SINGLE_ISSUER + DEFER_TASKRUN + COOP_TASKRUN (completions run only when
 /// this thread waits, no interrupts), the same without COOP_TASKRUN, then
-/// COOP_TASKRUN alone, then no flags. Returns the ring
-/// and a name for the setup chosen, for the startup log.
+/// COOP_TASKRUN alone, then no flags; each with the largest completion
+/// queue of [`CQ_ENTRIES`] the kernel can allocate. Returns the ring and a
+/// name for the setup chosen, for the startup log.
 ///
 /// # Errors
 /// The last `io_uring_setup(2)` error if no setup works (e.g. io_uring is
-/// disabled by `kernel.io_uring_disabled`, or `ENOMEM` under a low
-/// `RLIMIT_MEMLOCK` on kernels before 5.12).
+/// disabled by `kernel.io_uring_disabled`, or `ENOMEM` when even the
+/// smallest queue cannot be allocated).
 pub fn build_ring() -> io::Result<(IoUring, &'static str)> {
     let attempts: [(&str, Flags); 4] = [
         ("single_issuer+defer_taskrun+coop_taskrun", |b| {
@@ -40,12 +46,18 @@ pub fn build_ring() -> io::Result<(IoUring, &'static str)> {
     ];
     let mut last_error = None;
     for (name, flags) in attempts {
-        let mut builder = IoUring::builder();
-        builder.setup_cqsize(CQ_ENTRIES).setup_submit_all();
-        flags(&mut builder);
-        match builder.build(SQ_ENTRIES) {
-            Ok(ring) => return Ok((ring, name)),
-            Err(e) => last_error = Some(e),
+        for cq in CQ_ENTRIES {
+            let mut builder = IoUring::builder();
+            builder.setup_cqsize(cq).setup_submit_all();
+            flags(&mut builder);
+            match builder.build(SQ_ENTRIES) {
+                Ok(ring) => return Ok((ring, name)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => last_error = Some(e),
+                Err(e) => {
+                    last_error = Some(e);
+                    break; // these flags are refused whatever the size
+                }
+            }
         }
     }
     Err(last_error.expect("at least one attempt"))

@@ -123,6 +123,7 @@ impl Worker {
             worker = setup.index,
             flags,
             capacity = setup.capacity,
+            cq_entries = ring.params().cq_entries(),
             incremental_buffers = bufs.is_incremental(),
             "worker ready"
         );
