@@ -459,3 +459,33 @@ fn a_python_websockets_client_with_a_pyjwt_token_gets_a_push_to_its_user() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_ringcast_v1_connection_gets_its_user_messages_as_message_ops() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let keys = Keys::new(false);
+    let server = Server::start(&["--jwt-hmac-secret-file", &keys.path("secret")]);
+    let specs = json!([{"alg": "HS256", "key": keys.path("secret"), "claims": {"sub": "42"}}]);
+    let token = mint(&specs).remove(0);
+    let mut request = server.url("/ws?topic=t").into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    headers.insert("sec-websocket-protocol", "ringcast.v1".parse().unwrap());
+    let (mut ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "ringcast.v1");
+    expect_json(&mut ws, json!({"op": "subscribed", "topic": "t"})).await;
+    assert_eq!(server.publish("user=42", "for 42").await, 1);
+    expect_json(&mut ws, json!({"op": "message", "data": "for 42"})).await;
+    // Reached by its topic and as the user's: the topic delivery only.
+    assert_eq!(server.publish("user=42&topic=t", "both").await, 1);
+    expect_json(
+        &mut ws,
+        json!({"op": "message", "topic": "t", "data": "both"}),
+    )
+    .await;
+    assert_eq!(server.publish("user=42", "again").await, 1);
+    expect_json(&mut ws, json!({"op": "message", "data": "again"})).await;
+}
