@@ -129,7 +129,10 @@ fn size(seq: usize) -> usize {
 
 #[tokio::test]
 async fn slow_subscribers_get_intact_frames_then_1008_while_fast_ones_get_everything() {
-    let server = Server::start(&["--workers", "2", "--max-outbound-bytes", "65536"]);
+    // 1 MiB of queue: a fast reader on a loaded host never falls that far
+    // behind, while a slow one, with 8 MB published to its topic, passes
+    // it and the kernel's socket buffers (4 MB at most) together.
+    let server = Server::start(&["--workers", "2", "--max-outbound-bytes", "1048576"]);
     let url = server.url("/ws?topic=fast");
     let mut fast = connect_many(&url, 4).await;
     let published = AtomicBool::new(false);
