@@ -1,8 +1,9 @@
 //! `control::parse` (the JSON control messages) on arbitrary UTF-8.
 //!
-//! Invariants: no panic; a parsed request survives a round trip through
-//! the acknowledgement the server would send (same op and topic); an
-//! error reason makes a well-formed JSON error reply.
+//! Invariants: no panic; a parsed subscribe or unsubscribe survives a
+//! round trip through the acknowledgement the server would send (same op
+//! and topic), a refresh through its own JSON; an error reason makes a
+//! well-formed JSON error reply.
 
 #![no_main]
 
@@ -15,11 +16,14 @@ fuzz_target!(|data: &[u8]| {
     };
     match parse(text) {
         Ok(request) => {
-            let (op, topic) = match &request {
-                Request::Subscribe { topic } => ("subscribe", topic),
-                Request::Unsubscribe { topic } => ("unsubscribe", topic),
+            let echoed = match &request {
+                Request::Subscribe { topic } => ack("subscribe", topic),
+                Request::Unsubscribe { topic } => ack("unsubscribe", topic),
+                Request::Refresh { token } => {
+                    serde_json::json!({ "op": "refresh", "token": token }).to_string()
+                }
             };
-            assert_eq!(parse(&ack(op, topic)), Ok(request));
+            assert_eq!(parse(&echoed), Ok(request));
         }
         Err(reason) => {
             let reply: serde_json::Value = serde_json::from_str(&error(&reason)).expect("JSON");
