@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Installs the real daemons the black-box tests start: nginx and haproxy
-# from Debian. Their packaged services are not started (policy-rc.d), so
-# nothing listens on port 80 afterwards. Needs root; a no-op when both are
-# already installed.
+# Installs the real components the black-box tests start, from Debian:
+# nginx, haproxy, redis-server (the cluster tests) and chromium (the
+# browser tests, driven headless). Their packaged services are not started
+# (policy-rc.d), so nothing listens on ports 80 or 6379 afterwards. Needs
+# root; a no-op when all are already installed.
 set -euo pipefail
 
 missing=()
 command -v nginx >/dev/null || missing+=(nginx-light)
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -27,4 +30,6 @@ trap '$created_policy && rm -f "$policy"' EXIT
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-command -v nginx >/dev/null && command -v haproxy >/dev/null
+for tool in nginx haproxy redis-server chromium; do
+  command -v "$tool" >/dev/null || { echo "install-test-deps.sh: $tool still missing" >&2; exit 1; }
+done
