@@ -3,6 +3,7 @@
 //! [`Command`] and writes the eventfd, which completes a read the worker
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
+use crate::conn::{Deflate, Route};
 use bytes::Bytes;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -11,21 +12,44 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// One published message, encoded once: shared by all subscribers.
+#[derive(Clone)]
+pub struct Frames {
+    /// The frame, uncompressed.
+    pub plain: Bytes,
+    /// The same message compressed (RSV1, no context takeover, 32 KiB
+    /// window: RFC 7692 §7.2.1), for connections that negotiated
+    /// permessage-deflate with the full window; `None` when compression is
+    /// off, the message is under `--compression-min-size`, it did not
+    /// shrink, or no connection had negotiated it.
+    pub deflated: Option<Bytes>,
+}
+
+impl Frames {
+    /// The frame for a connection with `route`.
+    pub fn for_route(&self, route: Option<Route>) -> &Bytes {
+        match &self.deflated {
+            Some(deflated) if route.is_some_and(|r| r.deflate() == Deflate::Full) => deflated,
+            _ => &self.plain,
+        }
+    }
+}
+
 /// A command for one worker.
 pub enum Command {
-    /// Queue `frame` to every subscriber of any of `topics` (once each).
+    /// Queue `frames` to every subscriber of any of `topics` (once each).
     Publish {
         /// Topic names, already validated.
         topics: Arc<[String]>,
-        /// The encoded frame, shared by all workers and subscribers.
-        frame: Bytes,
+        /// The encoded frames, shared by all workers and subscribers.
+        frames: Frames,
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },
-    /// Queue `frame` to every connection on the topics endpoint.
+    /// Queue `frames` to every connection on the topics endpoint.
     Broadcast {
-        /// The encoded frame.
-        frame: Bytes,
+        /// The encoded frames.
+        frames: Frames,
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },

@@ -56,6 +56,12 @@ pub struct Config {
     /// `Origin` patterns allowed (empty: any); see
     /// [`crate::admission::Admission`].
     pub allowed_origins: Vec<String>,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it
+    /// (default on).
+    pub compression: bool,
+    /// Messages shorter than this many bytes are sent uncompressed, even
+    /// to connections that negotiated compression (default 256).
+    pub compression_min_size: usize,
     /// Receive buffers per worker (power of two, default 1024).
     pub read_buffers: u16,
     /// Size of each receive buffer in bytes (default 4096).
@@ -81,6 +87,8 @@ impl Default for Config {
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
+            compression: true,
+            compression_min_size: 256,
             read_buffers: 1024,
             read_buffer_size: 4096,
         }

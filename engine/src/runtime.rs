@@ -3,13 +3,16 @@
 
 use crate::admission::Admission;
 use crate::capacity::table_size;
-use crate::command::{Ack, Command, Mailbox, Wake};
+use crate::command::{Ack, Command, Frames, Mailbox, Wake};
 use crate::config::Config;
+use crate::protocol::deflate::{Deflater, FULL_WINDOW_BITS};
 use crate::protocol::frame::{self, OpCode};
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::worker::{Setup, Worker};
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -30,6 +33,17 @@ pub struct Handle {
     mailboxes: Arc<[Mailbox]>,
     stats: Arc<[WorkerStats]>,
     admission: Arc<Admission>,
+    /// `--compression-min-size` while compression is on.
+    compression_min_size: Option<usize>,
+}
+
+thread_local! {
+    /// The publishing thread's compressor and its output buffer: a
+    /// publish is compressed once, here, on the thread that calls
+    /// [`Handle::publish`] (the server's API thread), never per worker or
+    /// per subscriber. Allocated on the thread's first compressed publish.
+    static PUBLISH_DEFLATER: RefCell<(Deflater, Vec<u8>)> =
+        RefCell::new((Deflater::new(FULL_WINDOW_BITS), Vec::new()));
 }
 
 impl Runtime {
@@ -102,6 +116,7 @@ impl Runtime {
             mailboxes: mailboxes.into(),
             stats,
             admission,
+            compression_min_size: config.compression.then_some(config.compression_min_size),
         };
         let mut failure = None;
         for _ in 0..workers {
@@ -166,6 +181,29 @@ impl Runtime {
 }
 
 impl Handle {
+    /// The frames of one published message: the plain frame, and the
+    /// compressed one (RFC 7692 §7.2.1, no context takeover) when
+    /// compression is on, the payload is at least `--compression-min-size`
+    /// bytes and shrinks, and some connection negotiated permessage-deflate.
+    fn frames(&self, opcode: OpCode, payload: &[u8]) -> Frames {
+        let negotiated = || {
+            self.stats
+                .iter()
+                .any(|w| w.compressed_connections.load(Ordering::Relaxed) > 0)
+        };
+        let deflated = match self.compression_min_size {
+            Some(min_size) if payload.len() >= min_size && negotiated() => PUBLISH_DEFLATER
+                .with_borrow_mut(|(deflater, scratch)| {
+                    deflater.frame(opcode, payload, min_size, scratch)
+                }),
+            _ => None,
+        };
+        Frames {
+            plain: frame::encode(opcode, payload),
+            deflated,
+        }
+    }
+
     fn send_all(
         &self,
         make: impl Fn(Arc<Ack>) -> Command,
@@ -180,9 +218,10 @@ impl Handle {
     }
 
     /// Publishes one message to every subscriber of any of `topics` (each
-    /// connection receives it once). The frame is encoded once here; with
-    /// several workers, each copies it once into its own buffer, which its
-    /// subscribers' queues share. `done` is called, on a worker thread, with the
+    /// connection receives it once). The frame is encoded once here, and
+    /// compressed once here for the connections that negotiated
+    /// permessage-deflate; with several workers, each copies the frames
+    /// once into its own buffers, which its subscribers' queues share. `done` is called, on a worker thread, with the
     /// number of connections it was queued to once every worker has queued
     /// it. Messages from one caller are delivered in call order.
     pub fn publish(
@@ -192,12 +231,12 @@ impl Handle {
         payload: &[u8],
         done: impl FnOnce(usize) + Send + 'static,
     ) {
-        let frame = frame::encode(opcode, payload);
+        let frames = self.frames(opcode, payload);
         let topics: Arc<[String]> = topics.into();
         self.send_all(
             |ack| Command::Publish {
                 topics: topics.clone(),
-                frame: frame.clone(),
+                frames: frames.clone(),
                 ack,
             },
             done,
@@ -212,10 +251,10 @@ impl Handle {
         payload: &[u8],
         done: impl FnOnce(usize) + Send + 'static,
     ) {
-        let frame = frame::encode(opcode, payload);
+        let frames = self.frames(opcode, payload);
         self.send_all(
             |ack| Command::Broadcast {
-                frame: frame.clone(),
+                frames: frames.clone(),
                 ack,
             },
             done,

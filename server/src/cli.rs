@@ -53,6 +53,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// A feature switch given as `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Disabled.
+    Off,
+    /// Enabled.
+    On,
+}
+
 fn humantime_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
@@ -153,6 +163,15 @@ pub struct Serve {
     #[arg(long, env = "RINGCAST_DRAIN_PERIOD", default_value = "30s", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "humantime_str")]
     pub drain_period: Duration,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it.
+    /// A publish is then compressed once and the same compressed frame
+    /// goes to every subscriber that negotiated it.
+    #[arg(long, env = "RINGCAST_COMPRESSION", value_enum, default_value = "on")]
+    pub compression: Switch,
+    /// Messages shorter than this are sent uncompressed (RSV1 clear), in
+    /// bytes.
+    #[arg(long, env = "RINGCAST_COMPRESSION_MIN_SIZE", default_value_t = 256)]
+    pub compression_min_size: usize,
     /// Log line format (level from RUST_LOG, default info).
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -290,6 +309,8 @@ impl Serve {
             proxy_protocol: self.proxy_protocol,
             trusted_proxies: self.trusted_proxies.clone(),
             allowed_origins: self.allowed_origins.clone(),
+            compression: self.compression == Switch::On,
+            compression_min_size: self.compression_min_size,
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
         }

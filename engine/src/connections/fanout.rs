@@ -1,14 +1,15 @@
-//! Publish and broadcast: one shared frame queued to many connections.
+//! Publish and broadcast: one shared frame queued to many connections,
+//! or its compressed twin to those that negotiated permessage-deflate.
 
 use super::Connections;
+use crate::command::Frames;
 use crate::conn::Endpoint;
 use crate::stats::WorkerStats;
-use bytes::Bytes;
 
 impl Connections {
-    /// Queues `frame` to every open subscriber of any of `topics`, once per
-    /// connection. Returns how many connections it was queued to.
-    pub fn publish(&mut self, topics: &[String], frame: &Bytes) -> usize {
+    /// Queues `frames` to every open subscriber of any of `topics`, once
+    /// per connection. Returns how many connections it was queued to.
+    pub fn publish(&mut self, topics: &[String], frames: &Frames) -> usize {
         self.delivery += 1;
         let mut queued = 0;
         for name in topics {
@@ -19,7 +20,8 @@ impl Connections {
                 let conn = self.table.get_mut(slot).expect("subscriber slot is live");
                 if conn.last_delivery != self.delivery {
                     conn.last_delivery = self.delivery;
-                    queued += usize::from(self.io.queue(conn, slot, frame.clone()));
+                    let frame = frames.for_route(conn.route).clone();
+                    queued += usize::from(self.io.queue(conn, slot, frame));
                 }
             }
         }
@@ -27,13 +29,14 @@ impl Connections {
         queued
     }
 
-    /// Queues `frame` to every open connection on the topics endpoint.
-    pub fn broadcast(&mut self, frame: &Bytes) -> usize {
+    /// Queues `frames` to every open connection on the topics endpoint.
+    pub fn broadcast(&mut self, frames: &Frames) -> usize {
         let mut queued = 0;
         let io = &mut self.io;
         self.table.for_each(|slot, conn| {
-            if conn.endpoint == Some(Endpoint::PubSub) {
-                queued += usize::from(io.queue(conn, slot, frame.clone()));
+            if conn.route.is_some_and(|r| r.endpoint() == Endpoint::PubSub) {
+                let frame = frames.for_route(conn.route).clone();
+                queued += usize::from(io.queue(conn, slot, frame));
             }
         });
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);

@@ -3,6 +3,7 @@
 //! counters and admission; and the per-connection steps built on them
 //! (queue a frame, start a close, reject a handshake, tear down).
 
+use super::compression::Codec;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::conn::{Conn, Phase};
@@ -34,6 +35,7 @@ pub(super) struct Limits {
     pub handshake: Tick,
     pub close: Tick,
     pub proxy_protocol: bool,
+    pub compression: bool,
 }
 
 impl Limits {
@@ -50,6 +52,7 @@ impl Limits {
             handshake: ticks(config.handshake_timeout),
             close: ticks(CLOSE_TIMEOUT),
             proxy_protocol: config.proxy_protocol,
+            compression: config.compression,
         }
     }
 }
@@ -75,6 +78,8 @@ pub struct Io {
     /// Dropped once the handshake ends, so an open connection keeps none
     /// of it.
     pub(super) handshaking: HashMap<u32, Handshaking>,
+    /// permessage-deflate state shared by the worker's connections.
+    pub(super) codec: Codec,
 }
 
 /// A connection in its opening handshake.
@@ -106,6 +111,7 @@ impl Io {
             admission,
             draining: false,
             handshaking: HashMap::new(),
+            codec: Codec::new(config.compression_min_size),
         }
     }
 

@@ -9,11 +9,14 @@
 //! - [`table`]: the records by fixed-file slot, in memory that follows load;
 //! - [`io`]: what connections share (lists, wheel, send-queue pool, limits)
 //!   and the steps built on it: queue, close, reject, release;
-//! - `handshake`: the upgrade request, routing and admission;
+//! - `handshake`: the upgrade request, routing, admission and the
+//!   permessage-deflate negotiation;
+//! - `compression`: the worker's shared inflater and echo compressors;
 //! - `messages`: decoded frames, control messages and subscriptions;
 //! - `fanout`: publish and broadcast;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
 
+mod compression;
 mod deadlines;
 mod fanout;
 mod handshake;
@@ -25,7 +28,7 @@ pub use io::{Io, CLOSE_TIMEOUT};
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conn, Deflate, Phase};
 use crate::protocol::close::code;
 use crate::spread::Spread;
 use crate::stats::{close_code_index, WorkerStats};
@@ -195,7 +198,10 @@ impl Connections {
             self.leave(slot, member);
         }
         let unsent = conn.out.clear(&mut self.io.pool);
-        let admitted = conn.endpoint.is_some();
+        let admitted = conn.route.is_some();
+        if conn.route.is_some_and(|r| r.deflate() != Deflate::Off) {
+            WorkerStats::sub(&self.io.stats().compressed_connections, 1);
+        }
         if admitted {
             self.io.admission.closed(conn.peer);
         } else {

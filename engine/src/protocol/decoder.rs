@@ -27,6 +27,16 @@ pub enum Message<'a> {
     /// A valid close frame, with the status code to echo (`None` when the
     /// frame had no payload). Nothing after it is decoded (§5.5.1).
     Close(Option<u16>),
+    /// A data message whose first frame had RSV1 set (permessage-deflate,
+    /// RFC 7692 §6.2): `payload` is its DEFLATE data, all frames joined,
+    /// without the trimmed `00 00 ff ff`. Inflate it (see
+    /// [`super::deflate::Inflater`]), then check a text message's UTF-8.
+    Compressed {
+        /// The message is text (opcode 0x1).
+        text: bool,
+        /// The compressed bytes.
+        payload: &'a [u8],
+    },
 }
 
 /// The peer broke the protocol: fail the connection with this close code.
@@ -66,6 +76,8 @@ pub struct Decoder {
 struct Frame {
     opcode: OpCode,
     fin: bool,
+    /// RSV1 on a message's first frame: the message is compressed.
+    compressed: bool,
     key: [u8; 4],
     len: u64,
     read: u64,
@@ -75,6 +87,8 @@ struct Frame {
 #[derive(Debug, Default)]
 struct Assembly {
     text: bool,
+    /// The payload is DEFLATE data: UTF-8 is checked after inflating.
+    compressed: bool,
     payload: Vec<u8>,
     utf8: Utf8Validator,
 }
@@ -103,10 +117,15 @@ impl Decoder {
     /// Decodes `input`, the next bytes from the peer, unmasking them in
     /// place. Calls `on_message` for every complete message and control
     /// frame, in order. Messages over `max_message` bytes are refused.
+    /// With `deflate` (permessage-deflate negotiated), a data message whose
+    /// first frame has RSV1 set is reported as [`Message::Compressed`]; its
+    /// compressed size may pass `max_message` by [`compressed_limit`]'s
+    /// slack, since the limit applies to what it inflates to.
     ///
     /// # Errors
-    /// [`ProtocolError`] with close code 1002 (unmasked frame, RSV bits set,
-    /// reserved opcode, fragmented or oversized control frame, bad fragment
+    /// [`ProtocolError`] with close code 1002 (unmasked frame, RSV bits set
+    /// other than RSV1 on a message's first frame with `deflate`, reserved
+    /// opcode, fragmented or oversized control frame, bad fragment
     /// sequence, bad close payload), 1007 (text or close reason not UTF-8)
     /// or 1009 (message over `max_message` bytes). The connection must be
     /// failed; the decoder is not usable afterwards.
@@ -114,11 +133,16 @@ impl Decoder {
         &mut self,
         input: &mut [u8],
         max_message: usize,
+        deflate: bool,
         on_message: &mut OnMessage<'_>,
     ) -> Result<Fed, ProtocolError> {
         let mut boxed = self.partial.take();
         let mut state = boxed.as_deref_mut().map(std::mem::take).unwrap_or_default();
-        let fed = state.feed(input, max_message as u64, on_message)?;
+        let limits = Limits {
+            max_message: max_message as u64,
+            deflate,
+        };
+        let fed = state.feed(input, limits, on_message)?;
         if !state.is_idle() {
             match boxed.as_deref_mut() {
                 Some(slot) => *slot = state,
@@ -128,6 +152,20 @@ impl Decoder {
         }
         Ok(fed)
     }
+}
+
+/// Largest compressed message accepted for a limit of `max_message`
+/// inflated bytes: DEFLATE's worst case on incompressible data (5 bytes
+/// per 64 KiB stored block) plus a margin. The inflated size is what the
+/// limit is about, and it is checked as it is produced.
+pub fn compressed_limit(max_message: u64) -> u64 {
+    max_message + max_message / 8192 + 64
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    max_message: u64,
+    deflate: bool,
 }
 
 fn header_error(e: HeaderError) -> ProtocolError {
@@ -185,10 +223,18 @@ impl State {
 
     /// Checks a client frame header against RFC 6455 §5.2–§5.5 and the size
     /// limit, and makes it the current frame.
-    fn begin_frame(&mut self, h: FrameHeader, max_message: u64) -> Result<(), ProtocolError> {
+    fn begin_frame(&mut self, h: FrameHeader, limits: Limits) -> Result<(), ProtocolError> {
         let err = |reason| Err(ProtocolError::new(code::PROTOCOL_ERROR, reason));
-        if h.rsv != 0 {
+        // `rsv` holds RSV1 (0b100), RSV2 and RSV3.
+        let rsv1 = h.rsv & 0b100 != 0;
+        if h.rsv & 0b011 != 0 || (rsv1 && !limits.deflate) {
             return err("RSV bits set without a negotiated extension");
+        }
+        if rsv1 && h.opcode.is_control() {
+            return err("RSV1 on a control frame");
+        }
+        if rsv1 && h.opcode == OpCode::Continuation {
+            return err("RSV1 on a continuation frame");
         }
         let Some(key) = h.mask else {
             return err("client frames must be masked");
@@ -201,20 +247,26 @@ impl State {
                 return err("control frame payload over 125 bytes");
             }
         } else {
-            let so_far = match (&self.message, h.opcode) {
+            let (so_far, compressed) = match (&self.message, h.opcode) {
                 (Some(_), OpCode::Text | OpCode::Binary) => {
                     return err("new data frame before the fragmented message ended")
                 }
                 (None, OpCode::Continuation) => return err("continuation frame with no message"),
-                (Some(m), _) => m.payload.len() as u64,
-                (None, _) => 0,
+                (Some(m), _) => (m.payload.len() as u64, m.compressed),
+                (None, _) => (0, rsv1),
             };
-            if so_far + h.payload_len > max_message {
+            let max = if compressed {
+                compressed_limit(limits.max_message)
+            } else {
+                limits.max_message
+            };
+            if so_far + h.payload_len > max {
                 return Err(ProtocolError::new(code::MESSAGE_TOO_BIG, "message too big"));
             }
             if self.message.is_none() && !h.fin {
                 self.message = Some(Assembly {
                     text: h.opcode == OpCode::Text,
+                    compressed,
                     ..Assembly::default()
                 });
             }
@@ -222,6 +274,7 @@ impl State {
         self.frame = Some(Frame {
             opcode: h.opcode,
             fin: h.fin,
+            compressed: rsv1,
             key,
             len: h.payload_len,
             read: 0,
@@ -232,7 +285,7 @@ impl State {
     fn feed(
         &mut self,
         input: &mut [u8],
-        max_message: u64,
+        limits: Limits,
         on_message: &mut OnMessage<'_>,
     ) -> Result<Fed, ProtocolError> {
         let mut pos = 0;
@@ -242,7 +295,7 @@ impl State {
                     return Ok(Fed::NeedMore);
                 }
                 match self.next_header(input, &mut pos)? {
-                    Some(h) => self.begin_frame(h, max_message)?,
+                    Some(h) => self.begin_frame(h, limits)?,
                     None => return Ok(Fed::NeedMore),
                 }
             }
@@ -316,6 +369,10 @@ impl State {
         if whole_in_chunk && f.fin && self.message.is_none() {
             // Fast path: the whole message is in the caller's buffer.
             return Ok(match f.opcode {
+                _ if f.compressed => on_message(Message::Compressed {
+                    text: f.opcode == OpCode::Text,
+                    payload: chunk,
+                }),
                 OpCode::Text => on_message(Message::Text(
                     std::str::from_utf8(chunk).map_err(|_| invalid_utf8())?,
                 )),
@@ -324,10 +381,11 @@ impl State {
         }
         let message = self.message.get_or_insert_with(|| Assembly {
             text: f.opcode == OpCode::Text,
+            compressed: f.compressed,
             payload: Vec::with_capacity(f.len.min(INITIAL_ASSEMBLY_CAPACITY) as usize),
             utf8: Utf8Validator::default(),
         });
-        if message.text {
+        if message.text && !message.compressed {
             message.utf8.feed(chunk).map_err(|_| invalid_utf8())?;
         }
         message.payload.extend_from_slice(chunk);
@@ -335,6 +393,12 @@ impl State {
             return Ok(ControlFlow::Continue(()));
         }
         let message = self.message.take().expect("message in progress");
+        if message.compressed {
+            return Ok(on_message(Message::Compressed {
+                text: message.text,
+                payload: &message.payload,
+            }));
+        }
         if !message.text {
             return Ok(on_message(Message::Binary(&message.payload)));
         }
@@ -363,10 +427,21 @@ mod tests {
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(Option<u16>),
+        Compressed(bool, Vec<u8>),
     }
 
     /// Feeds `bytes` split at `cuts`; returns messages and the final result.
     fn decode(bytes: &[u8], cuts: &[usize], max: usize) -> (Vec<Got>, Result<Fed, ProtocolError>) {
+        decode_with(bytes, cuts, max, false)
+    }
+
+    /// As [`decode`], with permessage-deflate negotiated or not.
+    fn decode_with(
+        bytes: &[u8],
+        cuts: &[usize],
+        max: usize,
+        deflate: bool,
+    ) -> (Vec<Got>, Result<Fed, ProtocolError>) {
         let mut d = Decoder::default();
         let mut got = Vec::new();
         let mut bounds = cuts.to_vec();
@@ -376,13 +451,16 @@ mod tests {
         for end in bounds {
             let mut piece = bytes[start..end].to_vec();
             start = end;
-            result = d.feed(&mut piece, max, &mut |m| {
+            result = d.feed(&mut piece, max, deflate, &mut |m| {
                 got.push(match m {
                     Message::Text(t) => Got::Text(t.to_owned()),
                     Message::Binary(b) => Got::Binary(b.to_vec()),
                     Message::Ping(b) => Got::Ping(b.to_vec()),
                     Message::Pong(b) => Got::Pong(b.to_vec()),
                     Message::Close(c) => Got::Close(c),
+                    Message::Compressed { text, payload } => {
+                        Got::Compressed(text, payload.to_vec())
+                    }
                 });
                 ControlFlow::Continue(())
             });
@@ -439,7 +517,7 @@ mod tests {
         let mut d = Decoder::default();
         let mut bytes = client_frame(0x82, &[9; 300]);
         let (head, tail) = bytes.split_at_mut(100);
-        d.feed(head, 1024, &mut |_| ControlFlow::Continue(()))
+        d.feed(head, 1024, false, &mut |_| ControlFlow::Continue(()))
             .unwrap();
         // 8 header bytes (2 + 16-bit length + mask) then 92 payload bytes.
         let held = d
@@ -448,7 +526,7 @@ mod tests {
             .and_then(|s| s.message.as_ref())
             .map(|m| m.payload.len());
         assert_eq!(held, Some(92));
-        d.feed(tail, 1024, &mut |_| ControlFlow::Continue(()))
+        d.feed(tail, 1024, false, &mut |_| ControlFlow::Continue(()))
             .unwrap();
         assert!(d.partial.is_none());
         assert_eq!(std::mem::size_of::<Decoder>(), 8);
@@ -493,12 +571,63 @@ mod tests {
     }
 
     #[test]
+    fn rsv1_marks_a_compressed_message_only_where_negotiated() {
+        // Not UTF-8, and not checked: it is compressed data.
+        let mut bytes = client_frame(0xC1, b"\xff\xfe");
+        bytes.extend(client_frame(0x42, b"ab"));
+        bytes.extend(client_frame(0x89, b"p"));
+        bytes.extend(client_frame(0x80, b"cd"));
+        bytes.extend(client_frame(0x82, b"plain"));
+        let every: Vec<usize> = (1..bytes.len()).collect();
+        for cuts in [&[][..], &every[..]] {
+            let (got, r) = decode_with(&bytes, cuts, 1024, true);
+            assert_eq!(r, Ok(Fed::NeedMore));
+            assert_eq!(
+                got,
+                [
+                    Got::Compressed(true, b"\xff\xfe".to_vec()),
+                    Got::Ping(b"p".to_vec()),
+                    Got::Compressed(false, b"abcd".to_vec()),
+                    Got::Binary(b"plain".to_vec()),
+                ]
+            );
+        }
+        let fails = |bytes: &[u8]| decode_with(bytes, &[], 1024, true).1.unwrap_err().code;
+        assert_eq!(fails(&client_frame(0xC9, b"p")), 1002, "RSV1 on a ping");
+        assert_eq!(fails(&client_frame(0xA1, b"a")), 1002, "RSV2");
+        let mut rsv1_continuation = client_frame(0x01, b"a");
+        rsv1_continuation.extend(client_frame(0xC0, b"b"));
+        assert_eq!(fails(&rsv1_continuation), 1002);
+        // Without the extension, RSV1 is a protocol error.
+        assert_eq!(error_code(&client_frame(0xC1, b"a"), 1024), 1002);
+    }
+
+    #[test]
+    fn compressed_messages_get_a_little_slack_over_the_limit() {
+        let limit = compressed_limit(1000) as usize;
+        let fits = client_frame(0xC2, &vec![0; limit]);
+        assert!(decode_with(&fits, &[], 1000, true).1.is_ok());
+        let over = client_frame(0xC2, &vec![0; limit + 1]);
+        assert_eq!(
+            decode_with(&over, &[], 1000, true).1.unwrap_err().code,
+            1009
+        );
+        assert_eq!(
+            decode_with(&over[..20], &[], 1000, false)
+                .1
+                .unwrap_err()
+                .code,
+            1002
+        );
+    }
+
+    #[test]
     fn invalid_utf8_fails_before_the_frame_ends() {
         let bytes = client_frame(0x81, b"ok\xf4\x90\x80\x80 and much more text follows");
         // Only the first 12 bytes (header + 6 payload bytes) arrive.
         let mut d = Decoder::default();
         let mut head = bytes[..12].to_vec();
-        let r = d.feed(&mut head, 1024, &mut |_| ControlFlow::Continue(()));
+        let r = d.feed(&mut head, 1024, false, &mut |_| ControlFlow::Continue(()));
         assert_eq!(r.unwrap_err().code, 1007);
     }
 
@@ -542,9 +671,12 @@ mod random_input {
             let mut start = 0;
             while start < bytes.len() {
                 let end = (start + 1 + (rng.next() % 40) as usize).min(bytes.len());
-                let result = decoder.feed(&mut bytes[start..end], 1 << 16, &mut |_| {
-                    ControlFlow::Continue(())
-                });
+                let result = decoder.feed(
+                    &mut bytes[start..end],
+                    1 << 16,
+                    rng.next() % 2 == 0,
+                    &mut |_| ControlFlow::Continue(()),
+                );
                 if !matches!(result, Ok(Fed::NeedMore)) {
                     break;
                 }

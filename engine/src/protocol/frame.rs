@@ -146,8 +146,23 @@ fn put_header(out: &mut impl BufMut, b0: u8, mask: u8, payload_len: usize) {
 /// one buffer. The result is reference-counted: a broadcast encodes once and
 /// every subscriber's send shares it.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
+    encode_with(0x80 | opcode as u8, payload)
+}
+
+/// RSV1: the message is compressed (permessage-deflate, RFC 7692 §6).
+pub const RSV1: u8 = 0x40;
+
+/// As [`encode`], for a data message compressed with permessage-deflate:
+/// RSV1 is set, and `compressed` is the payload [`super::deflate`] made
+/// (RFC 7692 §6.1).
+pub fn encode_compressed(opcode: OpCode, compressed: &[u8]) -> Bytes {
+    debug_assert!(!opcode.is_control(), "control frames are never compressed");
+    encode_with(0x80 | RSV1 | opcode as u8, compressed)
+}
+
+fn encode_with(b0: u8, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(10 + payload.len());
-    put_header(&mut out, 0x80 | opcode as u8, 0, payload.len());
+    put_header(&mut out, b0, 0, payload.len());
     out.put_slice(payload);
     out.freeze()
 }

@@ -2,7 +2,7 @@
 //! shutdown), read when the wake-up eventfd's read completes.
 
 use super::Worker;
-use crate::command::Command;
+use crate::command::{Command, Frames};
 use crate::connections::CLOSE_TIMEOUT;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -16,13 +16,17 @@ impl Worker {
         self.wake.pending.swap(false, Ordering::AcqRel);
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Publish { topics, frame, ack } => {
-                    let frame = self.local(frame);
-                    ack.complete(self.conns.publish(&topics, &frame));
+                Command::Publish {
+                    topics,
+                    frames,
+                    ack,
+                } => {
+                    let frames = self.local(frames);
+                    ack.complete(self.conns.publish(&topics, &frames));
                 }
-                Command::Broadcast { frame, ack } => {
-                    let frame = self.local(frame);
-                    ack.complete(self.conns.broadcast(&frame));
+                Command::Broadcast { frames, ack } => {
+                    let frames = self.local(frames);
+                    ack.complete(self.conns.broadcast(&frames));
                 }
                 Command::Drain { period } => self.begin_drain(period),
                 Command::Rebalance { fraction, period } => {
@@ -38,15 +42,18 @@ impl Worker {
         }
     }
 
-    /// This worker's own copy of a frame shared by several workers: every
+    /// This worker's own copy of frames shared by several workers: every
     /// subscriber's queue then bumps a reference count that no other
     /// thread touches (one copy per worker per publish instead of a cache
-    /// line bounced between cores per delivery).
-    fn local(&self, frame: Bytes) -> Bytes {
-        if self.copy_frames {
-            Bytes::copy_from_slice(&frame)
-        } else {
-            frame
+    /// line bounced between cores per delivery). The compressed frame is
+    /// copied, never compressed again.
+    fn local(&self, frames: Frames) -> Frames {
+        if !self.copy_frames {
+            return frames;
+        }
+        Frames {
+            plain: Bytes::copy_from_slice(&frames.plain),
+            deflated: frames.deflated.as_deref().map(Bytes::copy_from_slice),
         }
     }
 
