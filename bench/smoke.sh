@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke run of every ringcast-bench subcommand at small scale against the
 # debug builds: soak 2000 connections for 5 s, fanout to 500 subscribers
-# for 20 messages, echo, and compare with both peers. Checks that each
+# for 20 messages (plain, then 1 KiB JSON with permessage-deflate), echo,
+# and compare with both peers. Checks that each
 # results.json has its fields and that nothing failed, dropped or was lost.
 # Bounded: every command runs under `timeout`.
 set -euo pipefail
@@ -32,6 +33,9 @@ bench soak --url "ws://$ws/ws?topic=t" --connections 2000 --hold 5s --ping-inter
   --server-pid "$server_pid" --out "$out/soak"
 bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topic=t" \
   --subscribers 500 --messages 20 --interval 20ms --out "$out/fanout"
+bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topic=t" \
+  --subscribers 500 --messages 20 --interval 20ms --size 1024 --payload json --compression \
+  --server-pid "$server_pid" --out "$out/fanout-deflate"
 bench echo --url "ws://$ws/echo" --connections 50 --duration 3s --out "$out/echo"
 kill "$server_pid"
 server_pid=
@@ -57,6 +61,11 @@ fan = load("fanout/results.json", "latency", "per_message", "lost", "out_of_orde
 assert fan["subscribers"] == 500 and fan["published"] == 20, fan["publish_errors"]
 assert fan["expected"] == 10000 and fan["delivered"] == 10000, (fan["delivered"], fan["lost"])
 assert fan["lost"] == 0 and fan["out_of_order"] == 0 and len(fan["per_message"]) == 20
+deflate = load("fanout-deflate/results.json", "wire_bytes_per_delivery", "server_cpu_us_per_delivery")
+assert deflate["compression"] and deflate["delivered"] == 10000 and deflate["lost"] == 0
+# 1 KiB of JSON events arrives compressed: well under half its size.
+assert deflate["wire_bytes_per_delivery"] < 512, deflate["wire_bytes_per_delivery"]
+assert fan["wire_bytes_per_delivery"] > 64, fan["wire_bytes_per_delivery"]
 echo = load("echo/results.json", "messages_per_s", "round_trip")
 assert echo["messages"] > 0 and echo["bad_messages"] == 0 and echo["dropped"] == 0
 cmp = load("compare/compare.json", "entries", "ratios")
