@@ -8,7 +8,8 @@
 //! - [`connections`]: the connection table, handshake and message handling,
 //!   fan-out, timers, and the lists of sends and teardowns for the ring;
 //! - [`conn`] and [`outbound`]: one connection's record and send queue;
-//! - [`protocol`]: RFC 6455 as pure state machines over byte slices;
+//! - [`protocol`]: RFC 6455 and permessage-deflate (RFC 7692) as pure
+//!   state machines over byte slices;
 //! - [`admission`]: client addresses, Origin, and connection limits;
 //! - [`topics`], [`control`]: subscriptions and the JSON control messages;
 //! - [`timers`]: the timer wheel; [`spread`]: closes spread over a period
