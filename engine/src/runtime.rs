@@ -38,12 +38,11 @@ pub struct Handle {
 }
 
 thread_local! {
-    /// The publishing thread's compressor and its output buffer: a
-    /// publish is compressed once, here, on the thread that calls
-    /// [`Handle::publish`] (the server's API thread), never per worker or
-    /// per subscriber. Allocated on the thread's first compressed publish.
-    static PUBLISH_DEFLATER: RefCell<(Deflater, Vec<u8>)> =
-        RefCell::new((Deflater::new(FULL_WINDOW_BITS), Vec::new()));
+    /// The publishing thread's compressor: a publish is compressed once,
+    /// here, on the thread that calls [`Handle::publish`] (the server's
+    /// API thread), never per worker or per subscriber. Allocated on the
+    /// thread's first compressed publish.
+    static PUBLISH_DEFLATER: RefCell<Deflater> = RefCell::new(Deflater::new(FULL_WINDOW_BITS));
 }
 
 impl Runtime {
@@ -192,10 +191,9 @@ impl Handle {
                 .any(|w| w.compressed_connections.load(Ordering::Relaxed) > 0)
         };
         let deflated = match self.compression_min_size {
-            Some(min_size) if payload.len() >= min_size && negotiated() => PUBLISH_DEFLATER
-                .with_borrow_mut(|(deflater, scratch)| {
-                    deflater.frame(opcode, payload, min_size, scratch)
-                }),
+            Some(min_size) if payload.len() >= min_size && negotiated() => {
+                PUBLISH_DEFLATER.with_borrow_mut(|d| d.frame(opcode, payload, min_size))
+            }
             _ => None,
         };
         Frames {

@@ -19,8 +19,9 @@ use crate::protocol::deflate::{
 use crate::protocol::frame::{self, OpCode};
 use bytes::Bytes;
 
-/// Scratch buffers larger than this are freed after use, in bytes.
-const KEEP_SCRATCH: usize = 64 * 1024;
+/// The inflater's output buffer is freed before a message once a previous
+/// one grew it past this many bytes.
+const KEEP_INFLATED: usize = 64 * 1024;
 
 /// One piece of zlib state, allocated on first use and dropped when a
 /// trim finds it unused since the previous one.
@@ -71,7 +72,7 @@ impl Inflating {
         compressed: &[u8],
         max: usize,
     ) -> Result<Message<'_>, ProtocolError> {
-        if self.out.capacity() > KEEP_SCRATCH {
+        if self.out.capacity() > KEEP_INFLATED {
             self.out = Vec::new();
         }
         let inflater = self.inflater.get(Inflater::default);
@@ -105,7 +106,6 @@ pub(super) struct Deflating {
     min_size: usize,
     full: Lazy<Deflater>,
     narrow: Lazy<Deflater>,
-    scratch: Vec<u8>,
 }
 
 impl Deflating {
@@ -119,12 +119,9 @@ impl Deflating {
             Deflate::Full => Some(self.full.get(|| Deflater::new(FULL_WINDOW_BITS))),
             Deflate::Narrow => Some(self.narrow.get(|| Deflater::new(NARROW_WINDOW_BITS))),
         };
-        let compressed =
-            deflater.and_then(|d| d.frame(opcode, payload, self.min_size, &mut self.scratch));
-        if self.scratch.capacity() > KEEP_SCRATCH {
-            self.scratch = Vec::new();
-        }
-        compressed.unwrap_or_else(|| frame::encode(opcode, payload))
+        deflater
+            .and_then(|d| d.frame(opcode, payload, self.min_size))
+            .unwrap_or_else(|| frame::encode(opcode, payload))
     }
 }
 
@@ -147,7 +144,6 @@ impl Codec {
                 min_size,
                 full: Lazy::new(),
                 narrow: Lazy::new(),
-                scratch: Vec::new(),
             },
         }
     }

@@ -30,9 +30,15 @@ pub const NARROW_WINDOW_BITS: u8 = 9;
 /// can overshoot the size limit before the inflater stops.
 const INFLATE_CHUNK: usize = 16 * 1024;
 
+/// A [`Deflater`]'s buffer is freed after a message that grew it past
+/// this many bytes, so one large message does not pin its size.
+const KEEP_BUFFER: usize = 64 * 1024;
+
 /// A compressor that forgets everything between messages.
 pub struct Deflater {
     inner: Compress,
+    /// The compressed bytes of the message being framed.
+    buffer: Vec<u8>,
 }
 
 impl Deflater {
@@ -44,6 +50,7 @@ impl Deflater {
     pub fn new(window_bits: u8) -> Self {
         Self {
             inner: Compress::new_with_window_bits(Compression::default(), false, window_bits),
+            buffer: Vec::new(),
         }
     }
 
@@ -75,21 +82,20 @@ impl Deflater {
     }
 
     /// The whole frame for one data message compressed (RSV1 set, RFC
-    /// 7692 §6.1), using `scratch` for the compressed bytes; `None` when
-    /// the payload is under `min_size` bytes or does not shrink, so that
-    /// it goes uncompressed (RSV1 clear).
-    pub fn frame(
-        &mut self,
-        opcode: OpCode,
-        payload: &[u8],
-        min_size: usize,
-        scratch: &mut Vec<u8>,
-    ) -> Option<Bytes> {
+    /// 7692 §6.1); `None` when the payload is under `min_size` bytes or
+    /// does not shrink, so that it goes uncompressed (RSV1 clear).
+    pub fn frame(&mut self, opcode: OpCode, payload: &[u8], min_size: usize) -> Option<Bytes> {
         if payload.len() < min_size {
             return None;
         }
-        self.compress(payload, scratch);
-        (scratch.len() < payload.len()).then(|| frame::encode_compressed(opcode, scratch))
+        let mut buffer = std::mem::take(&mut self.buffer);
+        self.compress(payload, &mut buffer);
+        let frame =
+            (buffer.len() < payload.len()).then(|| frame::encode_compressed(opcode, &buffer));
+        if buffer.capacity() <= KEEP_BUFFER {
+            self.buffer = buffer;
+        }
+        frame
     }
 }
 
@@ -216,15 +222,10 @@ mod tests {
     #[test]
     fn frames_are_compressed_from_the_minimum_size_when_they_shrink() {
         let mut deflater = Deflater::new(FULL_WINDOW_BITS);
-        let mut scratch = Vec::new();
         let payload = json(15);
-        let f = deflater
-            .frame(OpCode::Text, &payload, 256, &mut scratch)
-            .unwrap();
+        let f = deflater.frame(OpCode::Text, &payload, 256).unwrap();
         assert_eq!(f[0], 0x80 | frame::RSV1 | 0x1);
-        assert!(deflater
-            .frame(OpCode::Text, &payload[..255], 256, &mut scratch)
-            .is_none());
+        assert!(deflater.frame(OpCode::Text, &payload[..255], 256).is_none());
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let noise: Vec<u8> = (0..1000)
             .map(|_| {
@@ -234,9 +235,7 @@ mod tests {
                 x as u8
             })
             .collect();
-        assert!(deflater
-            .frame(OpCode::Binary, &noise, 0, &mut scratch)
-            .is_none());
+        assert!(deflater.frame(OpCode::Binary, &noise, 0).is_none());
     }
 
     #[test]
