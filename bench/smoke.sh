@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Smoke run of every ringcast-bench subcommand at small scale against the
 # debug builds: soak 2000 connections for 5 s, fanout to 500 subscribers
-# for 20 messages (raw, then ringcast.v1), a reconnect storm of 500
-# clients recovering 100 messages each, echo, a soak of 500 connections
-# with a JWT each against a server with auth on, and compare with both
-# peers. Checks that each
+# for 20 messages (raw, ringcast.v1, then 1 KiB JSON with
+# permessage-deflate), a reconnect storm of 500 clients recovering 100
+# messages each, echo, a soak of 500 connections with a JWT each against
+# a server with auth on, and compare with both peers. Checks that each
 # results.json has its fields and that nothing failed, dropped or was lost.
 # Bounded: every command runs under `timeout`.
 set -euo pipefail
@@ -44,6 +44,9 @@ bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topi
   --subprotocol ringcast.v1 --subscribers 500 --messages 20 --interval 20ms --out "$out/fanout-v1"
 bench recover --url "ws://$ws/ws" --api "http://$api" --topic storm --connections 500 \
   --replay 100 --out "$out/recover"
+bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topic=t" \
+  --subscribers 500 --messages 20 --interval 20ms --size 1024 --payload json --compression \
+  --server-pid "$server_pid" --out "$out/fanout-deflate"
 bench echo --url "ws://$ws/echo" --connections 50 --duration 3s --out "$out/echo"
 kill "$server_pid"
 head -c 32 /dev/urandom | base64 >"$out/jwt-secret"
@@ -82,6 +85,11 @@ assert v1["lost"] == 0 and v1["out_of_order"] == 0 and v1["bad_messages"] == 0
 rec = load("recover/results.json", "reconnect_to_recovered", "expected", "delivered")
 assert rec["ramp"]["opened"] == 500 and rec["delivered"] == rec["expected"] == 50000, rec["delivered"]
 assert rec["bad_messages"] == 0 and rec["reconnect_to_recovered"]["count"] == 500
+deflate = load("fanout-deflate/results.json", "wire_bytes_per_delivery", "server_cpu_us_per_delivery")
+assert deflate["compression"] and deflate["delivered"] == 10000 and deflate["lost"] == 0
+# 1 KiB of JSON events arrives compressed: well under half its size.
+assert deflate["wire_bytes_per_delivery"] < 512, deflate["wire_bytes_per_delivery"]
+assert fan["wire_bytes_per_delivery"] > 64, fan["wire_bytes_per_delivery"]
 echo = load("echo/results.json", "messages_per_s", "round_trip")
 assert echo["messages"] > 0 and echo["bad_messages"] == 0 and echo["dropped"] == 0
 cmp = load("compare/compare.json", "entries", "ratios")

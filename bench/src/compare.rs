@@ -209,6 +209,7 @@ pub fn run(args: &Compare) -> Result<bool, String> {
             messages: args.messages,
             interval: args.interval,
             size: 64,
+            payload: crate::load::Filler::Spaces,
             drain_timeout: Duration::from_secs(10),
             subprotocol: None,
             common: common("fanout"),

@@ -2,7 +2,7 @@
 //! carrying its sequence number and send time; delivery latency from
 //! publish to receipt, and every lost or reordered message counted.
 
-use crate::load::{fanout_payload, now_ns, Mode, Shared};
+use crate::load::{fanout_payload, now_ns, Filler, Mode, Shared};
 use crate::plot;
 use crate::report::{print_table, progress, Latency, Meta};
 use crate::session::{write_outputs, Common, Ramp, Session};
@@ -33,6 +33,9 @@ pub struct Fanout {
     /// number and timestamp).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// What fills the payload after the sequence number and timestamp.
+    #[arg(long, value_enum, default_value = "spaces")]
+    pub payload: Filler,
     /// After the last publish, how long to wait at most for deliveries
     /// still missing; they are then counted as lost.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -90,6 +93,15 @@ pub struct FanoutResult {
     pub latency: Latency,
     /// Deliveries per second from the first publish to the last receipt.
     pub delivered_per_s: f64,
+    /// permessage-deflate was negotiated by every subscriber.
+    pub compression: bool,
+    pub payload: Filler,
+    /// Bytes the subscribers received from the first publish to the end
+    /// (frames: TCP payload, no TCP/IP headers), per delivery.
+    pub wire_bytes_per_delivery: f64,
+    /// The server's CPU time (utime + stime) from the first publish to
+    /// the end, in µs per delivery (with `--server-pid`).
+    pub server_cpu_us_per_delivery: Option<f64>,
     pub per_message: Vec<PerMessage>,
     pub series: Vec<crate::probe::Sample>,
 }
@@ -144,6 +156,18 @@ impl FanoutResult {
                 }),
             ),
             ("delivered/s", format!("{:.0}", self.delivered_per_s)),
+            (
+                "bytes per delivery",
+                format!(
+                    "{:.1} ({:?} payload, compression {})",
+                    self.wire_bytes_per_delivery, self.payload, self.compression
+                ),
+            ),
+            (
+                "server CPU per delivery",
+                self.server_cpu_us_per_delivery
+                    .map_or("- (no --server-pid)".into(), |us| format!("{us:.3} µs")),
+            ),
         ];
         print_table("fanout", &rows);
     }
@@ -182,12 +206,16 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
     let agent = ureq::Agent::new_with_defaults();
     let bar = progress(u64::from(args.messages), args.common.quiet, "publish");
     let (mut published, mut publish_errors, mut min_reached) = (0u64, BTreeMap::new(), None);
+    let bytes_before = Shared::get(&shared.bytes_in);
+    let cpu = || args.common.server_pid.and_then(crate::probe::cpu_seconds);
+    let cpu_before = cpu();
     let first_ns = now_ns();
     let start = Instant::now();
     for seq in 0..args.messages {
         let due = start + args.interval * seq;
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        match publish(&agent, &args.publish_url, &fanout_payload(seq, args.size)) {
+        let payload = fanout_payload(seq, args.size, args.payload);
+        match publish(&agent, &args.publish_url, &payload) {
             Ok(reached) => {
                 published += 1;
                 if let Some(n) = reached {
@@ -206,6 +234,8 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let last_ns = Shared::get(&shared.last_message_ns);
+    let wire_bytes = Shared::get(&shared.bytes_in) - bytes_before;
+    let cpu_used = cpu().zip(cpu_before).map(|(after, before)| after - before);
     let workers = session.fleet.workers;
     let done = session.finish()?;
     let report = &done.report;
@@ -236,6 +266,10 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
         } else {
             0.0
         },
+        compression: args.common.compression,
+        payload: args.payload,
+        wire_bytes_per_delivery: wire_bytes as f64 / delivered.max(1) as f64,
+        server_cpu_us_per_delivery: cpu_used.map(|s| s * 1e6 / delivered.max(1) as f64),
         per_message: report
             .per_message_us
             .iter()

@@ -5,7 +5,7 @@
 //! Reports the time from each connect's start (SOCKET) to its R-th
 //! replayed message: reconnect-to-recovered.
 
-use crate::load::{fanout_payload, Mode, Shared};
+use crate::load::{fanout_payload, Filler, Mode, Shared};
 use crate::report::{print_table, Latency, Meta};
 use crate::session::{write_outputs, Common, Ramp, Session};
 use serde::Serialize;
@@ -121,7 +121,7 @@ fn seed(agent: &ureq::Agent, args: &Recover) -> Result<(u64, String), String> {
         agent
             .post(&publish)
             .header("Content-Type", "text/plain")
-            .send(&fanout_payload(seq, args.size)[..])
+            .send(&fanout_payload(seq, args.size, Filler::Spaces)[..])
             .map_err(|e| format!("POST {publish}: {e}"))?;
     }
     let history = format!("{}/history?topic={}&limit=0", args.api, args.topic);

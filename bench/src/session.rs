@@ -45,6 +45,11 @@ pub struct Common {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Offer permessage-deflate (RFC 7692) on every connection and
+    /// inflate what arrives compressed; a server that declines it fails
+    /// every connection.
+    #[arg(long)]
+    pub compression: bool,
 }
 
 /// How the ramp-up went.
@@ -111,6 +116,7 @@ impl Session {
             workers: common.workers.unwrap_or(cores),
             mode,
             tokens,
+            compression: common.compression,
         })?;
         let sampler = Sampler::start(common.server_pid, fleet.shared().clone());
         Ok(Self {

@@ -1,9 +1,11 @@
 //! Micro-benchmarks of the protocol layer, which runs alone with no I/O:
 //! frame header parse, unmasking, UTF-8 validation, the
-//! Sec-WebSocket-Accept computation, and encoding one broadcast frame.
+//! Sec-WebSocket-Accept computation, encoding one broadcast frame, and
+//! compressing and inflating one 1 KiB JSON message (permessage-deflate).
 //! Run with `cargo bench -p ringcast-engine`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringcast_engine::protocol::deflate::{Deflater, Inflater, FULL_WINDOW_BITS};
 use ringcast_engine::protocol::frame::{encode, parse_header, OpCode};
 use ringcast_engine::protocol::handshake::accept_key;
 use ringcast_engine::protocol::mask::apply_mask;
@@ -75,5 +77,51 @@ fn broadcast_frame(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, header_parse, unmask, utf8, accept, broadcast_frame);
+/// A 1 KiB JSON message like a push server's: an array of trade events.
+fn json_1k() -> Vec<u8> {
+    let mut out = b"[".to_vec();
+    for i in 0u64.. {
+        let event = format!(
+            r#"{{"id":{},"symbol":"BTC-USD","price":{}.{:02},"qty":{},"side":"{}"}},"#,
+            1000 + i,
+            60_000 + (i * 7919) % 5000,
+            (i * 37) % 100,
+            1 + (i * 13) % 500,
+            if i % 3 == 0 { "sell" } else { "buy" }
+        );
+        if out.len() + event.len() >= 1024 {
+            break;
+        }
+        out.extend_from_slice(event.as_bytes());
+    }
+    out.push(b']');
+    out
+}
+
+/// What compress-once costs the publishing thread, and what inflating a
+/// client message costs a worker.
+fn deflate(c: &mut Criterion) {
+    let json = json_1k();
+    let mut deflater = Deflater::new(FULL_WINDOW_BITS);
+    c.bench_function("deflate_frame_1KiB_json", |b| {
+        b.iter(|| deflater.frame(OpCode::Text, black_box(&json), 256))
+    });
+    let mut compressed = Vec::new();
+    deflater.compress(&json, &mut compressed);
+    let mut inflater = Inflater::default();
+    let mut out = Vec::new();
+    c.bench_function("inflate_1KiB_json", |b| {
+        b.iter(|| inflater.inflate(black_box(&compressed), 1 << 20, &mut out))
+    });
+}
+
+criterion_group!(
+    benches,
+    header_parse,
+    unmask,
+    utf8,
+    accept,
+    broadcast_frame,
+    deflate
+);
 criterion_main!(benches);

@@ -3,6 +3,7 @@
 //! [`Command`] and writes the eventfd, which completes a read the worker
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
+use crate::conn::{Deflate, Route};
 use crate::hub::TopicFrame;
 use bytes::Bytes;
 use std::io;
@@ -12,31 +13,63 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// One published message, encoded once: shared by all subscribers.
+#[derive(Clone, Default)]
+pub struct Frames {
+    /// The frame, uncompressed.
+    pub plain: Bytes,
+    /// The same message compressed (RSV1, no context takeover, 32 KiB
+    /// window: RFC 7692 §7.2.1), for connections that negotiated
+    /// permessage-deflate with the full window; `None` when compression is
+    /// off, the message is under `--compression-min-size`, it did not
+    /// shrink, or no connection had negotiated it.
+    pub deflated: Option<Bytes>,
+}
+
+impl Frames {
+    /// Only the uncompressed frame.
+    pub fn plain(plain: Bytes) -> Self {
+        Self {
+            plain,
+            deflated: None,
+        }
+    }
+
+    /// The frame for a connection with `route`.
+    pub fn for_route(&self, route: Option<Route>) -> &Bytes {
+        match &self.deflated {
+            Some(deflated) if route.is_some_and(|r| r.deflate() == Deflate::Full) => deflated,
+            _ => &self.plain,
+        }
+    }
+}
+
 /// A command for one worker.
 pub enum Command {
-    /// Queue `frame` to every subscriber of any of `topics` and every
+    /// Queue `frames` to every subscriber of any of `topics` and every
     /// connection of any of `users` (once each).
     Publish {
         /// Topic names, already validated.
         topics: Arc<[String]>,
         /// User ids (`sub`).
         users: Arc<[String]>,
-        /// The encoded frame, shared by all workers and subscribers.
-        frame: Bytes,
+        /// The encoded frames, shared by all workers and subscribers.
+        frames: Frames,
         /// Each topic's `ringcast.v1` delivery, in the order of `topics`.
         v1: Arc<[TopicFrame]>,
-        /// The `ringcast.v1` frame for connections of `users` (empty
-        /// without users).
-        direct: Bytes,
+        /// The `ringcast.v1` frames for connections of `users` (an empty
+        /// plain frame without users), behind one pointer to keep the
+        /// command small.
+        direct: Arc<Frames>,
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },
-    /// Queue `frame` to every connection on the topics endpoint.
+    /// Queue `frames` to every connection on the topics endpoint.
     Broadcast {
-        /// The encoded frame.
-        frame: Bytes,
-        /// The `ringcast.v1` broadcast frame.
-        v1: Bytes,
+        /// The encoded frames.
+        frames: Frames,
+        /// The `ringcast.v1` broadcast frames.
+        v1: Frames,
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },
@@ -145,6 +178,10 @@ impl Wake {
     }
 }
 
+/// A command could not be sent: its worker has exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerExited;
+
 /// The sending side of one worker's mailbox.
 pub struct Mailbox {
     pub(crate) tx: Sender<Command>,
@@ -153,9 +190,12 @@ pub struct Mailbox {
 
 impl Mailbox {
     /// Sends `command` and wakes the worker unless a wake-up is already on
-    /// its way. Returns the command back if the worker has exited.
-    pub fn send(&self, command: Command) -> Result<(), Command> {
-        self.tx.send(command).map_err(|e| e.0)?;
+    /// its way.
+    ///
+    /// # Errors
+    /// [`WorkerExited`] if the worker has exited (the command is dropped).
+    pub fn send(&self, command: Command) -> Result<(), WorkerExited> {
+        self.tx.send(command).map_err(|_| WorkerExited)?;
         if !self.wake.pending.swap(true, Ordering::AcqRel) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.

@@ -64,6 +64,12 @@ pub struct Config {
     /// Bytes all history may take, overheads included (default 256 MiB);
     /// past it the oldest messages are evicted first.
     pub history_max_bytes: usize,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it
+    /// (default on).
+    pub compression: bool,
+    /// Messages shorter than this many bytes are sent uncompressed, even
+    /// to connections that negotiated compression (default 256).
+    pub compression_min_size: usize,
     /// Receive buffers per worker (power of two, default 1024).
     pub read_buffers: u16,
     /// Size of each receive buffer in bytes (default 4096).
@@ -94,6 +100,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             history: Vec::new(),
             history_max_bytes: 256 << 20,
+            compression: true,
+            compression_min_size: 256,
             read_buffers: 1024,
             read_buffer_size: 4096,
             auth: None,

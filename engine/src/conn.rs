@@ -7,6 +7,7 @@ use crate::protocol::decoder::Decoder;
 use crate::session::SessionId;
 use crate::timers::{Tick, NEVER};
 use crate::topics::Subscriptions;
+use std::num::NonZeroU8;
 
 /// Where a connection is in its life. Transitions only move down the list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,15 +29,70 @@ pub enum Phase {
 
 /// What the endpoint does with client messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Endpoint {
     /// Topics endpoint: text messages are JSON control messages.
-    PubSub,
+    PubSub = 0,
     /// Topics endpoint with the `ringcast.v1` subprotocol: every server
     /// message is JSON, deliveries name their topic and position, and a
     /// subscribe may resume (see `connections/recovery.rs`).
-    PubSubV1,
+    PubSubV1 = 2,
     /// `/echo`: every message comes back.
-    Echo,
+    Echo = 1,
+}
+
+/// The permessage-deflate mode a connection negotiated (RFC 7692). The
+/// record holds no compression state: what compresses and inflates is
+/// shared by the worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Deflate {
+    /// Not negotiated: RSV1 from the client is a protocol error.
+    #[default]
+    Off = 0,
+    /// Negotiated with the full 32 KiB window: publishes reach this
+    /// connection as the shared compressed frame.
+    Full = 1,
+    /// Negotiated with `server_max_window_bits` below 15: the client's
+    /// messages are inflated and echoes compressed with a narrow window,
+    /// but publishes reach it uncompressed (their one compressed frame
+    /// uses the full window).
+    Narrow = 2,
+}
+
+/// The endpoint a connection was admitted to and its [`Deflate`] mode,
+/// packed in one byte (the record has no room for a second).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route(NonZeroU8);
+
+impl Route {
+    const MARKER: u8 = 0x80;
+
+    /// Packs `endpoint` (bits 0-2) and `deflate` (bits 3-4) with a marker
+    /// bit (7), so the byte is never 0.
+    pub fn new(endpoint: Endpoint, deflate: Deflate) -> Self {
+        let bits = Self::MARKER | endpoint as u8 | (deflate as u8) << 3;
+        Self(NonZeroU8::new(bits).expect("the marker bit is set"))
+    }
+
+    /// The endpoint.
+    pub fn endpoint(self) -> Endpoint {
+        match self.0.get() & 0b111 {
+            0 => Endpoint::PubSub,
+            1 => Endpoint::Echo,
+            2 => Endpoint::PubSubV1,
+            bits => unreachable!("no endpoint is packed as {bits}"),
+        }
+    }
+
+    /// The permessage-deflate mode.
+    pub fn deflate(self) -> Deflate {
+        match (self.0.get() >> 3) & 0b11 {
+            0 => Deflate::Off,
+            1 => Deflate::Full,
+            _ => Deflate::Narrow,
+        }
+    }
 }
 
 /// A connection. 80 bytes while idle; buffers are allocated only
@@ -46,10 +102,11 @@ pub struct Conn {
     pub gen: u32,
     /// Life-cycle phase.
     pub phase: Phase,
-    /// Endpoint, set when the handshake is admitted; `None` before, and for
-    /// a connection refused at its handshake. `Some` means the connection
-    /// counts as open in [`crate::admission::Admission`].
-    pub endpoint: Option<Endpoint>,
+    /// Endpoint and permessage-deflate mode, set when the handshake is
+    /// admitted; `None` before, and for a connection refused at its
+    /// handshake. `Some` means the connection counts as open in
+    /// [`crate::admission::Admission`].
+    pub route: Option<Route>,
     /// A multishot receive is armed.
     pub recv_armed: bool,
     /// A shutdown is in flight.
@@ -95,7 +152,7 @@ impl Conn {
         Self {
             gen,
             phase: Phase::Handshake,
-            endpoint: None,
+            route: None,
             recv_armed: false,
             shutdown_in_flight: false,
             cancel_sent: false,
@@ -113,6 +170,17 @@ impl Conn {
             out: Outbound::default(),
             topics: Subscriptions::None,
         }
+    }
+
+    /// The endpoint it was admitted to, if it was.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.route.map(Route::endpoint)
+    }
+
+    /// The permessage-deflate mode it negotiated ([`Deflate::Off`] before
+    /// admission).
+    pub fn deflate(&self) -> Deflate {
+        self.route.map_or(Deflate::Off, Route::deflate)
     }
 
     /// Moves to `phase` at tick `now`.
@@ -145,5 +213,16 @@ mod tests {
         // the 80 before it, no more.
         let size = std::mem::size_of::<Option<Conn>>();
         assert!(size <= 80, "Conn grew to {size} bytes");
+    }
+
+    #[test]
+    fn a_route_packs_endpoint_and_deflate_in_one_byte() {
+        assert_eq!(std::mem::size_of::<Option<Route>>(), 1);
+        for endpoint in [Endpoint::PubSub, Endpoint::PubSubV1, Endpoint::Echo] {
+            for deflate in [Deflate::Off, Deflate::Full, Deflate::Narrow] {
+                let route = Route::new(endpoint, deflate);
+                assert_eq!((route.endpoint(), route.deflate()), (endpoint, deflate));
+            }
+        }
     }
 }

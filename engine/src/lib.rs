@@ -10,7 +10,8 @@
 //! - [`conn`] and [`outbound`]: one connection's record and send queue;
 //! - [`session`]: who a connection is (its token, user id and
 //!   permissions), and each worker's index of users;
-//! - [`protocol`]: RFC 6455 as pure state machines over byte slices;
+//! - [`protocol`]: RFC 6455 and permessage-deflate (RFC 7692) as pure
+//!   state machines over byte slices;
 //! - [`admission`]: client addresses, Origin, and connection limits;
 //! - [`topics`], [`control`]: subscriptions and the JSON control messages;
 //! - [`hub`]: per-topic history, offsets and epochs, shared by publishers

@@ -3,16 +3,19 @@
 
 use crate::admission::Admission;
 use crate::capacity::table_size;
-use crate::command::{Ack, Command, Mailbox, Wake};
+use crate::command::{Ack, Command, Frames, Mailbox, Wake};
 use crate::config::Config;
-use crate::hub::{Hub, Page};
-use crate::protocol::frame;
+use crate::hub::{Hub, Page, TopicFrame};
+use crate::protocol::deflate::{Deflater, FULL_WINDOW_BITS};
+use crate::protocol::frame::{self, OpCode};
 use crate::protocol::v1::{self, Content, Data};
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::worker::{Setup, Worker};
 use bytes::Bytes;
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,6 +37,16 @@ pub struct Handle {
     stats: Arc<[WorkerStats]>,
     admission: Arc<Admission>,
     hub: Arc<Hub>,
+    /// `--compression-min-size` while compression is on.
+    compression_min_size: Option<usize>,
+}
+
+thread_local! {
+    /// The publishing thread's compressor: a publish is compressed once,
+    /// here, on the thread that calls [`Handle::publish`] (the server's
+    /// API thread), never per worker or per subscriber. Allocated on the
+    /// thread's first compressed publish.
+    static PUBLISH_DEFLATER: RefCell<Deflater> = RefCell::new(Deflater::new(FULL_WINDOW_BITS));
 }
 
 impl Runtime {
@@ -109,6 +122,7 @@ impl Runtime {
             stats,
             admission,
             hub,
+            compression_min_size: config.compression.then_some(config.compression_min_size),
         };
         let mut failure = None;
         for _ in 0..workers {
@@ -173,6 +187,39 @@ impl Runtime {
 }
 
 impl Handle {
+    /// The frames of one published message: the plain frame, and the
+    /// compressed one (RFC 7692 §7.2.1, no context takeover) when
+    /// compression is on, the payload is at least `--compression-min-size`
+    /// bytes and shrinks, and some connection negotiated permessage-deflate.
+    fn frames(&self, opcode: OpCode, payload: &[u8]) -> Frames {
+        Frames {
+            plain: frame::encode(opcode, payload),
+            deflated: self.deflated(opcode, payload),
+        }
+    }
+
+    /// [`Handle::frames`] for a `ringcast.v1` text frame already encoded.
+    fn v1_frames(&self, plain: Bytes) -> Frames {
+        Frames {
+            deflated: self.deflated(OpCode::Text, frame::server_payload(&plain)),
+            plain,
+        }
+    }
+
+    fn deflated(&self, opcode: OpCode, payload: &[u8]) -> Option<Bytes> {
+        let negotiated = || {
+            self.stats
+                .iter()
+                .any(|w| w.compressed_connections.load(Ordering::Relaxed) > 0)
+        };
+        match self.compression_min_size {
+            Some(min_size) if payload.len() >= min_size && negotiated() => {
+                PUBLISH_DEFLATER.with_borrow_mut(|d| d.frame(opcode, payload, min_size))
+            }
+            _ => None,
+        }
+    }
+
     fn send_all(
         &self,
         make: impl Fn(Arc<Ack>) -> Command,
@@ -192,14 +239,15 @@ impl Handle {
     /// topics; a `ringcast.v1` connection once per topic, each delivery
     /// with that topic's offset and epoch when it keeps history (see
     /// [`Hub::publish`]), or once as a message without topic when it is
-    /// only reached as a user's. The frames are encoded once here; with
-    /// several workers, each copies them once into its own buffer, which
-    /// its subscribers' queues share. `payload` must pass
-    /// [`Content::check`]. `done` is called, on a worker thread, with the
-    /// number of deliveries queued once every worker has queued it.
-    /// Messages from one caller are delivered in call order, and a topic's
-    /// messages in offset order whatever the callers. Returns the offset
-    /// given to each topic that keeps history.
+    /// only reached as a user's. Each frame is encoded once here, and
+    /// compressed once here for the connections that negotiated
+    /// permessage-deflate; with several workers, each copies the frames
+    /// once into its own buffers, which its subscribers' queues share.
+    /// `payload` must pass [`Content::check`]. `done` is called, on a
+    /// worker thread, with the number of deliveries queued once every
+    /// worker has queued it. Messages from one caller are delivered in call
+    /// order, and a topic's messages in offset order whatever the callers.
+    /// Returns the offset given to each topic that keeps history.
     pub fn publish(
         &self,
         topics: Vec<String>,
@@ -216,19 +264,23 @@ impl Handle {
         }
         let topics: Arc<[String]> = unique.into();
         let users: Arc<[String]> = users.into();
-        let frame = frame::encode(content.opcode(), payload);
+        let frames = self.frames(content.opcode(), payload);
         let data = Data::new(content, payload);
-        let direct = if users.is_empty() {
-            Bytes::new()
+        let direct = Arc::new(if users.is_empty() {
+            Frames::default()
         } else {
-            v1::to_user(&data)
-        };
-        let offsets = self.hub.publish(&topics, &data, |v1| {
+            self.v1_frames(v1::to_user(&data))
+        });
+        let offsets = self.hub.publish(&topics, &data, |mut v1| {
+            for delivery in &mut v1 {
+                delivery.frames = self.v1_frames(delivery.frames.plain.clone());
+            }
+            let v1: Arc<[TopicFrame]> = v1.into();
             self.send_all(
                 |ack| Command::Publish {
                     topics: topics.clone(),
                     users: users.clone(),
-                    frame: frame.clone(),
+                    frames: frames.clone(),
                     v1: v1.clone(),
                     direct: direct.clone(),
                     ack,
@@ -252,11 +304,11 @@ impl Handle {
         payload: &[u8],
         done: impl FnOnce(usize) + Send + 'static,
     ) {
-        let frame = frame::encode(content.opcode(), payload);
-        let v1 = v1::broadcast(&Data::new(content, payload));
+        let frames = self.frames(content.opcode(), payload);
+        let v1 = self.v1_frames(v1::broadcast(&Data::new(content, payload)));
         self.send_all(
             |ack| Command::Broadcast {
-                frame: frame.clone(),
+                frames: frames.clone(),
                 v1: v1.clone(),
                 ack,
             },

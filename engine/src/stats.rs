@@ -33,6 +33,11 @@ pub struct WorkerStats {
     pub outbound_bytes: AtomicU64,
     /// Gauge: topics with at least one subscriber on this worker.
     pub topics: AtomicU64,
+    /// Gauge: open connections that negotiated permessage-deflate.
+    pub compressed_connections: AtomicU64,
+    /// Gauge: bytes of zlib state the worker's shared compressors and
+    /// inflater hold (zlib-rs's allocation sizes; 0 once idle a second).
+    pub compression_state_bytes: AtomicU64,
     /// Connections accepted.
     pub accepted: AtomicU64,
     /// Connections whose slot was released.
@@ -93,6 +98,11 @@ pub struct Snapshot {
     /// Sum over workers of topics with subscribers there (a topic with
     /// subscribers on two workers counts twice).
     pub topics: u64,
+    /// Open connections that negotiated permessage-deflate.
+    pub compressed_connections: u64,
+    /// Bytes of zlib state held by the workers' shared compressors and
+    /// inflaters.
+    pub compression_state_bytes: u64,
     /// Connections accepted since start.
     pub accepted: u64,
     /// Connections closed since start.
@@ -136,6 +146,8 @@ pub fn snapshot(workers: &[WorkerStats]) -> Snapshot {
         s.slots_in_use += get(&w.slots_in_use);
         s.outbound_bytes += get(&w.outbound_bytes);
         s.topics += get(&w.topics);
+        s.compressed_connections += get(&w.compressed_connections);
+        s.compression_state_bytes += get(&w.compression_state_bytes);
         s.accepted += get(&w.accepted);
         s.closed += get(&w.closed);
         s.messages_in += get(&w.messages_in);

@@ -56,6 +56,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// A feature switch given as `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Disabled.
+    Off,
+    /// Enabled.
+    On,
+}
+
 fn humantime_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
@@ -174,6 +184,15 @@ pub struct Serve {
     /// past it the oldest messages of any topic are evicted first.
     #[arg(long, env = "RINGCAST_HISTORY_MAX_BYTES", default_value_t = 256 << 20)]
     pub history_max_bytes: usize,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it.
+    /// A publish is then compressed once and the same compressed frame
+    /// goes to every subscriber that negotiated it.
+    #[arg(long, env = "RINGCAST_COMPRESSION", value_enum, default_value = "on")]
+    pub compression: Switch,
+    /// Messages shorter than this are sent uncompressed (RSV1 clear), in
+    /// bytes.
+    #[arg(long, env = "RINGCAST_COMPRESSION_MIN_SIZE", default_value_t = 256)]
+    pub compression_min_size: usize,
     /// Log line format (level from RUST_LOG, default info).
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -362,6 +381,8 @@ impl Serve {
             allowed_origins: self.allowed_origins.clone(),
             history: self.history.clone(),
             history_max_bytes: self.history_max_bytes,
+            compression: self.compression == Switch::On,
+            compression_min_size: self.compression_min_size,
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
             auth: self.auth()?,

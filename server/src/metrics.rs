@@ -172,6 +172,16 @@ pub fn render(s: &Snapshot, draining: bool, latency: &HistogramVec) -> String {
         s.history.evicted,
     );
     m.gauge(
+        "ringcast_compressed_connections",
+        "Open connections that negotiated permessage-deflate",
+        s.compressed_connections,
+    );
+    m.gauge(
+        "ringcast_compression_state_bytes",
+        "Bytes of zlib buffers held by the workers' shared inflaters and echo compressors (as of the last once-a-second trim)",
+        s.compression_state_bytes,
+    );
+    m.gauge(
         "ringcast_draining",
         "1 once a drain has started",
         u64::from(draining),

@@ -166,6 +166,18 @@ impl Server {
         }
     }
 
+    /// The server's resident memory (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
     /// Sends `signal` to the server.
     pub fn signal(&self, signal: i32) {
         let pid = self.child.as_ref().unwrap().id() as i32;

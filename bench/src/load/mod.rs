@@ -72,10 +72,47 @@ impl Mode {
     }
 }
 
+/// What fills a fan-out payload after its sequence number and send time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filler {
+    /// Spaces.
+    Spaces,
+    /// A JSON array of trade-like events with varying values, as a push
+    /// server carries (compresses about 3x, not like spaces).
+    Json,
+}
+
 /// The payload of fan-out message `seq`: sequence number and send time
-/// (see [`now_ns`]) in ASCII, padded with spaces to `size` bytes.
-pub fn fanout_payload(seq: u32, size: usize) -> Vec<u8> {
+/// (see [`now_ns`]) in ASCII, then `filler`, padded with spaces to `size`
+/// bytes.
+pub fn fanout_payload(seq: u32, size: usize, filler: Filler) -> Vec<u8> {
     let mut payload = format!("{seq} {}", now_ns()).into_bytes();
+    if filler == Filler::Json {
+        payload.extend_from_slice(b" [");
+        let mut x = u64::from(seq).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for i in 0.. {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let event = format!(
+                r#"{}{{"id":{},"symbol":"{}","price":{}.{:02},"qty":{},"side":"{}","ts":{}}}"#,
+                if i == 0 { "" } else { "," },
+                u64::from(seq) * 1000 + i,
+                ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-EUR"][(x % 4) as usize],
+                20_000 + x % 50_000,
+                x % 100,
+                1 + x % 900,
+                if x & 1 == 0 { "buy" } else { "sell" },
+                1_764_000_000_000 + x % 1_000_000,
+            );
+            if payload.len() + event.len() + 1 > size {
+                break;
+            }
+            payload.extend_from_slice(event.as_bytes());
+        }
+        payload.push(b']');
+    }
     if payload.len() < size {
         payload.resize(size, b' ');
     }
@@ -120,6 +157,9 @@ pub struct Plan {
     pub mode: Mode,
     /// With connection auth: a distinct token per connection.
     pub tokens: Option<Tokens>,
+    /// Offer permessage-deflate (RFC 7692), require the server to accept
+    /// it, and inflate the messages that arrive compressed.
+    pub compression: bool,
 }
 
 /// Live counters, updated by workers and read by the controller.
@@ -136,6 +176,9 @@ pub struct Shared {
     pub dropped: AtomicU64,
     /// Data messages received (fan-out deliveries, echoes).
     pub messages: AtomicU64,
+    /// Bytes received from the server (handshakes and frames: TCP
+    /// payload, without TCP/IP headers).
+    pub bytes_in: AtomicU64,
     /// Pings sent (soak).
     pub pings: AtomicU64,
     /// Pongs received (soak).
@@ -355,11 +398,15 @@ mod tests {
 
     #[test]
     fn fanout_payload_round_trips() {
-        let payload = fanout_payload(42, 64);
-        assert_eq!(payload.len(), 64);
-        let (seq, sent) = parse_fanout_payload(&payload).unwrap();
-        assert_eq!(seq, 42);
-        assert!(sent <= now_ns());
+        for filler in [Filler::Spaces, Filler::Json] {
+            for size in [64, 1024] {
+                let payload = fanout_payload(42, size, filler);
+                assert_eq!(payload.len(), size);
+                let (seq, sent) = parse_fanout_payload(&payload).unwrap();
+                assert_eq!(seq, 42);
+                assert!(sent <= now_ns());
+            }
+        }
         assert_eq!(parse_fanout_payload(b"x 1"), None);
     }
 }

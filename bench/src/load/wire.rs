@@ -42,7 +42,12 @@ pub struct Handshake {
     /// The complete HTTP/1.1 upgrade request.
     pub request: Vec<u8>,
     expected_accept: String,
+    /// permessage-deflate was offered, and must be accepted.
+    deflate: bool,
 }
+
+/// The offer a browser sends (RFC 7692 §7.1).
+const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 
 /// Why a handshake response was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,6 +58,8 @@ pub enum BadResponse {
     Status(u16),
     /// 101 with a missing or wrong `Sec-WebSocket-Accept`.
     AcceptKey,
+    /// permessage-deflate was offered and the server declined it.
+    NoDeflate,
 }
 
 impl std::fmt::Display for BadResponse {
@@ -61,6 +68,7 @@ impl std::fmt::Display for BadResponse {
             Self::Malformed => f.write_str("malformed handshake response"),
             Self::Status(code) => write!(f, "HTTP {code}"),
             Self::AcceptKey => f.write_str("wrong Sec-WebSocket-Accept"),
+            Self::NoDeflate => f.write_str("permessage-deflate declined"),
         }
     }
 }
@@ -109,11 +117,15 @@ impl Tokens {
 
 impl Handshake {
     /// A request for `resource` (path and query) on `host`, with a fresh
-    /// random key, offering `protocol` if given.
-    pub fn new(host: &str, resource: &str, protocol: Option<&str>) -> Self {
+    /// random key, offering `protocol` if given and permessage-deflate if
+    /// `deflate`.
+    pub fn new(host: &str, resource: &str, protocol: Option<&str>, deflate: bool) -> Self {
         let key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<16>());
-        let offer =
+        let mut offer =
             protocol.map_or_else(String::new, |p| format!("Sec-WebSocket-Protocol: {p}\r\n"));
+        if deflate {
+            offer.push_str(&format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n"));
+        }
         let request = format!(
             "GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
@@ -123,6 +135,7 @@ impl Handshake {
         Self {
             request,
             expected_accept: accept_key(&key),
+            deflate,
         }
     }
 
@@ -154,13 +167,20 @@ impl Handshake {
             Some(code) => return Err(BadResponse::Status(code)),
             None => return Err(BadResponse::Malformed),
         }
-        let accept = response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
-            .map(|h| h.value);
-        if accept != Some(self.expected_accept.as_bytes()) {
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+        };
+        if header("sec-websocket-accept") != Some(self.expected_accept.as_bytes()) {
             return Err(BadResponse::AcceptKey);
+        }
+        let deflate_accepted = header("sec-websocket-extensions")
+            .is_some_and(|v| v.starts_with(b"permessage-deflate"));
+        if self.deflate && !deflate_accepted {
+            return Err(BadResponse::NoDeflate);
         }
         Ok(Some(len))
     }
@@ -172,8 +192,8 @@ mod tests {
 
     #[test]
     fn checks_responses() {
-        let hs = Handshake::new("h", "/ws", None);
-        let v1 = Handshake::new("h", "/ws", Some("ringcast.v1"));
+        let hs = Handshake::new("h", "/ws", None, false);
+        let v1 = Handshake::new("h", "/ws", Some("ringcast.v1"), false);
         let text = String::from_utf8(v1.request).unwrap();
         assert!(text.ends_with("Sec-WebSocket-Protocol: ringcast.v1\r\n\r\n"));
         let good = format!(
@@ -193,5 +213,20 @@ mod tests {
         assert_eq!(hs.check(b"SSH-2.0\r\n\r\n"), Err(BadResponse::Malformed));
         let with = String::from_utf8(hs.request_with_token("a.b.c")).unwrap();
         assert!(with.ends_with("Version: 13\r\nAuthorization: Bearer a.b.c\r\n\r\n"));
+        let deflate = Handshake::new("h", "/ws", None, true);
+        let request = String::from_utf8(deflate.request.clone()).unwrap();
+        assert!(request.ends_with(&format!(
+            "Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n\r\n"
+        )));
+        let plain = format!(
+            "HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            deflate.expected_accept
+        );
+        assert_eq!(deflate.check(plain.as_bytes()), Err(BadResponse::NoDeflate));
+        let agreed = plain.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n",
+        );
+        assert_eq!(deflate.check(agreed.as_bytes()), Ok(Some(agreed.len())));
     }
 }

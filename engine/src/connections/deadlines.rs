@@ -132,6 +132,9 @@ impl Connections {
         if now >= self.next_trim {
             self.next_trim = now + TRIM_EVERY;
             self.io.pool.trim();
+            let held = self.io.codec.trim();
+            let gauge = &self.io.stats().compression_state_bytes;
+            gauge.store(held, std::sync::atomic::Ordering::Relaxed);
             self.table.trim();
             // A reconnect storm's peak of handshakes need not stay.
             let handshaking = self.io.handshaking.len();

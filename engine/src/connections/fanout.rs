@@ -1,14 +1,16 @@
 //! Publish and broadcast: one shared frame queued to many connections, by
-//! topic, by user, or to all; and closing every connection of some users.
+//! topic, by user, or to all (or its compressed twin to those that
+//! negotiated permessage-deflate); and closing every connection of some
+//! users.
 
 use super::Connections;
+use crate::command::Frames;
 use crate::conn::{Endpoint, Phase};
 use crate::hub::TopicFrame;
 use crate::stats::WorkerStats;
-use bytes::Bytes;
 
 impl Connections {
-    /// Queues one publish on this worker. Raw-mode connections get `frame`
+    /// Queues one publish on this worker. Raw-mode connections get `frames`
     /// once per connection, whether they subscribe to any of `topics` or
     /// belong to any of `users`. `ringcast.v1` subscribers get each
     /// topic's delivery from `v1` (in the order of `topics`), once per
@@ -21,10 +23,10 @@ impl Connections {
         &mut self,
         topics: &[String],
         users: &[String],
-        frame: &Bytes,
+        frames: &Frames,
         v1: &[TopicFrame],
-        direct: &Bytes,
-        local: impl Fn(&Bytes) -> Bytes,
+        direct: &Frames,
+        local: impl Fn(&Frames) -> Frames,
     ) -> usize {
         self.delivery += 1;
         let delivery = self.delivery;
@@ -36,15 +38,17 @@ impl Connections {
             let mut v1_frame = None;
             for slot in self.topics.members(id) {
                 let conn = self.table.get_mut(slot).expect("subscriber slot is live");
-                if conn.endpoint == Some(Endpoint::PubSubV1) {
+                if conn.endpoint() == Some(Endpoint::PubSubV1) {
                     conn.last_delivery = delivery;
                     if !self.skips.covers(id, slot, topic_frame.position) {
-                        let f = v1_frame.get_or_insert_with(|| local(&topic_frame.frame));
-                        queued += usize::from(self.io.queue(conn, slot, f.clone()));
+                        let f = v1_frame.get_or_insert_with(|| local(&topic_frame.frames));
+                        let f = f.for_route(conn.route).clone();
+                        queued += usize::from(self.io.queue(conn, slot, f));
                     }
                 } else if conn.last_delivery != delivery {
                     conn.last_delivery = delivery;
-                    queued += usize::from(self.io.queue(conn, slot, frame.clone()));
+                    let f = frames.for_route(conn.route).clone();
+                    queued += usize::from(self.io.queue(conn, slot, f));
                 }
             }
         }
@@ -55,35 +59,36 @@ impl Connections {
                 continue;
             }
             conn.last_delivery = delivery;
-            let f = if conn.endpoint == Some(Endpoint::PubSubV1) {
-                direct_frame.get_or_insert_with(|| local(direct)).clone()
+            let f = if conn.endpoint() == Some(Endpoint::PubSubV1) {
+                direct_frame.get_or_insert_with(|| local(direct))
             } else {
-                frame.clone()
+                frames
             };
+            let f = f.for_route(conn.route).clone();
             queued += usize::from(self.io.queue(conn, slot, f));
         }
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
         queued
     }
 
-    /// Queues `frame` to every open connection on the topics endpoint, and
+    /// Queues `frames` to every open connection on the topics endpoint, and
     /// `v1` (passed through `local` once) to those speaking `ringcast.v1`.
     pub fn broadcast(
         &mut self,
-        frame: &Bytes,
-        v1: &Bytes,
-        local: impl Fn(&Bytes) -> Bytes,
+        frames: &Frames,
+        v1: &Frames,
+        local: impl Fn(&Frames) -> Frames,
     ) -> usize {
         let mut queued = 0;
         let mut v1_frame = None;
         let io = &mut self.io;
         self.table.for_each(|slot, conn| {
-            let f = match conn.endpoint {
-                Some(Endpoint::PubSub) => frame.clone(),
-                Some(Endpoint::PubSubV1) => v1_frame.get_or_insert_with(|| local(v1)).clone(),
+            let f = match conn.endpoint() {
+                Some(Endpoint::PubSub) => frames,
+                Some(Endpoint::PubSubV1) => v1_frame.get_or_insert_with(|| local(v1)),
                 _ => return,
             };
-            queued += usize::from(io.queue(conn, slot, f));
+            queued += usize::from(io.queue(conn, slot, f.for_route(conn.route).clone()));
         });
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
         queued

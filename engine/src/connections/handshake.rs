@@ -4,18 +4,21 @@
 use super::io::{Io, Limits};
 use super::Connections;
 use crate::admission::{Forwarding, PeerId};
-use crate::conn::{Endpoint, Phase};
+use crate::conn::{Deflate, Endpoint, Phase, Route};
+use crate::protocol::deflate::FULL_WINDOW_BITS;
+use crate::protocol::extension;
 use crate::protocol::handshake::{self, Reject, Request};
 use crate::protocol::proxy;
 use crate::protocol::v1;
 use crate::session::{self, Identity};
+use crate::stats::WorkerStats;
 use crate::topics;
 use bytes::Bytes;
 use std::net::IpAddr;
 
 /// A handshake that passed every check.
 struct Accepted {
-    endpoint: Endpoint,
+    route: Route,
     topics: Vec<String>,
     response: Vec<u8>,
     peer: PeerId,
@@ -49,7 +52,7 @@ impl Io {
         let Some((req, used)) = handshake::parse(buf)? else {
             return Ok(None);
         };
-        let (endpoint, topics, response) = route(&req, &self.limits)?;
+        let (route, topics, response) = route(&req, &self.limits)?;
         if !self.admission.origin_allowed(req.origin) {
             return Err(Reject::OriginNotAllowed);
         }
@@ -78,7 +81,7 @@ impl Io {
         }
         let peer = self.admission.admit(client)?;
         let accepted = Accepted {
-            endpoint,
+            route,
             topics,
             response,
             peer,
@@ -114,9 +117,9 @@ impl Io {
     }
 }
 
-/// Decides what a complete upgrade request gets: the endpoint, the topics
-/// to subscribe, and the 101 response.
-fn route(req: &Request<'_>, limits: &Limits) -> Result<(Endpoint, Vec<String>, Vec<u8>), Reject> {
+/// Decides what a complete upgrade request gets: the endpoint and
+/// permessage-deflate mode, the topics to subscribe, and the 101 response.
+fn route(req: &Request<'_>, limits: &Limits) -> Result<(Route, Vec<String>, Vec<u8>), Reject> {
     let endpoint = if req.path == limits.path {
         Endpoint::PubSub
     } else if limits.echo && req.path == "/echo" {
@@ -146,7 +149,18 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<(Endpoint, Vec<String>, V
         Some(v1::NAME) if endpoint == Endpoint::PubSub => Endpoint::PubSubV1,
         _ => endpoint,
     };
-    Ok((endpoint, topics, handshake::accept_response(&upgrade)))
+    let agreed = limits
+        .compression
+        .then(|| extension::negotiate(req.extensions))
+        .flatten();
+    let deflate = match agreed {
+        None => Deflate::Off,
+        Some(a) if a.server_max_window_bits == FULL_WINDOW_BITS => Deflate::Full,
+        Some(_) => Deflate::Narrow,
+    };
+    let extensions = agreed.map(|a| a.response());
+    let response = handshake::accept_response(&upgrade, extensions.as_deref());
+    Ok((Route::new(endpoint, deflate), topics, response))
 }
 
 impl Connections {
@@ -179,7 +193,7 @@ impl Connections {
         };
         self.io.handshaking.remove(&slot);
         let Accepted {
-            endpoint,
+            route,
             topics,
             response,
             peer,
@@ -193,9 +207,13 @@ impl Connections {
                 .sessions
                 .attach(identity.user.as_deref(), identity.grant, slot);
         }
-        tracing::debug!(slot, peer = %client, ?endpoint, "connection open");
+        let (endpoint, deflate) = (route.endpoint(), route.deflate());
+        tracing::debug!(slot, peer = %client, ?endpoint, ?deflate, "connection open");
         self.io.enqueue(conn, Bytes::from(response));
-        conn.endpoint = Some(endpoint);
+        conn.route = Some(route);
+        if deflate != Deflate::Off {
+            WorkerStats::add(&self.io.stats().compressed_connections, 1);
+        }
         conn.enter(Phase::Open, self.io.wheel.now());
         conn.last_ping = conn.phase_since;
         let at =

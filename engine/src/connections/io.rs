@@ -3,6 +3,7 @@
 //! counters and admission; and the per-connection steps built on them
 //! (queue a frame, start a close, reject a handshake, tear down).
 
+use super::compression::Codec;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::conn::{Conn, Phase};
@@ -37,6 +38,7 @@ pub(super) struct Limits {
     pub handshake: Tick,
     pub close: Tick,
     pub proxy_protocol: bool,
+    pub compression: bool,
 }
 
 impl Limits {
@@ -54,6 +56,7 @@ impl Limits {
             handshake: ticks(config.handshake_timeout),
             close: ticks(CLOSE_TIMEOUT),
             proxy_protocol: config.proxy_protocol,
+            compression: config.compression,
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct Io {
     pub(super) handshaking: HashMap<u32, Handshaking>,
     /// Token verification; `None` while auth is off.
     pub(super) auth: Option<Arc<Auth>>,
+    /// permessage-deflate state shared by the worker's connections.
+    pub(super) codec: Codec,
 }
 
 /// A connection in its opening handshake.
@@ -113,6 +118,7 @@ impl Io {
             draining: false,
             handshaking: HashMap::new(),
             auth: config.auth.clone(),
+            codec: Codec::new(config.compression_min_size),
         }
     }
 

@@ -1,8 +1,10 @@
-//! An open connection's messages: decoded frames, echo, control messages
-//! (subscribe, unsubscribe, refresh) and the close handshake's first step.
+//! An open connection's messages: decoded frames, compressed messages
+//! inflated, echo, control messages (subscribe, unsubscribe, refresh) and
+//! the close handshake's first step.
 
+use super::compression::{Codec, Deflating};
 use super::Connections;
-use crate::conn::Endpoint;
+use crate::conn::{Deflate, Endpoint, Route};
 use crate::control;
 use crate::protocol::decoder::{Message, ProtocolError};
 use crate::protocol::frame::{self, OpCode};
@@ -23,13 +25,20 @@ pub(super) enum Action {
 }
 
 /// Turns one decoded message into actions (no access to the table here).
-fn on_message(endpoint: Endpoint, message: Message<'_>, actions: &mut Vec<Action>) {
+/// Echoes are compressed for a connection that negotiated it; a
+/// compressed message arrives here already inflated.
+fn on_message(
+    route: Route,
+    deflating: &mut Deflating,
+    message: Message<'_>,
+    actions: &mut Vec<Action>,
+) {
     let text_reply = |s: String| Action::Send(frame::encode(OpCode::Text, s.as_bytes()));
-    actions.push(match (endpoint, message) {
-        (Endpoint::Echo, Message::Text(t)) => {
-            Action::Send(frame::encode(OpCode::Text, t.as_bytes()))
-        }
-        (Endpoint::Echo, Message::Binary(b)) => Action::Send(frame::encode(OpCode::Binary, b)),
+    let mut echo =
+        |opcode, payload| Action::Send(deflating.encode(route.deflate(), opcode, payload));
+    actions.push(match (route.endpoint(), message) {
+        (Endpoint::Echo, Message::Text(t)) => echo(OpCode::Text, t.as_bytes()),
+        (Endpoint::Echo, Message::Binary(b)) => echo(OpCode::Binary, b),
         (Endpoint::PubSub, Message::Text(t)) => match control::parse(t) {
             Ok(request) => Action::Control(request),
             Err(reason) => text_reply(control::error(&reason)),
@@ -44,6 +53,7 @@ fn on_message(endpoint: Endpoint, message: Message<'_>, actions: &mut Vec<Action
         (_, Message::Ping(p)) => Action::Send(frame::encode(OpCode::Pong, p)),
         (_, Message::Pong(_)) => return,
         (_, Message::Close(status)) => Action::CloseEcho(status),
+        (_, Message::Compressed { .. }) => unreachable!("inflated before it gets here"),
     });
 }
 
@@ -52,12 +62,29 @@ impl Connections {
         let conn = self.table.get_mut(slot).expect("live slot");
         let mut decoder = std::mem::take(&mut conn.decoder);
         let mut actions = std::mem::take(&mut self.actions);
-        let endpoint = conn.endpoint.expect("an open connection has an endpoint");
+        let route = conn.route.expect("an open connection has a route");
         let max = self.io.limits.max_message;
         let mut messages = 0u64;
-        let fed = decoder.feed(data, max, &mut |m| {
+        let Codec {
+            inflating,
+            deflating,
+        } = &mut self.io.codec;
+        let deflate = route.deflate() != Deflate::Off;
+        let fed = decoder.feed(data, max, deflate, &mut |m| {
+            let m = match m {
+                Message::Compressed { text, payload } => {
+                    match inflating.message(text, payload, max) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            actions.push(Action::Fail(e));
+                            return ControlFlow::Break(());
+                        }
+                    }
+                }
+                m => m,
+            };
             messages += u64::from(matches!(m, Message::Text(_) | Message::Binary(_)));
-            on_message(endpoint, m, &mut actions);
+            on_message(route, deflating, m, &mut actions);
             ControlFlow::Continue(())
         });
         conn.decoder = decoder;

@@ -9,7 +9,9 @@
 //! - [`table`]: the records by fixed-file slot, in memory that follows load;
 //! - [`io`]: what connections share (lists, wheel, send-queue pool, limits)
 //!   and the steps built on it: queue, close, reject, release;
-//! - `handshake`: the upgrade request, routing and admission;
+//! - `handshake`: the upgrade request, routing, admission and the
+//!   permessage-deflate negotiation;
+//! - `compression`: the worker's shared inflater and echo compressors;
 //! - `messages`: decoded frames, control messages, subscriptions and
 //!   token refreshes;
 //! - `fanout`: publish and broadcast, to topics and to users, and the
@@ -17,6 +19,7 @@
 //! - `recovery`: `ringcast.v1` subscribes with a position, and replays;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
 
+mod compression;
 mod deadlines;
 mod fanout;
 mod handshake;
@@ -29,7 +32,7 @@ pub use io::{Io, CLOSE_TIMEOUT};
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conn, Deflate, Phase};
 use crate::protocol::close::code;
 use crate::session::Sessions;
 use crate::spread::Spread;
@@ -210,7 +213,10 @@ impl Connections {
         }
         self.sessions.detach(conn.session, slot);
         let unsent = conn.out.clear(&mut self.io.pool);
-        let admitted = conn.endpoint.is_some();
+        let admitted = conn.route.is_some();
+        if conn.deflate() != Deflate::Off {
+            WorkerStats::sub(&self.io.stats().compressed_connections, 1);
+        }
         if admitted {
             self.io.admission.closed(conn.peer);
         } else {

@@ -85,7 +85,7 @@ impl Connections {
     /// without `since`, answered with the topic's position.
     pub(super) fn subscribe_at_open(&mut self, slot: u32, topic: &str) {
         let conn = self.table.get_mut(slot).expect("live slot");
-        if conn.endpoint == Some(Endpoint::PubSubV1) {
+        if conn.endpoint() == Some(Endpoint::PubSubV1) {
             self.subscribe_v1(slot, topic, None);
         } else {
             self.subscribe(slot, topic);

@@ -21,20 +21,22 @@ pub mod epoch;
 pub mod history;
 pub mod rules;
 
+use crate::command::Frames;
 use crate::protocol::v1::{self, Data, Position, Since};
 use bytes::Bytes;
 use epoch::Epoch;
 use history::{History, HistoryStats};
 use rules::Rule;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 /// One topic's `ringcast.v1` delivery of a publish, as the workers get it.
 pub struct TopicFrame {
     /// Offset and epoch, for a topic that keeps history.
     pub position: Option<(u64, Epoch)>,
-    /// The encoded delivery frame, shared by every worker and subscriber.
-    pub frame: Bytes,
+    /// The encoded delivery frames, shared by every worker and subscriber
+    /// ([`Hub::publish`] leaves the compressed one to its caller).
+    pub frames: Frames,
 }
 
 /// Where a subscribing client stands on a topic that keeps history, and
@@ -134,11 +136,11 @@ impl Hub {
         &self,
         topics: &[String],
         data: &Data,
-        send: impl FnOnce(Arc<[TopicFrame]>),
+        send: impl FnOnce(Vec<TopicFrame>),
     ) -> Vec<Option<u64>> {
         let plain = |topic: &str| TopicFrame {
             position: None,
-            frame: v1::message(topic, None, data).0,
+            frames: Frames::plain(v1::message(topic, None, data).0),
         };
         let rules: Vec<Option<&Rule>> = topics.iter().map(|t| self.rule(t)).collect();
         if rules.iter().all(Option::is_none) {
@@ -147,7 +149,7 @@ impl Hub {
         }
         let now = self.now_ms();
         let mut history = self.lock();
-        let frames: Arc<[TopicFrame]> = topics
+        let frames: Vec<TopicFrame> = topics
             .iter()
             .zip(rules)
             .map(|(topic, rule)| {
@@ -165,7 +167,7 @@ impl Hub {
                     });
                 TopicFrame {
                     position: Some((offset, epoch)),
-                    frame,
+                    frames: Frames::plain(frame),
                 }
             })
             .collect();

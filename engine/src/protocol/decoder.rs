@@ -27,6 +27,16 @@ pub enum Message<'a> {
     /// A valid close frame, with the status code to echo (`None` when the
     /// frame had no payload). Nothing after it is decoded (§5.5.1).
     Close(Option<u16>),
+    /// A data message whose first frame had RSV1 set (permessage-deflate,
+    /// RFC 7692 §6.2): `payload` is its DEFLATE data, all frames joined,
+    /// without the trimmed `00 00 ff ff`. Inflate it (see
+    /// [`super::deflate::Inflater`]), then check a text message's UTF-8.
+    Compressed {
+        /// The message is text (opcode 0x1).
+        text: bool,
+        /// The compressed bytes.
+        payload: &'a [u8],
+    },
 }
 
 /// The peer broke the protocol: fail the connection with this close code.
@@ -66,6 +76,8 @@ pub struct Decoder {
 struct Frame {
     opcode: OpCode,
     fin: bool,
+    /// RSV1 on a message's first frame: the message is compressed.
+    compressed: bool,
     key: [u8; 4],
     len: u64,
     read: u64,
@@ -75,6 +87,8 @@ struct Frame {
 #[derive(Debug, Default)]
 struct Assembly {
     text: bool,
+    /// The payload is DEFLATE data: UTF-8 is checked after inflating.
+    compressed: bool,
     payload: Vec<u8>,
     utf8: Utf8Validator,
 }
@@ -103,10 +117,15 @@ impl Decoder {
     /// Decodes `input`, the next bytes from the peer, unmasking them in
     /// place. Calls `on_message` for every complete message and control
     /// frame, in order. Messages over `max_message` bytes are refused.
+    /// With `deflate` (permessage-deflate negotiated), a data message whose
+    /// first frame has RSV1 set is reported as [`Message::Compressed`]; its
+    /// compressed size may pass `max_message` by [`compressed_limit`]'s
+    /// slack, since the limit applies to what it inflates to.
     ///
     /// # Errors
-    /// [`ProtocolError`] with close code 1002 (unmasked frame, RSV bits set,
-    /// reserved opcode, fragmented or oversized control frame, bad fragment
+    /// [`ProtocolError`] with close code 1002 (unmasked frame, RSV bits set
+    /// other than RSV1 on a message's first frame with `deflate`, reserved
+    /// opcode, fragmented or oversized control frame, bad fragment
     /// sequence, bad close payload), 1007 (text or close reason not UTF-8)
     /// or 1009 (message over `max_message` bytes). The connection must be
     /// failed; the decoder is not usable afterwards.
@@ -114,11 +133,16 @@ impl Decoder {
         &mut self,
         input: &mut [u8],
         max_message: usize,
+        deflate: bool,
         on_message: &mut OnMessage<'_>,
     ) -> Result<Fed, ProtocolError> {
         let mut boxed = self.partial.take();
         let mut state = boxed.as_deref_mut().map(std::mem::take).unwrap_or_default();
-        let fed = state.feed(input, max_message as u64, on_message)?;
+        let limits = Limits {
+            max_message: max_message as u64,
+            deflate,
+        };
+        let fed = state.feed(input, limits, on_message)?;
         if !state.is_idle() {
             match boxed.as_deref_mut() {
                 Some(slot) => *slot = state,
@@ -128,6 +152,20 @@ impl Decoder {
         }
         Ok(fed)
     }
+}
+
+/// Largest compressed message accepted for a limit of `max_message`
+/// inflated bytes: DEFLATE's worst case on incompressible data (5 bytes
+/// per 64 KiB stored block) plus a margin. The inflated size is what the
+/// limit is about, and it is checked as it is produced.
+pub fn compressed_limit(max_message: u64) -> u64 {
+    max_message + max_message / 8192 + 64
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    max_message: u64,
+    deflate: bool,
 }
 
 fn header_error(e: HeaderError) -> ProtocolError {
@@ -185,10 +223,18 @@ impl State {
 
     /// Checks a client frame header against RFC 6455 §5.2–§5.5 and the size
     /// limit, and makes it the current frame.
-    fn begin_frame(&mut self, h: FrameHeader, max_message: u64) -> Result<(), ProtocolError> {
+    fn begin_frame(&mut self, h: FrameHeader, limits: Limits) -> Result<(), ProtocolError> {
         let err = |reason| Err(ProtocolError::new(code::PROTOCOL_ERROR, reason));
-        if h.rsv != 0 {
+        // `rsv` holds RSV1 (0b100), RSV2 and RSV3.
+        let rsv1 = h.rsv & 0b100 != 0;
+        if h.rsv & 0b011 != 0 || (rsv1 && !limits.deflate) {
             return err("RSV bits set without a negotiated extension");
+        }
+        if rsv1 && h.opcode.is_control() {
+            return err("RSV1 on a control frame");
+        }
+        if rsv1 && h.opcode == OpCode::Continuation {
+            return err("RSV1 on a continuation frame");
         }
         let Some(key) = h.mask else {
             return err("client frames must be masked");
@@ -201,20 +247,26 @@ impl State {
                 return err("control frame payload over 125 bytes");
             }
         } else {
-            let so_far = match (&self.message, h.opcode) {
+            let (so_far, compressed) = match (&self.message, h.opcode) {
                 (Some(_), OpCode::Text | OpCode::Binary) => {
                     return err("new data frame before the fragmented message ended")
                 }
                 (None, OpCode::Continuation) => return err("continuation frame with no message"),
-                (Some(m), _) => m.payload.len() as u64,
-                (None, _) => 0,
+                (Some(m), _) => (m.payload.len() as u64, m.compressed),
+                (None, _) => (0, rsv1),
             };
-            if so_far + h.payload_len > max_message {
+            let max = if compressed {
+                compressed_limit(limits.max_message)
+            } else {
+                limits.max_message
+            };
+            if so_far + h.payload_len > max {
                 return Err(ProtocolError::new(code::MESSAGE_TOO_BIG, "message too big"));
             }
             if self.message.is_none() && !h.fin {
                 self.message = Some(Assembly {
                     text: h.opcode == OpCode::Text,
+                    compressed,
                     ..Assembly::default()
                 });
             }
@@ -222,6 +274,7 @@ impl State {
         self.frame = Some(Frame {
             opcode: h.opcode,
             fin: h.fin,
+            compressed: rsv1,
             key,
             len: h.payload_len,
             read: 0,
@@ -232,7 +285,7 @@ impl State {
     fn feed(
         &mut self,
         input: &mut [u8],
-        max_message: u64,
+        limits: Limits,
         on_message: &mut OnMessage<'_>,
     ) -> Result<Fed, ProtocolError> {
         let mut pos = 0;
@@ -242,7 +295,7 @@ impl State {
                     return Ok(Fed::NeedMore);
                 }
                 match self.next_header(input, &mut pos)? {
-                    Some(h) => self.begin_frame(h, max_message)?,
+                    Some(h) => self.begin_frame(h, limits)?,
                     None => return Ok(Fed::NeedMore),
                 }
             }
@@ -316,6 +369,10 @@ impl State {
         if whole_in_chunk && f.fin && self.message.is_none() {
             // Fast path: the whole message is in the caller's buffer.
             return Ok(match f.opcode {
+                _ if f.compressed => on_message(Message::Compressed {
+                    text: f.opcode == OpCode::Text,
+                    payload: chunk,
+                }),
                 OpCode::Text => on_message(Message::Text(
                     std::str::from_utf8(chunk).map_err(|_| invalid_utf8())?,
                 )),
@@ -324,10 +381,11 @@ impl State {
         }
         let message = self.message.get_or_insert_with(|| Assembly {
             text: f.opcode == OpCode::Text,
+            compressed: f.compressed,
             payload: Vec::with_capacity(f.len.min(INITIAL_ASSEMBLY_CAPACITY) as usize),
             utf8: Utf8Validator::default(),
         });
-        if message.text {
+        if message.text && !message.compressed {
             message.utf8.feed(chunk).map_err(|_| invalid_utf8())?;
         }
         message.payload.extend_from_slice(chunk);
@@ -335,6 +393,12 @@ impl State {
             return Ok(ControlFlow::Continue(()));
         }
         let message = self.message.take().expect("message in progress");
+        if message.compressed {
+            return Ok(on_message(Message::Compressed {
+                text: message.text,
+                payload: &message.payload,
+            }));
+        }
         if !message.text {
             return Ok(on_message(Message::Binary(&message.payload)));
         }
@@ -346,227 +410,5 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KEY: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
-
-    /// A masked client frame.
-    fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-        crate::protocol::frame::encode_masked(b0, payload, KEY)
-    }
-
-    #[derive(Debug, PartialEq)]
-    enum Got {
-        Text(String),
-        Binary(Vec<u8>),
-        Ping(Vec<u8>),
-        Pong(Vec<u8>),
-        Close(Option<u16>),
-    }
-
-    /// Feeds `bytes` split at `cuts`; returns messages and the final result.
-    fn decode(bytes: &[u8], cuts: &[usize], max: usize) -> (Vec<Got>, Result<Fed, ProtocolError>) {
-        let mut d = Decoder::default();
-        let mut got = Vec::new();
-        let mut bounds = cuts.to_vec();
-        bounds.push(bytes.len());
-        let mut start = 0;
-        let mut result = Ok(Fed::NeedMore);
-        for end in bounds {
-            let mut piece = bytes[start..end].to_vec();
-            start = end;
-            result = d.feed(&mut piece, max, &mut |m| {
-                got.push(match m {
-                    Message::Text(t) => Got::Text(t.to_owned()),
-                    Message::Binary(b) => Got::Binary(b.to_vec()),
-                    Message::Ping(b) => Got::Ping(b.to_vec()),
-                    Message::Pong(b) => Got::Pong(b.to_vec()),
-                    Message::Close(c) => Got::Close(c),
-                });
-                ControlFlow::Continue(())
-            });
-            if !matches!(result, Ok(Fed::NeedMore)) {
-                break;
-            }
-        }
-        (got, result)
-    }
-
-    #[test]
-    fn single_frames_in_one_chunk() {
-        let mut bytes = client_frame(0x81, b"hello");
-        bytes.extend(client_frame(0x82, &[1, 2, 3]));
-        bytes.extend(client_frame(0x89, b"p"));
-        let (got, r) = decode(&bytes, &[], 1024);
-        assert_eq!(r, Ok(Fed::NeedMore));
-        assert_eq!(
-            got,
-            [
-                Got::Text("hello".into()),
-                Got::Binary(vec![1, 2, 3]),
-                Got::Ping(b"p".to_vec())
-            ]
-        );
-    }
-
-    #[test]
-    fn fragmented_message_with_interleaved_ping_at_every_split() {
-        let mut bytes = client_frame(0x01, "frag".as_bytes());
-        bytes.extend(client_frame(0x89, b"ping"));
-        bytes.extend(client_frame(0x00, "mént".as_bytes()));
-        bytes.extend(client_frame(0x8A, b""));
-        bytes.extend(client_frame(0x80, b"!"));
-        for cut in 0..=bytes.len() {
-            let (got, r) = decode(&bytes, &[cut], 1024);
-            assert_eq!(r, Ok(Fed::NeedMore), "cut {cut}");
-            assert_eq!(
-                got,
-                [
-                    Got::Ping(b"ping".to_vec()),
-                    Got::Pong(vec![]),
-                    Got::Text("fragmént!".into())
-                ],
-                "cut {cut}"
-            );
-        }
-        let every: Vec<usize> = (1..bytes.len()).collect();
-        assert_eq!(decode(&bytes, &every, 1024).0.len(), 3);
-    }
-
-    #[test]
-    fn idle_decoder_holds_nothing() {
-        let mut d = Decoder::default();
-        let mut bytes = client_frame(0x82, &[9; 300]);
-        let (head, tail) = bytes.split_at_mut(100);
-        d.feed(head, 1024, &mut |_| ControlFlow::Continue(()))
-            .unwrap();
-        // 8 header bytes (2 + 16-bit length + mask) then 92 payload bytes.
-        let held = d
-            .partial
-            .as_ref()
-            .and_then(|s| s.message.as_ref())
-            .map(|m| m.payload.len());
-        assert_eq!(held, Some(92));
-        d.feed(tail, 1024, &mut |_| ControlFlow::Continue(()))
-            .unwrap();
-        assert!(d.partial.is_none());
-        assert_eq!(std::mem::size_of::<Decoder>(), 8);
-    }
-
-    #[test]
-    fn close_stops_decoding() {
-        let mut bytes = client_frame(0x88, &[0x03, 0xe8]);
-        bytes.extend(client_frame(0x81, b"after"));
-        let (got, r) = decode(&bytes, &[], 1024);
-        assert_eq!(r, Ok(Fed::Stopped));
-        assert_eq!(got, [Got::Close(Some(1000))]);
-    }
-
-    fn error_code(bytes: &[u8], max: usize) -> u16 {
-        decode(bytes, &[], max).1.unwrap_err().code
-    }
-
-    #[test]
-    fn protocol_violations() {
-        let unmasked = [0x81, 0x01, b'a'];
-        assert_eq!(error_code(&unmasked, 1024), 1002);
-        assert_eq!(error_code(&client_frame(0xC1, b"a"), 1024), 1002); // RSV1
-        assert_eq!(error_code(&client_frame(0x83, b"a"), 1024), 1002); // opcode 3
-        assert_eq!(error_code(&client_frame(0x09, b"a"), 1024), 1002); // fragmented ping
-        assert_eq!(error_code(&client_frame(0x89, &[0; 126]), 1024), 1002);
-        assert_eq!(error_code(&client_frame(0x80, b"a"), 1024), 1002); // stray continuation
-        let mut two_starts = client_frame(0x01, b"a");
-        two_starts.extend(client_frame(0x81, b"b"));
-        assert_eq!(error_code(&two_starts, 1024), 1002);
-        assert_eq!(error_code(&client_frame(0x88, &[0x03]), 1024), 1002);
-        assert_eq!(error_code(&client_frame(0x88, &[0x03, 0xed]), 1024), 1002);
-        assert_eq!(
-            error_code(&client_frame(0x88, &[0x03, 0xe8, 0xff]), 1024),
-            1007
-        );
-        assert_eq!(error_code(&client_frame(0x81, b"\xff"), 1024), 1007);
-        assert_eq!(error_code(&client_frame(0x82, &[0; 1025]), 1024), 1009);
-        let mut grows = client_frame(0x02, &[0; 1000]);
-        grows.extend(client_frame(0x80, &[0; 100]));
-        assert_eq!(error_code(&grows, 1024), 1009);
-    }
-
-    #[test]
-    fn invalid_utf8_fails_before_the_frame_ends() {
-        let bytes = client_frame(0x81, b"ok\xf4\x90\x80\x80 and much more text follows");
-        // Only the first 12 bytes (header + 6 payload bytes) arrive.
-        let mut d = Decoder::default();
-        let mut head = bytes[..12].to_vec();
-        let r = d.feed(&mut head, 1024, &mut |_| ControlFlow::Continue(()));
-        assert_eq!(r.unwrap_err().code, 1007);
-    }
-
-    #[test]
-    fn large_message_split_in_many_chunks() {
-        let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
-        let bytes = client_frame(0x82, &payload);
-        let cuts: Vec<usize> = (1..bytes.len()).step_by(4096).skip(1).collect();
-        let (got, r) = decode(&bytes, &cuts, 1 << 20);
-        assert_eq!(r, Ok(Fed::NeedMore));
-        assert_eq!(got, [Got::Binary(payload)]);
-    }
-}
-
-#[cfg(test)]
-mod random_input {
-    use super::*;
-
-    /// xorshift64: deterministic bytes, no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
-    #[test]
-    fn arbitrary_bytes_in_arbitrary_splits_never_panic() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        for _ in 0..20_000 {
-            let len = (rng.next() % 300) as usize;
-            // Bias towards plausible headers: masked, short lengths.
-            let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            if len > 1 && rng.next() % 2 == 0 {
-                bytes[1] = 0x80 | (bytes[1] % 130);
-            }
-            let mut decoder = Decoder::default();
-            let mut start = 0;
-            while start < bytes.len() {
-                let end = (start + 1 + (rng.next() % 40) as usize).min(bytes.len());
-                let result = decoder.feed(&mut bytes[start..end], 1 << 16, &mut |_| {
-                    ControlFlow::Continue(())
-                });
-                if !matches!(result, Ok(Fed::NeedMore)) {
-                    break;
-                }
-                start = end;
-            }
-        }
-    }
-
-    #[test]
-    fn arbitrary_request_heads_never_panic() {
-        let mut rng = Rng(42);
-        let good = b"GET /ws?topic=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-        for _ in 0..20_000 {
-            let mut bytes = good.to_vec();
-            for _ in 0..(rng.next() % 6) {
-                let i = (rng.next() as usize) % bytes.len();
-                bytes[i] = rng.next() as u8;
-            }
-            let cut = (rng.next() as usize) % (bytes.len() + 1);
-            if let Ok(Some((req, _))) = crate::protocol::handshake::parse(&bytes[..cut]) {
-                let _ = req.upgrade(&["chat".to_owned()]);
-            }
-        }
-    }
-}
+#[path = "decoder_tests.rs"]
+mod tests;

@@ -152,13 +152,42 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
 /// As [`encode`], for a payload that is the concatenation of `parts`: one
 /// copy of each part, with no intermediate buffer.
 pub fn encode_parts(opcode: OpCode, parts: &[&[u8]]) -> Bytes {
+    encode_with(0x80 | opcode as u8, parts)
+}
+
+/// RSV1: the message is compressed (permessage-deflate, RFC 7692 §6).
+pub const RSV1: u8 = 0x40;
+
+/// As [`encode`], for a data message compressed with permessage-deflate:
+/// RSV1 is set, and `compressed` is the payload [`super::deflate`] made
+/// (RFC 7692 §6.1).
+pub fn encode_compressed(opcode: OpCode, compressed: &[u8]) -> Bytes {
+    debug_assert!(!opcode.is_control(), "control frames are never compressed");
+    encode_with(0x80 | RSV1 | opcode as u8, &[compressed])
+}
+
+fn encode_with(b0: u8, parts: &[&[u8]]) -> Bytes {
     let len = parts.iter().map(|p| p.len()).sum();
     let mut out = BytesMut::with_capacity(10 + len);
-    put_header(&mut out, 0x80 | opcode as u8, 0, len);
+    put_header(&mut out, b0, 0, len);
     for part in parts {
         out.put_slice(part);
     }
     out.freeze()
+}
+
+/// The payload of a whole unmasked frame made by [`encode`] (RFC 6455
+/// §5.2: a 2-, 4- or 10-byte header, no masking key).
+///
+/// # Panics
+/// If `frame` is shorter than its header says.
+pub fn server_payload(frame: &[u8]) -> &[u8] {
+    let header = match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    &frame[header..]
 }
 
 /// Encodes one masked frame as clients send it (RFC 6455 §5.3): first byte
@@ -177,6 +206,15 @@ pub fn encode_masked(b0: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_payload_skips_each_header_length() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let payload = vec![b'x'; len];
+            let frame = encode(OpCode::Text, &payload);
+            assert_eq!(server_payload(&frame), &payload[..], "{len} bytes");
+        }
+    }
 
     #[test]
     fn parses_rfc_examples() {

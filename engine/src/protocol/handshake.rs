@@ -6,6 +6,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+pub use super::extension::MAX_EXTENSION_HEADERS;
+
 /// Largest request head (request line and headers) accepted, in bytes.
 /// A larger one is answered with 431.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -220,6 +222,9 @@ pub struct Request<'a> {
     pub cookie: Option<&'a str>,
     upgrade: Result<&'a str, Reject>,
     protocols: [&'a str; MAX_PROTOCOL_HEADERS],
+    /// `Sec-WebSocket-Extensions` lines (RFC 6455 §9.1), the first
+    /// [`MAX_EXTENSION_HEADERS`]; empty strings beyond those received.
+    pub extensions: [&'a str; MAX_EXTENSION_HEADERS],
 }
 
 /// A verified upgrade: what the 101 response needs.
@@ -280,6 +285,8 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
     let mut key_count = 0;
     let mut protocols = [""; MAX_PROTOCOL_HEADERS];
     let mut protocol_count = 0;
+    let mut extensions = [""; MAX_EXTENSION_HEADERS];
+    let mut extension_count = 0;
     let (mut origin, mut forwarded_for, mut real_ip) = (None, None, None);
     let (mut authorization, mut cookie) = (None, None);
     let text = |value: &'a [u8]| std::str::from_utf8(value).map_err(|_| Reject::Malformed);
@@ -316,6 +323,13 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             key = Some(h.value.trim_ascii());
             key_count += 1;
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions")
+            && extension_count < MAX_EXTENSION_HEADERS
+        {
+            if let Ok(value) = std::str::from_utf8(h.value) {
+                extensions[extension_count] = value;
+                extension_count += 1;
+            }
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol")
             && protocol_count < MAX_PROTOCOL_HEADERS
         {
@@ -350,6 +364,7 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
             cookie,
             upgrade,
             protocols,
+            extensions,
         },
         head_len,
     )))
@@ -388,8 +403,10 @@ pub fn accept_key(key: &str) -> String {
     BASE64.encode(sha.finalize())
 }
 
-/// The 101 Switching Protocols response for a verified upgrade.
-pub fn accept_response(upgrade: &Upgrade<'_>) -> Vec<u8> {
+/// The 101 Switching Protocols response for a verified upgrade, with the
+/// `Sec-WebSocket-Extensions` value `extensions` if one was agreed (see
+/// [`super::extension::Agreed::response`]).
+pub fn accept_response(upgrade: &Upgrade<'_>, extensions: Option<&str>) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {}\r\n",
@@ -398,6 +415,11 @@ pub fn accept_response(upgrade: &Upgrade<'_>) -> Vec<u8> {
     if let Some(protocol) = upgrade.protocol {
         out.push_str("Sec-WebSocket-Protocol: ");
         out.push_str(protocol);
+        out.push_str("\r\n");
+    }
+    if let Some(extensions) = extensions {
+        out.push_str("Sec-WebSocket-Extensions: ");
+        out.push_str(extensions);
         out.push_str("\r\n");
     }
     out.push_str("\r\n");
@@ -432,9 +454,32 @@ mod tests {
         let up = req.upgrade(&["superchat".into()]).unwrap();
         assert_eq!(up.protocol, Some("superchat"));
         assert!(req.upgrade(&[]).unwrap().protocol.is_none());
-        let response = String::from_utf8(accept_response(&up)).unwrap();
+        let response = String::from_utf8(accept_response(&up, None)).unwrap();
         assert!(response.starts_with("HTTP/1.1 101 "));
         assert!(response.contains("Sec-WebSocket-Protocol: superchat\r\n"));
+        assert!(!response.contains("Extensions"));
+    }
+
+    #[test]
+    fn extension_offers_are_kept_for_negotiation_and_answered() {
+        let request = GOOD.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: x-foo\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+        );
+        let (req, _) = parse(request.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            req.extensions,
+            [
+                "x-foo",
+                "permessage-deflate; client_max_window_bits",
+                "",
+                ""
+            ]
+        );
+        let up = req.upgrade(&[]).unwrap();
+        let response = String::from_utf8(accept_response(&up, Some("permessage-deflate"))).unwrap();
+        assert!(response.ends_with("\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
     }
 
     #[test]

@@ -11,9 +11,13 @@
 //!   fragment reassembly and interleaved control frames (RFC 6455 §5.4).
 //! - [`proxy`]: the PROXY protocol v1/v2 header in front of a connection.
 //! - [`v1`]: the `ringcast.v1` subprotocol's JSON messages.
+//! - [`extension`]: permessage-deflate negotiation (RFC 7692 §5–§7).
+//! - [`deflate`]: the permessage-deflate codec (RFC 7692 §7.2).
 
 pub mod close;
 pub mod decoder;
+pub mod deflate;
+pub mod extension;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

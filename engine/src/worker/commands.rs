@@ -2,21 +2,24 @@
 //! rebalance, shutdown), read when the wake-up eventfd's read completes.
 
 use super::Worker;
-use crate::command::Command;
+use crate::command::{Command, Frames};
 use crate::connections::CLOSE_TIMEOUT;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// This worker's own copy of a frame shared by several workers (`copy`):
+/// This worker's own copy of frames shared by several workers (`copy`):
 /// every subscriber's queue then bumps a reference count that no other
 /// thread touches (one copy per worker per publish instead of a cache line
-/// bounced between cores per delivery).
-fn local(copy: bool, frame: &Bytes) -> Bytes {
-    if copy {
-        Bytes::copy_from_slice(frame)
-    } else {
-        frame.clone()
+/// bounced between cores per delivery). The compressed frame is copied,
+/// never compressed again.
+fn local(copy: bool, frames: &Frames) -> Frames {
+    if !copy {
+        return frames.clone();
+    }
+    Frames {
+        plain: Bytes::copy_from_slice(&frames.plain),
+        deflated: frames.deflated.as_deref().map(Bytes::copy_from_slice),
     }
 }
 
@@ -31,17 +34,17 @@ impl Worker {
                 Command::Publish {
                     topics,
                     users,
-                    frame,
+                    frames,
                     v1,
                     direct,
                     ack,
                 } => {
                     let copy = self.copy_frames;
-                    let frame = local(copy, &frame);
-                    let v1_local = |f: &Bytes| local(copy, f);
+                    let frames = local(copy, &frames);
+                    let local = |f: &Frames| local(copy, f);
                     ack.complete(
                         self.conns
-                            .publish(&topics, &users, &frame, &v1, &direct, v1_local),
+                            .publish(&topics, &users, &frames, &v1, &direct, local),
                     );
                 }
                 Command::Disconnect {
@@ -53,11 +56,11 @@ impl Worker {
                 Command::UserConnections { user, ack } => {
                     ack.complete(self.conns.user_connections(&user));
                 }
-                Command::Broadcast { frame, v1, ack } => {
+                Command::Broadcast { frames, v1, ack } => {
                     let copy = self.copy_frames;
-                    let frame = local(copy, &frame);
-                    let v1_local = |f: &Bytes| local(copy, f);
-                    ack.complete(self.conns.broadcast(&frame, &v1, v1_local));
+                    let frames = local(copy, &frames);
+                    let local = |f: &Frames| local(copy, f);
+                    ack.complete(self.conns.broadcast(&frames, &v1, local));
                 }
                 Command::Drain { period } => self.begin_drain(period),
                 Command::Rebalance { fraction, period } => {

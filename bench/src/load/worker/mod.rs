@@ -12,6 +12,7 @@ use crate::target::Sources;
 use io_uring::types::{CancelBuilder, DestinationSlot, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use ringcast_engine::protocol::close;
+use ringcast_engine::protocol::deflate::Inflater;
 use ringcast_engine::protocol::frame::parse_header;
 use ringcast_engine::ring::buf_ring::{BufRing, BUFFER_GROUP};
 use ringcast_engine::ring::setup::build_ring;
@@ -173,6 +174,10 @@ struct Clients {
     /// Soak: pings owed, and the slot the next one goes to.
     ping_credit: f64,
     ping_cursor: usize,
+    /// With `--compression`: the inflater (reset per message: the server
+    /// agreed to no context takeover) and its output.
+    inflater: Option<Inflater>,
+    inflated: Vec<u8>,
 }
 
 impl Worker {
@@ -212,6 +217,7 @@ impl Worker {
                 &plan.target.host,
                 &plan.target.resource,
                 plan.mode.subprotocol(),
+                plan.compression,
             ),
             ping: client_frame(OpCode::Ping, b"", mask),
             echo,
@@ -228,6 +234,8 @@ impl Worker {
             report: Report::new(),
             ping_credit: 0.0,
             ping_cursor: 0,
+            inflater: plan.compression.then(Inflater::default),
+            inflated: Vec::new(),
             setup,
         };
         Ok(Self {
@@ -536,6 +544,8 @@ impl Clients {
 
     /// Bytes received on `slot`.
     fn on_data(&mut self, ring: &mut IoUring, slot: u32, data: &[u8]) {
+        let bytes_in = &self.setup.shared.bytes_in;
+        bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
         let conn = &mut self.conns[slot as usize];
         let owned;
         let buf: &[u8] = match conn.partial.take() {
@@ -594,7 +604,28 @@ impl Clients {
             }
             let payload = &buf[at + header.header_len..end];
             at = end;
-            if !self.on_frame(ring, slot, header.opcode, payload) {
+            // RSV1: compressed (permessage-deflate; only a message's
+            // first frame, and ringcast sends messages unfragmented).
+            let open = match (header.rsv & 0b100 != 0, self.inflater.as_mut()) {
+                (false, _) => self.on_frame(ring, slot, header.opcode, payload),
+                (true, Some(inflater)) => {
+                    let mut out = std::mem::take(&mut self.inflated);
+                    let open = match inflater.inflate(payload, MAX_PARTIAL, &mut out) {
+                        Ok(()) => self.on_frame(ring, slot, header.opcode, &out),
+                        Err(e) => {
+                            self.lose(ring, slot, format!("bad compressed message: {e:?}"));
+                            false
+                        }
+                    };
+                    self.inflated = out;
+                    open
+                }
+                (true, None) => {
+                    self.lose(ring, slot, "RSV1 without permessage-deflate".into());
+                    false
+                }
+            };
+            if !open {
                 return;
             }
         }
