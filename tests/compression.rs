@@ -13,23 +13,7 @@ use flate2::{Compress, Compression, FlushCompress};
 #[test]
 fn python_and_raw_clients_get_compressed_and_plain_frames() {
     let server = Server::start(&["--echo"]);
-    let python = venv_tool("RINGCAST_PYTHON", "python");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/python/deflate_client.py"
-    );
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(server.ws.to_string())
-        .arg(server.api.to_string())
-        .output()
-        .expect("run the python client");
-    assert!(
-        output.status.success(),
-        "python client failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_python_client("deflate_client.py", &server);
 }
 
 /// `n` bytes of zeros as a permessage-deflate payload (raw DEFLATE, sync

@@ -440,21 +440,5 @@ async fn binary_text_and_json_publishes_arrive_as_documented() {
 #[test]
 fn python_websockets_client_reconnects_and_recovers() {
     let server = Server::start(&["--history", "py.*=100/10m"]);
-    let python = venv_tool("RINGCAST_PYTHON", "python");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/python/recovery_client.py"
-    );
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(server.ws.to_string())
-        .arg(server.api.to_string())
-        .output()
-        .expect("run the python client");
-    assert!(
-        output.status.success(),
-        "python client failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_python_client("recovery_client.py", &server);
 }

@@ -521,6 +521,28 @@ pub fn venv_tool(var: &str, name: &str) -> PathBuf {
     path
 }
 
+/// Runs the Python client `tests/python/NAME` (in the test venv) with the
+/// server's WebSocket and API addresses as its arguments, and fails the
+/// test with the script's output unless it exits 0.
+pub fn run_python_client(name: &str, server: &Server) {
+    let python = venv_tool("RINGCAST_PYTHON", "python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/python")
+        .join(name);
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(server.ws.to_string())
+        .arg(server.api.to_string())
+        .output()
+        .expect("run the python client");
+    assert!(
+        output.status.success(),
+        "python client {name} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A fresh scratch directory for this test process.
 pub fn scratch_dir(name: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
