@@ -2,6 +2,7 @@
 //! default in [`Config::default`].
 
 use crate::session::Auth;
+use crate::upstream::Upstream;
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +72,11 @@ pub struct Config {
     /// Token verification (`None`: auth is off; every connection is
     /// anonymous and may subscribe to any topic that is not user-limited).
     pub auth: Option<Arc<Auth>>,
+    /// Where workers send what needs the embedding program's async side
+    /// (client publishes, RPCs, connect hooks; see [`crate::upstream`]).
+    /// `None` (default): client publishes and RPCs are answered with an
+    /// error op.
+    pub upstream: Option<Upstream>,
 }
 
 impl Default for Config {
@@ -97,6 +103,7 @@ impl Default for Config {
             read_buffers: 1024,
             read_buffer_size: 4096,
             auth: None,
+            upstream: None,
         }
     }
 }

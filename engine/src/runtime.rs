@@ -9,6 +9,7 @@ use crate::hub::{Hub, Page};
 use crate::protocol::frame;
 use crate::protocol::v1::{self, Content, Data};
 use crate::stats::{self, Snapshot, WorkerStats};
+use crate::upstream::Origin;
 use crate::worker::{Setup, Worker};
 use bytes::Bytes;
 use std::io;
@@ -333,6 +334,19 @@ impl Handle {
     pub fn rebalance(&self, fraction: f64, period: Duration) {
         let fraction = fraction.clamp(0.0, 1.0);
         self.tell_all(|| Command::Rebalance { fraction, period });
+    }
+
+    /// Queues `frame` (an encoded frame, e.g. a `ringcast.v1` reply) to
+    /// the connection `origin` names, if it is still open; a connection
+    /// gone since, or a worker that exited, drops it.
+    pub fn reply(&self, origin: Origin, frame: Bytes) {
+        if let Some(mailbox) = self.mailboxes.get(origin.worker as usize) {
+            let _ = mailbox.send(Command::Reply {
+                slot: origin.slot,
+                gen: origin.gen,
+                frame,
+            });
+        }
     }
 
     /// Asks every worker to stop accepting, close its connections with 1001

@@ -365,6 +365,7 @@ impl Serve {
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
             auth: self.auth()?,
+            upstream: None,
         })
     }
 

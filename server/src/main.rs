@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod doctor;
 mod metrics;
+mod upstream;
 
 use cli::{CliError, Command, ConfigCommand, LogFormat, Serve};
 use ringcast_engine::runtime::Runtime;
@@ -149,8 +150,10 @@ fn reload_on_hangup(auth: Option<Arc<Auth>>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn run(serve: Serve, config: Config, api_token: Option<String>) -> std::io::Result<()> {
+fn run(serve: Serve, mut config: Config, api_token: Option<String>) -> std::io::Result<()> {
     log_access(&serve, config.auth.as_deref(), api_token.is_some());
+    let (sink, events) = upstream::channel();
+    config.upstream = Some(sink);
     let auth = config.auth.clone();
     let workers = config.workers;
     let runtime = Runtime::start(config)?;
@@ -176,6 +179,7 @@ fn run(serve: Serve, config: Config, api_token: Option<String>) -> std::io::Resu
         .build()?;
     tokio.block_on(async move {
         reload_on_hangup(auth)?;
+        tokio::spawn(upstream::run(events, handle.clone()));
         let listener = tokio::net::TcpListener::bind(serve.api_listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", serve.api_listen))
         })?;

@@ -59,6 +59,7 @@ impl Worker {
                     let v1_local = |f: &Bytes| local(copy, f);
                     ack.complete(self.conns.broadcast(&frame, &v1, v1_local));
                 }
+                Command::Reply { slot, gen, frame } => self.conns.reply_frame(slot, gen, frame),
                 Command::Drain { period } => self.begin_drain(period),
                 Command::Rebalance { fraction, period } => {
                     if self.stop_by.is_none() {
