@@ -29,6 +29,9 @@ pub enum Command {
         /// The `ringcast.v1` frame for connections of `users` (empty
         /// without users).
         direct: Bytes,
+        /// A connection that gets no delivery (a client's own publish with
+        /// echo off).
+        skip: Option<crate::upstream::Origin>,
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },
@@ -86,6 +89,16 @@ pub enum Command {
         gen: u32,
         /// An encoded frame (a `ringcast.v1` reply).
         frame: Bytes,
+    },
+    /// Finish the handshake parked in `slot` for the connect hook, if it is
+    /// still that tenant's and still parked: 101 and open, or 403/503.
+    Admit {
+        /// Fixed-file slot.
+        slot: u32,
+        /// The tenant's generation.
+        gen: u32,
+        /// The hook's answer.
+        verdict: crate::upstream::Verdict,
     },
     /// Stop accepting, close every connection with 1001 at once, then exit.
     Shutdown,

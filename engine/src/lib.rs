@@ -47,5 +47,5 @@ pub mod worker;
 pub use config::Config;
 pub use protocol::frame::OpCode;
 pub use protocol::v1::Content;
-pub use runtime::{Handle, Runtime};
+pub use runtime::{Handle, Runtime, Sender};
 pub use stats::Snapshot;

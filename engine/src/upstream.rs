@@ -40,6 +40,41 @@ impl Origin {
     }
 }
 
+/// Which backend hooks are on; the workers need to know for the connect
+/// hook (the handshake is parked), rpc (else refused) and disconnect
+/// (every admitted connection's removal is sent as [`Event::Closed`]).
+/// The publish hook is the embedding program's own business.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Admission waits for the connect hook ([`Event::Connect`]).
+    pub connect: bool,
+    /// Client publishes pass the publish hook.
+    pub publish: bool,
+    /// `rpc` ops are sent as [`Event::Rpc`].
+    pub rpc: bool,
+    /// Every admitted connection's removal is sent as [`Event::Closed`].
+    pub disconnect: bool,
+}
+
+/// The connect hook's answer, handed to [`crate::Handle::admit`].
+#[derive(Debug)]
+pub enum Verdict {
+    /// Admit the connection as `user` with `grant` (replacing a token's
+    /// claims), and subscribe it to `topics` at once.
+    Admit {
+        /// User id (`sub`), at most 128 bytes.
+        user: Option<String>,
+        /// Permissions, as a token's claims give them.
+        grant: crate::session::Grant,
+        /// Topic names (valid), subscribed at once as if named in the URL.
+        topics: Vec<String>,
+    },
+    /// Refuse with 403 (the hook said no).
+    Refuse,
+    /// Refuse with 503 (the hook timed out, failed, or answered nonsense).
+    Unavailable,
+}
+
 /// One event from a worker.
 #[derive(Debug)]
 pub enum Event {
@@ -108,8 +143,8 @@ pub struct Rpc {
     pub user: Option<String>,
     /// `method`, 1 to 128 bytes.
     pub method: String,
-    /// `data` as JSON text (`null` when absent).
-    pub data: Box<serde_json::value::RawValue>,
+    /// `data`: one JSON value, as text (checked; `null` when absent).
+    pub data: Box<str>,
 }
 
 /// A removed connection.
