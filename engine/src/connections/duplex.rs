@@ -10,6 +10,7 @@
 
 use super::Connections;
 use crate::config::Config;
+use crate::conn::Phase;
 use crate::control;
 use crate::protocol::close::code;
 use crate::protocol::frame::{self, OpCode};
@@ -130,6 +131,9 @@ impl Connections {
     /// Returns whether it may go on; else it was answered (`rate
     /// limited`) or the connection is closing (1008).
     fn within_rate(&mut self, slot: u32, len: usize, v1: bool, id: Option<u64>) -> bool {
+        if self.table.get_mut(slot).expect("live slot").phase != Phase::Open {
+            return false; // closing: what follows the close is dropped
+        }
         let now = Instant::now();
         let settings = &self.duplex;
         let client = self
