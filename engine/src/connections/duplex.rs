@@ -301,10 +301,10 @@ impl Connections {
     }
 
     /// A connection is being removed: forgets its rate limits, and tells
-    /// upstream when it sent events there or the disconnect hook is on.
+    /// upstream while the disconnect hook is on.
     pub(super) fn duplex_closed(&mut self, slot: u32, gen: u32, user: Option<&str>, code: u16) {
-        let sent = self.clients.remove(&slot).is_some();
-        if !(sent || self.duplex.hooks.disconnect) {
+        self.clients.remove(&slot);
+        if !self.duplex.hooks.disconnect {
             return;
         }
         let event = Event::Closed(Closed {
