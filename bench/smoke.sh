@@ -3,8 +3,9 @@
 # debug builds: soak 2000 connections for 5 s, fanout to 500 subscribers
 # for 20 messages (raw, ringcast.v1, then 1 KiB JSON with
 # permessage-deflate), a reconnect storm of 500 clients recovering 100
-# messages each, echo, a soak of 500 connections with a JWT each against
-# a server with auth on, and compare with both peers. Checks that each
+# messages each, echo, a chat of 50 clients in a raw room, a soak of 500
+# connections with a JWT each against a server with auth on, and compare
+# with both peers. Checks that each
 # results.json has its fields and that nothing failed, dropped or was lost.
 # Bounded: every command runs under `timeout`.
 set -euo pipefail
@@ -32,7 +33,7 @@ start_server() {
   ws=${ws#ws=}
   api=${api#api=}
 }
-start_server --echo --history 'storm=200/10m'
+start_server --echo --history 'storm=200/10m' --room 'room.*'
 
 bench() { timeout 180 "$bin/ringcast-bench" "$@" --quiet; }
 
@@ -48,6 +49,8 @@ bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topi
   --subscribers 500 --messages 20 --interval 20ms --size 1024 --payload json --compression \
   --server-pid "$server_pid" --out "$out/fanout-deflate"
 bench echo --url "ws://$ws/echo" --connections 50 --duration 3s --out "$out/echo"
+bench chat --url "ws://$ws/ws?topic=room.1" --connections 50 --send-rate 2 --duration 3s \
+  --out "$out/chat"
 kill "$server_pid"
 head -c 32 /dev/urandom | base64 >"$out/jwt-secret"
 start_server --jwt-hmac-secret-file "$out/jwt-secret"
@@ -79,6 +82,8 @@ fan = load("fanout/results.json", "latency", "per_message", "lost", "out_of_orde
 assert fan["subscribers"] == 500 and fan["published"] == 20, fan["publish_errors"]
 assert fan["expected"] == 10000 and fan["delivered"] == 10000, (fan["delivered"], fan["lost"])
 assert fan["lost"] == 0 and fan["out_of_order"] == 0 and len(fan["per_message"]) == 20
+chat = load("chat/results.json", "sent", "deliveries", "delivered_fraction", "latency")
+assert chat["sent"] > 0 and chat["delivered_fraction"] == 1.0, chat
 v1 = load("fanout-v1/results.json", "latency", "subprotocol")
 assert v1["subprotocol"] == "ringcast.v1" and v1["delivered"] == 10000, v1["delivered"]
 assert v1["lost"] == 0 and v1["out_of_order"] == 0 and v1["bad_messages"] == 0

@@ -1,7 +1,9 @@
 //! `ringcast-bench`: soak, fan-out and echo load against any WebSocket
-//! server, a reconnect storm with ringcast.v1 recovery, and a side-by-side
+//! server, a reconnect storm with ringcast.v1 recovery, a chat in a raw
+//! room, and a side-by-side
 //! comparison of ringcast with peer servers.
 
+mod chat;
 mod compare;
 mod echo;
 mod fanout;
@@ -42,6 +44,9 @@ enum Command {
     /// Reconnect storm with recovery: N ringcast.v1 clients each resume a
     /// topic R messages back; time from connect to recovered.
     Recover(recover::Recover),
+    /// N clients in a raw room, each sending at a rate: deliveries/s and
+    /// latency (server: `ringcast serve --room 'room.*'`).
+    Chat(chat::Chat),
     /// Start ringcast and each peer server in turn and run the same soak,
     /// fanout and echo against each.
     Compare(compare::Compare),
@@ -62,6 +67,10 @@ fn main() -> ExitCode {
             r.ok()
         }),
         Command::Recover(args) => recover::run(&args).map(|r| {
+            r.print();
+            r.ok()
+        }),
+        Command::Chat(args) => chat::run(&args).map(|r| {
             r.print();
             r.ok()
         }),

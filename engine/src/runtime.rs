@@ -10,6 +10,7 @@ use crate::protocol::deflate::{Deflater, FULL_WINDOW_BITS};
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::v1::{self, Content, Data};
 use crate::stats::{self, Snapshot, WorkerStats};
+use crate::upstream::Origin;
 use crate::worker::{Setup, Worker};
 use bytes::Bytes;
 use std::cell::RefCell;
@@ -47,6 +48,16 @@ thread_local! {
     /// API thread), never per worker or per subscriber. Allocated on the
     /// thread's first compressed publish.
     static PUBLISH_DEFLATER: RefCell<Deflater> = RefCell::new(Deflater::new(FULL_WINDOW_BITS));
+}
+
+/// Who sent a message published for a client ([`Handle::publish_as`]).
+#[derive(Clone, Debug, Default)]
+pub struct Sender {
+    /// The sender's user id (`sub`): `ringcast.v1` deliveries carry it as
+    /// `from`.
+    pub user: Option<String>,
+    /// A connection that gets no delivery of it (the sender, echo off).
+    pub skip: Option<Origin>,
 }
 
 impl Runtime {
@@ -256,6 +267,21 @@ impl Handle {
         payload: &[u8],
         done: impl FnOnce(usize) + Send + 'static,
     ) -> Vec<(String, u64)> {
+        self.publish_as(topics, users, content, payload, &Sender::default(), done)
+    }
+
+    /// [`Handle::publish`] for a message a client sent: `ringcast.v1`
+    /// deliveries carry `"from":"<user>"` when `sender` has a user, and
+    /// the sending connection `sender.skip` gets none (echo off).
+    pub fn publish_as(
+        &self,
+        topics: Vec<String>,
+        users: Vec<String>,
+        content: Content,
+        payload: &[u8],
+        sender: &Sender,
+        done: impl FnOnce(usize) + Send + 'static,
+    ) -> Vec<(String, u64)> {
         let mut unique: Vec<String> = Vec::with_capacity(topics.len());
         for topic in topics {
             if !unique.contains(&topic) {
@@ -265,7 +291,11 @@ impl Handle {
         let topics: Arc<[String]> = unique.into();
         let users: Arc<[String]> = users.into();
         let frames = self.frames(content.opcode(), payload);
-        let data = Data::new(content, payload);
+        let data = match &sender.user {
+            Some(user) => Data::from_user(user, content, payload),
+            None => Data::new(content, payload),
+        };
+        let skip = sender.skip;
         let direct = Arc::new(if users.is_empty() {
             Frames::default()
         } else {
@@ -283,6 +313,7 @@ impl Handle {
                     frames: frames.clone(),
                     v1: v1.clone(),
                     direct: direct.clone(),
+                    skip,
                     ack,
                 },
                 done,
@@ -385,6 +416,32 @@ impl Handle {
     pub fn rebalance(&self, fraction: f64, period: Duration) {
         let fraction = fraction.clamp(0.0, 1.0);
         self.tell_all(|| Command::Rebalance { fraction, period });
+    }
+
+    /// Queues `frame` (an encoded frame, e.g. a `ringcast.v1` reply) to
+    /// the connection `origin` names, if it is still open; a connection
+    /// gone since, or a worker that exited, drops it.
+    pub fn reply(&self, origin: Origin, frame: Bytes) {
+        if let Some(mailbox) = self.mailboxes.get(origin.worker as usize) {
+            let _ = mailbox.send(Command::Reply {
+                slot: origin.slot,
+                gen: origin.gen,
+                frame,
+            });
+        }
+    }
+
+    /// Finishes the handshake `origin` names, parked for the connect hook,
+    /// with the hook's `verdict`; a handshake gone since (timed out,
+    /// client left) ignores it.
+    pub fn admit(&self, origin: Origin, verdict: crate::upstream::Verdict) {
+        if let Some(mailbox) = self.mailboxes.get(origin.worker as usize) {
+            let _ = mailbox.send(Command::Admit {
+                slot: origin.slot,
+                gen: origin.gen,
+                verdict,
+            });
+        }
     }
 
     /// Asks every worker to stop accepting, close its connections with 1001

@@ -58,6 +58,11 @@ pub enum Mode {
         replay: u32,
         subscribe: &'static str,
     },
+    /// Raw rooms: during [`Phase::Run`], each connection sends `rate`
+    /// `size`-byte text messages per second (payload as
+    /// [`fanout_payload`]) into the room its URL names, and records the
+    /// latency of every message it receives from the room.
+    Chat { rate: f64, size: usize },
 }
 
 impl Mode {
@@ -181,6 +186,11 @@ pub struct Shared {
     pub bytes_in: AtomicU64,
     /// Pings sent (soak).
     pub pings: AtomicU64,
+    /// Chat messages sent.
+    pub sent: AtomicU64,
+    /// Set by the chat controller: clients stop sending (the messages in
+    /// flight still arrive).
+    pub quiet: std::sync::atomic::AtomicBool,
     /// Pongs received (soak).
     pub pongs: AtomicU64,
     /// [`now_ns`] of the latest completed handshake.

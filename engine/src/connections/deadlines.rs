@@ -139,6 +139,8 @@ impl Connections {
             // A reconnect storm's peak of handshakes need not stay.
             let handshaking = self.io.handshaking.len();
             self.io.handshaking.shrink_to(handshaking * 2);
+            let clients = self.clients.len();
+            self.clients.shrink_to(clients * 2);
         }
     }
 }

@@ -13,18 +13,36 @@ use crate::protocol::v1;
 use crate::session::{self, Identity};
 use crate::stats::WorkerStats;
 use crate::topics;
+use crate::upstream::{Connect, Event, Origin, Verdict};
 use bytes::Bytes;
 use std::net::IpAddr;
 
 /// A handshake that passed every check.
-struct Accepted {
+pub(super) struct Accepted {
     route: Route,
     topics: Vec<String>,
     response: Vec<u8>,
-    peer: PeerId,
+    pub peer: PeerId,
     client: IpAddr,
     /// The verified token, if auth is on and the client sent one.
     identity: Option<Identity>,
+    /// With the connect hook on: what the hook is told of the request.
+    hook: Option<HookRequest>,
+}
+
+/// The parts of an upgrade request the connect hook sees.
+struct HookRequest {
+    headers: Vec<(&'static str, String)>,
+    query: String,
+}
+
+/// A handshake waiting for the connect hook's answer: its 101 is not sent
+/// yet, and its deadline still runs.
+pub(super) struct Parked {
+    pub accepted: Accepted,
+    /// Bytes received after the request (the first frames), kept until
+    /// the connection opens; at most the largest message.
+    rest: Vec<u8>,
 }
 
 impl Io {
@@ -80,6 +98,18 @@ impl Io {
             return Err(Reject::Forbidden);
         }
         let peer = self.admission.admit(client)?;
+        let hook = self.limits.connect_hook.then(|| HookRequest {
+            headers: [
+                ("cookie", req.cookie),
+                ("origin", req.origin),
+                ("user-agent", req.user_agent),
+                ("authorization", req.authorization),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?.to_owned())))
+            .collect(),
+            query: req.query.unwrap_or("").to_owned(),
+        });
         let accepted = Accepted {
             route,
             topics,
@@ -87,6 +117,7 @@ impl Io {
             peer,
             client,
             identity,
+            hook,
         };
         Ok(Some((accepted, buf[used..].to_vec())))
     }
@@ -166,6 +197,19 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<(Route, Vec<String>, Vec<
 impl Connections {
     pub(super) fn on_handshake_bytes(&mut self, slot: u32, data: &mut [u8]) {
         let conn = self.table.get_mut(slot).expect("live slot");
+        if let Some(parked) = self
+            .io
+            .handshaking
+            .get_mut(&slot)
+            .and_then(|h| h.parked.as_mut())
+        {
+            // Frames sent before the 101: kept for when it opens.
+            if parked.rest.len() + data.len() > self.io.limits.max_message + 14 {
+                return self.io.reject(conn, slot, Reject::Malformed);
+            }
+            parked.rest.extend_from_slice(data);
+            return;
+        }
         let mut head = self
             .io
             .handshaking
@@ -180,7 +224,7 @@ impl Connections {
             head.extend_from_slice(data);
             self.io.handshake(&head, slot)
         };
-        let (accepted, mut rest) = match verdict {
+        let (mut accepted, rest) = match verdict {
             Ok(None) => {
                 if head.is_empty() {
                     head = data.to_vec();
@@ -191,7 +235,87 @@ impl Connections {
             Err(reason) => return self.io.reject(conn, slot, reason),
             Ok(Some(verdict)) => verdict,
         };
-        self.io.handshaking.remove(&slot);
+        let Some(hook) = accepted.hook.take() else {
+            self.io.handshaking.remove(&slot);
+            return self.open(slot, accepted, rest);
+        };
+        let event = Event::Connect(Connect {
+            origin: Origin {
+                worker: self.io.worker as u32,
+                slot,
+                gen: conn.gen,
+            },
+            ip: accepted.client,
+            headers: hook.headers,
+            query: hook.query,
+            user: accepted
+                .identity
+                .as_ref()
+                .and_then(|id| id.user.as_deref())
+                .map(str::to_owned),
+        });
+        let handshaking = self.io.handshaking.entry(slot).or_default();
+        handshaking.parked = Some(Box::new(Parked { accepted, rest }));
+        let sent = match &self.duplex.upstream {
+            Some(upstream) => upstream.send(event).is_ok(),
+            None => false,
+        };
+        if !sent {
+            WorkerStats::add(&self.io.stats().upstream_refused, 1);
+            self.io.reject(conn, slot, Reject::HookUnavailable);
+        }
+    }
+
+    /// The connect hook answered for the handshake parked in `slot` (if it
+    /// is still that tenant's, and still parked: a handshake that timed
+    /// out meanwhile got its 408).
+    pub fn admit(&mut self, slot: u32, gen: u32, verdict: Verdict) {
+        let Some(conn) = self.table.get_mut(slot).filter(|c| c.gen == gen) else {
+            return;
+        };
+        let parked = self
+            .io
+            .handshaking
+            .get(&slot)
+            .is_some_and(|h| h.parked.is_some());
+        if conn.phase != Phase::Handshake || !parked {
+            return;
+        }
+        let (user, grant, topics) = match verdict {
+            Verdict::Admit {
+                user,
+                grant,
+                topics,
+            } => (user, grant, topics),
+            Verdict::Refuse => return self.io.reject(conn, slot, Reject::HookRefused),
+            Verdict::Unavailable => return self.io.reject(conn, slot, Reject::HookUnavailable),
+        };
+        if self.io.draining {
+            return self.io.reject(conn, slot, Reject::Draining);
+        }
+        let mut handshaking = self.io.handshaking.remove(&slot).expect("parked");
+        let Parked { mut accepted, rest } = *handshaking.parked.take().expect("parked");
+        let expires = accepted.identity.as_ref().and_then(|id| id.expires);
+        accepted.identity = Some(Identity {
+            user: user.map(Into::into),
+            grant,
+            expires,
+        });
+        for topic in topics {
+            if !accepted.topics.contains(&topic)
+                && accepted.topics.len() < topics::MAX_TOPICS_PER_CONNECTION
+            {
+                accepted.topics.push(topic);
+            }
+        }
+        self.open(slot, accepted, rest);
+    }
+
+    /// Sends the 101 and opens the connection: session, timers, the
+    /// topics named in the request (or by the connect hook), then the
+    /// frames that came with the request.
+    fn open(&mut self, slot: u32, accepted: Accepted, mut rest: Vec<u8>) {
+        let conn = self.table.get_mut(slot).expect("live slot");
         let Accepted {
             route,
             topics,
@@ -199,6 +323,7 @@ impl Connections {
             peer,
             client,
             identity,
+            hook: _,
         } = accepted;
         conn.peer = peer;
         if let Some(identity) = identity {

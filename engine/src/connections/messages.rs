@@ -12,6 +12,7 @@ use crate::protocol::v1;
 use crate::session::jwt::MAX_TOKEN;
 use crate::stats::WorkerStats;
 use crate::topics::{self, Member};
+use crate::Content;
 use bytes::Bytes;
 use std::ops::ControlFlow;
 
@@ -20,15 +21,19 @@ pub(super) enum Action {
     Send(Bytes),
     Control(control::Request),
     V1(v1::Request),
+    /// A raw-mode text or binary message while `--room` is set.
+    Room(Content, Bytes),
     CloseEcho(Option<u16>),
     Fail(ProtocolError),
 }
 
 /// Turns one decoded message into actions (no access to the table here).
 /// Echoes are compressed for a connection that negotiated it; a
-/// compressed message arrives here already inflated.
+/// compressed message arrives here already inflated. With `rooms`, a
+/// raw-mode connection's messages are offered to its rooms first.
 fn on_message(
     route: Route,
+    rooms: bool,
     deflating: &mut Deflating,
     message: Message<'_>,
     actions: &mut Vec<Action>,
@@ -37,6 +42,12 @@ fn on_message(
     let mut echo =
         |opcode, payload| Action::Send(deflating.encode(route.deflate(), opcode, payload));
     actions.push(match (route.endpoint(), message) {
+        (Endpoint::PubSub, Message::Text(t)) if rooms => {
+            Action::Room(Content::Text, Bytes::copy_from_slice(t.as_bytes()))
+        }
+        (Endpoint::PubSub, Message::Binary(b)) if rooms => {
+            Action::Room(Content::Binary, Bytes::copy_from_slice(b))
+        }
         (Endpoint::Echo, Message::Text(t)) => echo(OpCode::Text, t.as_bytes()),
         (Endpoint::Echo, Message::Binary(b)) => echo(OpCode::Binary, b),
         (Endpoint::PubSub, Message::Text(t)) => match control::parse(t) {
@@ -59,6 +70,7 @@ fn on_message(
 
 impl Connections {
     pub(super) fn on_frames(&mut self, slot: u32, data: &mut [u8]) {
+        let rooms = self.rooms_on();
         let conn = self.table.get_mut(slot).expect("live slot");
         let mut decoder = std::mem::take(&mut conn.decoder);
         let mut actions = std::mem::take(&mut self.actions);
@@ -84,7 +96,7 @@ impl Connections {
                 m => m,
             };
             messages += u64::from(matches!(m, Message::Text(_) | Message::Binary(_)));
-            on_message(route, deflating, m, &mut actions);
+            on_message(route, rooms, deflating, m, &mut actions);
             ControlFlow::Continue(())
         });
         conn.decoder = decoder;
@@ -112,6 +124,18 @@ impl Connections {
                 self.reply(slot, reply);
             }
             Action::V1(request) => self.apply_v1(slot, request),
+            Action::Room(content, payload) => {
+                if !self.room_message(slot, content, payload.clone()) {
+                    let reply = match std::str::from_utf8(&payload) {
+                        Ok(text) if content == Content::Text => match control::parse(text) {
+                            Ok(request) => return self.apply(slot, Action::Control(request)),
+                            Err(reason) => control::error(&reason),
+                        },
+                        _ => control::error("binary messages are not control messages"),
+                    };
+                    self.reply(slot, reply);
+                }
+            }
             Action::Control(control::Request::Unsubscribe { topic }) => {
                 let member = self.topics.id(&topic).and_then(|id| conn.topics.remove(id));
                 if let Some(member) = member {

@@ -17,10 +17,13 @@
 //! - `fanout`: publish and broadcast, to topics and to users, and the
 //!   disconnection of users;
 //! - `recovery`: `ringcast.v1` subscribes with a position, and replays;
+//! - `duplex`: client publishes, rpc ops and raw room messages, their
+//!   rate limits, and their hand-off upstream;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
 
 mod compression;
 mod deadlines;
+mod duplex;
 mod fanout;
 mod handshake;
 pub mod io;
@@ -28,6 +31,7 @@ mod messages;
 mod recovery;
 pub mod table;
 
+pub use fanout::Fanout;
 pub use io::{Io, CLOSE_TIMEOUT};
 
 use crate::admission::Admission;
@@ -60,6 +64,10 @@ pub struct Connections {
     /// History, read when a `ringcast.v1` connection subscribes.
     hub: Arc<crate::hub::Hub>,
     skips: recovery::Skips,
+    /// Client publish, rooms, rate limits and hooks settings.
+    duplex: duplex::Settings,
+    /// Rate-limit state of connections that sent client messages, by slot.
+    clients: std::collections::HashMap<u32, duplex::Client>,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -97,6 +105,8 @@ impl Connections {
             next_trim: 0,
             hub,
             skips: recovery::Skips::default(),
+            duplex: duplex::Settings::new(config),
+            clients: std::collections::HashMap::new(),
         }
     }
 
@@ -133,7 +143,7 @@ impl Connections {
         let now = self.io.wheel.now();
         let handshaking = io::Handshaking {
             peer: ip,
-            head: Vec::new(),
+            ..io::Handshaking::default()
         };
         self.io.handshaking.insert(slot, handshaking);
         let mut conn = Conn::new(self.next_gen, now);
@@ -211,26 +221,30 @@ impl Connections {
         for &member in conn.topics.as_slice() {
             self.leave(slot, member);
         }
+        let code = match conn.close_code {
+            0 => code::ABNORMAL,
+            c => c,
+        };
+        let admitted = conn.route.is_some();
+        if admitted {
+            let user = self.sessions.user(conn.session).map(str::to_owned);
+            self.duplex_closed(slot, conn.gen, user.as_deref(), code);
+        }
         self.sessions.detach(conn.session, slot);
         let unsent = conn.out.clear(&mut self.io.pool);
-        let admitted = conn.route.is_some();
         if conn.deflate() != Deflate::Off {
             WorkerStats::sub(&self.io.stats().compressed_connections, 1);
         }
         if admitted {
             self.io.admission.closed(conn.peer);
         } else {
-            self.io.handshaking.remove(&slot);
+            self.io.end_handshake(slot);
         }
         let stats = self.io.stats();
         WorkerStats::sub(&stats.connections, 1);
         WorkerStats::sub(&stats.outbound_bytes, unsent as u64);
         WorkerStats::add(&stats.closed, 1);
         if admitted {
-            let code = match conn.close_code {
-                0 => code::ABNORMAL,
-                c => c,
-            };
             WorkerStats::add(&stats.closed_by_code[close_code_index(code)], 1);
         }
     }

@@ -3,7 +3,7 @@
 
 use super::Worker;
 use crate::command::{Command, Frames};
-use crate::connections::CLOSE_TIMEOUT;
+use crate::connections::{Fanout, CLOSE_TIMEOUT};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -37,15 +37,24 @@ impl Worker {
                     frames,
                     v1,
                     direct,
+                    skip,
                     ack,
                 } => {
                     let copy = self.copy_frames;
                     let frames = local(copy, &frames);
                     let local = |f: &Frames| local(copy, f);
-                    ack.complete(
-                        self.conns
-                            .publish(&topics, &users, &frames, &v1, &direct, local),
-                    );
+                    let skip = skip
+                        .filter(|o| o.worker as usize == self.index)
+                        .map(|o| (o.slot, o.gen));
+                    let fanout = Fanout {
+                        topics: &topics,
+                        users: &users,
+                        frames: &frames,
+                        v1: &v1,
+                        direct: &direct,
+                        skip,
+                    };
+                    ack.complete(self.conns.publish(&fanout, local));
                 }
                 Command::Disconnect {
                     users,
@@ -62,6 +71,8 @@ impl Worker {
                     let local = |f: &Frames| local(copy, f);
                     ack.complete(self.conns.broadcast(&frames, &v1, local));
                 }
+                Command::Reply { slot, gen, frame } => self.conns.reply_frame(slot, gen, frame),
+                Command::Admit { slot, gen, verdict } => self.conns.admit(slot, gen, verdict),
                 Command::Drain { period } => self.begin_drain(period),
                 Command::Rebalance { fraction, period } => {
                     if self.stop_by.is_none() {

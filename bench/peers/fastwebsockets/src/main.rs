@@ -1,6 +1,8 @@
 //! Reference server on fastwebsockets over hyper, written the way its
 //! examples show: hyper's HTTP/1 server, `upgrade::upgrade`, a tokio task
-//! per connection. `/ws` forwards every broadcast; `/echo` echoes.
+//! per connection. `/ws` forwards every broadcast and is one chat room:
+//! each text or binary message a client sends is broadcast to every `/ws`
+//! connection, the sender included (as `ringcast --room`); `/echo` echoes.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -42,7 +44,7 @@ async fn upgrade_request(
         // Subscribed before the 101 goes out, so that a client that has it
         // receives every later broadcast.
         let rx = broadcast.subscribe();
-        tokio::spawn(async move { subscriber(fut, rx).await });
+        tokio::spawn(async move { subscriber(fut, broadcast, rx).await });
     }
     Ok(response)
 }
@@ -61,6 +63,7 @@ async fn echo(fut: upgrade::UpgradeFut) -> Result<(), WebSocketError> {
 
 async fn subscriber(
     fut: upgrade::UpgradeFut,
+    room: broadcast::Sender<Bytes>,
     mut rx: broadcast::Receiver<Bytes>,
 ) -> Result<(), WebSocketError> {
     let mut ws = fut.await?;
@@ -76,8 +79,13 @@ async fn subscriber(
             },
             // Pings are answered and close is echoed by the library.
             frame = ws.read_frame() => {
-                if frame?.opcode == OpCode::Close {
-                    return Ok(());
+                let frame = frame?;
+                match frame.opcode {
+                    OpCode::Close => return Ok(()),
+                    OpCode::Text | OpCode::Binary => {
+                        let _ = room.send(Bytes::copy_from_slice(&frame.payload));
+                    }
+                    _ => {}
                 }
             }
         }

@@ -1,6 +1,9 @@
 //! Reference server on tokio-tungstenite, written the way its docs show:
 //! a tokio task per connection, `accept_hdr_async`, and the stream split
-//! into sink and stream. `/ws` forwards every broadcast; `/echo` echoes.
+//! into sink and stream. `/ws` forwards every broadcast and is one chat
+//! room: each text or binary message a client sends is broadcast to every
+//! `/ws` connection, the sender included (as `ringcast --room`); `/echo`
+//! echoes.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -19,13 +22,17 @@ async fn main() -> std::io::Result<()> {
         // Subscribed before the handshake completes, so that a client that
         // has its 101 receives every later broadcast.
         let rx = peer.broadcast.subscribe();
-        tokio::spawn(connection(stream, rx));
+        tokio::spawn(connection(stream, peer.broadcast.clone(), rx));
     }
 }
 
 // The callback's error type is tungstenite's `ErrorResponse`.
 #[allow(clippy::result_large_err)]
-async fn connection(stream: TcpStream, rx: broadcast::Receiver<Bytes>) {
+async fn connection(
+    stream: TcpStream,
+    room: broadcast::Sender<Bytes>,
+    rx: broadcast::Receiver<Bytes>,
+) {
     let _ = stream.set_nodelay(true);
     let mut path = String::new();
     let callback = |req: &Request, resp: Response| {
@@ -37,7 +44,7 @@ async fn connection(stream: TcpStream, rx: broadcast::Receiver<Bytes>) {
     };
     match path.as_str() {
         "/echo" => echo(ws).await,
-        _ => subscriber(ws, rx).await,
+        _ => subscriber(ws, room, rx).await,
     }
 }
 
@@ -51,7 +58,7 @@ async fn echo(mut ws: Ws) {
     }
 }
 
-async fn subscriber(ws: Ws, mut rx: broadcast::Receiver<Bytes>) {
+async fn subscriber(ws: Ws, room: broadcast::Sender<Bytes>, mut rx: broadcast::Receiver<Bytes>) {
     let (mut sink, mut stream) = ws.split();
     loop {
         tokio::select! {
@@ -71,6 +78,12 @@ async fn subscriber(ws: Ws, mut rx: broadcast::Receiver<Bytes>) {
             },
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(Message::Text(text))) => {
+                    let _ = room.send(Bytes::from(text));
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    let _ = room.send(bytes);
+                }
                 Some(Ok(_)) => {}
             },
         }

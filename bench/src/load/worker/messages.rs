@@ -66,6 +66,16 @@ impl Clients {
                 true
             }
             Mode::Recover { replay, .. } => self.on_replay(slot, payload, replay),
+            Mode::Chat { .. } => {
+                match parse_fanout_payload(payload) {
+                    Some((_, sent_ns)) => {
+                        let latency_us = now_ns().saturating_sub(sent_ns) / 1000;
+                        self.report.latency_us.saturating_record(latency_us.max(1));
+                    }
+                    None => self.report.bad_messages += 1,
+                }
+                true
+            }
         }
     }
 

@@ -178,6 +178,11 @@ struct Clients {
     /// agreed to no context takeover) and its output.
     inflater: Option<Inflater>,
     inflated: Vec<u8>,
+    /// Chat: messages owed, the slot the next one goes from, and the
+    /// number of the next one.
+    chat_credit: f64,
+    chat_cursor: usize,
+    chat_seq: u32,
 }
 
 impl Worker {
@@ -236,6 +241,9 @@ impl Worker {
             ping_cursor: 0,
             inflater: plan.compression.then(Inflater::default),
             inflated: Vec::new(),
+            chat_credit: 0.0,
+            chat_cursor: 0,
+            chat_seq: 0,
             setup,
         };
         Ok(Self {
@@ -266,6 +274,7 @@ impl Worker {
             let now = Instant::now();
             self.clients.open_due(&mut self.ring, now - start);
             self.clients.ping_due(&mut self.ring, now - last);
+            self.clients.chat_due(&mut self.ring, now - last);
             last = now;
             let tick = if self.clients.started < self.clients.setup.quota {
                 RAMP_TICK
@@ -540,6 +549,36 @@ impl Clients {
             }
         }
         self.shared().pings.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Chat: sends the messages owed for `dt`, walking the slots so that
+    /// each open connection sends `rate` per second.
+    fn chat_due(&mut self, ring: &mut IoUring, dt: Duration) {
+        let Mode::Chat { rate, size } = self.mode else {
+            return;
+        };
+        if self.phase != Phase::Run
+            || self.conns.is_empty()
+            || self.shared().quiet.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        self.chat_credit += dt.as_secs_f64() * rate * self.conns.len() as f64;
+        let mut sent = 0;
+        while self.chat_credit >= 1.0 {
+            self.chat_credit -= 1.0;
+            let slot = self.chat_cursor as u32;
+            self.chat_cursor = (self.chat_cursor + 1) % self.conns.len();
+            if self.conns[slot as usize].state == State::Open {
+                let payload =
+                    crate::load::fanout_payload(self.chat_seq, size, crate::load::Filler::Spaces);
+                self.chat_seq = self.chat_seq.wrapping_add(1);
+                let frame = client_frame(OpCode::Text, &payload, random_bytes::<4>());
+                self.send_owned(ring, slot, frame);
+                sent += 1;
+            }
+        }
+        self.shared().sent.fetch_add(sent, Ordering::Relaxed);
     }
 
     /// Bytes received on `slot`.

@@ -1,0 +1,175 @@
+//! `chat`: N clients in one raw room (`ringcast serve --room 'room.*'`,
+//! URL `/ws?topic=room.1`), each sending R text messages per second; every
+//! message reaches every client (the sender too, with echo on).
+//! Deliveries per second and send-to-receipt latency.
+
+use crate::load::{Mode, Shared};
+use crate::report::{print_table, Latency, Meta};
+use crate::session::{write_outputs, Common, Ramp, Session};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Flags of `ringcast-bench chat`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Chat {
+    /// WebSocket URL of a room: a raw-mode topic matching the server's
+    /// `--room` pattern.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws?topic=room.1")]
+    pub url: String,
+    /// Clients in the room.
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Messages each client sends per second.
+    #[arg(long, default_value_t = 1.0)]
+    pub send_rate: f64,
+    /// Message payload size in bytes (at least the send stamp, ~25 B).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// How long clients send once every connection is open.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// results.json of a chat run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChatResult {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub url: String,
+    pub workers: usize,
+    pub rate_per_client: f64,
+    pub size: usize,
+    pub ramp: Ramp,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    pub duration_seconds: f64,
+    /// Messages the clients sent during the timed window.
+    pub sent: u64,
+    /// Messages received during the window and until the last in flight
+    /// arrived (up to 2 s after).
+    pub deliveries: u64,
+    pub deliveries_per_s: f64,
+    /// `deliveries / (sent × clients)`: 1.0 when every message reached
+    /// every client.
+    pub delivered_fraction: f64,
+    pub bad_messages: u64,
+    pub dropped: u64,
+    pub dropped_by_reason: BTreeMap<String, u64>,
+    pub latency: Latency,
+    pub series: Vec<crate::probe::Sample>,
+}
+
+impl ChatResult {
+    /// True when every connection opened and stayed, and every payload
+    /// parsed.
+    pub fn ok(&self) -> bool {
+        self.ramp.failed == 0
+            && self.ramp.pending == 0
+            && self.dropped == 0
+            && self.bad_messages == 0
+            && self.deliveries > 0
+    }
+
+    /// Prints the summary table.
+    pub fn print(&self) {
+        let rows = vec![
+            ("url", self.url.clone()),
+            (
+                "clients",
+                format!("{} (failed {})", self.ramp.opened, self.ramp.failed),
+            ),
+            (
+                "sending",
+                format!("{}/s each, {} B", self.rate_per_client, self.size),
+            ),
+            ("sent", self.sent.to_string()),
+            ("deliveries/s", format!("{:.0}", self.deliveries_per_s)),
+            (
+                "delivered",
+                format!("{:.4} of sent x clients", self.delivered_fraction),
+            ),
+            ("latency", self.latency.describe()),
+            (
+                "dropped",
+                format!("{} {:?}", self.dropped, self.dropped_by_reason),
+            ),
+            ("bad messages", self.bad_messages.to_string()),
+        ];
+        print_table("chat", &rows);
+    }
+}
+
+/// Runs a chat measurement.
+///
+/// # Errors
+/// A message when the fleet cannot start or a worker fails.
+pub fn run(args: &Chat) -> Result<ChatResult, String> {
+    let meta = Meta::now("chat");
+    let mode = Mode::Chat {
+        rate: args.send_rate,
+        size: args.size,
+    };
+    let session = Session::start(&args.common, &args.url, args.connections, mode)?;
+    let ramp = session.ramp(args.connections, args.common.rate);
+    let shared = session.shared().clone();
+    let first = Shared::get(&shared.messages);
+    let start = Instant::now();
+    session.run_for(args.duration, "chat");
+    shared
+        .quiet
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let seconds = start.elapsed().as_secs_f64();
+    // Let the messages in flight arrive: stop once none came for 200 ms.
+    let settle = Instant::now() + Duration::from_secs(2);
+    let mut last = Shared::get(&shared.messages);
+    while Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = Shared::get(&shared.messages);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let deliveries = Shared::get(&shared.messages) - first;
+    let sent = Shared::get(&shared.sent);
+    let workers = session.fleet.workers;
+    let done = session.finish()?;
+    let report = &done.report;
+    let expected = sent as f64 * ramp.opened as f64;
+    let result = ChatResult {
+        meta,
+        url: args.url.clone(),
+        workers,
+        rate_per_client: args.send_rate,
+        size: args.size,
+        ramp,
+        failed_by_reason: report.failures.clone(),
+        duration_seconds: seconds,
+        sent,
+        deliveries,
+        // The window's rate: deliveries after it are those in flight.
+        deliveries_per_s: deliveries as f64 / seconds,
+        delivered_fraction: if expected > 0.0 {
+            deliveries as f64 / expected
+        } else {
+            0.0
+        },
+        bad_messages: report.bad_messages,
+        dropped: report.drops.values().sum(),
+        dropped_by_reason: report.drops.clone(),
+        latency: Latency::of(&report.latency_us),
+        series: done.series.clone(),
+    };
+    if let Some(dir) = &args.common.out {
+        write_outputs(
+            dir,
+            &result,
+            &result.series,
+            "Chat latency",
+            &report.latency_us,
+        )?;
+    }
+    Ok(result)
+}
