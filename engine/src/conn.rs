@@ -37,6 +37,10 @@ pub enum Endpoint {
     PubSubV1,
     /// `/echo`: every message comes back.
     Echo,
+    /// The SSE transport (`GET /sse?topic=a`, see `connections/sse.rs`):
+    /// the server writes `ringcast.v1` deliveries as Server-Sent Events;
+    /// bytes from the client are ignored.
+    Sse,
 }
 
 /// A connection. 80 bytes while idle; buffers are allocated only

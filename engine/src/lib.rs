@@ -41,7 +41,7 @@ pub mod timers;
 pub mod topics;
 pub mod worker;
 
-pub use config::Config;
+pub use config::{Config, StaticFile};
 pub use protocol::frame::OpCode;
 pub use protocol::v1::Content;
 pub use runtime::{Handle, Runtime};

@@ -94,6 +94,17 @@ pub struct Serve {
     /// benchmarks).
     #[arg(long, env = "RINGCAST_ECHO")]
     pub echo: bool,
+    /// Path of the SSE transport (`GET PATH?topic=a`): ringcast.v1
+    /// deliveries as Server-Sent Events, on the WebSocket listener.
+    #[arg(long, env = "RINGCAST_SSE_PATH", default_value = "/sse")]
+    pub sse_path: String,
+    /// Turn the SSE transport off.
+    #[arg(long, env = "RINGCAST_NO_SSE")]
+    pub no_sse: bool,
+    /// Serve the demo page at / (a live chat on the topic demo.chat, built
+    /// on /ringcast.js); gives demo.* history.
+    #[arg(long, env = "RINGCAST_DEMO")]
+    pub demo: bool,
     /// Subprotocol to accept when a client offers it (repeatable, or a
     /// comma-separated list).
     #[arg(
@@ -360,10 +371,12 @@ impl Serve {
             proxy_protocol: self.proxy_protocol,
             trusted_proxies: self.trusted_proxies.clone(),
             allowed_origins: self.allowed_origins.clone(),
-            history: self.history.clone(),
+            history: crate::statics::history(self.demo, &self.history),
             history_max_bytes: self.history_max_bytes,
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
+            sse_path: (!self.no_sse).then(|| self.sse_path.clone()),
+            static_files: crate::statics::files(self.demo),
             auth: self.auth()?,
         })
     }
@@ -421,6 +434,15 @@ impl Serve {
                 "--path must start with / and have no query: {:?}",
                 self.path
             ));
+        }
+        if !self.sse_path.starts_with('/') || self.sse_path.contains('?') {
+            return Err(format!(
+                "--sse-path must start with / and have no query: {:?}",
+                self.sse_path
+            ));
+        }
+        if !self.no_sse && self.sse_path == self.path {
+            return Err("--sse-path and --path must differ".into());
         }
         if self.echo && self.path == "/echo" {
             return Err("--path /echo clashes with --echo".into());

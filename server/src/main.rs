@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod doctor;
 mod metrics;
+mod statics;
 
 use cli::{CliError, Command, ConfigCommand, LogFormat, Serve};
 use ringcast_engine::runtime::Runtime;

@@ -1,6 +1,7 @@
 //! Publish and broadcast: one shared frame queued to many connections, by
 //! topic, by user, or to all; and closing every connection of some users.
 
+use super::sse::Encoded;
 use super::Connections;
 use crate::conn::{Endpoint, Phase};
 use crate::hub::TopicFrame;
@@ -13,6 +14,8 @@ impl Connections {
     /// belong to any of `users`. `ringcast.v1` subscribers get each
     /// topic's delivery from `v1` (in the order of `topics`), once per
     /// topic, except where a recovering subscription already covers it;
+    /// SSE streams get the same as events (`sse.rs`), encoded once per
+    /// topic on this worker;
     /// `ringcast.v1` connections of `users` that got no topic delivery get
     /// `direct`. Frames shared by the workers are passed through `local`
     /// (this worker's copy) at their first use here. Returns how many
@@ -34,9 +37,19 @@ impl Connections {
                 continue;
             };
             let mut v1_frame = None;
+            let mut sse = Encoded::default();
             for slot in self.topics.members(id) {
                 let conn = self.table.get_mut(slot).expect("subscriber slot is live");
-                if conn.endpoint == Some(Endpoint::PubSubV1) {
+                if conn.endpoint == Some(Endpoint::Sse) {
+                    conn.last_delivery = delivery;
+                    if !self.skips.covers(id, slot, topic_frame.position) {
+                        let (io, topics) = (&mut self.io, &self.topics);
+                        let sent =
+                            self.streams
+                                .deliver(io, conn, slot, topics, id, topic_frame, &mut sse);
+                        queued += usize::from(sent);
+                    }
+                } else if conn.endpoint == Some(Endpoint::PubSubV1) {
                     conn.last_delivery = delivery;
                     if !self.skips.covers(id, slot, topic_frame.position) {
                         let f = v1_frame.get_or_insert_with(|| local(&topic_frame.frame));
@@ -49,16 +62,19 @@ impl Connections {
             }
         }
         let mut direct_frame = None;
+        let mut direct_sse = Encoded::default();
         for slot in users.iter().flat_map(|user| self.sessions.user_slots(user)) {
             let conn = self.table.get_mut(slot).expect("user slot is live");
             if conn.last_delivery == delivery {
                 continue;
             }
             conn.last_delivery = delivery;
-            let f = if conn.endpoint == Some(Endpoint::PubSubV1) {
-                direct_frame.get_or_insert_with(|| local(direct)).clone()
-            } else {
-                frame.clone()
+            let f = match conn.endpoint {
+                Some(Endpoint::PubSubV1) => {
+                    direct_frame.get_or_insert_with(|| local(direct)).clone()
+                }
+                Some(Endpoint::Sse) => direct_sse.data(direct),
+                _ => frame.clone(),
             };
             queued += usize::from(self.io.queue(conn, slot, f));
         }
@@ -67,7 +83,8 @@ impl Connections {
     }
 
     /// Queues `frame` to every open connection on the topics endpoint, and
-    /// `v1` (passed through `local` once) to those speaking `ringcast.v1`.
+    /// `v1` (passed through `local` once) to those speaking `ringcast.v1`;
+    /// SSE streams get `v1`'s JSON as an event.
     pub fn broadcast(
         &mut self,
         frame: &Bytes,
@@ -76,11 +93,13 @@ impl Connections {
     ) -> usize {
         let mut queued = 0;
         let mut v1_frame = None;
+        let mut sse = Encoded::default();
         let io = &mut self.io;
         self.table.for_each(|slot, conn| {
             let f = match conn.endpoint {
                 Some(Endpoint::PubSub) => frame.clone(),
                 Some(Endpoint::PubSubV1) => v1_frame.get_or_insert_with(|| local(v1)).clone(),
+                Some(Endpoint::Sse) => sse.data(v1),
                 _ => return,
             };
             queued += usize::from(io.queue(conn, slot, f));

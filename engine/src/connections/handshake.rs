@@ -1,5 +1,7 @@
-//! A handshaking connection's bytes: the PROXY header, the upgrade
-//! request, routing, admission, and the switch to WebSocket frames.
+//! A handshaking connection's bytes: the PROXY header, the upgrade (or
+//! SSE) request, routing, admission, and the switch to the transport:
+//! WebSocket frames, or an SSE stream; or the answer to a request for a
+//! static file.
 
 use super::io::{Io, Limits};
 use super::Connections;
@@ -7,7 +9,7 @@ use crate::admission::{Forwarding, PeerId};
 use crate::conn::{Endpoint, Phase};
 use crate::protocol::handshake::{self, Reject, Request};
 use crate::protocol::proxy;
-use crate::protocol::v1;
+use crate::protocol::{sse, v1};
 use crate::session::{self, Identity};
 use crate::topics;
 use bytes::Bytes;
@@ -22,6 +24,25 @@ struct Accepted {
     client: IpAddr,
     /// The verified token, if auth is on and the client sent one.
     identity: Option<Identity>,
+    /// An SSE request's `Last-Event-ID` (header, or `last_event_id` in the
+    /// query).
+    last_event_id: Option<String>,
+}
+
+/// What a complete request gets.
+enum Verdict {
+    /// A connection opens.
+    Open(Accepted),
+    /// This response (a static file), then the connection closes.
+    Respond(Bytes),
+}
+
+/// What [`route`] decides for a request to an endpoint.
+struct Route {
+    endpoint: Endpoint,
+    topics: Vec<String>,
+    response: Vec<u8>,
+    last_event_id: Option<String>,
 }
 
 impl Io {
@@ -29,7 +50,7 @@ impl Io {
     /// (with `--proxy-protocol`), then the upgrade request; routes it and
     /// applies the admission rules. `Ok(None)` while incomplete; else the
     /// verdict and the bytes after the request (the first frames).
-    fn handshake(&self, buf: &[u8], slot: u32) -> Result<Option<(Accepted, Vec<u8>)>, Reject> {
+    fn handshake(&self, buf: &[u8], slot: u32) -> Result<Option<(Verdict, Vec<u8>)>, Reject> {
         let socket = self.handshaking.get(&slot).and_then(|h| h.peer);
         let (proxied, buf) = if self.limits.proxy_protocol {
             match proxy::parse(buf) {
@@ -49,7 +70,17 @@ impl Io {
         let Some((req, used)) = handshake::parse(buf)? else {
             return Ok(None);
         };
-        let (endpoint, topics, response) = route(&req, &self.limits)?;
+        if req.path != self.limits.path {
+            if let Some((_, response)) = self.limits.statics.iter().find(|(p, _)| p == req.path) {
+                return Ok(Some((Verdict::Respond(response.clone()), Vec::new())));
+            }
+        }
+        let Route {
+            endpoint,
+            topics,
+            response,
+            last_event_id,
+        } = route(&req, &self.limits)?;
         if !self.admission.origin_allowed(req.origin) {
             return Err(Reject::OriginNotAllowed);
         }
@@ -84,8 +115,9 @@ impl Io {
             peer,
             client,
             identity,
+            last_event_id,
         };
-        Ok(Some((accepted, buf[used..].to_vec())))
+        Ok(Some((Verdict::Open(accepted), buf[used..].to_vec())))
     }
 }
 
@@ -114,18 +146,22 @@ impl Io {
     }
 }
 
-/// Decides what a complete upgrade request gets: the endpoint, the topics
-/// to subscribe, and the 101 response.
-fn route(req: &Request<'_>, limits: &Limits) -> Result<(Endpoint, Vec<String>, Vec<u8>), Reject> {
+/// Decides what a complete request gets: the endpoint, the topics to
+/// subscribe, the response that opens it (101, or the SSE stream's head)
+/// and an SSE request's `Last-Event-ID`.
+fn route(req: &Request<'_>, limits: &Limits) -> Result<Route, Reject> {
     let endpoint = if req.path == limits.path {
         Endpoint::PubSub
     } else if limits.echo && req.path == "/echo" {
         Endpoint::Echo
+    } else if limits.sse_path.as_deref() == Some(req.path) {
+        Endpoint::Sse
     } else {
         return Err(Reject::NotFound);
     };
     let mut topics = Vec::new();
-    if endpoint == Endpoint::PubSub {
+    let mut last_event_id = req.last_event_id.map(str::to_owned);
+    if matches!(endpoint, Endpoint::PubSub | Endpoint::Sse) {
         let query = req.query.unwrap_or("").as_bytes();
         for (key, value) in form_urlencoded::parse(query) {
             if key == "topic" {
@@ -135,8 +171,18 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<(Endpoint, Vec<String>, V
                     return Err(Reject::BadTopic);
                 }
                 topics.push(value.into_owned());
+            } else if key == "last_event_id" && endpoint == Endpoint::Sse {
+                last_event_id.get_or_insert_with(|| value.into_owned());
             }
         }
+    }
+    if endpoint == Endpoint::Sse {
+        return Ok(Route {
+            endpoint,
+            topics,
+            response: sse::response_head(req.origin),
+            last_event_id,
+        });
     }
     let upgrade = match endpoint {
         Endpoint::PubSub => req.upgrade(&limits.topic_subprotocols)?,
@@ -146,7 +192,12 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<(Endpoint, Vec<String>, V
         Some(v1::NAME) if endpoint == Endpoint::PubSub => Endpoint::PubSubV1,
         _ => endpoint,
     };
-    Ok((endpoint, topics, handshake::accept_response(&upgrade)))
+    Ok(Route {
+        endpoint,
+        topics,
+        response: handshake::accept_response(&upgrade),
+        last_event_id: None,
+    })
 }
 
 impl Connections {
@@ -175,7 +226,10 @@ impl Connections {
                 return;
             }
             Err(reason) => return self.io.reject(conn, slot, reason),
-            Ok(Some(verdict)) => verdict,
+            Ok(Some((Verdict::Respond(response), _))) => {
+                return self.io.respond(conn, slot, response)
+            }
+            Ok(Some((Verdict::Open(accepted), rest))) => (accepted, rest),
         };
         self.io.handshaking.remove(&slot);
         let Accepted {
@@ -185,6 +239,7 @@ impl Connections {
             peer,
             client,
             identity,
+            last_event_id,
         } = accepted;
         conn.peer = peer;
         if let Some(identity) = identity {
@@ -202,6 +257,10 @@ impl Connections {
             (conn.phase_since + self.io.limits.ping.min(self.io.limits.idle)).min(conn.expires);
         self.io.schedule(conn, slot, at);
         self.io.mark_flush(conn, slot);
+        if endpoint == Endpoint::Sse {
+            // The client says nothing more on an SSE stream.
+            return self.open_sse(slot, &topics, last_event_id.as_deref());
+        }
         for topic in topics {
             self.subscribe_at_open(slot, &topic);
         }

@@ -5,11 +5,12 @@
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conn, Endpoint, Phase};
 use crate::outbound::QueuePool;
 use crate::protocol::close::{self, code};
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::handshake::Reject;
+use crate::protocol::sse;
 use crate::session::Auth;
 use crate::stats::WorkerStats;
 use crate::timers::{Entry, Tick, Wheel, NEVER, TICK};
@@ -37,6 +38,10 @@ pub(super) struct Limits {
     pub handshake: Tick,
     pub close: Tick,
     pub proxy_protocol: bool,
+    /// Path of the SSE transport, if on.
+    pub sse_path: Option<String>,
+    /// Static files by path, each with its whole response.
+    pub statics: Vec<(String, Bytes)>,
 }
 
 impl Limits {
@@ -54,6 +59,12 @@ impl Limits {
             handshake: ticks(config.handshake_timeout),
             close: ticks(CLOSE_TIMEOUT),
             proxy_protocol: config.proxy_protocol,
+            sse_path: config.sse_path.clone(),
+            statics: config
+                .static_files
+                .iter()
+                .map(|f| (f.path.clone(), f.response()))
+                .collect(),
         }
     }
 }
@@ -187,7 +198,8 @@ impl Io {
     }
 
     /// Starts the close handshake: queues a close frame (after anything
-    /// already queued) and shuts the write side once it is written.
+    /// already queued; on SSE, an `event: close` naming the code) and
+    /// shuts the write side once it is written.
     pub(super) fn close(&mut self, conn: &mut Conn, slot: u32, status: Option<u16>, reason: &str) {
         if conn.phase != Phase::Open {
             return;
@@ -195,7 +207,12 @@ impl Io {
         if conn.close_code == 0 {
             conn.close_code = status.unwrap_or(code::NO_STATUS);
         }
-        self.enqueue(conn, close::encode(status, reason));
+        let last = match conn.endpoint {
+            // An SSE stream has no close frame: a last event says why.
+            Some(Endpoint::Sse) => sse::close_event(status.unwrap_or(code::GOING_AWAY), reason),
+            _ => close::encode(status, reason),
+        };
+        self.enqueue(conn, last);
         self.closing(conn, slot);
     }
 
@@ -205,7 +222,14 @@ impl Io {
         let peer = self.handshaking.remove(&slot).and_then(|h| h.peer);
         let peer = peer.map_or_else(String::new, |ip| ip.to_string());
         tracing::debug!(slot, peer, reason = reason.label(), "handshake rejected");
-        self.enqueue(conn, Bytes::from(reason.response()));
+        self.respond(conn, slot, Bytes::from(reason.response()));
+    }
+
+    /// Answers a request that opens no connection (a refusal, a static
+    /// file) with `response`, then closes.
+    pub(super) fn respond(&mut self, conn: &mut Conn, slot: u32, response: Bytes) {
+        self.handshaking.remove(&slot);
+        self.enqueue(conn, response);
         self.closing(conn, slot);
     }
 

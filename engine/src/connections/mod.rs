@@ -15,6 +15,7 @@
 //! - `fanout`: publish and broadcast, to topics and to users, and the
 //!   disconnection of users;
 //! - `recovery`: `ringcast.v1` subscribes with a position, and replays;
+//! - `sse`: the SSE transport: a stream's opening, resume and deliveries;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
 
 mod deadlines;
@@ -23,6 +24,7 @@ mod handshake;
 pub mod io;
 mod messages;
 mod recovery;
+mod sse;
 pub mod table;
 
 pub use io::{Io, CLOSE_TIMEOUT};
@@ -57,6 +59,8 @@ pub struct Connections {
     /// History, read when a `ringcast.v1` connection subscribes.
     hub: Arc<crate::hub::Hub>,
     skips: recovery::Skips,
+    /// Positions of SSE streams with several topics that keep history.
+    streams: sse::Streams,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -94,6 +98,7 @@ impl Connections {
             next_trim: 0,
             hub,
             skips: recovery::Skips::default(),
+            streams: sse::Streams::default(),
         }
     }
 
@@ -152,6 +157,8 @@ impl Connections {
         conn.last_active = now;
         match conn.phase {
             Phase::Handshake => self.on_handshake_bytes(slot, data),
+            // An SSE client has nothing more to say: its bytes are dropped.
+            Phase::Open if conn.endpoint == Some(crate::conn::Endpoint::Sse) => {}
             Phase::Open => self.on_frames(slot, data),
             // Input after our close frame or during teardown is discarded.
             Phase::Closing | Phase::ShutDown | Phase::Releasing => {}
@@ -209,6 +216,7 @@ impl Connections {
             self.leave(slot, member);
         }
         self.sessions.detach(conn.session, slot);
+        self.streams.forget(slot);
         let unsent = conn.out.clear(&mut self.io.pool);
         let admitted = conn.endpoint.is_some();
         if admitted {

@@ -218,6 +218,9 @@ pub struct Request<'a> {
     pub authorization: Option<&'a str>,
     /// The first `Cookie` header, if any.
     pub cookie: Option<&'a str>,
+    /// `Last-Event-ID` (HTML §9.2.4), sent by an `EventSource` that
+    /// reconnects to an SSE stream, if any.
+    pub last_event_id: Option<&'a str>,
     upgrade: Result<&'a str, Reject>,
     protocols: [&'a str; MAX_PROTOCOL_HEADERS],
 }
@@ -281,7 +284,7 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
     let mut protocols = [""; MAX_PROTOCOL_HEADERS];
     let mut protocol_count = 0;
     let (mut origin, mut forwarded_for, mut real_ip) = (None, None, None);
-    let (mut authorization, mut cookie) = (None, None);
+    let (mut authorization, mut cookie, mut last_event_id) = (None, None, None);
     let text = |value: &'a [u8]| std::str::from_utf8(value).map_err(|_| Reject::Malformed);
     // One value per header: a repeated one would let a client hide behind
     // a proxy's line.
@@ -301,6 +304,8 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
             once(&mut real_ip, h.value)?;
         } else if name.eq_ignore_ascii_case("authorization") {
             once(&mut authorization, h.value)?;
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            once(&mut last_event_id, h.value)?;
         } else if name.eq_ignore_ascii_case("cookie") {
             if cookie.is_none() {
                 cookie = Some(text(h.value)?.trim());
@@ -348,6 +353,7 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
             real_ip,
             authorization,
             cookie,
+            last_event_id,
             upgrade,
             protocols,
         },

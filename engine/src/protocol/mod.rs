@@ -11,6 +11,8 @@
 //!   fragment reassembly and interleaved control frames (RFC 6455 §5.4).
 //! - [`proxy`]: the PROXY protocol v1/v2 header in front of a connection.
 //! - [`v1`]: the `ringcast.v1` subprotocol's JSON messages.
+//! - [`sse`]: Server-Sent Events: the SSE transport's head, events and
+//!   positions.
 
 pub mod close;
 pub mod decoder;
@@ -18,5 +20,6 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod proxy;
+pub mod sse;
 pub mod utf8;
 pub mod v1;
