@@ -33,3 +33,8 @@ fn node_tests(files: &[&str]) {
 fn client_in_node() {
     node_tests(&["client.test.js"]);
 }
+
+#[test]
+fn demo_and_client_in_chromium() {
+    node_tests(&["demo.browser.test.js"]);
+}

@@ -1,0 +1,99 @@
+// The demo page and ringcast.js in headless Debian Chromium (playwright-core
+// with executablePath; no browser is ever downloaded), served by the real
+// binary with --demo so the page has a local http origin.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { chromium } from 'playwright-core';
+import { startServer, until, numbered } from './server.js';
+
+const CHROMIUM = process.env.RINGCAST_CHROMIUM || '/usr/bin/chromium';
+let browser;
+let server;
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  server = await startServer(['--demo']);
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+async function openPage(query = '') {
+  const page = await browser.newPage();
+  page.on('pageerror', (e) => console.error('page error:', e));
+  await page.goto(`${server.base}/${query}`);
+  // Every state the client went through, in order.
+  await page.evaluate(() => {
+    window.states = [];
+    window.rc.on('state', (s) => window.states.push(s));
+  });
+  await page.waitForFunction(() => window.rc.state === 'open', null, { timeout: 15000 });
+  // Subscribed: the server has answered with the topic's position.
+  await page.waitForFunction(() => window.rc.positions().size === 1, null, { timeout: 15000 });
+  return page;
+}
+
+async function received(page) {
+  return page.evaluate(() => window.received.map((r) => r.data.n));
+}
+
+async function expectAll(page, count) {
+  await until(async () => (await received(page)).length >= count, 20000, `${count} messages on the page`);
+  assert.deepEqual(await received(page), Array.from({ length: count }, (_, i) => i + 1),
+    'every numbered message exactly once, in order');
+}
+
+test('the demo page connects over WebSocket and shows what a backend publishes', async () => {
+  const page = await openPage();
+  try {
+    assert.equal(await page.textContent('#state'), 'open');
+    assert.equal(await page.textContent('#transport'), 'websocket');
+    const { subscribers } = await server.publish('demo.chat', { name: 'backend', text: 'hello page' });
+    assert.equal(subscribers, 1);
+    await page.waitForSelector('#log li:has-text("backend: hello page")', { timeout: 10000 });
+  } finally {
+    await page.close();
+  }
+});
+
+test('after POST /rebalance?fraction=1 the page reconnects by itself and gets every message once, in order', async () => {
+  const page = await openPage('?topic=demo.numbers');
+  try {
+    const sending = numbered(server, 'demo.numbers', 150, 20);
+    await until(async () => (await received(page)).length >= 30, 10000, 'the first messages');
+    await server.post('/rebalance?fraction=1&period=10ms');
+    await sending;
+    await expectAll(page, 150);
+    const states = await page.evaluate(() => window.states);
+    assert.ok(states.includes('reconnecting'), `the connection was lost: ${states}`);
+    assert.equal(states.at(-1), 'open');
+  } finally {
+    await page.close();
+  }
+});
+
+test('with WebSocket refused the page falls back to SSE, gets every message, and resumes after a 1001', async () => {
+  // The upgrade goes to a path the server refuses (404), as through a proxy
+  // without the Upgrade map.
+  const page = await openPage('?topic=demo.sse&websocket_path=/refused');
+  try {
+    assert.equal(await page.evaluate(() => window.rc.transport), 'sse');
+    assert.equal(await page.textContent('#transport'), 'sse');
+    const sending = numbered(server, 'demo.sse', 120, 20);
+    await until(async () => (await received(page)).length >= 30, 10000, 'the first messages');
+    await server.post('/rebalance?fraction=1&period=10ms');
+    await sending;
+    await expectAll(page, 120);
+    const states = await page.evaluate(() => window.states);
+    assert.ok(states.includes('reconnecting'), `the stream was closed: ${states}`);
+  } finally {
+    await page.close();
+  }
+});
