@@ -437,11 +437,11 @@ function openPoll(rc) {
         opened = true;
         rc.opened(conn);
       }
+      for (const topic of body.reset || []) rc.emit('reset', topic);
       for (const message of body.messages || []) rc.received(message);
       for (const [topic, p] of parsePositions(body.next)) {
         const sub = rc.topics.get(topic);
         if (sub && (sub.epoch !== p.epoch || sub.offset < p.offset)) {
-          if (sub.epoch !== undefined && sub.epoch !== p.epoch) rc.emit('reset', topic);
           sub.offset = p.offset;
           sub.epoch = p.epoch;
         }

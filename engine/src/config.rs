@@ -70,6 +70,11 @@ pub struct Config {
     pub read_buffer_size: u32,
     /// Path of the SSE transport (default `/sse`; `None`: SSE is off).
     pub sse_path: Option<String>,
+    /// Path of the long-poll transport (default `/poll`; `None`: off).
+    pub poll_path: Option<String>,
+    /// How long a poll waits for a message before it is answered with
+    /// none (default 25 s).
+    pub poll_timeout: Duration,
     /// Files served as they are to a `GET` of their path on the WebSocket
     /// listener (the JavaScript client, the demo page), each answered with
     /// `Connection: close`.
@@ -103,6 +108,8 @@ impl Default for Config {
             read_buffers: 1024,
             read_buffer_size: 4096,
             sse_path: Some("/sse".to_owned()),
+            poll_path: Some("/poll".to_owned()),
+            poll_timeout: Duration::from_secs(25),
             static_files: Vec::new(),
             auth: None,
         }

@@ -41,6 +41,10 @@ pub enum Endpoint {
     /// the server writes `ringcast.v1` deliveries as Server-Sent Events;
     /// bytes from the client are ignored.
     Sse,
+    /// The long-poll transport (`GET /poll?topic=a&since=…`, see
+    /// `connections/poll.rs`): one HTTP/1.1 answer per request, on a
+    /// keep-alive connection.
+    Poll,
 }
 
 /// A connection. 80 bytes while idle; buffers are allocated only

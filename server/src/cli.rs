@@ -101,6 +101,17 @@ pub struct Serve {
     /// Turn the SSE transport off.
     #[arg(long, env = "RINGCAST_NO_SSE")]
     pub no_sse: bool,
+    /// Path of the long-poll transport (`GET PATH?topic=a&since=POSITIONS`),
+    /// on the WebSocket listener.
+    #[arg(long, env = "RINGCAST_POLL_PATH", default_value = "/poll")]
+    pub poll_path: String,
+    /// Turn the long-poll transport off.
+    #[arg(long, env = "RINGCAST_NO_POLL")]
+    pub no_poll: bool,
+    /// How long a poll waits for a message before it is answered with none.
+    #[arg(long, env = "RINGCAST_POLL_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "humantime_str")]
+    pub poll_timeout: Duration,
     /// Serve the demo page at / (a live chat on the topic demo.chat, built
     /// on /ringcast.js); gives demo.* history.
     #[arg(long, env = "RINGCAST_DEMO")]
@@ -376,6 +387,8 @@ impl Serve {
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
             sse_path: (!self.no_sse).then(|| self.sse_path.clone()),
+            poll_path: (!self.no_poll).then(|| self.poll_path.clone()),
+            poll_timeout: self.poll_timeout,
             static_files: crate::statics::files(self.demo),
             auth: self.auth()?,
         })
@@ -435,14 +448,22 @@ impl Serve {
                 self.path
             ));
         }
-        if !self.sse_path.starts_with('/') || self.sse_path.contains('?') {
-            return Err(format!(
-                "--sse-path must start with / and have no query: {:?}",
-                self.sse_path
-            ));
+        for (flag, path) in [
+            ("--sse-path", &self.sse_path),
+            ("--poll-path", &self.poll_path),
+        ] {
+            if !path.starts_with('/') || path.contains('?') {
+                return Err(format!(
+                    "{flag} must start with / and have no query: {path:?}"
+                ));
+            }
         }
-        if !self.no_sse && self.sse_path == self.path {
-            return Err("--sse-path and --path must differ".into());
+        let mut paths = vec![self.path.as_str()];
+        paths.extend((!self.no_sse).then_some(self.sse_path.as_str()));
+        paths.extend((!self.no_poll).then_some(self.poll_path.as_str()));
+        paths.sort_unstable();
+        if paths.windows(2).any(|w| w[0] == w[1]) {
+            return Err("--path, --sse-path and --poll-path must differ".into());
         }
         if self.echo && self.path == "/echo" {
             return Err("--path /echo clashes with --echo".into());
@@ -457,6 +478,7 @@ impl Serve {
             return Err("--read-buffer-size must be at least 512 bytes".into());
         }
         for (flag, d) in [
+            ("--poll-timeout", self.poll_timeout),
             ("--idle-timeout", self.idle_timeout),
             ("--ping-interval", self.ping_interval),
             ("--handshake-timeout", self.handshake_timeout),

@@ -97,3 +97,14 @@ test('with WebSocket refused the page falls back to SSE, gets every message, and
     await page.close();
   }
 });
+
+test('with SSE blocked too the page falls back to long-poll and gets every message once, in order', async () => {
+  const page = await openPage('?topic=demo.poll&websocket_path=/refused&sse_path=/refused');
+  try {
+    assert.equal(await page.evaluate(() => window.rc.transport), 'poll');
+    await numbered(server, 'demo.poll', 100, 20);
+    await expectAll(page, 100);
+  } finally {
+    await page.close();
+  }
+});

@@ -98,6 +98,7 @@ impl Connections {
                         self.io.schedule(conn, slot, deadline);
                     }
                 }
+                Phase::Open if conn.endpoint == Some(Endpoint::Poll) => self.poll_due(slot),
                 Phase::Open => {
                     // The server speaks on an SSE stream, so there is no
                     // idle timeout: a dead client fails a heartbeat's write.

@@ -40,7 +40,14 @@ impl Connections {
             let mut sse = Encoded::default();
             for slot in self.topics.members(id) {
                 let conn = self.table.get_mut(slot).expect("subscriber slot is live");
-                if conn.endpoint == Some(Endpoint::Sse) {
+                if conn.endpoint == Some(Endpoint::Poll) {
+                    conn.last_delivery = delivery;
+                    if !self.skips.covers(id, slot, topic_frame.position) {
+                        let (io, topics) = (&mut self.io, &self.topics);
+                        let sent = self.polls.deliver(io, conn, slot, topics, topic_frame, id);
+                        queued += usize::from(sent);
+                    }
+                } else if conn.endpoint == Some(Endpoint::Sse) {
                     conn.last_delivery = delivery;
                     if !self.skips.covers(id, slot, topic_frame.position) {
                         let (io, topics) = (&mut self.io, &self.topics);
@@ -61,6 +68,7 @@ impl Connections {
                 }
             }
         }
+        self.finish_polls();
         let mut direct_frame = None;
         let mut direct_sse = Encoded::default();
         for slot in users.iter().flat_map(|user| self.sessions.user_slots(user)) {

@@ -24,9 +24,11 @@ struct Accepted {
     client: IpAddr,
     /// The verified token, if auth is on and the client sent one.
     identity: Option<Identity>,
-    /// An SSE request's `Last-Event-ID` (header, or `last_event_id` in the
-    /// query).
-    last_event_id: Option<String>,
+    /// Where the client resumes: an SSE request's `Last-Event-ID` (header,
+    /// or `last_event_id` in the query), a poll's `since`.
+    position: Option<String>,
+    /// A poll's `Origin`, for the CORS headers of its answers.
+    origin: Option<String>,
 }
 
 /// What a complete request gets.
@@ -42,7 +44,7 @@ struct Route {
     endpoint: Endpoint,
     topics: Vec<String>,
     response: Vec<u8>,
-    last_event_id: Option<String>,
+    position: Option<String>,
 }
 
 impl Io {
@@ -79,7 +81,7 @@ impl Io {
             endpoint,
             topics,
             response,
-            last_event_id,
+            position,
         } = route(&req, &self.limits)?;
         if !self.admission.origin_allowed(req.origin) {
             return Err(Reject::OriginNotAllowed);
@@ -115,7 +117,10 @@ impl Io {
             peer,
             client,
             identity,
-            last_event_id,
+            position,
+            origin: (endpoint == Endpoint::Poll)
+                .then(|| req.origin.map(str::to_owned))
+                .flatten(),
         };
         Ok(Some((Verdict::Open(accepted), buf[used..].to_vec())))
     }
@@ -147,8 +152,8 @@ impl Io {
 }
 
 /// Decides what a complete request gets: the endpoint, the topics to
-/// subscribe, the response that opens it (101, or the SSE stream's head)
-/// and an SSE request's `Last-Event-ID`.
+/// subscribe, the response that opens it (101, the SSE stream's head, or
+/// none for a poll) and where an SSE stream or a poll resumes.
 fn route(req: &Request<'_>, limits: &Limits) -> Result<Route, Reject> {
     let endpoint = if req.path == limits.path {
         Endpoint::PubSub
@@ -156,32 +161,37 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<Route, Reject> {
         Endpoint::Echo
     } else if limits.sse_path.as_deref() == Some(req.path) {
         Endpoint::Sse
+    } else if limits.poll_path.as_deref() == Some(req.path) {
+        Endpoint::Poll
     } else {
         return Err(Reject::NotFound);
     };
     let mut topics = Vec::new();
-    let mut last_event_id = req.last_event_id.map(str::to_owned);
-    if matches!(endpoint, Endpoint::PubSub | Endpoint::Sse) {
-        let query = req.query.unwrap_or("").as_bytes();
-        for (key, value) in form_urlencoded::parse(query) {
-            if key == "topic" {
-                if !topics::is_valid_name(&value)
-                    || topics.len() == topics::MAX_TOPICS_PER_CONNECTION
-                {
-                    return Err(Reject::BadTopic);
-                }
-                topics.push(value.into_owned());
-            } else if key == "last_event_id" && endpoint == Endpoint::Sse {
-                last_event_id.get_or_insert_with(|| value.into_owned());
-            }
+    let mut position = None;
+    match endpoint {
+        Endpoint::PubSub => topics = query_topics(req.query, "", &mut None)?,
+        Endpoint::Sse => {
+            position = req.last_event_id.map(str::to_owned);
+            topics = query_topics(req.query, "last_event_id", &mut position)?;
         }
+        Endpoint::Poll => topics = query_topics(req.query, "since", &mut position)?,
+        _ => {}
+    }
+    if endpoint == Endpoint::Poll {
+        // The answer comes once messages are there (`poll.rs`).
+        return Ok(Route {
+            endpoint,
+            topics,
+            response: Vec::new(),
+            position,
+        });
     }
     if endpoint == Endpoint::Sse {
         return Ok(Route {
             endpoint,
             topics,
             response: sse::response_head(req.origin),
-            last_event_id,
+            position,
         });
     }
     let upgrade = match endpoint {
@@ -196,8 +206,34 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<Route, Reject> {
         endpoint,
         topics,
         response: handshake::accept_response(&upgrade),
-        last_event_id: None,
+        position: None,
     })
+}
+
+/// The `topic` parameters of a query (at most
+/// [`topics::MAX_TOPICS_PER_CONNECTION`], each a valid name), and the
+/// first value of `position` (`last_event_id` or `since`; an empty name
+/// reads none) into `found` unless it holds one already.
+///
+/// # Errors
+/// [`Reject::BadTopic`].
+pub(super) fn query_topics(
+    query: Option<&str>,
+    position: &str,
+    found: &mut Option<String>,
+) -> Result<Vec<String>, Reject> {
+    let mut topics = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if key == "topic" {
+            if !topics::is_valid_name(&value) || topics.len() == topics::MAX_TOPICS_PER_CONNECTION {
+                return Err(Reject::BadTopic);
+            }
+            topics.push(value.into_owned());
+        } else if !position.is_empty() && key == position && found.is_none() {
+            *found = Some(value.into_owned());
+        }
+    }
+    Ok(topics)
 }
 
 impl Connections {
@@ -239,7 +275,8 @@ impl Connections {
             peer,
             client,
             identity,
-            last_event_id,
+            position,
+            origin,
         } = accepted;
         conn.peer = peer;
         if let Some(identity) = identity {
@@ -249,7 +286,9 @@ impl Connections {
                 .attach(identity.user.as_deref(), identity.grant, slot);
         }
         tracing::debug!(slot, peer = %client, ?endpoint, "connection open");
-        self.io.enqueue(conn, Bytes::from(response));
+        if !response.is_empty() {
+            self.io.enqueue(conn, Bytes::from(response));
+        }
         conn.endpoint = Some(endpoint);
         conn.enter(Phase::Open, self.io.wheel.now());
         conn.last_ping = conn.phase_since;
@@ -257,9 +296,11 @@ impl Connections {
             (conn.phase_since + self.io.limits.ping.min(self.io.limits.idle)).min(conn.expires);
         self.io.schedule(conn, slot, at);
         self.io.mark_flush(conn, slot);
-        if endpoint == Endpoint::Sse {
+        match endpoint {
             // The client says nothing more on an SSE stream.
-            return self.open_sse(slot, &topics, last_event_id.as_deref());
+            Endpoint::Sse => return self.open_sse(slot, &topics, position.as_deref()),
+            Endpoint::Poll => return self.start_poll(slot, &topics, position.as_deref(), origin),
+            _ => {}
         }
         for topic in topics {
             self.subscribe_at_open(slot, &topic);

@@ -40,6 +40,10 @@ pub(super) struct Limits {
     pub proxy_protocol: bool,
     /// Path of the SSE transport, if on.
     pub sse_path: Option<String>,
+    /// Path of the long-poll transport, if on.
+    pub poll_path: Option<String>,
+    /// How long a poll waits for a message.
+    pub poll_timeout: Tick,
     /// Static files by path, each with its whole response.
     pub statics: Vec<(String, Bytes)>,
 }
@@ -60,6 +64,8 @@ impl Limits {
             close: ticks(CLOSE_TIMEOUT),
             proxy_protocol: config.proxy_protocol,
             sse_path: config.sse_path.clone(),
+            poll_path: config.poll_path.clone(),
+            poll_timeout: ticks(config.poll_timeout),
             statics: config
                 .static_files
                 .iter()

@@ -16,6 +16,7 @@
 //!   disconnection of users;
 //! - `recovery`: `ringcast.v1` subscribes with a position, and replays;
 //! - `sse`: the SSE transport: a stream's opening, resume and deliveries;
+//! - `poll`: the long-poll transport: polls on keep-alive connections;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
 
 mod deadlines;
@@ -23,6 +24,7 @@ mod fanout;
 mod handshake;
 pub mod io;
 mod messages;
+mod poll;
 mod recovery;
 mod sse;
 pub mod table;
@@ -31,7 +33,7 @@ pub use io::{Io, CLOSE_TIMEOUT};
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conn, Endpoint, Phase};
 use crate::protocol::close::code;
 use crate::session::Sessions;
 use crate::spread::Spread;
@@ -61,6 +63,8 @@ pub struct Connections {
     skips: recovery::Skips,
     /// Positions of SSE streams with several topics that keep history.
     streams: sse::Streams,
+    /// Long-poll connections.
+    polls: poll::Polls,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -99,6 +103,7 @@ impl Connections {
             hub,
             skips: recovery::Skips::default(),
             streams: sse::Streams::default(),
+            polls: poll::Polls::default(),
         }
     }
 
@@ -158,8 +163,11 @@ impl Connections {
         match conn.phase {
             Phase::Handshake => self.on_handshake_bytes(slot, data),
             // An SSE client has nothing more to say: its bytes are dropped.
-            Phase::Open if conn.endpoint == Some(crate::conn::Endpoint::Sse) => {}
-            Phase::Open => self.on_frames(slot, data),
+            Phase::Open => match conn.endpoint {
+                Some(Endpoint::Sse) => {}
+                Some(Endpoint::Poll) => self.on_poll_bytes(slot, data),
+                _ => self.on_frames(slot, data),
+            },
             // Input after our close frame or during teardown is discarded.
             Phase::Closing | Phase::ShutDown | Phase::Releasing => {}
         }
@@ -217,6 +225,7 @@ impl Connections {
         }
         self.sessions.detach(conn.session, slot);
         self.streams.forget(slot);
+        self.polls.forget(slot);
         let unsent = conn.out.clear(&mut self.io.pool);
         let admitted = conn.endpoint.is_some();
         if admitted {

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 
 /// A stream's positions: (topic, offset of the last message it was sent,
 /// epoch), for each of its topics that keeps history.
-type Positions = Vec<(TopicId, u64, Epoch)>;
+pub(super) type Positions = Vec<(TopicId, u64, Epoch)>;
 
 /// Positions of the SSE streams with two or more topics that keep
 /// history, by slot.
@@ -49,7 +49,7 @@ impl Streams {
 }
 
 /// The `id:` text of `positions`.
-fn id_text(topics: &Topics, positions: &Positions) -> String {
+pub(super) fn id_text(topics: &Topics, positions: &Positions) -> String {
     sse::format_positions(
         positions
             .iter()

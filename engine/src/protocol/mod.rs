@@ -11,6 +11,7 @@
 //!   fragment reassembly and interleaved control frames (RFC 6455 §5.4).
 //! - [`proxy`]: the PROXY protocol v1/v2 header in front of a connection.
 //! - [`v1`]: the `ringcast.v1` subprotocol's JSON messages.
+//! - [`poll`]: long-poll answers.
 //! - [`sse`]: Server-Sent Events: the SSE transport's head, events and
 //!   positions.
 
@@ -19,6 +20,7 @@ pub mod decoder;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod poll;
 pub mod proxy;
 pub mod sse;
 pub mod utf8;
