@@ -1,5 +1,6 @@
 //! Work handed to a worker from other threads: publishes, broadcasts,
-//! user look-ups and disconnections, drain, rebalance and shutdown. Each worker has a channel and an eventfd; the sender pushes a
+//! user look-ups and disconnections, answers to upstream events, drain,
+//! rebalance and shutdown. Each worker has a channel and an eventfd; the sender pushes a
 //! [`Command`] and writes the eventfd, which completes a read the worker
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
@@ -28,6 +29,9 @@ pub enum Command {
         /// The `ringcast.v1` frame for connections of `users` (empty
         /// without users).
         direct: Bytes,
+        /// A connection that gets no delivery (a client's own publish with
+        /// echo off).
+        skip: Option<crate::upstream::Origin>,
         /// Completed with the number of connections queued to.
         ack: Arc<Ack>,
     },
@@ -74,6 +78,27 @@ pub enum Command {
         fraction: f64,
         /// Time the closes are spread over.
         period: Duration,
+    },
+    /// Queue `frame` to the open connection in `slot` if it is still the
+    /// tenant of generation `gen` (the answer to an upstream event; see
+    /// [`crate::upstream`]). Dropped silently otherwise.
+    Reply {
+        /// Fixed-file slot.
+        slot: u32,
+        /// The tenant's generation.
+        gen: u32,
+        /// An encoded frame (a `ringcast.v1` reply).
+        frame: Bytes,
+    },
+    /// Finish the handshake parked in `slot` for the connect hook, if it is
+    /// still that tenant's and still parked: 101 and open, or 403/503.
+    Admit {
+        /// Fixed-file slot.
+        slot: u32,
+        /// The tenant's generation.
+        gen: u32,
+        /// The hook's answer.
+        verdict: crate::upstream::Verdict,
     },
     /// Stop accepting, close every connection with 1001 at once, then exit.
     Shutdown,

@@ -1,7 +1,9 @@
 //! Engine configuration. The server's CLI fills this in; every field has a
 //! default in [`Config::default`].
 
+use crate::session::permissions::Pattern;
 use crate::session::Auth;
+use crate::upstream::{Hooks, Upstream};
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,6 +84,32 @@ pub struct Config {
     /// Token verification (`None`: auth is off; every connection is
     /// anonymous and may subscribe to any topic that is not user-limited).
     pub auth: Option<Arc<Auth>>,
+    /// Where workers send what needs the embedding program's async side
+    /// (client publishes, RPCs, connect hooks; see [`crate::upstream`]).
+    /// `None` (default): client publishes and RPCs are answered with an
+    /// error op.
+    pub upstream: Option<Upstream>,
+    /// Topics any connection may publish to from the client
+    /// (`--client-publish`), beside those its token's `publish` claim
+    /// allows (default none).
+    pub client_publish: Vec<Pattern>,
+    /// Whether the sender of a client publish receives it too, when
+    /// subscribed (default true).
+    pub client_publish_echo: bool,
+    /// Room topics (`--room`): a raw-mode connection subscribed to one
+    /// publishes every message it sends to each of its room topics
+    /// (default none).
+    pub rooms: Vec<Pattern>,
+    /// Client publishes, RPCs and room messages one connection may send
+    /// per second (token bucket holding one second's worth; default 100).
+    /// Past ten times this within a second, the connection is closed with
+    /// 1008.
+    pub client_messages_per_sec: f64,
+    /// Bytes of those messages per connection per second, as above
+    /// (default 1 MiB).
+    pub client_bytes_per_sec: f64,
+    /// Which backend hooks are on (default none).
+    pub hooks: Hooks,
 }
 
 impl Default for Config {
@@ -112,6 +140,13 @@ impl Default for Config {
             poll_timeout: Duration::from_secs(25),
             static_files: Vec::new(),
             auth: None,
+            upstream: None,
+            client_publish: Vec::new(),
+            client_publish_echo: true,
+            rooms: Vec::new(),
+            client_messages_per_sec: 100.0,
+            client_bytes_per_sec: (1 << 20) as f64,
+            hooks: Hooks::default(),
         }
     }
 }

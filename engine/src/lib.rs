@@ -18,7 +18,9 @@
 //! - [`timers`]: the timer wheel; [`spread`]: closes spread over a period
 //!   (drain, rebalance);
 //! - [`runtime`] and [`command`]: starting workers, and publishing to them
-//!   from other threads; [`capacity`]: the host's connection ceiling.
+//!   from other threads; [`upstream`]: what workers hand to the
+//!   embedding program's async side (client publishes, hooks);
+//!   [`capacity`]: the host's connection ceiling.
 //!
 //! See `engine/README.md` for the design note.
 
@@ -39,10 +41,11 @@ pub mod spread;
 pub mod stats;
 pub mod timers;
 pub mod topics;
+pub mod upstream;
 pub mod worker;
 
 pub use config::{Config, StaticFile};
 pub use protocol::frame::OpCode;
 pub use protocol::v1::Content;
-pub use runtime::{Handle, Runtime};
+pub use runtime::{Handle, Runtime, Sender};
 pub use stats::Snapshot;

@@ -9,6 +9,7 @@ use crate::hub::{Hub, Page};
 use crate::protocol::frame;
 use crate::protocol::v1::{self, Content, Data};
 use crate::stats::{self, Snapshot, WorkerStats};
+use crate::upstream::Origin;
 use crate::worker::{Setup, Worker};
 use bytes::Bytes;
 use std::io;
@@ -34,6 +35,16 @@ pub struct Handle {
     stats: Arc<[WorkerStats]>,
     admission: Arc<Admission>,
     hub: Arc<Hub>,
+}
+
+/// Who sent a message published for a client ([`Handle::publish_as`]).
+#[derive(Clone, Debug, Default)]
+pub struct Sender {
+    /// The sender's user id (`sub`): `ringcast.v1` deliveries carry it as
+    /// `from`.
+    pub user: Option<String>,
+    /// A connection that gets no delivery of it (the sender, echo off).
+    pub skip: Option<Origin>,
 }
 
 impl Runtime {
@@ -208,6 +219,21 @@ impl Handle {
         payload: &[u8],
         done: impl FnOnce(usize) + Send + 'static,
     ) -> Vec<(String, u64)> {
+        self.publish_as(topics, users, content, payload, &Sender::default(), done)
+    }
+
+    /// [`Handle::publish`] for a message a client sent: `ringcast.v1`
+    /// deliveries carry `"from":"<user>"` when `sender` has a user, and
+    /// the sending connection `sender.skip` gets none (echo off).
+    pub fn publish_as(
+        &self,
+        topics: Vec<String>,
+        users: Vec<String>,
+        content: Content,
+        payload: &[u8],
+        sender: &Sender,
+        done: impl FnOnce(usize) + Send + 'static,
+    ) -> Vec<(String, u64)> {
         let mut unique: Vec<String> = Vec::with_capacity(topics.len());
         for topic in topics {
             if !unique.contains(&topic) {
@@ -217,7 +243,11 @@ impl Handle {
         let topics: Arc<[String]> = unique.into();
         let users: Arc<[String]> = users.into();
         let frame = frame::encode(content.opcode(), payload);
-        let data = Data::new(content, payload);
+        let data = match &sender.user {
+            Some(user) => Data::from_user(user, content, payload),
+            None => Data::new(content, payload),
+        };
+        let skip = sender.skip;
         let direct = if users.is_empty() {
             Bytes::new()
         } else {
@@ -231,6 +261,7 @@ impl Handle {
                     frame: frame.clone(),
                     v1: v1.clone(),
                     direct: direct.clone(),
+                    skip,
                     ack,
                 },
                 done,
@@ -333,6 +364,32 @@ impl Handle {
     pub fn rebalance(&self, fraction: f64, period: Duration) {
         let fraction = fraction.clamp(0.0, 1.0);
         self.tell_all(|| Command::Rebalance { fraction, period });
+    }
+
+    /// Queues `frame` (an encoded frame, e.g. a `ringcast.v1` reply) to
+    /// the connection `origin` names, if it is still open; a connection
+    /// gone since, or a worker that exited, drops it.
+    pub fn reply(&self, origin: Origin, frame: Bytes) {
+        if let Some(mailbox) = self.mailboxes.get(origin.worker as usize) {
+            let _ = mailbox.send(Command::Reply {
+                slot: origin.slot,
+                gen: origin.gen,
+                frame,
+            });
+        }
+    }
+
+    /// Finishes the handshake `origin` names, parked for the connect hook,
+    /// with the hook's `verdict`; a handshake gone since (timed out,
+    /// client left) ignores it.
+    pub fn admit(&self, origin: Origin, verdict: crate::upstream::Verdict) {
+        if let Some(mailbox) = self.mailboxes.get(origin.worker as usize) {
+            let _ = mailbox.send(Command::Admit {
+                slot: origin.slot,
+                gen: origin.gen,
+                verdict,
+            });
+        }
     }
 
     /// Asks every worker to stop accepting, close its connections with 1001

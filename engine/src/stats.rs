@@ -52,6 +52,18 @@ pub struct WorkerStats {
     pub slow_consumer_closes: AtomicU64,
     /// Multishot receives stopped by an empty buffer ring (ENOBUFS).
     pub buffer_ring_empty: AtomicU64,
+    /// Client publishes (ops and room messages) handed upstream.
+    pub client_publishes: AtomicU64,
+    /// `rpc` ops handed upstream.
+    pub client_rpcs: AtomicU64,
+    /// Client publishes refused for want of permission.
+    pub client_forbidden: AtomicU64,
+    /// Client messages dropped over the per-connection rate limits.
+    pub client_rate_limited: AtomicU64,
+    /// Connections closed with 1008 past ten times the rate limits.
+    pub client_rate_limit_closes: AtomicU64,
+    /// Upstream events the server could not take (queue full).
+    pub upstream_refused: AtomicU64,
     /// Handshakes refused, indexed by `Reject as usize`.
     pub rejects: [AtomicU64; Reject::ALL.len()],
     /// Gauge: io_uring operations submitted whose last CQE has not
@@ -111,6 +123,18 @@ pub struct Snapshot {
     pub slow_consumer_closes: u64,
     /// Times a multishot receive found the buffer ring empty.
     pub buffer_ring_empty: u64,
+    /// Client publishes handed upstream.
+    pub client_publishes: u64,
+    /// `rpc` ops handed upstream.
+    pub client_rpcs: u64,
+    /// Client publishes refused for want of permission.
+    pub client_forbidden: u64,
+    /// Client messages dropped over the rate limits.
+    pub client_rate_limited: u64,
+    /// Connections closed with 1008 past ten times the rate limits.
+    pub client_rate_limit_closes: u64,
+    /// Upstream events the server could not take.
+    pub upstream_refused: u64,
     /// Handshake rejects by reason label.
     pub handshake_rejects: std::collections::BTreeMap<&'static str, u64>,
     /// io_uring operations in flight (0 after every worker exited: each
@@ -145,6 +169,12 @@ pub fn snapshot(workers: &[WorkerStats]) -> Snapshot {
         s.slow_consumer_closes += get(&w.slow_consumer_closes);
         s.buffer_ring_empty += get(&w.buffer_ring_empty);
         s.operations_in_flight += get(&w.operations_in_flight);
+        s.client_publishes += get(&w.client_publishes);
+        s.client_rpcs += get(&w.client_rpcs);
+        s.client_forbidden += get(&w.client_forbidden);
+        s.client_rate_limited += get(&w.client_rate_limited);
+        s.client_rate_limit_closes += get(&w.client_rate_limit_closes);
+        s.upstream_refused += get(&w.upstream_refused);
         s.worker_connections.push(get(&w.connections));
         s.worker_slots_in_use.push(get(&w.slots_in_use));
         s.worker_capacity.push(get(&w.capacity));

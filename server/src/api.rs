@@ -52,14 +52,22 @@ pub struct State {
     publish_latency: HistogramVec,
     /// `--api-token-file`'s token, if set.
     api_token: Option<String>,
+    /// The hook client, for its call counters.
+    hooks: Option<Arc<crate::hooks::Hooks>>,
 }
 
 impl State {
     /// State for a server started with `serve`'s flags; `api_token` guards
     /// every route but the health checks and metrics.
-    pub fn new(handle: Handle, serve: &Serve, api_token: Option<String>) -> Self {
+    pub fn new(
+        handle: Handle,
+        serve: &Serve,
+        api_token: Option<String>,
+        hooks: Option<Arc<crate::hooks::Hooks>>,
+    ) -> Self {
         Self {
             handle,
+            hooks,
             api_token,
             draining: AtomicBool::new(false),
             drain_started: Notify::new(),
@@ -267,7 +275,8 @@ async fn publish(
     }
     let handle = state.handle.clone();
     deliver(&state, "publish", &headers, &body, |content, done| {
-        handle.publish(topics, users, content, &body, done)
+        let sender = ringcast_engine::Sender::default();
+        crate::delivery::publish(&handle, topics, users, content, &body, &sender, done)
     })
     .await
 }
@@ -425,6 +434,7 @@ async fn metrics(Extract(state): Shared) -> Response {
         &state.handle.stats(),
         state.draining.load(Ordering::Acquire),
         &state.publish_latency,
+        state.hooks.as_ref().map(|h| &h.calls),
     );
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response()
 }

@@ -10,7 +10,9 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use ringcast_engine::hub::rules::Rule;
+use ringcast_engine::session::permissions::Pattern;
 use ringcast_engine::session::{Auth, KeySource, Settings};
+use ringcast_engine::upstream::Hooks;
 use ringcast_engine::Config;
 use serde::{Serialize, Serializer};
 use std::ffi::OsString;
@@ -44,6 +46,21 @@ pub enum ConfigCommand {
     /// Print the effective configuration (flags > RINGCAST_* environment >
     /// --config file > defaults) as TOML, in the config file's format.
     Print(Serve),
+}
+
+/// A backend hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookKind {
+    /// During the handshake: admit (with user, topics, permissions) or
+    /// refuse.
+    Connect,
+    /// Before a client publish fans out: pass, rewrite or refuse.
+    Publish,
+    /// A client's rpc op.
+    Rpc,
+    /// After connections close, batched, best effort.
+    Disconnect,
 }
 
 /// Log line format.
@@ -113,7 +130,8 @@ pub struct Serve {
     #[serde(serialize_with = "humantime_str")]
     pub poll_timeout: Duration,
     /// Serve the demo page at / (a live chat on the topic demo.chat, built
-    /// on /ringcast.js); gives demo.* history.
+    /// on /ringcast.js); gives demo.* history and lets clients publish to
+    /// demo.chat (as --client-publish demo.chat).
     #[arg(long, env = "RINGCAST_DEMO")]
     pub demo: bool,
     /// Subprotocol to accept when a client offers it (repeatable, or a
@@ -238,6 +256,53 @@ pub struct Serve {
     /// TOKEN`, else 401 (trailing whitespace in the file is ignored).
     #[arg(long, env = "RINGCAST_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Topics any client may publish to with the ringcast.v1 publish op,
+    /// beside those its token's publish claim allows: a name, or a prefix
+    /// ending in * (repeatable, or comma-separated) [default: none].
+    #[arg(long, env = "RINGCAST_CLIENT_PUBLISH", value_delimiter = ',')]
+    pub client_publish: Vec<String>,
+    /// Whether the sender of a client publish or room message receives it
+    /// too (when subscribed): true or false.
+    #[arg(long, env = "RINGCAST_CLIENT_PUBLISH_ECHO", default_value_t = true, action = ArgAction::Set)]
+    pub client_publish_echo: bool,
+    /// Raw rooms: topics (a name, or a prefix ending in *) where a
+    /// raw-mode connection's every text or binary message is published
+    /// verbatim to its topics that match (repeatable, or comma-separated)
+    /// [default: none].
+    #[arg(long = "room", env = "RINGCAST_ROOM", value_delimiter = ',')]
+    #[serde(rename = "room")]
+    pub rooms: Vec<String>,
+    /// Client publishes, rpc calls and room messages one connection may
+    /// send per second (a token bucket holding one second's worth); over
+    /// it the message is dropped and answered "rate limited", past ten
+    /// times it within a second the connection is closed with 1008.
+    #[arg(
+        long,
+        env = "RINGCAST_CLIENT_MESSAGES_PER_SEC",
+        default_value_t = 100.0
+    )]
+    pub client_messages_per_sec: f64,
+    /// Bytes of those messages one connection may send per second, as
+    /// above.
+    #[arg(long, env = "RINGCAST_CLIENT_BYTES_PER_SEC", default_value_t = 1 << 20)]
+    pub client_bytes_per_sec: u64,
+    /// Base URL of the backend's hooks (http://): each is a POST of JSON
+    /// to URL/connect, URL/publish, URL/rpc or URL/disconnect.
+    #[arg(long, env = "RINGCAST_HOOK_URL")]
+    pub hook_url: Option<String>,
+    /// Which hooks are called: connect, publish, rpc, disconnect
+    /// (repeatable, or comma-separated) [default: none].
+    #[arg(long, env = "RINGCAST_HOOKS", value_delimiter = ',', value_enum)]
+    pub hooks: Vec<HookKind>,
+    /// Longest wait for a hook's answer; past it a handshake gets 503, an
+    /// rpc or publish an error.
+    #[arg(long, env = "RINGCAST_HOOK_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "humantime_str")]
+    pub hook_timeout: Duration,
+    /// Hook requests in flight at most; more wait their turn, within
+    /// their timeout.
+    #[arg(long, env = "RINGCAST_HOOK_CONCURRENCY", default_value_t = 256)]
+    pub hook_concurrency: usize,
     /// Receive buffers per worker (a power of two up to 32768), shared by
     /// all its connections.
     #[arg(long, env = "RINGCAST_READ_BUFFERS", default_value_t = 1024)]
@@ -326,6 +391,7 @@ fn file_args(
             toml::Value::String(s) => Ok(s.clone()),
             toml::Value::Integer(i) => Ok(i.to_string()),
             toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
             other => Err(fail(format!("{key}: unexpected {}", other.type_str()))),
         };
         match (&value, arg.get_action()) {
@@ -355,6 +421,18 @@ fn file_args(
         }
     }
     Ok(out)
+}
+
+/// Topic patterns from a flag's values.
+fn patterns(flag: &str, values: &[String]) -> Result<Vec<Pattern>, String> {
+    values
+        .iter()
+        .map(|v| {
+            Pattern::parse(v).ok_or_else(|| {
+                format!("{flag} {v:?}: expected a topic name or a prefix ending in *")
+            })
+        })
+        .collect()
 }
 
 impl Serve {
@@ -391,7 +469,28 @@ impl Serve {
             poll_timeout: self.poll_timeout,
             static_files: crate::statics::files(self.demo),
             auth: self.auth()?,
+            upstream: None,
+            client_publish: patterns(
+                "--client-publish",
+                &crate::statics::client_publish(self.demo, &self.client_publish),
+            )?,
+            client_publish_echo: self.client_publish_echo,
+            rooms: patterns("--room", &self.rooms)?,
+            client_messages_per_sec: self.client_messages_per_sec,
+            client_bytes_per_sec: self.client_bytes_per_sec as f64,
+            hooks: self.engine_hooks(),
         })
+    }
+
+    /// The hooks flags as the engine sees them.
+    pub fn engine_hooks(&self) -> Hooks {
+        let on = |kind| self.hook_url.is_some() && self.hooks.contains(&kind);
+        Hooks {
+            connect: on(HookKind::Connect),
+            publish: on(HookKind::Publish),
+            rpc: on(HookKind::Rpc),
+            disconnect: on(HookKind::Disconnect),
+        }
     }
 
     /// Token verification, if a --jwt key flag is set.
@@ -501,6 +600,28 @@ impl Serve {
             .is_some_and(|r| !r.is_finite() || r <= 0.0)
         {
             return Err("--max-handshakes-per-sec must be a number above zero".into());
+        }
+        patterns("--client-publish", &self.client_publish)?;
+        patterns("--room", &self.rooms)?;
+        if !self.client_messages_per_sec.is_finite()
+            || self.client_messages_per_sec < 1.0
+            || self.client_bytes_per_sec == 0
+        {
+            return Err(
+                "--client-messages-per-sec must be at least 1 and --client-bytes-per-sec above zero"
+                    .into(),
+            );
+        }
+        if let Some(url) = &self.hook_url {
+            if !url.starts_with("http://") {
+                return Err(format!("--hook-url {url:?}: expected an http:// URL"));
+            }
+        }
+        if !self.hooks.is_empty() && self.hook_url.is_none() {
+            return Err("--hooks needs --hook-url".into());
+        }
+        if self.hook_timeout.is_zero() || self.hook_concurrency == 0 {
+            return Err("--hook-timeout and --hook-concurrency must be above zero".into());
         }
         let auth_on = self.jwt_hmac_secret_file.is_some()
             || self.jwt_public_key.is_some()

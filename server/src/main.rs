@@ -2,9 +2,12 @@
 
 mod api;
 mod cli;
+mod delivery;
 mod doctor;
+mod hooks;
 mod metrics;
 mod statics;
+mod upstream;
 
 use cli::{CliError, Command, ConfigCommand, LogFormat, Serve};
 use ringcast_engine::runtime::Runtime;
@@ -150,8 +153,21 @@ fn reload_on_hangup(auth: Option<Arc<Auth>>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn run(serve: Serve, config: Config, api_token: Option<String>) -> std::io::Result<()> {
+fn run(serve: Serve, mut config: Config, api_token: Option<String>) -> std::io::Result<()> {
     log_access(&serve, config.auth.as_deref(), api_token.is_some());
+    let (sink, events) = upstream::channel();
+    config.upstream = Some(sink);
+    let hooks = match &serve.hook_url {
+        Some(url) => {
+            let max_answer = serve.max_message_size + 64 * 1024;
+            let client =
+                hooks::Hooks::new(url, serve.hook_timeout, serve.hook_concurrency, max_answer)
+                    .map_err(std::io::Error::other)?;
+            Some(Arc::new(client))
+        }
+        None => None,
+    };
+    let hooks_on = config.hooks;
     let auth = config.auth.clone();
     let workers = config.workers;
     let runtime = Runtime::start(config)?;
@@ -177,6 +193,13 @@ fn run(serve: Serve, config: Config, api_token: Option<String>) -> std::io::Resu
         .build()?;
     tokio.block_on(async move {
         reload_on_hangup(auth)?;
+        let upstream_context = upstream::Context {
+            handle: handle.clone(),
+            hooks: hooks.clone(),
+            on: hooks_on,
+            max_message: serve.max_message_size,
+        };
+        tokio::spawn(upstream::run(events, upstream_context));
         let listener = tokio::net::TcpListener::bind(serve.api_listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", serve.api_listen))
         })?;
@@ -184,7 +207,7 @@ fn run(serve: Serve, config: Config, api_token: Option<String>) -> std::io::Resu
         tracing::info!(ws = %ws_addr, api = %api_addr, path = %serve.path, "ringcast listening");
         // One stable line on stdout for scripts and tests.
         println!("listening ws={ws_addr} api={api_addr}");
-        let state = Arc::new(api::State::new(handle.clone(), &serve, api_token));
+        let state = Arc::new(api::State::new(handle.clone(), &serve, api_token, hooks));
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = api::router(state.clone(), serve.max_message_size);
         let api = tokio::spawn(async move {

@@ -67,7 +67,12 @@ impl Scrape {
 }
 
 /// The scrape body.
-pub fn render(s: &Snapshot, draining: bool, latency: &HistogramVec) -> String {
+pub fn render(
+    s: &Snapshot,
+    draining: bool,
+    latency: &HistogramVec,
+    hook_calls: Option<&IntCounterVec>,
+) -> String {
     let m = Scrape(Registry::new());
     m.per_worker(
         "ringcast_connections",
@@ -176,6 +181,39 @@ pub fn render(s: &Snapshot, draining: bool, latency: &HistogramVec) -> String {
         "1 once a drain has started",
         u64::from(draining),
     );
+    m.counter(
+        "ringcast_client_publishes_total",
+        "Client publishes (ringcast.v1 publish ops and raw room messages) handed to the publish path",
+        s.client_publishes,
+    );
+    m.counter(
+        "ringcast_client_rpcs_total",
+        "ringcast.v1 rpc ops handed to the rpc hook",
+        s.client_rpcs,
+    );
+    m.counter(
+        "ringcast_client_forbidden_total",
+        "Client publishes refused: no publish claim or --client-publish pattern matched",
+        s.client_forbidden,
+    );
+    m.counter(
+        "ringcast_client_rate_limited_total",
+        "Client messages dropped over --client-messages-per-sec or --client-bytes-per-sec",
+        s.client_rate_limited,
+    );
+    m.counter(
+        "ringcast_client_rate_limit_closes_total",
+        "Connections closed with 1008 past ten times the client rate limits within a second",
+        s.client_rate_limit_closes,
+    );
+    m.counter(
+        "ringcast_upstream_refused_total",
+        "Client publishes, rpcs and connect-hook requests refused because the server's queue was full",
+        s.upstream_refused,
+    );
+    if let Some(calls) = hook_calls {
+        m.add(calls);
+    }
     m.add(latency);
     TextEncoder::new()
         .encode_to_string(&m.0.gather())

@@ -17,6 +17,19 @@ const DEMO: &str = include_str!("../../clients/js/demo/index.html");
 /// misses nothing.
 pub const DEMO_TOPICS: &str = "demo.*";
 
+/// The topic the demo page chats on: clients may publish to it.
+pub const DEMO_CHAT: &str = "demo.chat";
+
+/// The `--client-publish` patterns in effect: `configured`, and with
+/// `demo`, the demo's chat topic.
+pub fn client_publish(demo: bool, configured: &[String]) -> Vec<String> {
+    let mut patterns = configured.to_vec();
+    if demo {
+        patterns.push(DEMO_CHAT.into());
+    }
+    patterns
+}
+
 /// The files to serve: `/ringcast.js`, and `/` with `demo`.
 pub fn files(demo: bool) -> Vec<StaticFile> {
     let mut files = vec![StaticFile {

@@ -63,6 +63,25 @@ test('the demo page connects over WebSocket and shows what a backend publishes',
   }
 });
 
+test('the chat works between two pages through client publish', async () => {
+  const alice = await openPage('?name=alice');
+  const bob = await openPage('?name=bob');
+  try {
+    await alice.fill('input[name="text"]', 'hi from alice');
+    await alice.click('button');
+    for (const page of [alice, bob]) {
+      await page.waitForSelector('#log li:has-text("alice: hi from alice")', { timeout: 10000 });
+    }
+    await bob.fill('input[name="text"]', 'hello alice');
+    await bob.press('input[name="text"]', 'Enter');
+    await alice.waitForSelector('#log li:has-text("bob: hello alice")', { timeout: 10000 });
+    assert.equal(await bob.inputValue('input[name="text"]'), '', 'the box is cleared once published');
+  } finally {
+    await alice.close();
+    await bob.close();
+  }
+});
+
 test('after POST /rebalance?fraction=1 the page reconnects by itself and gets every message once, in order', async () => {
   const page = await openPage('?topic=demo.numbers');
   try {

@@ -8,6 +8,24 @@ use crate::hub::TopicFrame;
 use crate::stats::WorkerStats;
 use bytes::Bytes;
 
+/// One publish as a worker applies it (see [`Connections::publish`]).
+#[derive(Clone, Copy)]
+pub struct Fanout<'a> {
+    /// Topic names.
+    pub topics: &'a [String],
+    /// User ids.
+    pub users: &'a [String],
+    /// The raw-mode frame.
+    pub frame: &'a Bytes,
+    /// Each topic's `ringcast.v1` delivery, in the order of `topics`.
+    pub v1: &'a [TopicFrame],
+    /// The `ringcast.v1` frame for connections reached as a user's.
+    pub direct: &'a Bytes,
+    /// (slot, generation) of a connection that gets nothing (the sender
+    /// of a client publish with echo off).
+    pub skip: Option<(u32, u32)>,
+}
+
 impl Connections {
     /// Queues one publish on this worker. Raw-mode connections get `frame`
     /// once per connection, whether they subscribe to any of `topics` or
@@ -18,19 +36,25 @@ impl Connections {
     /// topic on this worker;
     /// `ringcast.v1` connections of `users` that got no topic delivery get
     /// `direct`. Frames shared by the workers are passed through `local`
-    /// (this worker's copy) at their first use here. Returns how many
-    /// deliveries were queued.
-    pub fn publish(
-        &mut self,
-        topics: &[String],
-        users: &[String],
-        frame: &Bytes,
-        v1: &[TopicFrame],
-        direct: &Bytes,
-        local: impl Fn(&Bytes) -> Bytes,
-    ) -> usize {
+    /// (this worker's copy) at their first use here. The `skip`
+    /// connection gets nothing. Returns how many deliveries were queued.
+    pub fn publish(&mut self, publish: &Fanout<'_>, local: impl Fn(&Bytes) -> Bytes) -> usize {
+        let Fanout {
+            topics,
+            users,
+            frame,
+            v1,
+            direct,
+            skip,
+        } = *publish;
         self.delivery += 1;
         let delivery = self.delivery;
+        // The skipped connection counts as delivered already.
+        if let Some((slot, gen)) = skip {
+            if let Some(conn) = self.table.get_mut(slot).filter(|c| c.gen == gen) {
+                conn.last_delivery = delivery;
+            }
+        }
         let mut queued = 0;
         for (name, topic_frame) in topics.iter().zip(v1) {
             let Some(id) = self.topics.id(name) else {
@@ -57,6 +81,9 @@ impl Connections {
                         queued += usize::from(sent);
                     }
                 } else if conn.endpoint == Some(Endpoint::PubSubV1) {
+                    if skip == Some((slot, conn.gen)) {
+                        continue;
+                    }
                     conn.last_delivery = delivery;
                     if !self.skips.covers(id, slot, topic_frame.position) {
                         let f = v1_frame.get_or_insert_with(|| local(&topic_frame.frame));
@@ -129,6 +156,14 @@ impl Connections {
             }
         }
         closed
+    }
+
+    /// Queues `frame` to the open connection in `slot` if its generation
+    /// is `gen` (an answer to an upstream event).
+    pub fn reply_frame(&mut self, slot: u32, gen: u32, frame: Bytes) {
+        if let Some(conn) = self.table.get_mut(slot).filter(|c| c.gen == gen) {
+            self.io.queue(conn, slot, frame);
+        }
     }
 
     /// Open connections of `user` on this worker.

@@ -11,16 +11,18 @@ use crate::protocol::handshake::{self, Reject, Request};
 use crate::protocol::proxy;
 use crate::protocol::{sse, v1};
 use crate::session::{self, Identity};
+use crate::stats::WorkerStats;
 use crate::topics;
+use crate::upstream::{Connect, Event, Origin, Verdict};
 use bytes::Bytes;
 use std::net::IpAddr;
 
 /// A handshake that passed every check.
-struct Accepted {
+pub(super) struct Accepted {
     endpoint: Endpoint,
     topics: Vec<String>,
     response: Vec<u8>,
-    peer: PeerId,
+    pub peer: PeerId,
     client: IpAddr,
     /// The verified token, if auth is on and the client sent one.
     identity: Option<Identity>,
@@ -29,10 +31,12 @@ struct Accepted {
     position: Option<String>,
     /// A poll's `Origin`, for the CORS headers of its answers.
     origin: Option<String>,
+    /// With the connect hook on: what the hook is told of the request.
+    hook: Option<HookRequest>,
 }
 
 /// What a complete request gets.
-enum Verdict {
+enum Outcome {
     /// A connection opens.
     Open(Accepted),
     /// This response (a static file), then the connection closes.
@@ -47,12 +51,27 @@ struct Route {
     position: Option<String>,
 }
 
+/// The parts of an upgrade request the connect hook sees.
+struct HookRequest {
+    headers: Vec<(&'static str, String)>,
+    query: String,
+}
+
+/// A handshake waiting for the connect hook's answer: its 101 is not sent
+/// yet, and its deadline still runs.
+pub(super) struct Parked {
+    pub accepted: Accepted,
+    /// Bytes received after the request (the first frames), kept until
+    /// the connection opens; at most the largest message.
+    rest: Vec<u8>,
+}
+
 impl Io {
     /// Parses what a handshaking connection sent so far: the PROXY header
     /// (with `--proxy-protocol`), then the upgrade request; routes it and
     /// applies the admission rules. `Ok(None)` while incomplete; else the
     /// verdict and the bytes after the request (the first frames).
-    fn handshake(&self, buf: &[u8], slot: u32) -> Result<Option<(Verdict, Vec<u8>)>, Reject> {
+    fn handshake(&self, buf: &[u8], slot: u32) -> Result<Option<(Outcome, Vec<u8>)>, Reject> {
         let socket = self.handshaking.get(&slot).and_then(|h| h.peer);
         let (proxied, buf) = if self.limits.proxy_protocol {
             match proxy::parse(buf) {
@@ -74,7 +93,7 @@ impl Io {
         };
         if req.path != self.limits.path {
             if let Some((_, response)) = self.limits.statics.iter().find(|(p, _)| p == req.path) {
-                return Ok(Some((Verdict::Respond(response.clone()), Vec::new())));
+                return Ok(Some((Outcome::Respond(response.clone()), Vec::new())));
             }
         }
         let Route {
@@ -110,6 +129,18 @@ impl Io {
             return Err(Reject::Forbidden);
         }
         let peer = self.admission.admit(client)?;
+        let hook = self.limits.connect_hook.then(|| HookRequest {
+            headers: [
+                ("cookie", req.cookie),
+                ("origin", req.origin),
+                ("user-agent", req.user_agent),
+                ("authorization", req.authorization),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?.to_owned())))
+            .collect(),
+            query: req.query.unwrap_or("").to_owned(),
+        });
         let accepted = Accepted {
             endpoint,
             topics,
@@ -121,8 +152,9 @@ impl Io {
             origin: (endpoint == Endpoint::Poll)
                 .then(|| req.origin.map(str::to_owned))
                 .flatten(),
+            hook,
         };
-        Ok(Some((Verdict::Open(accepted), buf[used..].to_vec())))
+        Ok(Some((Outcome::Open(accepted), buf[used..].to_vec())))
     }
 }
 
@@ -239,6 +271,19 @@ pub(super) fn query_topics(
 impl Connections {
     pub(super) fn on_handshake_bytes(&mut self, slot: u32, data: &mut [u8]) {
         let conn = self.table.get_mut(slot).expect("live slot");
+        if let Some(parked) = self
+            .io
+            .handshaking
+            .get_mut(&slot)
+            .and_then(|h| h.parked.as_mut())
+        {
+            // Frames sent before the 101: kept for when it opens.
+            if parked.rest.len() + data.len() > self.io.limits.max_message + 14 {
+                return self.io.reject(conn, slot, Reject::Malformed);
+            }
+            parked.rest.extend_from_slice(data);
+            return;
+        }
         let mut head = self
             .io
             .handshaking
@@ -253,7 +298,7 @@ impl Connections {
             head.extend_from_slice(data);
             self.io.handshake(&head, slot)
         };
-        let (accepted, mut rest) = match verdict {
+        let (mut accepted, rest) = match verdict {
             Ok(None) => {
                 if head.is_empty() {
                     head = data.to_vec();
@@ -262,12 +307,89 @@ impl Connections {
                 return;
             }
             Err(reason) => return self.io.reject(conn, slot, reason),
-            Ok(Some((Verdict::Respond(response), _))) => {
+            Ok(Some((Outcome::Respond(response), _))) => {
                 return self.io.respond(conn, slot, response)
             }
-            Ok(Some((Verdict::Open(accepted), rest))) => (accepted, rest),
+            Ok(Some((Outcome::Open(accepted), rest))) => (accepted, rest),
         };
-        self.io.handshaking.remove(&slot);
+        let Some(hook) = accepted.hook.take() else {
+            self.io.handshaking.remove(&slot);
+            return self.open(slot, accepted, rest);
+        };
+        let event = Event::Connect(Connect {
+            origin: Origin {
+                worker: self.io.worker as u32,
+                slot,
+                gen: conn.gen,
+            },
+            ip: accepted.client,
+            headers: hook.headers,
+            query: hook.query,
+            user: accepted
+                .identity
+                .as_ref()
+                .and_then(|id| id.user.as_deref())
+                .map(str::to_owned),
+        });
+        let handshaking = self.io.handshaking.entry(slot).or_default();
+        handshaking.parked = Some(Box::new(Parked { accepted, rest }));
+        let sent = match &self.duplex.upstream {
+            Some(upstream) => upstream.send(event).is_ok(),
+            None => false,
+        };
+        if !sent {
+            WorkerStats::add(&self.io.stats().upstream_refused, 1);
+            self.io.reject(conn, slot, Reject::HookUnavailable);
+        }
+    }
+
+    /// The connect hook answered for the handshake parked in `slot` (if it
+    /// is still that tenant's, and still parked: a handshake that timed
+    /// out meanwhile got its 408).
+    pub fn admit(&mut self, slot: u32, gen: u32, verdict: Verdict) {
+        let Some(conn) = self.table.get_mut(slot).filter(|c| c.gen == gen) else {
+            return;
+        };
+        let parked = self
+            .io
+            .handshaking
+            .get(&slot)
+            .is_some_and(|h| h.parked.is_some());
+        if conn.phase != Phase::Handshake || !parked {
+            return;
+        }
+        let (user, grant, topics) = match verdict {
+            Verdict::Admit {
+                user,
+                grant,
+                topics,
+            } => (user, grant, topics),
+            Verdict::Refuse => return self.io.reject(conn, slot, Reject::HookRefused),
+            Verdict::Unavailable => return self.io.reject(conn, slot, Reject::HookUnavailable),
+        };
+        let mut handshaking = self.io.handshaking.remove(&slot).expect("parked");
+        let Parked { mut accepted, rest } = *handshaking.parked.take().expect("parked");
+        let expires = accepted.identity.as_ref().and_then(|id| id.expires);
+        accepted.identity = Some(Identity {
+            user: user.map(Into::into),
+            grant,
+            expires,
+        });
+        for topic in topics {
+            if !accepted.topics.contains(&topic)
+                && accepted.topics.len() < topics::MAX_TOPICS_PER_CONNECTION
+            {
+                accepted.topics.push(topic);
+            }
+        }
+        self.open(slot, accepted, rest);
+    }
+
+    /// Sends the 101 and opens the connection: session, timers, the
+    /// topics named in the request (or by the connect hook), then the
+    /// frames that came with the request.
+    fn open(&mut self, slot: u32, accepted: Accepted, mut rest: Vec<u8>) {
+        let conn = self.table.get_mut(slot).expect("live slot");
         let Accepted {
             endpoint,
             topics,
@@ -277,6 +399,7 @@ impl Connections {
             identity,
             position,
             origin,
+            hook: _,
         } = accepted;
         conn.peer = peer;
         if let Some(identity) = identity {

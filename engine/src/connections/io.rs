@@ -46,6 +46,8 @@ pub(super) struct Limits {
     pub poll_timeout: Tick,
     /// Static files by path, each with its whole response.
     pub statics: Vec<(String, Bytes)>,
+    /// Admission waits for the connect hook.
+    pub connect_hook: bool,
 }
 
 impl Limits {
@@ -71,6 +73,7 @@ impl Limits {
                 .iter()
                 .map(|f| (f.path.clone(), f.response()))
                 .collect(),
+            connect_hook: config.hooks.connect,
         }
     }
 }
@@ -86,7 +89,7 @@ pub struct Io {
     pub pool: QueuePool,
     pub(super) wheel: Wheel,
     stats: Arc<[WorkerStats]>,
-    worker: usize,
+    pub(super) worker: usize,
     pub(super) limits: Limits,
     pub(super) ping: Bytes,
     pub(super) admission: Arc<Admission>,
@@ -108,6 +111,9 @@ pub(super) struct Handshaking {
     pub peer: Option<IpAddr>,
     /// Request bytes received so far, while the request spans receives.
     pub head: Vec<u8>,
+    /// A handshake that passed every check and waits for the connect
+    /// hook.
+    pub parked: Option<Box<super::handshake::Parked>>,
 }
 
 impl Io {
@@ -225,7 +231,7 @@ impl Io {
     /// Refuses a handshake with an HTTP error response.
     pub(super) fn reject(&mut self, conn: &mut Conn, slot: u32, reason: Reject) {
         self.stats().reject(reason);
-        let peer = self.handshaking.remove(&slot).and_then(|h| h.peer);
+        let peer = self.end_handshake(slot).and_then(|h| h.peer);
         let peer = peer.map_or_else(String::new, |ip| ip.to_string());
         tracing::debug!(slot, peer, reason = reason.label(), "handshake rejected");
         self.respond(conn, slot, Bytes::from(reason.response()));
@@ -237,6 +243,16 @@ impl Io {
         self.handshaking.remove(&slot);
         self.enqueue(conn, response);
         self.closing(conn, slot);
+    }
+
+    /// Drops what a handshaking connection holds; a handshake parked for
+    /// the connect hook gives back its place in the admission counts.
+    pub(super) fn end_handshake(&mut self, slot: u32) -> Option<Handshaking> {
+        let mut handshaking = self.handshaking.remove(&slot)?;
+        if let Some(parked) = handshaking.parked.take() {
+            self.admission.closed(parked.accepted.peer);
+        }
+        Some(handshaking)
     }
 
     fn closing(&mut self, conn: &mut Conn, slot: u32) {

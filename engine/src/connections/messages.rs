@@ -10,6 +10,7 @@ use crate::protocol::v1;
 use crate::session::jwt::MAX_TOKEN;
 use crate::stats::WorkerStats;
 use crate::topics::{self, Member};
+use crate::Content;
 use bytes::Bytes;
 use std::ops::ControlFlow;
 
@@ -18,14 +19,24 @@ pub(super) enum Action {
     Send(Bytes),
     Control(control::Request),
     V1(v1::Request),
+    /// A raw-mode text or binary message while `--room` is set.
+    Room(Content, Bytes),
     CloseEcho(Option<u16>),
     Fail(ProtocolError),
 }
 
 /// Turns one decoded message into actions (no access to the table here).
-fn on_message(endpoint: Endpoint, message: Message<'_>, actions: &mut Vec<Action>) {
+/// With `rooms`, a raw-mode connection's messages are offered to its rooms
+/// first.
+fn on_message(endpoint: Endpoint, rooms: bool, message: Message<'_>, actions: &mut Vec<Action>) {
     let text_reply = |s: String| Action::Send(frame::encode(OpCode::Text, s.as_bytes()));
     actions.push(match (endpoint, message) {
+        (Endpoint::PubSub, Message::Text(t)) if rooms => {
+            Action::Room(Content::Text, Bytes::copy_from_slice(t.as_bytes()))
+        }
+        (Endpoint::PubSub, Message::Binary(b)) if rooms => {
+            Action::Room(Content::Binary, Bytes::copy_from_slice(b))
+        }
         (Endpoint::Echo, Message::Text(t)) => {
             Action::Send(frame::encode(OpCode::Text, t.as_bytes()))
         }
@@ -52,6 +63,7 @@ fn on_message(endpoint: Endpoint, message: Message<'_>, actions: &mut Vec<Action
 
 impl Connections {
     pub(super) fn on_frames(&mut self, slot: u32, data: &mut [u8]) {
+        let rooms = self.rooms_on();
         let conn = self.table.get_mut(slot).expect("live slot");
         let mut decoder = std::mem::take(&mut conn.decoder);
         let mut actions = std::mem::take(&mut self.actions);
@@ -60,7 +72,7 @@ impl Connections {
         let mut messages = 0u64;
         let fed = decoder.feed(data, max, &mut |m| {
             messages += u64::from(matches!(m, Message::Text(_) | Message::Binary(_)));
-            on_message(endpoint, m, &mut actions);
+            on_message(endpoint, rooms, m, &mut actions);
             ControlFlow::Continue(())
         });
         conn.decoder = decoder;
@@ -88,6 +100,18 @@ impl Connections {
                 self.reply(slot, reply);
             }
             Action::V1(request) => self.apply_v1(slot, request),
+            Action::Room(content, payload) => {
+                if !self.room_message(slot, content, payload.clone()) {
+                    let reply = match std::str::from_utf8(&payload) {
+                        Ok(text) if content == Content::Text => match control::parse(text) {
+                            Ok(request) => return self.apply(slot, Action::Control(request)),
+                            Err(reason) => control::error(&reason),
+                        },
+                        _ => control::error("binary messages are not control messages"),
+                    };
+                    self.reply(slot, reply);
+                }
+            }
             Action::Control(control::Request::Unsubscribe { topic }) => {
                 let member = self.topics.id(&topic).and_then(|id| conn.topics.remove(id));
                 if let Some(member) = member {

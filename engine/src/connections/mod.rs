@@ -17,9 +17,12 @@
 //! - `recovery`: `ringcast.v1` subscribes with a position, and replays;
 //! - `sse`: the SSE transport: a stream's opening, resume and deliveries;
 //! - `poll`: the long-poll transport: polls on keep-alive connections;
+//! - `duplex`: client publishes, rpc ops and raw room messages, their
+//!   rate limits, and their hand-off upstream;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
 
 mod deadlines;
+mod duplex;
 mod fanout;
 mod handshake;
 pub mod io;
@@ -29,6 +32,7 @@ mod recovery;
 mod sse;
 pub mod table;
 
+pub use fanout::Fanout;
 pub use io::{Io, CLOSE_TIMEOUT};
 
 use crate::admission::Admission;
@@ -65,6 +69,10 @@ pub struct Connections {
     streams: sse::Streams,
     /// Long-poll connections.
     polls: poll::Polls,
+    /// Client publish, rooms, rate limits and hooks settings.
+    duplex: duplex::Settings,
+    /// Rate-limit state of connections that sent client messages, by slot.
+    clients: std::collections::HashMap<u32, duplex::Client>,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -104,6 +112,8 @@ impl Connections {
             skips: recovery::Skips::default(),
             streams: sse::Streams::default(),
             polls: poll::Polls::default(),
+            duplex: duplex::Settings::new(config),
+            clients: std::collections::HashMap::new(),
         }
     }
 
@@ -140,7 +150,7 @@ impl Connections {
         let now = self.io.wheel.now();
         let handshaking = io::Handshaking {
             peer: ip,
-            head: Vec::new(),
+            ..io::Handshaking::default()
         };
         self.io.handshaking.insert(slot, handshaking);
         let mut conn = Conn::new(self.next_gen, now);
@@ -223,6 +233,14 @@ impl Connections {
         for &member in conn.topics.as_slice() {
             self.leave(slot, member);
         }
+        let code = match conn.close_code {
+            0 => code::ABNORMAL,
+            c => c,
+        };
+        if conn.endpoint.is_some() {
+            let user = self.sessions.user(conn.session).map(str::to_owned);
+            self.duplex_closed(slot, conn.gen, user.as_deref(), code);
+        }
         self.sessions.detach(conn.session, slot);
         self.streams.forget(slot);
         self.polls.forget(slot);
@@ -231,17 +249,13 @@ impl Connections {
         if admitted {
             self.io.admission.closed(conn.peer);
         } else {
-            self.io.handshaking.remove(&slot);
+            self.io.end_handshake(slot);
         }
         let stats = self.io.stats();
         WorkerStats::sub(&stats.connections, 1);
         WorkerStats::sub(&stats.outbound_bytes, unsent as u64);
         WorkerStats::add(&stats.closed, 1);
         if admitted {
-            let code = match conn.close_code {
-                0 => code::ABNORMAL,
-                c => c,
-            };
             WorkerStats::add(&stats.closed_by_code[close_code_index(code)], 1);
         }
     }

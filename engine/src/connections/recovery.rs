@@ -83,6 +83,8 @@ impl Connections {
                 self.subscribe_v1(slot, &topic, None);
             }
             v1::Request::Control(other) => self.apply(slot, Action::Control(other)),
+            v1::Request::Publish { topic, data, id } => self.client_publish(slot, topic, data, id),
+            v1::Request::Rpc { id, method, data } => self.client_rpc(slot, id, method, data),
         }
     }
 

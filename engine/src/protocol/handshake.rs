@@ -68,11 +68,16 @@ pub enum Reject {
     Unauthorized,
     /// A topic in the URL that the connection's claims do not allow (403).
     Forbidden,
+    /// The connect hook refused the connection (403).
+    HookRefused,
+    /// The connect hook timed out, failed or could not be reached, or the
+    /// server could not take the request (503).
+    HookUnavailable,
 }
 
 impl Reject {
     /// Every reason, in `repr` order (for per-reason counters).
-    pub const ALL: [Reject; 19] = [
+    pub const ALL: [Reject; 21] = [
         Reject::Malformed,
         Reject::NotGet,
         Reject::MissingHost,
@@ -92,6 +97,8 @@ impl Reject {
         Reject::Draining,
         Reject::Unauthorized,
         Reject::Forbidden,
+        Reject::HookRefused,
+        Reject::HookUnavailable,
     ];
 
     /// The HTTP status code sent.
@@ -101,9 +108,12 @@ impl Reject {
             Reject::HeadersTooLarge => 431,
             Reject::NotFound => 404,
             Reject::Timeout => 408,
-            Reject::UntrustedForwarded | Reject::OriginNotAllowed | Reject::Forbidden => 403,
+            Reject::UntrustedForwarded
+            | Reject::OriginNotAllowed
+            | Reject::Forbidden
+            | Reject::HookRefused => 403,
             Reject::Unauthorized => 401,
-            Reject::OverCapacity | Reject::Draining => 503,
+            Reject::OverCapacity | Reject::Draining | Reject::HookUnavailable => 503,
             Reject::PerIpLimit => 429,
             _ => 400,
         }
@@ -131,6 +141,8 @@ impl Reject {
             Reject::Draining => "draining",
             Reject::Unauthorized => "unauthorized",
             Reject::Forbidden => "forbidden",
+            Reject::HookRefused => "hook_refused",
+            Reject::HookUnavailable => "hook_unavailable",
         }
     }
 
@@ -155,6 +167,8 @@ impl Reject {
             Reject::Draining => "server is draining, connect again",
             Reject::Unauthorized => "a valid token is required",
             Reject::Forbidden => "the token does not allow this topic",
+            Reject::HookRefused => "refused by the application",
+            Reject::HookUnavailable => "the application did not answer, retry later",
         }
     }
 
@@ -162,7 +176,7 @@ impl Reject {
     /// RFC 9110 §10.2.3), for refusals that are about load, not the request.
     pub fn retry_after(self) -> Option<u32> {
         match self {
-            Reject::OverCapacity | Reject::Draining => Some(5),
+            Reject::OverCapacity | Reject::Draining | Reject::HookUnavailable => Some(5),
             Reject::PerIpLimit => Some(10),
             _ => None,
         }
@@ -221,6 +235,8 @@ pub struct Request<'a> {
     /// `Last-Event-ID` (HTML §9.2.4), sent by an `EventSource` that
     /// reconnects to an SSE stream, if any.
     pub last_event_id: Option<&'a str>,
+    /// The first `User-Agent` header, if any (for the connect hook).
+    pub user_agent: Option<&'a str>,
     upgrade: Result<&'a str, Reject>,
     protocols: [&'a str; MAX_PROTOCOL_HEADERS],
 }
@@ -284,7 +300,8 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
     let mut protocols = [""; MAX_PROTOCOL_HEADERS];
     let mut protocol_count = 0;
     let (mut origin, mut forwarded_for, mut real_ip) = (None, None, None);
-    let (mut authorization, mut cookie, mut last_event_id) = (None, None, None);
+    let (mut authorization, mut cookie, mut user_agent) = (None, None, None);
+    let mut last_event_id = None;
     let text = |value: &'a [u8]| std::str::from_utf8(value).map_err(|_| Reject::Malformed);
     // One value per header: a repeated one would let a client hide behind
     // a proxy's line.
@@ -309,6 +326,10 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
         } else if name.eq_ignore_ascii_case("cookie") {
             if cookie.is_none() {
                 cookie = Some(text(h.value)?.trim());
+            }
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            if user_agent.is_none() {
+                user_agent = std::str::from_utf8(h.value).ok().map(str::trim);
             }
         } else if name.eq_ignore_ascii_case("host") {
             host = !h.value.trim_ascii().is_empty();
@@ -354,6 +375,7 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
             authorization,
             cookie,
             last_event_id,
+            user_agent,
             upgrade,
             protocols,
         },

@@ -16,6 +16,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// The subprotocol name a client offers in `Sec-WebSocket-Protocol`.
 pub const NAME: &str = "ringcast.v1";
@@ -111,10 +112,57 @@ impl Data {
         Self(out)
     }
 
+    /// Encodes `body` as [`Data::new`] does, preceded by
+    /// `"from":"<user>",`: a client publish's sender.
+    pub fn from_user(user: &str, content: Content, body: &[u8]) -> Self {
+        let mut out = Vec::with_capacity(body.len() * 4 / 3 + 24 + user.len());
+        out.extend_from_slice(b"\"from\":");
+        serde_json::to_writer(&mut out, user).expect("writing to a Vec");
+        out.push(b',');
+        out.extend_from_slice(&Self::new(content, body).0);
+        Self(out)
+    }
+
     /// The member's JSON text.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+}
+
+/// `{"op":"published","id":…,"offset":…}`: a client publish was handed
+/// to the subscribers; `offset` when the topic keeps history.
+pub fn published(id: Option<u64>, offset: Option<u64>) -> Bytes {
+    let mut reply = serde_json::json!({ "op": "published" });
+    if let Some(id) = id {
+        reply["id"] = id.into();
+    }
+    if let Some(offset) = offset {
+        reply["offset"] = offset.into();
+    }
+    frame::encode(OpCode::Text, reply.to_string().as_bytes())
+}
+
+/// `{"op":"error","id":…,"reason":…}`: the op with this `id` was refused.
+pub fn error(id: Option<u64>, reason: &str) -> Bytes {
+    let mut reply = serde_json::json!({ "op": "error", "reason": reason });
+    if let Some(id) = id {
+        reply["id"] = id.into();
+    }
+    frame::encode(OpCode::Text, reply.to_string().as_bytes())
+}
+
+/// `{"op":"rpc_result","id":…,"data":…}`: the rpc hook's answer; `data`
+/// is one JSON value (a [`RawValue`], so it was checked).
+pub fn rpc_result(id: Option<u64>, data: &RawValue) -> Bytes {
+    let mut head = String::from(r#"{"op":"rpc_result","#);
+    if let Some(id) = id {
+        head.push_str(&format!(r#""id":{id},"#));
+    }
+    head.push_str(r#""data":"#);
+    frame::encode_parts(
+        OpCode::Text,
+        &[head.as_bytes(), data.get().as_bytes(), b"}"],
+    )
 }
 
 /// A topic's position: the offset of its last message, in an epoch.
@@ -219,6 +267,68 @@ pub enum Request {
     },
     /// Any control message raw mode also takes.
     Control(control::Request),
+    /// `{"op":"publish","topic":"room.1","data":…,"id":7}`: a client
+    /// publish (see docs/protocol.md).
+    Publish {
+        /// Topic name (not yet validated).
+        topic: String,
+        /// The message, one JSON value (checked).
+        data: Box<str>,
+        /// Echoed in the `published` or `error` reply.
+        id: Option<u64>,
+    },
+    /// `{"op":"rpc","id":9,"method":"getHistory","data":…}`: a call to the
+    /// backend's rpc hook.
+    Rpc {
+        /// Echoed in the `rpc_result` or `error` reply.
+        id: Option<u64>,
+        /// The method name, 1 to [`MAX_METHOD`] bytes.
+        method: String,
+        /// The argument, one JSON value (checked; `null` when absent).
+        data: Box<str>,
+    },
+}
+
+/// Longest rpc `method`, in bytes.
+pub const MAX_METHOD: usize = 128;
+
+/// The ops of a full-duplex client (`publish`, `rpc`), as one struct:
+/// serde's internally tagged enums cannot hold a [`RawValue`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Duplex {
+    op: String,
+    topic: Option<String>,
+    method: Option<String>,
+    data: Option<Box<RawValue>>,
+    id: Option<u64>,
+}
+
+impl Duplex {
+    fn request(self) -> Result<Request, String> {
+        let missing = |field: &str| format!("invalid control message: missing field `{field}`");
+        match self.op.as_str() {
+            "publish" if self.method.is_some() => Err("publish takes no method".into()),
+            "publish" => Ok(Request::Publish {
+                topic: self.topic.ok_or_else(|| missing("topic"))?,
+                data: self.data.ok_or_else(|| missing("data"))?.into(),
+                id: self.id,
+            }),
+            "rpc" if self.topic.is_some() => Err("rpc takes no topic".into()),
+            "rpc" => {
+                let method = self.method.ok_or_else(|| missing("method"))?;
+                if method.is_empty() || method.len() > MAX_METHOD {
+                    return Err(format!("method must be 1-{MAX_METHOD} bytes"));
+                }
+                Ok(Request::Rpc {
+                    id: self.id,
+                    method,
+                    data: self.data.map_or_else(|| "null".into(), Into::into),
+                })
+            }
+            _ => Err(String::new()),
+        }
+    }
 }
 
 /// The one op [`control::parse`] does not take: a subscribe with `since`.
@@ -238,6 +348,13 @@ pub fn parse(text: &str) -> Result<Request, String> {
         Ok(request) => return Ok(Request::Control(request)),
         Err(reason) => reason,
     };
+    if let Ok(op) = serde_json::from_str::<Duplex>(text) {
+        match op.request() {
+            Ok(request) => return Ok(request),
+            Err(reason) if !reason.is_empty() => return Err(reason),
+            Err(_) => {}
+        }
+    }
     match serde_json::from_str::<Resume>(text) {
         Ok(Resume::Subscribe { topic, since }) => Ok(Request::Resume { topic, since }),
         // A subscribe with a malformed `since`: say what is wrong with it.
@@ -377,5 +494,58 @@ mod tests {
             assert!(reason.contains(why), "{bad}: {reason}");
         }
         assert!(parse(r#"{"op":"dance"}"#).is_err());
+    }
+
+    #[test]
+    fn parses_publish_and_rpc() {
+        match parse(r#"{"op":"publish","topic":"room.1","data":{"t":"hi"},"id":7}"#) {
+            Ok(Request::Publish { topic, data, id }) => {
+                assert_eq!(
+                    (topic.as_str(), &*data, id),
+                    ("room.1", r#"{"t":"hi"}"#, Some(7))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(r#"{"op":"rpc","method":"m"}"#) {
+            Ok(Request::Rpc { id, method, data }) => {
+                assert_eq!((id, method.as_str(), &*data), (None, "m", "null"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (bad, why) in [
+            (r#"{"op":"publish","topic":"a"}"#, "missing field `data`"),
+            (r#"{"op":"publish","data":1}"#, "missing field `topic`"),
+            (r#"{"op":"rpc","method":""}"#, "method must be"),
+            (
+                r#"{"op":"publish","topic":"a","data":1,"x":2}"#,
+                "invalid control message",
+            ),
+            (
+                r#"{"op":"publish","topic":"a","data":1,"id":-1}"#,
+                "invalid control message",
+            ),
+        ] {
+            let reason = parse(bad).unwrap_err();
+            assert!(reason.contains(why), "{bad}: {reason}");
+        }
+        assert_eq!(
+            json(&published(Some(7), Some(3))),
+            serde_json::json!({"op":"published","id":7,"offset":3})
+        );
+        assert_eq!(
+            json(&error(Some(7), "forbidden")),
+            serde_json::json!({"op":"error","id":7,"reason":"forbidden"})
+        );
+        let data = RawValue::from_string("[1]".into()).unwrap();
+        assert_eq!(
+            payload(&rpc_result(Some(9), &data)),
+            r#"{"op":"rpc_result","id":9,"data":[1]}"#
+        );
+        let (frame, _) = message("a", None, &Data::from_user("4\"2", Content::Text, b"hi"));
+        assert_eq!(
+            json(&frame),
+            serde_json::json!({"op":"message","topic":"a","from":"4\"2","data":"hi"})
+        );
     }
 }

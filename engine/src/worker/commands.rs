@@ -3,7 +3,7 @@
 
 use super::Worker;
 use crate::command::Command;
-use crate::connections::CLOSE_TIMEOUT;
+use crate::connections::{Fanout, CLOSE_TIMEOUT};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -34,15 +34,24 @@ impl Worker {
                     frame,
                     v1,
                     direct,
+                    skip,
                     ack,
                 } => {
                     let copy = self.copy_frames;
                     let frame = local(copy, &frame);
                     let v1_local = |f: &Bytes| local(copy, f);
-                    ack.complete(
-                        self.conns
-                            .publish(&topics, &users, &frame, &v1, &direct, v1_local),
-                    );
+                    let skip = skip
+                        .filter(|o| o.worker as usize == self.index)
+                        .map(|o| (o.slot, o.gen));
+                    let fanout = Fanout {
+                        topics: &topics,
+                        users: &users,
+                        frame: &frame,
+                        v1: &v1,
+                        direct: &direct,
+                        skip,
+                    };
+                    ack.complete(self.conns.publish(&fanout, v1_local));
                 }
                 Command::Disconnect {
                     users,
@@ -59,6 +68,8 @@ impl Worker {
                     let v1_local = |f: &Bytes| local(copy, f);
                     ack.complete(self.conns.broadcast(&frame, &v1, v1_local));
                 }
+                Command::Reply { slot, gen, frame } => self.conns.reply_frame(slot, gen, frame),
+                Command::Admit { slot, gen, verdict } => self.conns.admit(slot, gen, verdict),
                 Command::Drain { period } => self.begin_drain(period),
                 Command::Rebalance { fraction, period } => {
                     if self.stop_by.is_none() {

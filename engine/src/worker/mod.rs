@@ -67,6 +67,8 @@ pub struct Worker {
     /// Copy each published frame into this worker's own buffer, so its
     /// reference count is touched by this thread only (several workers).
     copy_frames: bool,
+    /// This worker's number.
+    index: usize,
 }
 
 /// What a worker needs from the runtime.
@@ -152,6 +154,7 @@ impl Worker {
             stop_by: None,
             in_flight: 0,
             copy_frames: setup.workers > 1,
+            index: setup.index,
         })
     }
 

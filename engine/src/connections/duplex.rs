@@ -1,0 +1,357 @@
+//! Full duplex on a worker: client publishes (`ringcast.v1` `publish` ops
+//! and raw room messages), `rpc` ops, their per-connection rate limits,
+//! and their hand-off upstream (see [`crate::upstream`]). The worker never
+//! waits: it checks permission and rate, sends the event, and the answer
+//! comes back as a [`crate::command::Command::Reply`].
+//!
+//! Rate-limit state lives in [`Connections::clients`], a side map keyed by
+//! slot and created on a connection's first client message: an idle
+//! connection's record holds none of it.
+
+use super::Connections;
+use crate::config::Config;
+use crate::control;
+use crate::protocol::close::code;
+use crate::protocol::frame::{self, OpCode};
+use crate::protocol::v1;
+use crate::session::permissions::Pattern;
+use crate::stats::WorkerStats;
+use crate::topics;
+use crate::upstream::{Closed, Event, Hooks, Origin, Publish, Rpc, Upstream};
+use crate::Content;
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+/// Full-duplex settings, from the config.
+pub(super) struct Settings {
+    pub upstream: Option<Upstream>,
+    pub client_publish: Vec<Pattern>,
+    pub echo: bool,
+    pub rooms: Vec<Pattern>,
+    pub messages_per_sec: f64,
+    pub bytes_per_sec: f64,
+    pub hooks: Hooks,
+}
+
+impl Settings {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            upstream: config.upstream.clone(),
+            client_publish: config.client_publish.clone(),
+            echo: config.client_publish_echo,
+            rooms: config.rooms.clone(),
+            messages_per_sec: config.client_messages_per_sec,
+            bytes_per_sec: config.client_bytes_per_sec,
+            hooks: config.hooks,
+        }
+    }
+}
+
+/// The rate limits' state of one connection that sent client messages:
+/// two token buckets (messages, bytes) holding one second's worth each,
+/// and the count of the current one-second window for the 1008 close.
+pub(super) struct Client {
+    messages: f64,
+    bytes: f64,
+    refilled: Instant,
+    window: Instant,
+    window_messages: f64,
+    window_bytes: f64,
+}
+
+/// What the rate limits say about one message.
+#[derive(Debug, PartialEq, Eq)]
+enum Rate {
+    Pass,
+    /// Over a bucket: drop it and say so.
+    Limited,
+    /// Past ten times a limit within the window: close with 1008.
+    Abuse,
+}
+
+impl Client {
+    fn new(settings: &Settings, now: Instant) -> Self {
+        Self {
+            messages: settings.messages_per_sec,
+            bytes: settings.bytes_per_sec,
+            refilled: now,
+            window: now,
+            window_messages: 0.0,
+            window_bytes: 0.0,
+        }
+    }
+
+    fn check(&mut self, settings: &Settings, len: usize, now: Instant) -> Rate {
+        let (per_sec, bytes_per_sec) = (settings.messages_per_sec, settings.bytes_per_sec);
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.window_messages = 0.0;
+            self.window_bytes = 0.0;
+        }
+        self.window_messages += 1.0;
+        self.window_bytes += len as f64;
+        if self.window_messages > 10.0 * per_sec || self.window_bytes > 10.0 * bytes_per_sec {
+            return Rate::Abuse;
+        }
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.messages = (self.messages + elapsed * per_sec).min(per_sec);
+        self.bytes = (self.bytes + elapsed * bytes_per_sec).min(bytes_per_sec);
+        if self.messages >= 1.0 && self.bytes >= len as f64 {
+            self.messages -= 1.0;
+            self.bytes -= len as f64;
+            Rate::Pass
+        } else {
+            Rate::Limited
+        }
+    }
+}
+
+/// How a connection is answered: `ringcast.v1` ops get `{"op":"error",
+/// "id":…}`, raw mode the control messages' error.
+fn refusal(v1: bool, id: Option<u64>, reason: &str) -> Bytes {
+    if v1 {
+        v1::error(id, reason)
+    } else {
+        frame::encode(OpCode::Text, control::error(reason).as_bytes())
+    }
+}
+
+impl Connections {
+    fn origin(&self, slot: u32, gen: u32) -> Origin {
+        Origin {
+            worker: self.io.worker as u32,
+            slot,
+            gen,
+        }
+    }
+
+    /// Applies the rate limits to a client message of `len` bytes.
+    /// Returns whether it may go on; else it was answered (`rate
+    /// limited`) or the connection is closing (1008).
+    fn within_rate(&mut self, slot: u32, len: usize, v1: bool, id: Option<u64>) -> bool {
+        let now = Instant::now();
+        let settings = &self.duplex;
+        let client = self
+            .clients
+            .entry(slot)
+            .or_insert_with(|| Client::new(settings, now));
+        let rate = client.check(settings, len, now);
+        let conn = self.table.get_mut(slot).expect("live slot");
+        let stats = self.io.stats();
+        match rate {
+            Rate::Pass => true,
+            Rate::Limited => {
+                WorkerStats::add(&stats.client_rate_limited, 1);
+                self.io.queue(conn, slot, refusal(v1, id, "rate limited"));
+                false
+            }
+            Rate::Abuse => {
+                WorkerStats::add(&stats.client_rate_limit_closes, 1);
+                tracing::debug!(slot, "client messages past ten times the rate limit");
+                self.io.close(
+                    conn,
+                    slot,
+                    Some(code::POLICY_VIOLATION),
+                    "client messages over the rate limit",
+                );
+                false
+            }
+        }
+    }
+
+    /// Hands `event` upstream; answers `server busy` when the server
+    /// cannot take it (or there is no upstream).
+    fn send_upstream(&mut self, slot: u32, event: Event, v1: bool, id: Option<u64>) -> bool {
+        let refused = match &self.duplex.upstream {
+            Some(upstream) => upstream.send(event).is_err(),
+            None => true,
+        };
+        if refused {
+            WorkerStats::add(&self.io.stats().upstream_refused, 1);
+            let conn = self.table.get_mut(slot).expect("live slot");
+            self.io.queue(conn, slot, refusal(v1, id, "server busy"));
+        }
+        !refused
+    }
+
+    /// A `ringcast.v1` `publish` op: allowed when the token's `publish`
+    /// claim or `--client-publish` matches the topic, within the rate
+    /// limits; then handed upstream, which answers `published`.
+    pub(super) fn client_publish(
+        &mut self,
+        slot: u32,
+        topic: String,
+        data: Box<str>,
+        id: Option<u64>,
+    ) {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        let session = conn.session;
+        let refuse = |reason: &str| v1::error(id, reason);
+        if !topics::is_valid_name(&topic) {
+            return self.reply_frame_now(slot, refuse(topics::NAME_RULE));
+        }
+        let allowed = self
+            .sessions
+            .grant(session)
+            .is_some_and(|g| g.may_publish(&topic))
+            || self.duplex.client_publish.iter().any(|p| p.matches(&topic));
+        if !allowed {
+            WorkerStats::add(&self.io.stats().client_forbidden, 1);
+            return self.reply_frame_now(slot, refuse("forbidden"));
+        }
+        if !self.within_rate(slot, data.len(), true, id) {
+            return;
+        }
+        let gen = self.table.get_mut(slot).expect("live slot").gen;
+        let event = Event::Publish(Publish {
+            origin: self.origin(slot, gen),
+            id,
+            reply: true,
+            topics: vec![topic],
+            user: self.sessions.user(session).map(str::to_owned),
+            echo: self.duplex.echo,
+            content: Content::Json,
+            payload: Bytes::from(data.into_boxed_bytes()),
+        });
+        if self.send_upstream(slot, event, true, id) {
+            WorkerStats::add(&self.io.stats().client_publishes, 1);
+        }
+    }
+
+    /// A `ringcast.v1` `rpc` op: handed to the rpc hook when it is on.
+    pub(super) fn client_rpc(
+        &mut self,
+        slot: u32,
+        id: Option<u64>,
+        method: String,
+        data: Box<str>,
+    ) {
+        if !self.duplex.hooks.rpc {
+            return self.reply_frame_now(slot, v1::error(id, "rpc is not enabled"));
+        }
+        if !self.within_rate(slot, data.len() + method.len(), true, id) {
+            return;
+        }
+        let conn = self.table.get_mut(slot).expect("live slot");
+        let (gen, session) = (conn.gen, conn.session);
+        let event = Event::Rpc(Rpc {
+            origin: self.origin(slot, gen),
+            id,
+            user: self.sessions.user(session).map(str::to_owned),
+            method,
+            data,
+        });
+        if self.send_upstream(slot, event, true, id) {
+            WorkerStats::add(&self.io.stats().client_rpcs, 1);
+        }
+    }
+
+    /// Whether raw rooms are on (`--room`): text and binary messages of
+    /// raw-mode connections are first offered to [`Self::room_message`].
+    pub(super) fn rooms_on(&self) -> bool {
+        !self.duplex.rooms.is_empty()
+    }
+
+    /// A raw-mode connection's text or binary message: if the connection
+    /// holds topics matching `--room`, the message is published verbatim
+    /// to each of them (within the rate limits) and `true` is returned;
+    /// else `false` (not a room member: a text message is then a control
+    /// message).
+    pub(super) fn room_message(&mut self, slot: u32, content: Content, payload: Bytes) -> bool {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        let rooms: Vec<String> = conn
+            .topics
+            .as_slice()
+            .iter()
+            .map(|m| self.topics.name(m.topic))
+            .filter(|name| self.duplex.rooms.iter().any(|p| p.matches(name)))
+            .map(str::to_owned)
+            .collect();
+        if rooms.is_empty() {
+            return false;
+        }
+        let (gen, session) = (conn.gen, conn.session);
+        if !self.within_rate(slot, payload.len(), false, None) {
+            return true;
+        }
+        let event = Event::Publish(Publish {
+            origin: self.origin(slot, gen),
+            id: None,
+            reply: false,
+            topics: rooms,
+            user: self.sessions.user(session).map(str::to_owned),
+            echo: self.duplex.echo,
+            content,
+            payload,
+        });
+        if self.send_upstream(slot, event, false, None) {
+            WorkerStats::add(&self.io.stats().client_publishes, 1);
+        }
+        true
+    }
+
+    fn reply_frame_now(&mut self, slot: u32, frame: Bytes) {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        self.io.queue(conn, slot, frame);
+    }
+
+    /// A connection is being removed: forgets its rate limits, and tells
+    /// upstream when it sent events there or the disconnect hook is on.
+    pub(super) fn duplex_closed(&mut self, slot: u32, gen: u32, user: Option<&str>, code: u16) {
+        let sent = self.clients.remove(&slot).is_some();
+        if !(sent || self.duplex.hooks.disconnect) {
+            return;
+        }
+        let event = Event::Closed(Closed {
+            origin: self.origin(slot, gen),
+            user: user.map(str::to_owned),
+            code,
+        });
+        if let Some(upstream) = &self.duplex.upstream {
+            if upstream.send(event).is_err() {
+                WorkerStats::add(&self.io.stats().upstream_refused, 1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(per_sec: f64, bytes: f64) -> Settings {
+        Settings {
+            upstream: None,
+            client_publish: Vec::new(),
+            echo: true,
+            rooms: Vec::new(),
+            messages_per_sec: per_sec,
+            bytes_per_sec: bytes,
+            hooks: Hooks::default(),
+        }
+    }
+
+    #[test]
+    fn buckets_refill_and_abuse_closes() {
+        let s = settings(10.0, 1000.0);
+        let t0 = Instant::now();
+        let mut c = Client::new(&s, t0);
+        for _ in 0..10 {
+            assert_eq!(c.check(&s, 10, t0), Rate::Pass);
+        }
+        assert_eq!(c.check(&s, 10, t0), Rate::Limited);
+        // 100 ms refills one message.
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(c.check(&s, 10, t1), Rate::Pass);
+        assert_eq!(c.check(&s, 10, t1), Rate::Limited);
+        // A message over the byte bucket never passes.
+        let t2 = t0 + Duration::from_secs(5);
+        assert_eq!(c.check(&s, 1001, t2), Rate::Limited);
+        // Past ten times the rate within one window: abuse.
+        let t3 = t0 + Duration::from_secs(10);
+        let verdicts: Vec<Rate> = (0..101).map(|_| c.check(&s, 1, t3)).collect();
+        assert_eq!(verdicts.iter().filter(|r| **r == Rate::Pass).count(), 10);
+        assert_eq!(verdicts.last(), Some(&Rate::Abuse));
+    }
+}
