@@ -38,7 +38,7 @@ pub(super) struct Accepted {
 /// What a complete request gets.
 enum Outcome {
     /// A connection opens.
-    Open(Accepted),
+    Open(Box<Accepted>),
     /// This response (a static file), then the connection closes.
     Respond(Bytes),
 }
@@ -154,7 +154,7 @@ impl Io {
                 .flatten(),
             hook,
         };
-        Ok(Some((Outcome::Open(accepted), buf[used..].to_vec())))
+        Ok(Some((Outcome::Open(Box::new(accepted)), buf[used..].to_vec())))
     }
 }
 
@@ -310,7 +310,7 @@ impl Connections {
             Ok(Some((Outcome::Respond(response), _))) => {
                 return self.io.respond(conn, slot, response)
             }
-            Ok(Some((Outcome::Open(accepted), rest))) => (accepted, rest),
+            Ok(Some((Outcome::Open(accepted), rest))) => (*accepted, rest),
         };
         let Some(hook) = accepted.hook.take() else {
             self.io.handshaking.remove(&slot);
