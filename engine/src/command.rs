@@ -179,6 +179,9 @@ pub struct Mailbox {
 impl Mailbox {
     /// Sends `command` and wakes the worker unless a wake-up is already on
     /// its way. Returns the command back if the worker has exited.
+    // The command travels by value through the channel anyway; handing a
+    // refused one back costs no more than sending it.
+    #[allow(clippy::result_large_err)]
     pub fn send(&self, command: Command) -> Result<(), Command> {
         self.tx.send(command).map_err(|e| e.0)?;
         if !self.wake.pending.swap(true, Ordering::AcqRel) {

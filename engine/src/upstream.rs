@@ -85,8 +85,8 @@ pub enum Event {
     Publish(Publish),
     /// A `ringcast.v1` `rpc` op.
     Rpc(Rpc),
-    /// An admitted connection that sent upstream events, or any admitted
-    /// connection while the disconnect hook is on, was removed.
+    /// An admitted connection was removed (sent while the disconnect hook
+    /// is on).
     Closed(Closed),
 }
 

@@ -593,3 +593,27 @@ pub async fn handshake(server: &Server, target: &str, extra: &str) -> (String, R
 pub async fn handshake_head(server: &Server, target: &str, extra: &str) -> String {
     handshake(server, target, extra).await.0
 }
+
+/// A client for `url` with extra request headers (e.g.
+/// `("sec-websocket-protocol", "ringcast.v1")`, `("cookie", "...")`).
+pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+        .0
+}
+
+/// The next text message as JSON.
+pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    serde_json::from_str(&next_text(ws).await).unwrap()
+}

@@ -10,6 +10,7 @@
 
 use super::Connections;
 use crate::config::Config;
+use crate::conn::Phase;
 use crate::control;
 use crate::protocol::close::code;
 use crate::protocol::frame::{self, OpCode};
@@ -130,6 +131,9 @@ impl Connections {
     /// Returns whether it may go on; else it was answered (`rate
     /// limited`) or the connection is closing (1008).
     fn within_rate(&mut self, slot: u32, len: usize, v1: bool, id: Option<u64>) -> bool {
+        if self.table.get_mut(slot).expect("live slot").phase != Phase::Open {
+            return false; // closing: what follows the close is dropped
+        }
         let now = Instant::now();
         let settings = &self.duplex;
         let client = self
@@ -297,10 +301,10 @@ impl Connections {
     }
 
     /// A connection is being removed: forgets its rate limits, and tells
-    /// upstream when it sent events there or the disconnect hook is on.
+    /// upstream while the disconnect hook is on.
     pub(super) fn duplex_closed(&mut self, slot: u32, gen: u32, user: Option<&str>, code: u16) {
-        let sent = self.clients.remove(&slot).is_some();
-        if !(sent || self.duplex.hooks.disconnect) {
+        self.clients.remove(&slot);
+        if !self.duplex.hooks.disconnect {
             return;
         }
         let event = Event::Closed(Closed {

@@ -367,6 +367,9 @@ impl Connections {
             Verdict::Refuse => return self.io.reject(conn, slot, Reject::HookRefused),
             Verdict::Unavailable => return self.io.reject(conn, slot, Reject::HookUnavailable),
         };
+        if self.io.draining {
+            return self.io.reject(conn, slot, Reject::Draining);
+        }
         let mut handshaking = self.io.handshaking.remove(&slot).expect("parked");
         let Parked { mut accepted, rest } = *handshaking.parked.take().expect("parked");
         let expires = accepted.identity.as_ref().and_then(|id| id.expires);
