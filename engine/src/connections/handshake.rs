@@ -154,7 +154,10 @@ impl Io {
                 .flatten(),
             hook,
         };
-        Ok(Some((Outcome::Open(Box::new(accepted)), buf[used..].to_vec())))
+        Ok(Some((
+            Outcome::Open(Box::new(accepted)),
+            buf[used..].to_vec(),
+        )))
     }
 }
 
