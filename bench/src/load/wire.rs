@@ -49,7 +49,7 @@ pub struct Handshake {
 pub enum BadResponse {
     /// Not HTTP, or malformed headers.
     Malformed,
-    /// A status other than 101, e.g. 503 from a full server.
+    /// A status other than 101 (200 for SSE), e.g. 503 from a full server.
     Status(u16),
     /// 101 with a missing or wrong `Sec-WebSocket-Accept`.
     AcceptKey,
@@ -108,6 +108,17 @@ impl Tokens {
 }
 
 impl Handshake {
+    /// A plain `GET` of an SSE stream at `resource` on `host`: the
+    /// response must be `200` (no upgrade).
+    pub fn sse(host: &str, resource: &str) -> Self {
+        let request =
+            format!("GET {resource} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+        Self {
+            request: request.into_bytes(),
+            expected_accept: String::new(),
+        }
+    }
+
     /// A request for `resource` (path and query) on `host`, with a fresh
     /// random key, offering `protocol` if given.
     pub fn new(host: &str, resource: &str, protocol: Option<&str>) -> Self {
@@ -149,8 +160,10 @@ impl Handshake {
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(BadResponse::Malformed),
         };
+        let sse = self.expected_accept.is_empty();
         match response.code {
-            Some(101) => {}
+            Some(200) if sse => return Ok(Some(len)),
+            Some(101) if !sse => {}
             Some(code) => return Err(BadResponse::Status(code)),
             None => return Err(BadResponse::Malformed),
         }
