@@ -184,6 +184,8 @@ export class Ringcast {
   stop(why) {
     if (this.state === 'closed') return;
     this.impl.clearTimeout(this.timer);
+    this.timer = null;
+    this.impl.clearTimeout(this.conn?.probe);
     this.conn?.close();
     this.conn = null;
     this.failPending(why.reason);
@@ -204,6 +206,7 @@ export class Ringcast {
       && this.impl.now() - this.fallbackSince >= this.retryWebSocketAfter) {
       this.transport = this.transports[0];
       this.failures = 0;
+      this.emit('transport', this.transport);
     }
     const make = { websocket: openWebSocket, sse: openSse, poll: openPoll }[this.transport];
     const conn = make(this);
@@ -217,6 +220,11 @@ export class Ringcast {
     conn.opened = true;
     conn.openedAt = this.impl.now();
     this.failures = 0;
+    if (this.transport !== this.transports[0]) {
+      // On a fallback: end it after a while to try WebSocket again.
+      const left = Math.max(0, this.retryWebSocketAfter - (conn.openedAt - this.fallbackSince));
+      conn.probe = this.impl.setTimeout(() => this.ended(conn, CLOSE.GOING_AWAY, 'retrying WebSocket'), left);
+    }
     this.setState('open');
   }
 
@@ -224,6 +232,7 @@ export class Ringcast {
   ended(conn, code, reason) {
     if (conn !== this.conn || this.state === 'closed') return;
     this.conn = null;
+    this.impl.clearTimeout(conn.probe);
     conn.close();
     this.failPending(reason);
     if (code === CLOSE.DISCONNECTED) {
@@ -362,6 +371,9 @@ function openWebSocket(rc) {
     }
     rc.received(message);
   };
+  // A close event always follows an error (and Node's `ws` throws an
+  // error nobody listens to).
+  ws.onerror = () => {};
   ws.onclose = (event) => {
     if (!done) rc.ended(conn, event.code || CLOSE.ABNORMAL, event.reason);
   };

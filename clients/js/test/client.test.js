@@ -144,3 +144,32 @@ test('4003 (disconnected) stops for good', async () => {
     await server.stop();
   }
 });
+
+test('falls back to long-poll when WebSocket is refused, tries WebSocket again later, and loses nothing', async () => {
+  const server = await startServer(['--history', 'h.*=1000/10m', '--poll-timeout', '1s']);
+  const rc = client(server, {
+    random: () => 0,
+    fallbackAfter: 2,
+    retryWebSocketAfter: 1500,
+    transports: ['websocket', 'poll'],
+    paths: { websocket: '/refused' }, // as through a proxy without the Upgrade map
+  });
+  const switched = [];
+  rc.on('transport', (t) => switched.push(t));
+  const got = [];
+  rc.subscribe('h.f', (data) => got.push(data.n));
+  try {
+    await until(() => rc.transport === 'poll' && rc.state === 'open', 10000, 'on long-poll');
+    await until(() => rc.positions().has('h.f'), 5000, 'a position');
+    rc.paths.websocket = '/ws'; // the network lets WebSocket through again
+    const sending = numbered(server, 'h.f', 120, 20);
+    await until(() => rc.transport === 'websocket' && rc.state === 'open', 10000, 'back on WebSocket');
+    await sending;
+    await until(() => got.length >= 120, 10000, 'every message');
+    assert.deepEqual(got, Array.from({ length: 120 }, (_, i) => i + 1), 'each once, in order');
+    assert.deepEqual(switched, ['poll', 'websocket']);
+  } finally {
+    rc.close();
+    await server.stop();
+  }
+});
