@@ -633,13 +633,8 @@ impl Clients {
                     let why = String::from_utf8_lossy(data.unwrap_or_default());
                     return self.lose(ring, slot, format!("server sent event: close {why}"));
                 }
-                (b"", Some(payload)) => {
-                    if self.on_message(ring, slot, payload) {
-                        self.shared().messages.fetch_add(1, Ordering::Relaxed);
-                        self.shared()
-                            .last_message_ns
-                            .store(now_ns(), Ordering::Relaxed);
-                    }
+                (b"", Some(payload)) if self.on_message(ring, slot, payload) => {
+                    self.count_message();
                 }
                 _ => {}
             }
@@ -647,6 +642,14 @@ impl Clients {
         if at < buf.len() {
             self.keep_partial(ring, slot, buf, at);
         }
+    }
+
+    /// Counts a data message received (fan-out delivery, echo).
+    fn count_message(&self) {
+        self.shared().messages.fetch_add(1, Ordering::Relaxed);
+        self.shared()
+            .last_message_ns
+            .store(now_ns(), Ordering::Relaxed);
     }
 
     /// Keeps `buf[at..]` until more bytes arrive.
@@ -662,10 +665,7 @@ impl Clients {
         match opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 if self.on_message(ring, slot, payload) {
-                    self.shared().messages.fetch_add(1, Ordering::Relaxed);
-                    self.shared()
-                        .last_message_ns
-                        .store(now_ns(), Ordering::Relaxed);
+                    self.count_message();
                 }
             }
             OpCode::Ping => {
