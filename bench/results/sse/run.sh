@@ -9,7 +9,7 @@ out=bench/results/sse
 mkdir -p "$out"
 run_server() {
   rm -f /tmp/bench-addr; mkfifo /tmp/bench-addr
-  RUST_LOG=warn "$bin/ringcast" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --workers 2 "$@" >/tmp/bench-addr &
+  RUST_LOG=warn "$bin/ringcast" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --workers 2 >/tmp/bench-addr &
   pid=$!
   read -r _ ws api </tmp/bench-addr
   ws=${ws#ws=}; api=${api#api=}

@@ -5,6 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 import { startServer, until, numbered } from './server.js';
+import { startNginx } from './nginx.js';
 
 const CHROMIUM = process.env.RINGCAST_CHROMIUM || '/usr/bin/chromium';
 let browser;
@@ -25,10 +26,10 @@ after(async () => {
   await server?.stop();
 });
 
-async function openPage(query = '') {
+async function openPage(query = '', base = server.base) {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error('page error:', e));
-  await page.goto(`${server.base}/${query}`);
+  await page.goto(`${base}/${query}`);
   // Every state the client went through, in order.
   await page.evaluate(() => {
     window.states = [];
@@ -98,10 +99,10 @@ test('after POST /rebalance?fraction=1 the page reconnects by itself and gets ev
   }
 });
 
-test('with WebSocket refused the page falls back to SSE, gets every message, and resumes after a 1001', async () => {
-  // The upgrade goes to a path the server refuses (404), as through a proxy
-  // without the Upgrade map.
-  const page = await openPage('?topic=demo.sse&websocket_path=/refused');
+test('behind an nginx without the Upgrade map the page falls back to SSE, gets every message, and resumes after a 1001', async () => {
+  const nginx = await startNginx(server.base.slice('http://'.length));
+  // The page itself comes through nginx, so every request of it does.
+  const page = await openPage('?topic=demo.sse', nginx.base);
   try {
     assert.equal(await page.evaluate(() => window.rc.transport), 'sse');
     assert.equal(await page.textContent('#transport'), 'sse');
@@ -114,15 +115,29 @@ test('with WebSocket refused the page falls back to SSE, gets every message, and
     assert.ok(states.includes('reconnecting'), `the stream was closed: ${states}`);
   } finally {
     await page.close();
+    await nginx.stop();
   }
 });
 
-test('with SSE blocked too the page falls back to long-poll and gets every message once, in order', async () => {
-  const page = await openPage('?topic=demo.poll&websocket_path=/refused&sse_path=/refused');
+test('with SSE blocked at nginx too the page falls back to long-poll and gets every message once, in order', async () => {
+  const nginx = await startNginx(server.base.slice('http://'.length), { blockSse: true });
+  const page = await openPage('?topic=demo.poll', nginx.base);
   try {
     assert.equal(await page.evaluate(() => window.rc.transport), 'poll');
     await numbered(server, 'demo.poll', 100, 20);
     await expectAll(page, 100);
+  } finally {
+    await page.close();
+    await nginx.stop();
+  }
+});
+
+test('with the upgrade refused by the server itself (404) the page falls back too', async () => {
+  const page = await openPage('?topic=demo.refused&websocket_path=/refused&sse_path=/refused');
+  try {
+    assert.equal(await page.evaluate(() => window.rc.transport), 'poll');
+    await numbered(server, 'demo.refused', 30, 20);
+    await expectAll(page, 30);
   } finally {
     await page.close();
   }
