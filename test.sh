@@ -28,6 +28,10 @@ fi
 # nginx, haproxy, redis-server and chromium from Debian (apt-get, as root).
 scripts/install-test-deps.sh
 
+# The JavaScript client's test packages (ws, playwright-core driving
+# Debian's chromium; never a downloaded browser), from the lockfile.
+(cd clients/js && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
+
 export RINGCAST_PYTHON="$PWD/.venv/bin/python"
 export RINGCAST_KOSOKU="$PWD/.venv/bin/kosoku"
 # fault-injection adds a test-only route (POST /debug/panic) that

@@ -5,7 +5,7 @@
 # permessage-deflate), a reconnect storm of 500 clients recovering 100
 # messages each, echo, a chat of 50 clients in a raw room, a soak of 500
 # connections with a JWT each against a server with auth on, and compare
-# with both peers. Checks that each
+# with both peers; soak and fanout over SSE too. Checks that each
 # results.json has its fields and that nothing failed, dropped or was lost.
 # Bounded: every command runs under `timeout`.
 set -euo pipefail
@@ -43,6 +43,10 @@ bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topi
   --subscribers 500 --messages 20 --interval 20ms --out "$out/fanout"
 bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topic=t" \
   --subprotocol ringcast.v1 --subscribers 500 --messages 20 --interval 20ms --out "$out/fanout-v1"
+bench soak --url "ws://$ws/sse?topic=t" --transport sse --connections 1000 --hold 2s \
+  --server-pid "$server_pid" --out "$out/soak-sse"
+bench fanout --url "ws://$ws/sse?topic=t" --publish-url "http://$api/publish?topic=t" \
+  --transport sse --subscribers 500 --messages 20 --interval 20ms --out "$out/fanout-sse"
 bench recover --url "ws://$ws/ws" --api "http://$api" --topic storm --connections 500 \
   --replay 100 --out "$out/recover"
 bench fanout --url "ws://$ws/ws?topic=t" --publish-url "http://$api/publish?topic=t" \
@@ -87,6 +91,11 @@ assert chat["sent"] > 0 and chat["delivered_fraction"] == 1.0, chat
 v1 = load("fanout-v1/results.json", "latency", "subprotocol")
 assert v1["subprotocol"] == "ringcast.v1" and v1["delivered"] == 10000, v1["delivered"]
 assert v1["lost"] == 0 and v1["out_of_order"] == 0 and v1["bad_messages"] == 0
+ssesoak = load("soak-sse/results.json", "transport", "ramp")
+assert ssesoak["transport"] == "sse" and ssesoak["held_at_end"] == 1000, ssesoak["ramp"]
+sse = load("fanout-sse/results.json", "transport", "latency")
+assert sse["transport"] == "sse" and sse["delivered"] == 10000, sse["delivered"]
+assert sse["lost"] == 0 and sse["out_of_order"] == 0 and sse["bad_messages"] == 0
 rec = load("recover/results.json", "reconnect_to_recovered", "expected", "delivered")
 assert rec["ramp"]["opened"] == 500 and rec["delivered"] == rec["expected"] == 50000, rec["delivered"]
 assert rec["bad_messages"] == 0 and rec["reconnect_to_recovered"]["count"] == 500
@@ -101,5 +110,5 @@ cmp = load("compare/compare.json", "entries", "ratios")
 assert [e["server"] for e in cmp["entries"]] == ["ringcast", "tokio-tungstenite", "fastwebsockets"]
 for e in cmp["entries"]:
     assert e["fanout"]["lost"] == 0 and e["soak"]["ramp"]["failed"] == 0, e["server"]
-print("bench smoke: soak, fanout (raw and ringcast.v1), recover, echo, soak with auth and compare passed")
+print("bench smoke: soak, fanout (raw, ringcast.v1, SSE), recover, echo, soak with auth and compare passed")
 EOF

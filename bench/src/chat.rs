@@ -3,7 +3,7 @@
 //! message reaches every client (the sender too, with echo on).
 //! Deliveries per second and send-to-receipt latency.
 
-use crate::load::{Mode, Shared};
+use crate::load::{Mode, Shared, Transport};
 use crate::report::{print_table, Latency, Meta};
 use crate::session::{write_outputs, Common, Ramp, Session};
 use serde::Serialize;
@@ -111,7 +111,13 @@ pub fn run(args: &Chat) -> Result<ChatResult, String> {
         rate: args.send_rate,
         size: args.size,
     };
-    let session = Session::start(&args.common, &args.url, args.connections, mode)?;
+    let session = Session::start(
+        &args.common,
+        &args.url,
+        args.connections,
+        mode,
+        Transport::Websocket,
+    )?;
     let ramp = session.ramp(args.connections, args.common.rate);
     let shared = session.shared().clone();
     let first = Shared::get(&shared.messages);

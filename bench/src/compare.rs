@@ -4,6 +4,7 @@
 
 use crate::echo::{self, Echo, EchoResult};
 use crate::fanout::{self, Fanout, FanoutResult};
+use crate::load::Transport;
 use crate::report::{write_json, Meta};
 use crate::session::Common;
 use crate::soak::{self, Soak, SoakResult};
@@ -200,6 +201,7 @@ pub fn run(args: &Compare) -> Result<bool, String> {
             connections: args.connections,
             hold: args.hold,
             ping_interval: None,
+            transport: Transport::Websocket,
             common: common("soak"),
         })?;
         let fanout = fanout::run(&Fanout {
@@ -212,6 +214,7 @@ pub fn run(args: &Compare) -> Result<bool, String> {
             payload: crate::load::Filler::Spaces,
             drain_timeout: Duration::from_secs(10),
             subprotocol: None,
+            transport: Transport::Websocket,
             common: common("fanout"),
         })?;
         let echo = echo::run(&Echo {

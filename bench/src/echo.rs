@@ -2,7 +2,7 @@
 //! message and waiting for its echo before the next; messages per second
 //! and round-trip latency.
 
-use crate::load::{Mode, Shared};
+use crate::load::{Mode, Shared, Transport};
 use crate::report::{print_table, Latency, Meta};
 use crate::session::{write_outputs, Common, Ramp, Session};
 use serde::Serialize;
@@ -89,7 +89,13 @@ impl EchoResult {
 pub fn run(args: &Echo) -> Result<EchoResult, String> {
     let meta = Meta::now("echo");
     let mode = Mode::Echo { size: args.size };
-    let session = Session::start(&args.common, &args.url, args.connections, mode)?;
+    let session = Session::start(
+        &args.common,
+        &args.url,
+        args.connections,
+        mode,
+        Transport::Websocket,
+    )?;
     let ramp = session.ramp(args.connections, args.common.rate);
     let shared = session.shared().clone();
     let first = Shared::get(&shared.messages);

@@ -2,7 +2,7 @@
 //! carrying its sequence number and send time; delivery latency from
 //! publish to receipt, and every lost or reordered message counted.
 
-use crate::load::{fanout_payload, now_ns, Filler, Mode, Shared};
+use crate::load::{fanout_payload, now_ns, Filler, Mode, Shared, Transport};
 use crate::plot;
 use crate::report::{print_table, progress, Latency, Meta};
 use crate::session::{write_outputs, Common, Ramp, Session};
@@ -45,6 +45,11 @@ pub struct Fanout {
     /// send time) from its `data` [default: none, raw payloads].
     #[arg(long, value_parser = [ringcast_engine::protocol::v1::NAME])]
     pub subprotocol: Option<String>,
+    /// How subscribers connect: `sse` opens Server-Sent Events streams
+    /// (give `--url ws://HOST:PORT/sse?topic=t`) and reads each delivery's
+    /// `ringcast.v1` JSON.
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: Transport,
     #[command(flatten)]
     pub common: Common,
 }
@@ -66,6 +71,7 @@ pub struct FanoutResult {
     pub publish_url: String,
     /// The subprotocol the subscribers offered, if any.
     pub subprotocol: Option<String>,
+    pub transport: Transport,
     pub workers: usize,
     pub ramp: Ramp,
     pub failed_by_reason: BTreeMap<String, u64>,
@@ -124,11 +130,16 @@ impl FanoutResult {
         let worst = self.per_message.iter().max_by_key(|m| m.latency.p99_us);
         let rows = vec![
             ("url", self.url.clone()),
+            ("transport", format!("{:?}", self.transport).to_lowercase()),
             (
                 "subprotocol",
-                self.subprotocol
-                    .clone()
-                    .unwrap_or_else(|| "none (raw)".into()),
+                match self.transport {
+                    Transport::Sse => "ringcast.v1 JSON in SSE events".into(),
+                    Transport::Websocket => self
+                        .subprotocol
+                        .clone()
+                        .unwrap_or_else(|| "none (raw)".into()),
+                },
             ),
             (
                 "subscribers",
@@ -197,9 +208,15 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
     }
     let meta = Meta::now("fanout");
     let mode = Mode::Fanout {
-        v1: args.subprotocol.is_some(),
+        v1: args.subprotocol.is_some() || args.transport == Transport::Sse,
     };
-    let session = Session::start(&args.common, &args.url, args.subscribers, mode)?;
+    let session = Session::start(
+        &args.common,
+        &args.url,
+        args.subscribers,
+        mode,
+        args.transport,
+    )?;
     let ramp = session.ramp(args.subscribers, args.common.rate);
     let shared = session.shared().clone();
     let subscribers = Shared::get(&shared.open);
@@ -246,6 +263,7 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
         url: args.url.clone(),
         publish_url: args.publish_url.clone(),
         subprotocol: args.subprotocol.clone(),
+        transport: args.transport,
         workers,
         ramp,
         failed_by_reason: report.failures.clone(),

@@ -5,7 +5,7 @@
 //! Reports the time from each connect's start (SOCKET) to its R-th
 //! replayed message: reconnect-to-recovered.
 
-use crate::load::{fanout_payload, Filler, Mode, Shared};
+use crate::load::{fanout_payload, Filler, Mode, Shared, Transport};
 use crate::report::{print_table, Latency, Meta};
 use crate::session::{write_outputs, Common, Ramp, Session};
 use serde::Serialize;
@@ -168,7 +168,13 @@ pub fn run(args: &Recover) -> Result<RecoverResult, String> {
         replay: args.replay,
         subscribe,
     };
-    let session = Session::start(&args.common, &args.url, args.connections, mode)?;
+    let session = Session::start(
+        &args.common,
+        &args.url,
+        args.connections,
+        mode,
+        Transport::Websocket,
+    )?;
     let ramp = session.ramp(args.connections, args.common.rate);
     let shared = session.shared().clone();
     let expected = ramp.opened * u64::from(args.replay);

@@ -3,7 +3,7 @@
 //! the fleet, wait for the sockets to go, and draw the time-series plots.
 
 use crate::load::wire::Tokens;
-use crate::load::{now_ns, Fleet, Mode, Phase, Plan, Report, Shared};
+use crate::load::{now_ns, Fleet, Mode, Phase, Plan, Report, Shared, Transport};
 use crate::plot;
 use crate::probe::{Probe, Sample, Sampler};
 use crate::report::{bytes, progress, write_json};
@@ -97,6 +97,7 @@ impl Session {
         url: &str,
         connections: usize,
         mode: Mode,
+        transport: Transport,
     ) -> Result<Self, String> {
         let target = Target::parse(url)?;
         let sources = parse_source_ips(&common.source_ips)?;
@@ -115,6 +116,7 @@ impl Session {
             rate: common.rate,
             workers: common.workers.unwrap_or(cores),
             mode,
+            transport,
             tokens,
             compression: common.compression,
         })?;

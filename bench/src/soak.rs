@@ -1,7 +1,7 @@
 //! `soak`: open N connections at a ramp rate, hold them, and report what
 //! held and what it cost the server and the kernel.
 
-use crate::load::{Mode, Shared};
+use crate::load::{Mode, Shared, Transport};
 use crate::probe::{Probe, Sample};
 use crate::report::{bytes, print_table, Latency, Meta};
 use crate::session::{write_outputs, Common, Ramp, Session};
@@ -25,6 +25,10 @@ pub struct Soak {
     /// pongs [default: no pings].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ping_interval: Option<Duration>,
+    /// How the connections are made: `sse` opens Server-Sent Events streams
+    /// (give `--url ws://HOST:PORT/sse?topic=t`); they take no pings.
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: Transport,
     #[command(flatten)]
     pub common: Common,
 }
@@ -91,6 +95,7 @@ pub struct SoakResult {
     #[serde(flatten)]
     pub meta: Meta,
     pub url: String,
+    pub transport: Transport,
     pub requested: usize,
     pub workers: usize,
     pub ramp: Ramp,
@@ -120,6 +125,7 @@ impl SoakResult {
         let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} B"));
         let mut rows = vec![
             ("url", self.url.clone()),
+            ("transport", format!("{:?}", self.transport).to_lowercase()),
             (
                 "connected",
                 format!("{} of {}", self.ramp.opened, self.requested),
@@ -176,11 +182,22 @@ impl SoakResult {
 /// # Errors
 /// A message when the fleet cannot start or a worker fails.
 pub fn run(args: &Soak) -> Result<SoakResult, String> {
+    if args.transport == Transport::Sse && args.ping_interval.is_some() {
+        return Err(
+            "--ping-interval needs --transport websocket (SSE clients send nothing)".into(),
+        );
+    }
     let meta = Meta::now("soak");
     let mode = Mode::Soak {
         ping_every: args.ping_interval,
     };
-    let session = Session::start(&args.common, &args.url, args.connections, mode)?;
+    let session = Session::start(
+        &args.common,
+        &args.url,
+        args.connections,
+        mode,
+        args.transport,
+    )?;
     let ramp = session.ramp(args.connections, args.common.rate);
     session.run_for(args.hold, "hold");
     let held_at_end = Shared::get(&session.shared().open);
@@ -196,6 +213,7 @@ pub fn run(args: &Soak) -> Result<SoakResult, String> {
     let result = SoakResult {
         meta,
         url: args.url.clone(),
+        transport: args.transport,
         requested: args.connections,
         workers,
         ramp,

@@ -76,6 +76,17 @@ pub struct Config {
     pub read_buffers: u16,
     /// Size of each receive buffer in bytes (default 4096).
     pub read_buffer_size: u32,
+    /// Path of the SSE transport (default `/sse`; `None`: SSE is off).
+    pub sse_path: Option<String>,
+    /// Path of the long-poll transport (default `/poll`; `None`: off).
+    pub poll_path: Option<String>,
+    /// How long a poll waits for a message before it is answered with
+    /// none (default 25 s).
+    pub poll_timeout: Duration,
+    /// Files served as they are to a `GET` of their path on the WebSocket
+    /// listener (the JavaScript client, the demo page), each answered with
+    /// `Connection: close`.
+    pub static_files: Vec<StaticFile>,
     /// Token verification (`None`: auth is off; every connection is
     /// anonymous and may subscribe to any topic that is not user-limited).
     pub auth: Option<Arc<Auth>>,
@@ -132,6 +143,10 @@ impl Default for Config {
             compression_min_size: 256,
             read_buffers: 1024,
             read_buffer_size: 4096,
+            sse_path: Some("/sse".to_owned()),
+            poll_path: Some("/poll".to_owned()),
+            poll_timeout: Duration::from_secs(25),
+            static_files: Vec::new(),
             auth: None,
             upstream: None,
             client_publish: Vec::new(),
@@ -141,5 +156,32 @@ impl Default for Config {
             client_bytes_per_sec: (1 << 20) as f64,
             hooks: Hooks::default(),
         }
+    }
+}
+
+/// A file the workers serve on the WebSocket listener.
+#[derive(Clone, Debug)]
+pub struct StaticFile {
+    /// Request path, without query (e.g. `/ringcast.js`).
+    pub path: String,
+    /// `Content-Type` sent with it.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
+impl StaticFile {
+    /// The complete response: 200 with the body, `Cache-Control:
+    /// no-cache`, readable from any origin (`Access-Control-Allow-Origin:
+    /// *`, so a page elsewhere may import the client), `Connection: close`.
+    pub fn response(&self) -> bytes::Bytes {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+             Cache-Control: no-cache\r\nAccess-Control-Allow-Origin: *\r\n\
+             X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+            self.content_type,
+            self.body.len()
+        );
+        [head.as_bytes(), &self.body].concat().into()
     }
 }

@@ -39,6 +39,14 @@ pub enum Endpoint {
     PubSubV1 = 2,
     /// `/echo`: every message comes back.
     Echo = 1,
+    /// The SSE transport (`GET /sse?topic=a`, see `connections/sse.rs`):
+    /// the server writes `ringcast.v1` deliveries as Server-Sent Events;
+    /// bytes from the client are ignored.
+    Sse = 3,
+    /// The long-poll transport (`GET /poll?topic=a&since=…`, see
+    /// `connections/poll.rs`): one HTTP/1.1 answer per request, on a
+    /// keep-alive connection.
+    Poll = 4,
 }
 
 /// The permessage-deflate mode a connection negotiated (RFC 7692). The
@@ -81,6 +89,8 @@ impl Route {
             0 => Endpoint::PubSub,
             1 => Endpoint::Echo,
             2 => Endpoint::PubSubV1,
+            3 => Endpoint::Sse,
+            4 => Endpoint::Poll,
             bits => unreachable!("no endpoint is packed as {bits}"),
         }
     }
@@ -218,7 +228,13 @@ mod tests {
     #[test]
     fn a_route_packs_endpoint_and_deflate_in_one_byte() {
         assert_eq!(std::mem::size_of::<Option<Route>>(), 1);
-        for endpoint in [Endpoint::PubSub, Endpoint::PubSubV1, Endpoint::Echo] {
+        for endpoint in [
+            Endpoint::PubSub,
+            Endpoint::PubSubV1,
+            Endpoint::Echo,
+            Endpoint::Sse,
+            Endpoint::Poll,
+        ] {
             for deflate in [Deflate::Off, Deflate::Full, Deflate::Narrow] {
                 let route = Route::new(endpoint, deflate);
                 assert_eq!((route.endpoint(), route.deflate()), (endpoint, deflate));

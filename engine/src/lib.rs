@@ -45,7 +45,7 @@ pub mod topics;
 pub mod upstream;
 pub mod worker;
 
-pub use config::Config;
+pub use config::{Config, StaticFile};
 pub use protocol::frame::OpCode;
 pub use protocol::v1::Content;
 pub use runtime::{Handle, Runtime, Sender};

@@ -121,6 +121,29 @@ pub struct Serve {
     /// benchmarks).
     #[arg(long, env = "RINGCAST_ECHO")]
     pub echo: bool,
+    /// Path of the SSE transport (`GET PATH?topic=a`): ringcast.v1
+    /// deliveries as Server-Sent Events, on the WebSocket listener.
+    #[arg(long, env = "RINGCAST_SSE_PATH", default_value = "/sse")]
+    pub sse_path: String,
+    /// Turn the SSE transport off.
+    #[arg(long, env = "RINGCAST_NO_SSE")]
+    pub no_sse: bool,
+    /// Path of the long-poll transport (`GET PATH?topic=a&since=POSITIONS`),
+    /// on the WebSocket listener.
+    #[arg(long, env = "RINGCAST_POLL_PATH", default_value = "/poll")]
+    pub poll_path: String,
+    /// Turn the long-poll transport off.
+    #[arg(long, env = "RINGCAST_NO_POLL")]
+    pub no_poll: bool,
+    /// How long a poll waits for a message before it is answered with none.
+    #[arg(long, env = "RINGCAST_POLL_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "humantime_str")]
+    pub poll_timeout: Duration,
+    /// Serve the demo page at / (a live chat on the topic demo.chat, built
+    /// on /ringcast.js); gives demo.* history and lets clients publish to
+    /// demo.chat (as --client-publish demo.chat).
+    #[arg(long, env = "RINGCAST_DEMO")]
+    pub demo: bool,
     /// Subprotocol to accept when a client offers it (repeatable, or a
     /// comma-separated list).
     #[arg(
@@ -456,15 +479,22 @@ impl Serve {
             proxy_protocol: self.proxy_protocol,
             trusted_proxies: self.trusted_proxies.clone(),
             allowed_origins: self.allowed_origins.clone(),
-            history: self.history.clone(),
+            history: crate::statics::history(self.demo, &self.history),
             history_max_bytes: self.history_max_bytes,
             compression: self.compression == Switch::On,
             compression_min_size: self.compression_min_size,
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
+            sse_path: (!self.no_sse).then(|| self.sse_path.clone()),
+            poll_path: (!self.no_poll).then(|| self.poll_path.clone()),
+            poll_timeout: self.poll_timeout,
+            static_files: crate::statics::files(self.demo),
             auth: self.auth()?,
             upstream: None,
-            client_publish: patterns("--client-publish", &self.client_publish)?,
+            client_publish: patterns(
+                "--client-publish",
+                &crate::statics::client_publish(self.demo, &self.client_publish),
+            )?,
             client_publish_echo: self.client_publish_echo,
             rooms: patterns("--room", &self.rooms)?,
             client_messages_per_sec: self.client_messages_per_sec,
@@ -538,6 +568,23 @@ impl Serve {
                 self.path
             ));
         }
+        for (flag, path) in [
+            ("--sse-path", &self.sse_path),
+            ("--poll-path", &self.poll_path),
+        ] {
+            if !path.starts_with('/') || path.contains('?') {
+                return Err(format!(
+                    "{flag} must start with / and have no query: {path:?}"
+                ));
+            }
+        }
+        let mut paths = vec![self.path.as_str()];
+        paths.extend((!self.no_sse).then_some(self.sse_path.as_str()));
+        paths.extend((!self.no_poll).then_some(self.poll_path.as_str()));
+        paths.sort_unstable();
+        if paths.windows(2).any(|w| w[0] == w[1]) {
+            return Err("--path, --sse-path and --poll-path must differ".into());
+        }
         if self.echo && self.path == "/echo" {
             return Err("--path /echo clashes with --echo".into());
         }
@@ -551,6 +598,7 @@ impl Serve {
             return Err("--read-buffer-size must be at least 512 bytes".into());
         }
         for (flag, d) in [
+            ("--poll-timeout", self.poll_timeout),
             ("--idle-timeout", self.idle_timeout),
             ("--ping-interval", self.ping_interval),
             ("--handshake-timeout", self.handshake_timeout),

@@ -6,6 +6,7 @@ mod delivery;
 mod doctor;
 mod hooks;
 mod metrics;
+mod statics;
 mod upstream;
 
 use cli::{CliError, Command, ConfigCommand, LogFormat, Serve};

@@ -131,6 +131,18 @@ fn parse_fanout_payload(payload: &[u8]) -> Option<(u32, u64)> {
     Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
+/// How subscribers connect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A WebSocket upgrade.
+    #[default]
+    Websocket,
+    /// A Server-Sent Events stream (`GET /sse?topic=…`): deliveries are the
+    /// `ringcast.v1` JSON in each event's `data:` line.
+    Sse,
+}
+
 /// What the fleet is doing; set by the controller, read by every worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -160,6 +172,8 @@ pub struct Plan {
     pub workers: usize,
     /// What connections do once open.
     pub mode: Mode,
+    /// WebSocket or SSE.
+    pub transport: Transport,
     /// With connection auth: a distinct token per connection.
     pub tokens: Option<Tokens>,
     /// Offer permessage-deflate (RFC 7692), require the server to accept

@@ -54,7 +54,7 @@ const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 pub enum BadResponse {
     /// Not HTTP, or malformed headers.
     Malformed,
-    /// A status other than 101, e.g. 503 from a full server.
+    /// A status other than 101 (200 for SSE), e.g. 503 from a full server.
     Status(u16),
     /// 101 with a missing or wrong `Sec-WebSocket-Accept`.
     AcceptKey,
@@ -116,6 +116,18 @@ impl Tokens {
 }
 
 impl Handshake {
+    /// A plain `GET` of an SSE stream at `resource` on `host`: the
+    /// response must be `200` (no upgrade).
+    pub fn sse(host: &str, resource: &str) -> Self {
+        let request =
+            format!("GET {resource} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+        Self {
+            request: request.into_bytes(),
+            expected_accept: String::new(),
+            deflate: false,
+        }
+    }
+
     /// A request for `resource` (path and query) on `host`, with a fresh
     /// random key, offering `protocol` if given and permessage-deflate if
     /// `deflate`.
@@ -162,8 +174,10 @@ impl Handshake {
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(BadResponse::Malformed),
         };
+        let sse = self.expected_accept.is_empty();
         match response.code {
-            Some(101) => {}
+            Some(200) if sse => return Ok(Some(len)),
+            Some(101) if !sse => {}
             Some(code) => return Err(BadResponse::Status(code)),
             None => return Err(BadResponse::Malformed),
         }

@@ -3,12 +3,14 @@
 //! shutdown; and the once-a-second trim of memory the load has left.
 
 use super::Connections;
-use crate::conn::Phase;
+use crate::conn::{Endpoint, Phase};
 use crate::protocol::close::code;
 use crate::protocol::handshake::Reject;
+use crate::protocol::sse;
 use crate::session::TOKEN_EXPIRED;
 use crate::spread::Spread;
-use crate::timers::Tick;
+use crate::timers::{Tick, NEVER};
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 
 impl Connections {
@@ -67,7 +69,8 @@ impl Connections {
         self.io.wheel.until_next_tick()
     }
 
-    /// Runs every due deadline: handshake timeouts (408), pings, idle
+    /// Runs every due deadline: handshake timeouts (408), pings (SSE
+    /// heartbeats), idle
     /// timeouts (1001), expired tokens (4001), close handshakes that took
     /// too long, and the
     /// closes of a drain or rebalance whose turn has come. About once a
@@ -95,8 +98,16 @@ impl Connections {
                         self.io.schedule(conn, slot, deadline);
                     }
                 }
+                Phase::Open if conn.endpoint() == Some(Endpoint::Poll) => self.poll_due(slot),
                 Phase::Open => {
-                    let idle_at = conn.last_active + limits.idle;
+                    // The server speaks on an SSE stream, so there is no
+                    // idle timeout: a dead client fails a heartbeat's write.
+                    let sse = conn.endpoint() == Some(Endpoint::Sse);
+                    let idle_at = if sse {
+                        NEVER
+                    } else {
+                        conn.last_active + limits.idle
+                    };
                     if now >= idle_at {
                         self.io
                             .close(conn, slot, Some(code::GOING_AWAY), "idle timeout");
@@ -109,7 +120,11 @@ impl Connections {
                     }
                     if now >= conn.last_ping + limits.ping {
                         conn.last_ping = now;
-                        let ping = self.io.ping.clone();
+                        let ping = if sse {
+                            Bytes::from_static(sse::HEARTBEAT)
+                        } else {
+                            self.io.ping.clone()
+                        };
                         self.io.queue(conn, slot, ping);
                     }
                     let next = idle_at

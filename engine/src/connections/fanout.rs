@@ -3,6 +3,7 @@
 //! negotiated permessage-deflate); and closing every connection of some
 //! users.
 
+use super::sse::Encoded;
 use super::Connections;
 use crate::command::Frames;
 use crate::conn::{Endpoint, Phase};
@@ -34,6 +35,8 @@ impl Connections {
     /// belong to any of `users`. `ringcast.v1` subscribers get each
     /// topic's delivery from `v1` (in the order of `topics`), once per
     /// topic, except where a recovering subscription already covers it;
+    /// SSE streams get the same as events (`sse.rs`), encoded once per
+    /// topic on this worker;
     /// `ringcast.v1` connections of `users` that got no topic delivery get
     /// `direct`. Frames shared by the workers are passed through `local`
     /// (this worker's copy) at their first use here. The `skip`
@@ -61,9 +64,26 @@ impl Connections {
                 continue;
             };
             let mut v1_frame = None;
+            let mut sse = Encoded::default();
             for slot in self.topics.members(id) {
                 let conn = self.table.get_mut(slot).expect("subscriber slot is live");
-                if conn.endpoint() == Some(Endpoint::PubSubV1) {
+                if conn.endpoint() == Some(Endpoint::Poll) {
+                    conn.last_delivery = delivery;
+                    if !self.skips.covers(id, slot, topic_frame.position) {
+                        let (io, topics) = (&mut self.io, &self.topics);
+                        let sent = self.polls.deliver(io, conn, slot, topics, topic_frame, id);
+                        queued += usize::from(sent);
+                    }
+                } else if conn.endpoint() == Some(Endpoint::Sse) {
+                    conn.last_delivery = delivery;
+                    if !self.skips.covers(id, slot, topic_frame.position) {
+                        let (io, topics) = (&mut self.io, &self.topics);
+                        let sent =
+                            self.streams
+                                .deliver(io, conn, slot, topics, id, topic_frame, &mut sse);
+                        queued += usize::from(sent);
+                    }
+                } else if conn.endpoint() == Some(Endpoint::PubSubV1) {
                     if skip == Some((slot, conn.gen)) {
                         continue;
                     }
@@ -80,19 +100,23 @@ impl Connections {
                 }
             }
         }
+        self.finish_polls();
         let mut direct_frame = None;
+        let mut direct_sse = Encoded::default();
         for slot in users.iter().flat_map(|user| self.sessions.user_slots(user)) {
             let conn = self.table.get_mut(slot).expect("user slot is live");
             if conn.last_delivery == delivery {
                 continue;
             }
             conn.last_delivery = delivery;
-            let f = if conn.endpoint() == Some(Endpoint::PubSubV1) {
-                direct_frame.get_or_insert_with(|| local(direct))
-            } else {
-                frames
+            let f = match conn.endpoint() {
+                Some(Endpoint::PubSubV1) => direct_frame
+                    .get_or_insert_with(|| local(direct))
+                    .for_route(conn.route)
+                    .clone(),
+                Some(Endpoint::Sse) => direct_sse.data(&direct.plain),
+                _ => frames.for_route(conn.route).clone(),
             };
-            let f = f.for_route(conn.route).clone();
             queued += usize::from(self.io.queue(conn, slot, f));
         }
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
@@ -100,7 +124,8 @@ impl Connections {
     }
 
     /// Queues `frames` to every open connection on the topics endpoint, and
-    /// `v1` (passed through `local` once) to those speaking `ringcast.v1`.
+    /// `v1` (passed through `local` once) to those speaking `ringcast.v1`;
+    /// SSE streams get `v1`'s JSON as an event.
     pub fn broadcast(
         &mut self,
         frames: &Frames,
@@ -109,14 +134,19 @@ impl Connections {
     ) -> usize {
         let mut queued = 0;
         let mut v1_frame = None;
+        let mut sse = Encoded::default();
         let io = &mut self.io;
         self.table.for_each(|slot, conn| {
             let f = match conn.endpoint() {
-                Some(Endpoint::PubSub) => frames,
-                Some(Endpoint::PubSubV1) => v1_frame.get_or_insert_with(|| local(v1)),
+                Some(Endpoint::PubSub) => frames.for_route(conn.route).clone(),
+                Some(Endpoint::PubSubV1) => v1_frame
+                    .get_or_insert_with(|| local(v1))
+                    .for_route(conn.route)
+                    .clone(),
+                Some(Endpoint::Sse) => sse.data(&v1.plain),
                 _ => return,
             };
-            queued += usize::from(io.queue(conn, slot, f.for_route(conn.route).clone()));
+            queued += usize::from(io.queue(conn, slot, f));
         });
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
         queued

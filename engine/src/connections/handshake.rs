@@ -1,5 +1,7 @@
-//! A handshaking connection's bytes: the PROXY header, the upgrade
-//! request, routing, admission, and the switch to WebSocket frames.
+//! A handshaking connection's bytes: the PROXY header, the upgrade (or
+//! SSE) request, routing, admission, and the switch to the transport:
+//! WebSocket frames, or an SSE stream; or the answer to a request for a
+//! static file.
 
 use super::io::{Io, Limits};
 use super::Connections;
@@ -9,7 +11,7 @@ use crate::protocol::deflate::FULL_WINDOW_BITS;
 use crate::protocol::extension;
 use crate::protocol::handshake::{self, Reject, Request};
 use crate::protocol::proxy;
-use crate::protocol::v1;
+use crate::protocol::{sse, v1};
 use crate::session::{self, Identity};
 use crate::stats::WorkerStats;
 use crate::topics;
@@ -26,8 +28,29 @@ pub(super) struct Accepted {
     client: IpAddr,
     /// The verified token, if auth is on and the client sent one.
     identity: Option<Identity>,
+    /// Where the client resumes: an SSE request's `Last-Event-ID` (header,
+    /// or `last_event_id` in the query), a poll's `since`.
+    position: Option<String>,
+    /// A poll's `Origin`, for the CORS headers of its answers.
+    origin: Option<String>,
     /// With the connect hook on: what the hook is told of the request.
     hook: Option<HookRequest>,
+}
+
+/// What a complete request gets.
+enum Outcome {
+    /// A connection opens.
+    Open(Box<Accepted>),
+    /// This response (a static file), then the connection closes.
+    Respond(Bytes),
+}
+
+/// What [`route`] decides for a request to an endpoint.
+struct Routed {
+    route: Route,
+    topics: Vec<String>,
+    response: Vec<u8>,
+    position: Option<String>,
 }
 
 /// The parts of an upgrade request the connect hook sees.
@@ -50,7 +73,7 @@ impl Io {
     /// (with `--proxy-protocol`), then the upgrade request; routes it and
     /// applies the admission rules. `Ok(None)` while incomplete; else the
     /// verdict and the bytes after the request (the first frames).
-    fn handshake(&self, buf: &[u8], slot: u32) -> Result<Option<(Accepted, Vec<u8>)>, Reject> {
+    fn handshake(&self, buf: &[u8], slot: u32) -> Result<Option<(Outcome, Vec<u8>)>, Reject> {
         let socket = self.handshaking.get(&slot).and_then(|h| h.peer);
         let (proxied, buf) = if self.limits.proxy_protocol {
             match proxy::parse(buf) {
@@ -70,7 +93,17 @@ impl Io {
         let Some((req, used)) = handshake::parse(buf)? else {
             return Ok(None);
         };
-        let (route, topics, response) = route(&req, &self.limits)?;
+        if req.path != self.limits.path {
+            if let Some((_, response)) = self.limits.statics.iter().find(|(p, _)| p == req.path) {
+                return Ok(Some((Outcome::Respond(response.clone()), Vec::new())));
+            }
+        }
+        let Routed {
+            route,
+            topics,
+            response,
+            position,
+        } = route(&req, &self.limits)?;
         if !self.admission.origin_allowed(req.origin) {
             return Err(Reject::OriginNotAllowed);
         }
@@ -117,9 +150,16 @@ impl Io {
             peer,
             client,
             identity,
+            position,
+            origin: (route.endpoint() == Endpoint::Poll)
+                .then(|| req.origin.map(str::to_owned))
+                .flatten(),
             hook,
         };
-        Ok(Some((accepted, buf[used..].to_vec())))
+        Ok(Some((
+            Outcome::Open(Box::new(accepted)),
+            buf[used..].to_vec(),
+        )))
     }
 }
 
@@ -148,29 +188,49 @@ impl Io {
     }
 }
 
-/// Decides what a complete upgrade request gets: the endpoint and
-/// permessage-deflate mode, the topics to subscribe, and the 101 response.
-fn route(req: &Request<'_>, limits: &Limits) -> Result<(Route, Vec<String>, Vec<u8>), Reject> {
+/// Decides what a complete request gets: the endpoint and
+/// permessage-deflate mode, the topics to subscribe, the response that
+/// opens it (101, the SSE stream's head, or none for a poll) and where an
+/// SSE stream or a poll resumes.
+fn route(req: &Request<'_>, limits: &Limits) -> Result<Routed, Reject> {
     let endpoint = if req.path == limits.path {
         Endpoint::PubSub
     } else if limits.echo && req.path == "/echo" {
         Endpoint::Echo
+    } else if limits.sse_path.as_deref() == Some(req.path) {
+        Endpoint::Sse
+    } else if limits.poll_path.as_deref() == Some(req.path) {
+        Endpoint::Poll
     } else {
         return Err(Reject::NotFound);
     };
     let mut topics = Vec::new();
-    if endpoint == Endpoint::PubSub {
-        let query = req.query.unwrap_or("").as_bytes();
-        for (key, value) in form_urlencoded::parse(query) {
-            if key == "topic" {
-                if !topics::is_valid_name(&value)
-                    || topics.len() == topics::MAX_TOPICS_PER_CONNECTION
-                {
-                    return Err(Reject::BadTopic);
-                }
-                topics.push(value.into_owned());
-            }
+    let mut position = None;
+    match endpoint {
+        Endpoint::PubSub => topics = query_topics(req.query, "", &mut None)?,
+        Endpoint::Sse => {
+            position = req.last_event_id.map(str::to_owned);
+            topics = query_topics(req.query, "last_event_id", &mut position)?;
         }
+        Endpoint::Poll => topics = query_topics(req.query, "since", &mut position)?,
+        _ => {}
+    }
+    if endpoint == Endpoint::Poll {
+        // The answer comes once messages are there (`poll.rs`).
+        return Ok(Routed {
+            route: Route::new(endpoint, Deflate::Off),
+            topics,
+            response: Vec::new(),
+            position,
+        });
+    }
+    if endpoint == Endpoint::Sse {
+        return Ok(Routed {
+            route: Route::new(endpoint, Deflate::Off),
+            topics,
+            response: sse::response_head(req.origin),
+            position,
+        });
     }
     let upgrade = match endpoint {
         Endpoint::PubSub => req.upgrade(&limits.topic_subprotocols)?,
@@ -190,8 +250,38 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<(Route, Vec<String>, Vec<
         Some(_) => Deflate::Narrow,
     };
     let extensions = agreed.map(|a| a.response());
-    let response = handshake::accept_response(&upgrade, extensions.as_deref());
-    Ok((Route::new(endpoint, deflate), topics, response))
+    Ok(Routed {
+        route: Route::new(endpoint, deflate),
+        topics,
+        response: handshake::accept_response(&upgrade, extensions.as_deref()),
+        position: None,
+    })
+}
+
+/// The `topic` parameters of a query (at most
+/// [`topics::MAX_TOPICS_PER_CONNECTION`], each a valid name), and the
+/// first value of `position` (`last_event_id` or `since`; an empty name
+/// reads none) into `found` unless it holds one already.
+///
+/// # Errors
+/// [`Reject::BadTopic`].
+pub(super) fn query_topics(
+    query: Option<&str>,
+    position: &str,
+    found: &mut Option<String>,
+) -> Result<Vec<String>, Reject> {
+    let mut topics = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if key == "topic" {
+            if !topics::is_valid_name(&value) || topics.len() == topics::MAX_TOPICS_PER_CONNECTION {
+                return Err(Reject::BadTopic);
+            }
+            topics.push(value.into_owned());
+        } else if !position.is_empty() && key == position && found.is_none() {
+            *found = Some(value.into_owned());
+        }
+    }
+    Ok(topics)
 }
 
 impl Connections {
@@ -233,7 +323,10 @@ impl Connections {
                 return;
             }
             Err(reason) => return self.io.reject(conn, slot, reason),
-            Ok(Some(verdict)) => verdict,
+            Ok(Some((Outcome::Respond(response), _))) => {
+                return self.io.respond(conn, slot, response)
+            }
+            Ok(Some((Outcome::Open(accepted), rest))) => (*accepted, rest),
         };
         let Some(hook) = accepted.hook.take() else {
             self.io.handshaking.remove(&slot);
@@ -323,6 +416,8 @@ impl Connections {
             peer,
             client,
             identity,
+            position,
+            origin,
             hook: _,
         } = accepted;
         conn.peer = peer;
@@ -334,7 +429,9 @@ impl Connections {
         }
         let (endpoint, deflate) = (route.endpoint(), route.deflate());
         tracing::debug!(slot, peer = %client, ?endpoint, ?deflate, "connection open");
-        self.io.enqueue(conn, Bytes::from(response));
+        if !response.is_empty() {
+            self.io.enqueue(conn, Bytes::from(response));
+        }
         conn.route = Some(route);
         if deflate != Deflate::Off {
             WorkerStats::add(&self.io.stats().compressed_connections, 1);
@@ -345,6 +442,12 @@ impl Connections {
             (conn.phase_since + self.io.limits.ping.min(self.io.limits.idle)).min(conn.expires);
         self.io.schedule(conn, slot, at);
         self.io.mark_flush(conn, slot);
+        match endpoint {
+            // The client says nothing more on an SSE stream.
+            Endpoint::Sse => return self.open_sse(slot, &topics, position.as_deref()),
+            Endpoint::Poll => return self.start_poll(slot, &topics, position.as_deref(), origin),
+            _ => {}
+        }
         for topic in topics {
             self.subscribe_at_open(slot, &topic);
         }

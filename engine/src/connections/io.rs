@@ -6,11 +6,12 @@
 use super::compression::Codec;
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conn, Endpoint, Phase};
 use crate::outbound::QueuePool;
 use crate::protocol::close::{self, code};
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::handshake::Reject;
+use crate::protocol::sse;
 use crate::session::Auth;
 use crate::stats::WorkerStats;
 use crate::timers::{Entry, Tick, Wheel, NEVER, TICK};
@@ -39,6 +40,14 @@ pub(super) struct Limits {
     pub close: Tick,
     pub proxy_protocol: bool,
     pub compression: bool,
+    /// Path of the SSE transport, if on.
+    pub sse_path: Option<String>,
+    /// Path of the long-poll transport, if on.
+    pub poll_path: Option<String>,
+    /// How long a poll waits for a message.
+    pub poll_timeout: Tick,
+    /// Static files by path, each with its whole response.
+    pub statics: Vec<(String, Bytes)>,
     /// Admission waits for the connect hook.
     pub connect_hook: bool,
 }
@@ -59,6 +68,14 @@ impl Limits {
             close: ticks(CLOSE_TIMEOUT),
             proxy_protocol: config.proxy_protocol,
             compression: config.compression,
+            sse_path: config.sse_path.clone(),
+            poll_path: config.poll_path.clone(),
+            poll_timeout: ticks(config.poll_timeout),
+            statics: config
+                .static_files
+                .iter()
+                .map(|f| (f.path.clone(), f.response()))
+                .collect(),
             connect_hook: config.hooks.connect,
         }
     }
@@ -199,7 +216,8 @@ impl Io {
     }
 
     /// Starts the close handshake: queues a close frame (after anything
-    /// already queued) and shuts the write side once it is written.
+    /// already queued; on SSE, an `event: close` naming the code) and
+    /// shuts the write side once it is written.
     pub(super) fn close(&mut self, conn: &mut Conn, slot: u32, status: Option<u16>, reason: &str) {
         if conn.phase != Phase::Open {
             return;
@@ -207,7 +225,12 @@ impl Io {
         if conn.close_code == 0 {
             conn.close_code = status.unwrap_or(code::NO_STATUS);
         }
-        self.enqueue(conn, close::encode(status, reason));
+        let last = match conn.endpoint() {
+            // An SSE stream has no close frame: a last event says why.
+            Some(Endpoint::Sse) => sse::close_event(status.unwrap_or(code::GOING_AWAY), reason),
+            _ => close::encode(status, reason),
+        };
+        self.enqueue(conn, last);
         self.closing(conn, slot);
     }
 
@@ -217,7 +240,14 @@ impl Io {
         let peer = self.end_handshake(slot).and_then(|h| h.peer);
         let peer = peer.map_or_else(String::new, |ip| ip.to_string());
         tracing::debug!(slot, peer, reason = reason.label(), "handshake rejected");
-        self.enqueue(conn, Bytes::from(reason.response()));
+        self.respond(conn, slot, Bytes::from(reason.response()));
+    }
+
+    /// Answers a request that opens no connection (a refusal, a static
+    /// file) with `response`, then closes.
+    pub(super) fn respond(&mut self, conn: &mut Conn, slot: u32, response: Bytes) {
+        self.handshaking.remove(&slot);
+        self.enqueue(conn, response);
         self.closing(conn, slot);
     }
 

@@ -61,6 +61,9 @@ fn on_message(
         (Endpoint::PubSub | Endpoint::PubSubV1, Message::Binary(_)) => {
             text_reply(control::error("binary messages are not control messages"))
         }
+        // SSE and long-poll input never reaches the frame decoder (see
+        // `Connections::on_data`).
+        (Endpoint::Sse | Endpoint::Poll, Message::Text(_) | Message::Binary(_)) => return,
         (_, Message::Ping(p)) => Action::Send(frame::encode(OpCode::Pong, p)),
         (_, Message::Pong(_)) => return,
         (_, Message::Close(status)) => Action::CloseEcho(status),

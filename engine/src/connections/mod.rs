@@ -17,6 +17,8 @@
 //! - `fanout`: publish and broadcast, to topics and to users, and the
 //!   disconnection of users;
 //! - `recovery`: `ringcast.v1` subscribes with a position, and replays;
+//! - `sse`: the SSE transport: a stream's opening, resume and deliveries;
+//! - `poll`: the long-poll transport: polls on keep-alive connections;
 //! - `duplex`: client publishes, rpc ops and raw room messages, their
 //!   rate limits, and their hand-off upstream;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
@@ -28,7 +30,9 @@ mod fanout;
 mod handshake;
 pub mod io;
 mod messages;
+mod poll;
 mod recovery;
+mod sse;
 pub mod table;
 
 pub use fanout::Fanout;
@@ -36,7 +40,7 @@ pub use io::{Io, CLOSE_TIMEOUT};
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Deflate, Phase};
+use crate::conn::{Conn, Deflate, Endpoint, Phase};
 use crate::protocol::close::code;
 use crate::session::Sessions;
 use crate::spread::Spread;
@@ -64,6 +68,10 @@ pub struct Connections {
     /// History, read when a `ringcast.v1` connection subscribes.
     hub: Arc<crate::hub::Hub>,
     skips: recovery::Skips,
+    /// Positions of SSE streams with several topics that keep history.
+    streams: sse::Streams,
+    /// Long-poll connections.
+    polls: poll::Polls,
     /// Client publish, rooms, rate limits and hooks settings.
     duplex: duplex::Settings,
     /// Rate-limit state of connections that sent client messages, by slot.
@@ -105,6 +113,8 @@ impl Connections {
             next_trim: 0,
             hub,
             skips: recovery::Skips::default(),
+            streams: sse::Streams::default(),
+            polls: poll::Polls::default(),
             duplex: duplex::Settings::new(config),
             clients: std::collections::HashMap::new(),
         }
@@ -165,7 +175,12 @@ impl Connections {
         conn.last_active = now;
         match conn.phase {
             Phase::Handshake => self.on_handshake_bytes(slot, data),
-            Phase::Open => self.on_frames(slot, data),
+            // An SSE client has nothing more to say: its bytes are dropped.
+            Phase::Open => match conn.endpoint() {
+                Some(Endpoint::Sse) => {}
+                Some(Endpoint::Poll) => self.on_poll_bytes(slot, data),
+                _ => self.on_frames(slot, data),
+            },
             // Input after our close frame or during teardown is discarded.
             Phase::Closing | Phase::ShutDown | Phase::Releasing => {}
         }
@@ -231,6 +246,8 @@ impl Connections {
             self.duplex_closed(slot, conn.gen, user.as_deref(), code);
         }
         self.sessions.detach(conn.session, slot);
+        self.streams.forget(slot);
+        self.polls.forget(slot);
         let unsent = conn.out.clear(&mut self.io.pool);
         if conn.deflate() != Deflate::Off {
             WorkerStats::sub(&self.io.stats().compressed_connections, 1);

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 
 /// Room kept in a connection's send queue for the `subscribed` reply that
 /// precedes a replay, in bytes.
-const REPLY_ROOM: usize = 512;
+pub(super) const REPLY_ROOM: usize = 512;
 
 /// The subprotocols the topics endpoint accepts: `configured` and
 /// `ringcast.v1`.
@@ -58,6 +58,12 @@ impl Skips {
                 .0
                 .get(&(topic, slot))
                 .is_some_and(|&(top, e)| e == epoch && offset <= top)
+    }
+
+    /// Records that `slot`'s new subscription to `topic` covers every
+    /// offset up to `top` in `epoch`.
+    pub fn insert(&mut self, topic: TopicId, slot: u32, top: u64, epoch: Epoch) {
+        self.0.insert((topic, slot), (top, epoch));
     }
 
     /// `slot` left `topic` (whose id may then be reused).
@@ -115,9 +121,7 @@ impl Connections {
             return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
         };
         if recovery.top > 0 {
-            self.skips
-                .0
-                .insert((id, slot), (recovery.top, recovery.epoch));
+            self.skips.insert(id, slot, recovery.top, recovery.epoch);
         }
         let at = Position {
             offset: recovery.top,
@@ -134,7 +138,7 @@ impl Connections {
     }
 
     /// The id of `topic` if `slot` is subscribed to it.
-    fn held(&mut self, slot: u32, topic: &str) -> Option<TopicId> {
+    pub(super) fn held(&mut self, slot: u32, topic: &str) -> Option<TopicId> {
         let conn = self.table.get_mut(slot).expect("live slot");
         let id = self.topics.id(topic)?;
         conn.topics.find(id).map(|_| id)

@@ -234,6 +234,9 @@ pub struct Request<'a> {
     pub authorization: Option<&'a str>,
     /// The first `Cookie` header, if any.
     pub cookie: Option<&'a str>,
+    /// `Last-Event-ID` (HTML §9.2.4), sent by an `EventSource` that
+    /// reconnects to an SSE stream, if any.
+    pub last_event_id: Option<&'a str>,
     /// The first `User-Agent` header, if any (for the connect hook).
     pub user_agent: Option<&'a str>,
     upgrade: Result<&'a str, Reject>,
@@ -305,6 +308,7 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
     let mut extension_count = 0;
     let (mut origin, mut forwarded_for, mut real_ip) = (None, None, None);
     let (mut authorization, mut cookie, mut user_agent) = (None, None, None);
+    let mut last_event_id = None;
     let text = |value: &'a [u8]| std::str::from_utf8(value).map_err(|_| Reject::Malformed);
     // One value per header: a repeated one would let a client hide behind
     // a proxy's line.
@@ -324,6 +328,8 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
             once(&mut real_ip, h.value)?;
         } else if name.eq_ignore_ascii_case("authorization") {
             once(&mut authorization, h.value)?;
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            once(&mut last_event_id, h.value)?;
         } else if name.eq_ignore_ascii_case("cookie") {
             if cookie.is_none() {
                 cookie = Some(text(h.value)?.trim());
@@ -382,6 +388,7 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
             real_ip,
             authorization,
             cookie,
+            last_event_id,
             user_agent,
             upgrade,
             protocols,

@@ -13,6 +13,9 @@
 //! - [`v1`]: the `ringcast.v1` subprotocol's JSON messages.
 //! - [`extension`]: permessage-deflate negotiation (RFC 7692 §5–§7).
 //! - [`deflate`]: the permessage-deflate codec (RFC 7692 §7.2).
+//! - [`poll`]: long-poll answers.
+//! - [`sse`]: Server-Sent Events: the SSE transport's head, events and
+//!   positions.
 
 pub mod close;
 pub mod decoder;
@@ -21,6 +24,8 @@ pub mod extension;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod poll;
 pub mod proxy;
+pub mod sse;
 pub mod utf8;
 pub mod v1;

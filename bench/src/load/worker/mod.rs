@@ -7,7 +7,7 @@ mod messages;
 
 use super::conn::{now_us, Conn, State};
 use super::wire::{client_frame, random_bytes, Handshake};
-use super::{now_ns, Mode, Phase, Plan, Report, Shared};
+use super::{now_ns, Mode, Phase, Plan, Report, Shared, Transport};
 use crate::target::Sources;
 use io_uring::types::{CancelBuilder, DestinationSlot, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
@@ -154,6 +154,8 @@ struct Clients {
     /// Owned send buffers (pong replies) until their SEND completes.
     owned: Slab<Vec<u8>>,
     handshake: Handshake,
+    /// Connections are SSE streams: events, not frames.
+    sse: bool,
     ping: Vec<u8>,
     echo: Vec<u8>,
     /// Recover: the subscribe each connection sends once open.
@@ -218,12 +220,16 @@ impl Worker {
             conns: Vec::with_capacity(setup.quota),
             free: Vec::new(),
             owned: Slab::new(),
-            handshake: Handshake::new(
-                &plan.target.host,
-                &plan.target.resource,
-                plan.mode.subprotocol(),
-                plan.compression,
-            ),
+            handshake: match plan.transport {
+                Transport::Websocket => Handshake::new(
+                    &plan.target.host,
+                    &plan.target.resource,
+                    plan.mode.subprotocol(),
+                    plan.compression,
+                ),
+                Transport::Sse => Handshake::sse(&plan.target.host, &plan.target.resource),
+            },
+            sse: plan.transport == Transport::Sse,
             ping: client_frame(OpCode::Ping, b"", mask),
             echo,
             subscribe,
@@ -623,6 +629,9 @@ impl Clients {
         if self.conns[slot as usize].state != State::Open {
             return;
         }
+        if self.sse {
+            return self.on_events(ring, slot, buf, at);
+        }
         while at < buf.len() {
             let header = match parse_header(&buf[at..]) {
                 Ok(Some(h)) => h,
@@ -673,6 +682,46 @@ impl Clients {
         }
     }
 
+    /// Server-Sent Events from `buf[at..]`: each unnamed event's `data:`
+    /// line is a message; named events (`subscribed`) and heartbeats are
+    /// not; `event: close` ends the stream.
+    fn on_events(&mut self, ring: &mut IoUring, slot: u32, buf: &[u8], mut at: usize) {
+        while let Some(len) = buf[at..].windows(2).position(|w| w == b"\n\n") {
+            let event = &buf[at..at + len];
+            at += len + 2;
+            let mut name: &[u8] = b"";
+            let mut data = None;
+            for line in event.split(|&b| b == b'\n') {
+                if let Some(value) = line.strip_prefix(b"event: ") {
+                    name = value;
+                } else if let Some(value) = line.strip_prefix(b"data: ") {
+                    data = Some(value);
+                }
+            }
+            match (name, data) {
+                (b"close", _) => {
+                    let why = String::from_utf8_lossy(data.unwrap_or_default());
+                    return self.lose(ring, slot, format!("server sent event: close {why}"));
+                }
+                (b"", Some(payload)) if self.on_message(ring, slot, payload) => {
+                    self.count_message();
+                }
+                _ => {}
+            }
+        }
+        if at < buf.len() {
+            self.keep_partial(ring, slot, buf, at);
+        }
+    }
+
+    /// Counts a data message received (fan-out delivery, echo).
+    fn count_message(&self) {
+        self.shared().messages.fetch_add(1, Ordering::Relaxed);
+        self.shared()
+            .last_message_ns
+            .store(now_ns(), Ordering::Relaxed);
+    }
+
     /// Keeps `buf[at..]` until more bytes arrive.
     fn keep_partial(&mut self, ring: &mut IoUring, slot: u32, buf: &[u8], at: usize) {
         if buf.len() - at > MAX_PARTIAL {
@@ -686,10 +735,7 @@ impl Clients {
         match opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 if self.on_message(ring, slot, payload) {
-                    self.shared().messages.fetch_add(1, Ordering::Relaxed);
-                    self.shared()
-                        .last_message_ns
-                        .store(now_ns(), Ordering::Relaxed);
+                    self.count_message();
                 }
             }
             OpCode::Ping => {

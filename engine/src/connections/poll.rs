@@ -1,0 +1,267 @@
+//! The long-poll transport on a worker: `GET /poll?topic=a&since=…` on a
+//! keep-alive connection, answered as soon as a message after `since`
+//! exists, or after `--poll-timeout` with none. A sibling of WebSocket and
+//! SSE over the same record, admission and drain.
+//!
+//! Each poll is whole in itself: it subscribes to its topics, reads what
+//! the history holds after `since` (as a `ringcast.v1` resume does, so
+//! with no gap and no duplicate, see `recovery.rs`), and either answers
+//! with those messages at once or waits for the first live delivery. Once
+//! answered, the connection leaves its topics until the next request;
+//! what is published meanwhile is read from the history by the next poll
+//! (`since` = the answer's `next`). Topics without history have no
+//! positions: their messages reach only a waiting poll.
+//!
+//! State lives in [`Polls`], a side map by slot; a poll's cost is this
+//! entry, its subscriptions while it waits, and one answer.
+
+use super::handshake::query_topics;
+use super::recovery::REPLY_ROOM;
+use super::sse::{id_text, Positions};
+use super::Connections;
+use crate::conn::Conn;
+use crate::hub::TopicFrame;
+use crate::protocol::handshake::{self, Reject};
+use crate::protocol::sse::parse_positions;
+use crate::protocol::{frame, poll, v1::Since};
+use crate::stats::WorkerStats;
+use crate::timers::Tick;
+use crate::topics::Topics;
+use bytes::Bytes;
+use std::collections::HashMap;
+
+/// One long-poll connection.
+#[derive(Default)]
+pub(super) struct Poll {
+    /// Bytes of the next request, while it spans receives.
+    head: Vec<u8>,
+    /// The first request's `Origin`, for CORS headers.
+    origin: Option<String>,
+    /// Positions of the poll's topics that keep history.
+    positions: Positions,
+    /// The poll waits for a message (no answer queued yet).
+    waiting: bool,
+    /// Tick at which a waiting poll is answered with no message.
+    deadline: Tick,
+}
+
+/// Long-poll connections by slot, and those answered by the publish being
+/// applied (they leave their topics once it is done).
+#[derive(Default)]
+pub(super) struct Polls {
+    by_slot: HashMap<u32, Poll>,
+    answered: Vec<u32>,
+}
+
+impl Polls {
+    /// The connection in `slot` is gone.
+    pub fn forget(&mut self, slot: u32) {
+        if !self.by_slot.is_empty() {
+            self.by_slot.remove(&slot);
+        }
+    }
+
+    /// Answers `slot`'s waiting poll with one delivery on `topic`. Returns
+    /// whether an answer was queued.
+    pub fn deliver(
+        &mut self,
+        io: &mut super::Io,
+        conn: &mut Conn,
+        slot: u32,
+        topics: &Topics,
+        delivery: &TopicFrame,
+        topic: crate::topics::TopicId,
+    ) -> bool {
+        let Some(p) = self.by_slot.get_mut(&slot).filter(|p| p.waiting) else {
+            return false;
+        };
+        if let Some((offset, epoch)) = delivery.position {
+            if let Some(at) = p.positions.iter_mut().find(|at| at.0 == topic) {
+                (at.1, at.2) = (offset, epoch);
+            }
+        }
+        p.waiting = false;
+        self.answered.push(slot);
+        let next = id_text(topics, &p.positions);
+        let json = frame::server_payload(&delivery.frames.plain);
+        let answer = poll::response(p.origin.as_deref(), &[json], &next, &[]);
+        io.queue(conn, slot, answer)
+    }
+}
+
+impl Connections {
+    /// Starts a poll on `slot` for `topics` after `since` (positions text):
+    /// answers at once with what the history holds after it, with the
+    /// topics it could not resume (`reset`), or when a topic with history
+    /// has no position in `since` (the answer's `next` gives it); else
+    /// waits.
+    pub(super) fn start_poll(
+        &mut self,
+        slot: u32,
+        topics: &[String],
+        since: Option<&str>,
+        origin: Option<String>,
+    ) {
+        let since = since.map(parse_positions).unwrap_or_default();
+        let mut state = self.polls.by_slot.remove(&slot).unwrap_or_default();
+        if origin.is_some() {
+            state.origin = origin;
+        }
+        state.positions.clear();
+        let (mut frames, mut reset) = (Vec::new(), Vec::new());
+        let mut reserved = 0;
+        // A topic with history but no `since` learns its position at once.
+        let mut unplaced = false;
+        for topic in topics {
+            if self.held(slot, topic).is_some() {
+                continue;
+            }
+            self.subscribe(slot, topic);
+            let Some(id) = self.held(slot, topic) else {
+                // Not allowed for this connection's token.
+                let conn = self.table.get_mut(slot).expect("live slot");
+                let refusal = Bytes::from(Reject::Forbidden.response());
+                self.polls.by_slot.insert(slot, state);
+                self.io.enqueue(conn, refusal);
+                return self.io.close(conn, slot, None, "");
+            };
+            let from = since.iter().find(|p| p.topic == *topic).map(|p| Since {
+                offset: p.offset,
+                epoch: p.epoch.clone(),
+            });
+            let room = self
+                .io
+                .limits
+                .max_outbound
+                .saturating_sub(reserved + REPLY_ROOM + topic.len());
+            let Some(recovery) = self.hub.recover(topic, from.as_ref(), room) else {
+                continue; // no history: live messages only
+            };
+            if recovery.top > 0 {
+                self.skips.insert(id, slot, recovery.top, recovery.epoch);
+            }
+            state.positions.push((id, recovery.top, recovery.epoch));
+            match recovery.replay {
+                Some(replay) => {
+                    reserved += replay.iter().map(Bytes::len).sum::<usize>();
+                    frames.extend(replay);
+                }
+                None if from.is_some() => reset.push(topic.clone()),
+                None => unplaced = true,
+            }
+        }
+        if frames.is_empty() && reset.is_empty() && !unplaced {
+            state.waiting = true;
+            state.deadline = self.io.wheel.now() + self.io.limits.poll_timeout;
+            let at = state.deadline;
+            self.polls.by_slot.insert(slot, state);
+            let conn = self.table.get_mut(slot).expect("live slot");
+            let at = at.min(conn.expires);
+            return self.io.schedule(conn, slot, at);
+        }
+        let json: Vec<&[u8]> = frames.iter().map(|f| frame::server_payload(f)).collect();
+        let next = id_text(&self.topics, &state.positions);
+        let answer = poll::response(state.origin.as_deref(), &json, &next, &reset);
+        WorkerStats::add(&self.io.stats().messages_out, frames.len() as u64);
+        self.polls.by_slot.insert(slot, state);
+        self.poll_answered(slot, answer);
+    }
+
+    /// Queues `answer` and leaves the poll's topics until the next request.
+    fn poll_answered(&mut self, slot: u32, answer: Bytes) {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        self.io.queue(conn, slot, answer);
+        self.leave_all(slot);
+        self.schedule_poll(slot);
+    }
+
+    /// Takes `slot` out of every topic.
+    fn leave_all(&mut self, slot: u32) {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        let members: Vec<_> = conn.topics.as_slice().to_vec();
+        for member in members {
+            let conn = self.table.get_mut(slot).expect("live slot");
+            if let Some(member) = conn.topics.remove(member.topic) {
+                self.leave(slot, member);
+            }
+        }
+    }
+
+    /// The polls a publish answered leave their topics (after the publish,
+    /// so that no topic's member list changes while it is walked).
+    pub(super) fn finish_polls(&mut self) {
+        while let Some(slot) = self.polls.answered.pop() {
+            if self.table.get_mut(slot).is_some() {
+                self.leave_all(slot);
+                self.schedule_poll(slot);
+            }
+        }
+    }
+
+    /// Bytes on a long-poll connection: the next request, once the answer
+    /// to the last one is queued. A request sent while a poll waits is
+    /// dropped (a client waits for its answer before asking again).
+    pub(super) fn on_poll_bytes(&mut self, slot: u32, data: &[u8]) {
+        let state = self.polls.by_slot.entry(slot).or_default();
+        if state.waiting {
+            return;
+        }
+        state.head.extend_from_slice(data);
+        let parsed = match handshake::parse(&state.head) {
+            Ok(None) => return,
+            Ok(Some((req, _))) if Some(req.path) != self.io.limits.poll_path.as_deref() => {
+                Err(Reject::NotFound)
+            }
+            Ok(Some((req, _))) => {
+                let mut since = None;
+                query_topics(req.query, "since", &mut since).map(|topics| (topics, since))
+            }
+            Err(reason) => Err(reason),
+        };
+        state.head.clear();
+        match parsed {
+            Ok((topics, since)) => self.start_poll(slot, &topics, since.as_deref(), None),
+            Err(reason) => {
+                self.io.stats().reject(reason);
+                let conn = self.table.get_mut(slot).expect("live slot");
+                self.io.enqueue(conn, Bytes::from(reason.response()));
+                self.io.close(conn, slot, None, "");
+            }
+        }
+    }
+
+    /// The timer of a long-poll connection fired: answer a waiting poll
+    /// whose time is up with no message; close one idle between polls for
+    /// `--idle-timeout`, or whose token expired.
+    pub(super) fn poll_due(&mut self, slot: u32) {
+        let now = self.io.wheel.now();
+        let conn = self.table.get_mut(slot).expect("live slot");
+        if now >= conn.expires {
+            return self
+                .io
+                .close(conn, slot, Some(crate::session::TOKEN_EXPIRED), "");
+        }
+        let state = self.polls.by_slot.entry(slot).or_default();
+        if state.waiting {
+            if now < state.deadline {
+                let at = state.deadline.min(conn.expires);
+                return self.io.schedule(conn, slot, at);
+            }
+            state.waiting = false;
+            let next = id_text(&self.topics, &state.positions);
+            let answer = poll::response(state.origin.as_deref(), &[], &next, &[]);
+            return self.poll_answered(slot, answer);
+        }
+        if now >= conn.last_active + self.io.limits.idle {
+            return self.io.close(conn, slot, None, "");
+        }
+        self.schedule_poll(slot);
+    }
+
+    /// Schedules an answered poll's connection for its idle timeout.
+    fn schedule_poll(&mut self, slot: u32) {
+        let conn = self.table.get_mut(slot).expect("live slot");
+        let at = (conn.last_active + self.io.limits.idle).min(conn.expires);
+        self.io.schedule(conn, slot, at);
+    }
+}

@@ -1,0 +1,301 @@
+//! The HTTP transports on the WebSocket listener: SSE streams (head, events,
+//! positions, heartbeats, resume with Last-Event-ID from curl and Python,
+//! drain, auth, admission, CORS, slow consumers) and long-poll (Python, 100+
+//! polls on one keep-alive connection), and the embedded JavaScript client.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Opens `GET target` with `extra` header lines and reads the head.
+async fn get(server: &Server, target: &str, extra: &str) -> (String, TcpStream) {
+    let mut stream = TcpStream::connect(server.ws).await.unwrap();
+    let request = format!("GET {target} HTTP/1.1\r\nHost: test\r\n{extra}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Raw { stream };
+    let head = raw.response_head().await;
+    (head, raw.stream)
+}
+
+/// Reads until the text read so far contains `needle` (or EOF); returns it.
+async fn read_until(stream: &mut TcpStream, seen: &mut String, needle: &str) {
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {seen:?}"))
+            .unwrap();
+        assert!(n > 0, "stream ended before {needle:?}: {seen:?}");
+        seen.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+}
+
+fn history() -> [&'static str; 2] {
+    ["--history", "h.*=1000/10m"]
+}
+
+#[tokio::test]
+async fn an_sse_stream_carries_deliveries_positions_and_heartbeats() {
+    let server = Server::start(&[&history()[..], &["--ping-interval", "300ms"]].concat());
+    let origin = "Origin: http://app.example\r\n";
+    let (head, mut stream) = get(&server, "/sse?topic=h.a&topic=x", origin).await;
+    for line in [
+        "HTTP/1.1 200 OK\r\n",
+        "Content-Type: text/event-stream\r\n",
+        "Cache-Control: no-cache\r\n",
+        "X-Accel-Buffering: no\r\n",
+        "Access-Control-Allow-Origin: http://app.example\r\n",
+    ] {
+        assert!(head.contains(line), "{line} in {head}");
+    }
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\nid: h.a:0:").await;
+    assert!(seen.starts_with("retry: 2000\n\n"), "{seen}");
+    assert!(seen.contains("event: subscribed\ndata: {\"op\":\"subscribed\",\"topic\":\"x\"}\n\n"));
+    // One delivery per topic, as in ringcast.v1.
+    assert_eq!(server.publish("topic=h.a&topic=x", "hi").await, 2);
+    read_until(
+        &mut stream,
+        &mut seen,
+        "\"topic\":\"x\",\"data\":\"hi\"}\n\n",
+    )
+    .await;
+    let epoch = seen.split("id: h.a:0:").nth(1).unwrap()[..8].to_owned();
+    assert!(
+        seen.contains(&format!(
+            "id: h.a:1:{epoch}\ndata: {{\"op\":\"message\",\"topic\":\"h.a\",\"offset\":1,\"epoch\":\"{epoch}\",\"data\":\"hi\"}}\n\n"
+        )),
+        "{seen}"
+    );
+    // A topic without history has no position: its event has no id.
+    assert!(seen.contains("\n\ndata: {\"op\":\"message\",\"topic\":\"x\",\"data\":\"hi\"}\n\n"));
+    // Pretty-printed JSON stays one data line.
+    let body = "{\n  \"k\": 1\n}";
+    server
+        .post("/publish?topic=x", "application/json", body)
+        .await;
+    read_until(&mut stream, &mut seen, "\"data\":{   \"k\": 1 }}\n\n").await;
+    // Heartbeats at --ping-interval, and no idle timeout.
+    read_until(&mut stream, &mut seen, ":\n\n:\n\n").await;
+}
+
+#[tokio::test]
+async fn curl_resumes_a_stream_with_last_event_id() {
+    let server = Server::start(&history());
+    let curl = |extra: &[&str], query: &str| {
+        let url = format!("http://{}/sse?topic=h.a&topic=h.b{query}", server.ws);
+        let out = Command::new("curl")
+            .args(["-sN", "--max-time", "1"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("curl runs");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = curl(&[], "");
+    let id = first
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an id line")
+        .to_owned();
+    assert!(id.starts_with("h.a:0:") && id.contains(";h.b:0:"), "{id}");
+    for n in 1..=3 {
+        server.publish("topic=h.a", &format!("a{n}")).await;
+    }
+    server.publish("topic=h.b", "b1").await;
+    let header = format!("Last-Event-ID: {id}");
+    let resumed = curl(&["-H", &header], "");
+    let data: Vec<&str> = resumed
+        .lines()
+        .filter(|l| l.starts_with("data: {\"op\":\"message\""))
+        .collect();
+    assert_eq!(data.len(), 4, "{resumed}");
+    assert!(data[0].contains("\"data\":\"a1\"") && data[2].contains("\"data\":\"a3\""));
+    assert!(data[3].contains("\"data\":\"b1\""));
+    assert!(!resumed.contains("event: reset"), "{resumed}");
+    // The same from the query, as a page that builds its own URL sends it;
+    // a wrong epoch is a reset naming the topic.
+    let (_, b) = id.split_once(';').unwrap();
+    let stale = format!(
+        "&last_event_id={}",
+        urlencode(&format!("h.a:1:zzzzzzzz;{b}"))
+    );
+    let reset = curl(&[], &stale);
+    assert!(
+        reset.contains("event: reset\ndata: {\"topics\":[\"h.a\"]}"),
+        "{reset}"
+    );
+    assert_eq!(reset.matches("\"data\":\"b1\"").count(), 1, "{reset}");
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace(':', "%3A").replace(';', "%3B")
+}
+
+#[tokio::test]
+async fn python_sse_client_resumes_every_message_once() {
+    let server = Server::start(&history());
+    run_python("sse_client.py", &server, &[]);
+}
+
+#[tokio::test]
+async fn python_long_poll_loses_nothing_over_100_polls() {
+    let server = Server::start(&["--history", "h.*=1000/10m", "--poll-timeout", "2s"]);
+    run_python("poll_client.py", &server, &["300"]);
+}
+
+fn run_python(script: &str, server: &Server, args: &[&str]) {
+    let python = venv_tool("RINGCAST_PYTHON", "python");
+    let path = format!("{}/../tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python)
+        .arg(path)
+        .arg(server.ws.to_string())
+        .arg(server.api.to_string())
+        .args(args)
+        .output()
+        .expect("python runs");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_poll_waits_for_a_message_or_its_timeout() {
+    let server = Server::start(&["--poll-timeout", "300ms"]);
+    let started = std::time::Instant::now();
+    let (head, mut stream) = get(&server, "/poll?topic=x", "").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, r#"{"messages":[],"next":""}"#).await;
+    // The same connection polls again; a publish answers it.
+    let request = "GET /poll?topic=x HTTP/1.1\r\nHost: test\r\n\r\n";
+    let (head, mut stream) = {
+        let mut stream = stream;
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let subscribed = async {
+            while server.publish("topic=x", "now").await == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, subscribed).await.unwrap();
+        let mut raw = Raw { stream };
+        (raw.response_head().await, raw.stream)
+    };
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, r#""data":"now"}],"next":""}"#).await;
+}
+
+#[tokio::test]
+async fn a_drain_ends_a_stream_with_a_close_event() {
+    let server = Server::start(&["--drain-period", "2s"]);
+    let (_, mut stream) = get(&server, "/sse?topic=a", "").await;
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "event: subscribed").await;
+    let (status, _) = server.post("/drain?period=1s", "text/plain", "").await;
+    assert_eq!(status, 202);
+    read_until(
+        &mut stream,
+        &mut seen,
+        "event: close\ndata: {\"code\":1001,",
+    )
+    .await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+    assert!(read.unwrap().is_ok(), "the server closes the stream");
+}
+
+#[tokio::test]
+async fn sse_takes_the_same_auth_admission_and_origin_rules() {
+    let dir = scratch_dir("sse-auth");
+    std::fs::write(dir.join("secret"), "an-sse-test-secret-of-32-bytes!!").unwrap();
+    let secret = dir.join("secret");
+    let server = Server::start(&[
+        "--jwt-hmac-secret-file",
+        secret.to_str().unwrap(),
+        "--max-connections",
+        "2",
+        "--allowed-origins",
+        "http://good.example",
+    ]);
+    let token = mint(&serde_json::json!([{
+        "alg": "HS256", "key": secret.to_str().unwrap(), "claims": {"sub": "42"}
+    }]))
+    .remove(0);
+    let (head, _) = get(&server, "/sse?topic=a", "").await;
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
+    let (head, _) = get(
+        &server,
+        "/sse?topic=dialog%2343,44",
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let (head, _) = get(
+        &server,
+        &format!("/sse?topic=a&token={token}"),
+        "Origin: http://evil.example\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let cookie = format!("Cookie: ringcast_token={token}\r\nOrigin: http://good.example\r\n");
+    let (head, mut one) = get(&server, "/sse?topic=dialog%2342,43", &cookie).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let mut seen = String::new();
+    read_until(&mut one, &mut seen, "event: subscribed").await;
+    // A waiting poll holds a connection too (its head comes later).
+    let mut two = TcpStream::connect(server.ws).await.unwrap();
+    let poll = format!("GET /poll?topic=x&token={token} HTTP/1.1\r\nHost: t\r\n\r\n");
+    two.write_all(poll.as_bytes()).await.unwrap();
+    server.wait_for_stat("open", 2).await;
+    let (head, _) = get(&server, &format!("/sse?topic=a&token={token}"), "").await;
+    assert!(
+        head.starts_with("HTTP/1.1 503 "),
+        "over --max-connections: {head}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_sse_consumer_is_closed_as_on_websocket() {
+    let server = Server::start(&["--max-outbound-bytes", "65536"]);
+    let (_, mut stream) = get(&server, "/sse?topic=a", "").await;
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "event: subscribed").await;
+    let big = "x".repeat(60_000);
+    for _ in 0..200 {
+        server.publish("topic=a", &big).await;
+        if server.stats().await["slow_consumer_closes"].as_u64() == Some(1) {
+            break;
+        }
+    }
+    assert_eq!(server.stats().await["slow_consumer_closes"], 1);
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+    assert!(read.unwrap().is_ok());
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains("event: close\ndata: {\"code\":1008,"),
+        "ends with the close event"
+    );
+}
+
+#[tokio::test]
+async fn the_listener_serves_the_client_and_the_transports_can_be_off() {
+    let server = Server::start(&["--no-sse", "--no-poll"]);
+    let (head, mut stream) = get(&server, "/ringcast.js", "").await;
+    assert!(head.contains("Content-Type: text/javascript"), "{head}");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    assert!(body.contains("export class Ringcast"));
+    for path in ["/sse?topic=a", "/poll?topic=a", "/"] {
+        let (head, _) = get(&server, path, "").await;
+        assert!(head.starts_with("HTTP/1.1 404 "), "{path}: {head}");
+    }
+}
