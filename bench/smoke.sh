@@ -93,5 +93,5 @@ cmp = load("compare/compare.json", "entries", "ratios")
 assert [e["server"] for e in cmp["entries"]] == ["ringcast", "tokio-tungstenite", "fastwebsockets"]
 for e in cmp["entries"]:
     assert e["fanout"]["lost"] == 0 and e["soak"]["ramp"]["failed"] == 0, e["server"]
-print("bench smoke: soak, fanout (raw and ringcast.v1), recover, echo, soak with auth and compare passed")
+print("bench smoke: soak, fanout (raw and ringcast.v1), recover, echo, chat, soak with auth and compare passed")
 EOF
