@@ -110,5 +110,5 @@ cmp = load("compare/compare.json", "entries", "ratios")
 assert [e["server"] for e in cmp["entries"]] == ["ringcast", "tokio-tungstenite", "fastwebsockets"]
 for e in cmp["entries"]:
     assert e["fanout"]["lost"] == 0 and e["soak"]["ramp"]["failed"] == 0, e["server"]
-print("bench smoke: soak, fanout (raw, ringcast.v1, SSE), recover, echo, soak with auth and compare passed")
+print("bench smoke: soak (WebSocket, SSE), fanout (raw, ringcast.v1, deflate, SSE), recover, echo, chat, soak with auth and compare passed")
 EOF
