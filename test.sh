@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, black-box tests against the built binary
-# (tokio-tungstenite and Python websockets clients), the Autobahn
-# conformance cases 1-10, 12 and 13 (permessage-deflate) via kosoku,
-# nginx and haproxy in front of the server with the configs in deploy/,
-# then the tuning/ scripts' tests (root, for a network namespace).
-# Installs the Python test venv (.venv) and, as root, Debian's nginx and
-# haproxy on first use.
+# (tokio-tungstenite and Python websockets clients, ringcast.js in Node
+# and headless Chromium), the Autobahn conformance cases 1-10, 12 and 13
+# (permessage-deflate) via kosoku, nginx and haproxy in front of the
+# server with the configs in deploy/, then the tuning/ scripts' tests
+# (root, for a network namespace). Installs the Python test venv (.venv),
+# clients/js's npm packages and, as root, Debian's nginx, haproxy,
+# redis-server and chromium on first use.
 set -euo pipefail
 cd "$(dirname "$0")"
 
