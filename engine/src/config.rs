@@ -71,6 +71,11 @@ pub struct Config {
     /// Token verification (`None`: auth is off; every connection is
     /// anonymous and may subscribe to any topic that is not user-limited).
     pub auth: Option<Arc<Auth>>,
+    /// The broker client (`None`: the node works alone). With one, topic
+    /// deliveries come from the broker through
+    /// [`crate::Handle::deliver`], workers report topic interest and
+    /// history reads through it, and the local hub assigns no offsets.
+    pub broker: Option<Arc<dyn crate::broker::Link>>,
 }
 
 impl Default for Config {
@@ -97,6 +102,7 @@ impl Default for Config {
             read_buffers: 1024,
             read_buffer_size: 4096,
             auth: None,
+            broker: None,
         }
     }
 }

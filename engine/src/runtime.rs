@@ -5,9 +5,10 @@ use crate::admission::Admission;
 use crate::capacity::table_size;
 use crate::command::{Ack, Command, Mailbox, Wake};
 use crate::config::Config;
-use crate::hub::{Hub, Page};
+use crate::hub::epoch::Epoch;
+use crate::hub::{Hub, Page, TopicFrame};
 use crate::protocol::frame;
-use crate::protocol::v1::{self, Content, Data};
+use crate::protocol::v1::{self, Content, Data, Position};
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::worker::{Setup, Worker};
 use bytes::Bytes;
@@ -241,6 +242,85 @@ impl Handle {
             .zip(offsets)
             .filter_map(|(topic, offset)| Some((topic.clone(), offset?)))
             .collect()
+    }
+
+    /// Delivers one message that a broker published on `topic` to this
+    /// node's subscribers of it, at `position` (offset and epoch assigned
+    /// by the broker; `None` for a topic without history): the same
+    /// fan-out as [`Handle::publish`], without the local hub. Calls from
+    /// one thread are delivered in call order. See [`Handle::publish`]
+    /// for `payload` and `done`.
+    pub fn deliver(
+        &self,
+        topic: &str,
+        position: Option<(u64, Epoch)>,
+        content: Content,
+        payload: &[u8],
+        done: impl FnOnce(usize) + Send + 'static,
+    ) {
+        let data = Data::new(content, payload);
+        let at = position.as_ref().map(|(offset, epoch)| Position {
+            offset: *offset,
+            epoch: epoch.as_str(),
+        });
+        let v1: Arc<[TopicFrame]> = Arc::new([TopicFrame {
+            position,
+            frame: v1::message(topic, at, &data).0,
+        }]);
+        let topics: Arc<[String]> = Arc::new([topic.to_owned()]);
+        let users: Arc<[String]> = Arc::new([]);
+        let frame = frame::encode(content.opcode(), payload);
+        self.send_all(
+            |ack| Command::Publish {
+                topics: topics.clone(),
+                users: users.clone(),
+                frame: frame.clone(),
+                v1: v1.clone(),
+                direct: Bytes::new(),
+                ack,
+            },
+            done,
+        );
+    }
+
+    /// Hands worker `worker` the broker's answer to its
+    /// [`crate::broker::Event::Recover`] for connection (`slot`, `gen`).
+    pub fn recovered(
+        &self,
+        worker: usize,
+        slot: u32,
+        gen: u32,
+        topic: String,
+        position: Option<crate::broker::Position>,
+    ) {
+        if let Some(mailbox) = self.mailboxes.get(worker) {
+            let _ = mailbox.send(Command::Recovered {
+                slot,
+                gen,
+                topic,
+                position,
+            });
+        }
+    }
+
+    /// Sends `{"op":"resync","topic":…}` to every `ringcast.v1`
+    /// subscriber of any of `topics`, on every worker; `done` gets the
+    /// number of hints queued.
+    pub fn resync(&self, topics: Vec<String>, done: impl FnOnce(usize) + Send + 'static) {
+        let topics: Arc<[String]> = topics.into();
+        self.send_all(
+            |ack| Command::Resync {
+                topics: topics.clone(),
+                ack,
+            },
+            done,
+        );
+    }
+
+    /// Whether `topic` keeps history (matches a `--history` rule), and
+    /// that rule.
+    pub fn history_rule(&self, topic: &str) -> Option<&crate::hub::rules::Rule> {
+        self.hub.rule(topic)
     }
 
     /// Sends one message to every connection on the topics endpoint

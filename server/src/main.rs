@@ -1,6 +1,7 @@
 //! `ringcast`: the WebSocket push server binary.
 
 mod api;
+mod broker;
 mod cli;
 mod doctor;
 mod metrics;
@@ -39,9 +40,9 @@ fn main() -> ExitCode {
         print!("{}", serve.to_toml());
         return ExitCode::SUCCESS;
     }
-    let (config, api_token) = match serve
+    let (config, api_token, broker_password) = match serve
         .engine_config()
-        .and_then(|c| Ok((c, serve.api_token()?)))
+        .and_then(|c| Ok((c, serve.api_token()?, serve.broker_password()?)))
     {
         Ok(loaded) => loaded,
         Err(message) => {
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
     };
     init_logging(serve.log_format);
     abort_on_panic();
-    match run(serve, config, api_token) {
+    match run(serve, config, api_token, broker_password) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringcast: {e}");
@@ -149,9 +150,19 @@ fn reload_on_hangup(auth: Option<Arc<Auth>>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn run(serve: Serve, config: Config, api_token: Option<String>) -> std::io::Result<()> {
+fn run(
+    serve: Serve,
+    mut config: Config,
+    api_token: Option<String>,
+    broker_password: Option<String>,
+) -> std::io::Result<()> {
     log_access(&serve, config.auth.as_deref(), api_token.is_some());
     let auth = config.auth.clone();
+    let events = (!serve.brokers.is_empty()).then(|| {
+        let (link, events) = broker::link();
+        config.broker = Some(link);
+        events
+    });
     let workers = config.workers;
     let runtime = Runtime::start(config)?;
     let (capacity, nofile) = (runtime.capacity(), runtime.rlimit_nofile());
@@ -183,7 +194,15 @@ fn run(serve: Serve, config: Config, api_token: Option<String>) -> std::io::Resu
         tracing::info!(ws = %ws_addr, api = %api_addr, path = %serve.path, "ringcast listening");
         // One stable line on stdout for scripts and tests.
         println!("listening ws={ws_addr} api={api_addr}");
-        let state = Arc::new(api::State::new(handle.clone(), &serve, api_token));
+        let broker = match events {
+            None => None,
+            Some(events) => {
+                let started =
+                    broker::Broker::start(&serve.brokers, broker_password, handle.clone(), events);
+                Some(started.map_err(std::io::Error::other)?)
+            }
+        };
+        let state = Arc::new(api::State::new(handle.clone(), &serve, api_token, broker));
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = api::router(state.clone(), serve.max_message_size);
         let api = tokio::spawn(async move {

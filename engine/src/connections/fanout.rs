@@ -38,7 +38,13 @@ impl Connections {
                 let conn = self.table.get_mut(slot).expect("subscriber slot is live");
                 if conn.endpoint == Some(Endpoint::PubSubV1) {
                     conn.last_delivery = delivery;
-                    if !self.skips.covers(id, slot, topic_frame.position) {
+                    let position = topic_frame.position;
+                    let held = self.held.hold(id, slot, position, || {
+                        v1_frame
+                            .get_or_insert_with(|| local(&topic_frame.frame))
+                            .clone()
+                    });
+                    if !held && !self.skips.covers(id, slot, position) {
                         let f = v1_frame.get_or_insert_with(|| local(&topic_frame.frame));
                         queued += usize::from(self.io.queue(conn, slot, f.clone()));
                     }

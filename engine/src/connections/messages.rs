@@ -176,8 +176,12 @@ impl Connections {
             if conn.topics.as_slice().len() >= topics::MAX_TOPICS_PER_CONNECTION {
                 return control::error("too many topics on this connection");
             }
+            let first = self.topics.id(topic).is_none();
             conn.topics.push(self.topics.subscribe(topic, slot));
             self.update_topic_gauge();
+            if first {
+                self.interest(topic, true);
+            }
         }
         control::ack("subscribed", topic)
     }
@@ -186,11 +190,29 @@ impl Connections {
     /// whose slot took its place in the member list.
     pub(super) fn leave(&mut self, slot: u32, member: Member) {
         self.skips.forget(member.topic, slot);
+        self.held.forget(member.topic, slot);
+        let last = (self.broker.is_some() && self.topics.member_count(member.topic) == 1)
+            .then(|| self.topics.name(member.topic).to_owned());
         if let Some(moved) = self.topics.unsubscribe(member, slot) {
             let conn = self.table.get_mut(moved).expect("subscriber slot is live");
             conn.topics.moved(member.topic, member.index);
         }
         self.update_topic_gauge();
+        if let Some(topic) = last {
+            self.interest(&topic, false);
+        }
+    }
+
+    /// Tells the broker client, if any, that `topic` got its first
+    /// subscriber on this worker (`held`) or lost its last.
+    fn interest(&self, topic: &str, held: bool) {
+        if let Some(link) = &self.broker {
+            link.send(crate::broker::Event::Interest {
+                worker: self.worker,
+                topic: topic.to_owned(),
+                held,
+            });
+        }
     }
 
     fn update_topic_gauge(&self) {

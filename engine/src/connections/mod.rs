@@ -57,6 +57,12 @@ pub struct Connections {
     /// History, read when a `ringcast.v1` connection subscribes.
     hub: Arc<crate::hub::Hub>,
     skips: recovery::Skips,
+    /// The broker client, if any (see [`crate::broker`]).
+    broker: Option<Arc<dyn crate::broker::Link>>,
+    /// Subscriptions waiting for the broker's read of their topic.
+    held: recovery::Held,
+    /// This worker's index.
+    worker: usize,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -94,6 +100,9 @@ impl Connections {
             next_trim: 0,
             hub,
             skips: recovery::Skips::default(),
+            broker: config.broker.clone(),
+            held: recovery::Held::default(),
+            worker,
         }
     }
 

@@ -15,15 +15,29 @@
 //! the worker forgets the skips after each pass
 //! ([`Connections::commands_applied`]); the idle connection record keeps
 //! nothing.
+//!
+//! # With a broker
+//! Offsets come from the broker, so the worker cannot read the position
+//! itself. It registers the subscription (so that the node holds the
+//! topic's channel: the interest event goes first, and the broker client
+//! subscribes before it reads), sends [`Event::Recover`], and *holds* the
+//! subscription's live deliveries in [`Held`] until the answer
+//! ([`Connections::recovered`]). The read happens after the node's
+//! subscription to the topic's channel took effect, so every message is
+//! either at or below the `top` read (in the replay, or before the
+//! client's position) or arrives live; the held frames at or below `top`
+//! are dropped, the rest follow the replay in order.
 
 use super::messages::Action;
 use super::Connections;
+use crate::broker::{self, Event};
 use crate::conn::Endpoint;
 use crate::control;
 use crate::hub::epoch::Epoch;
 use crate::protocol::v1::{self, Position, Since};
 use crate::stats::WorkerStats;
 use crate::topics::TopicId;
+use bytes::Bytes;
 use std::collections::HashMap;
 
 /// Room kept in a connection's send queue for the `subscribed` reply that
@@ -61,6 +75,47 @@ impl Skips {
     }
 
     /// `slot` left `topic` (whose id may then be reused).
+    pub fn forget(&mut self, topic: TopicId, slot: u32) {
+        if !self.0.is_empty() {
+            self.0.remove(&(topic, slot));
+        }
+    }
+}
+
+/// Subscriptions waiting for the broker's answer to [`Event::Recover`],
+/// by (topic, slot): whether the client resumes, and the live deliveries
+/// held meanwhile with their positions. Empty without a broker.
+#[derive(Default)]
+pub(super) struct Held(HashMap<(TopicId, u32), Waiting>);
+
+pub(super) struct Waiting {
+    resumes: bool,
+    frames: Vec<(Option<(u64, Epoch)>, Bytes)>,
+}
+
+impl Held {
+    /// Holds `frame` if `slot`'s subscription to `topic` waits for the
+    /// broker; gives it back otherwise.
+    pub fn hold(
+        &mut self,
+        topic: TopicId,
+        slot: u32,
+        position: Option<(u64, Epoch)>,
+        frame: impl FnOnce() -> Bytes,
+    ) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        match self.0.get_mut(&(topic, slot)) {
+            Some(waiting) => {
+                waiting.frames.push((position, frame()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `slot` left `topic`: an answer that comes later is ignored.
     pub fn forget(&mut self, topic: TopicId, slot: u32) {
         if !self.0.is_empty() {
             self.0.remove(&(topic, slot));
@@ -109,6 +164,25 @@ impl Connections {
             .limits
             .max_outbound
             .saturating_sub(pending + REPLY_ROOM + topic.len());
+        if let Some(link) = self.broker.clone() {
+            if self.hub.rule(topic).is_none() {
+                return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
+            }
+            let waiting = Waiting {
+                resumes: since.is_some(),
+                frames: Vec::new(),
+            };
+            self.held.0.insert((id, slot), waiting);
+            let gen = self.table.get_mut(slot).expect("live slot").gen;
+            return link.send(Event::Recover {
+                worker: self.worker,
+                slot,
+                gen,
+                topic: topic.to_owned(),
+                since: since.cloned(),
+                room,
+            });
+        }
         let Some(recovery) = self.hub.recover(topic, since, room) else {
             return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
         };
@@ -129,6 +203,77 @@ impl Connections {
             queued += u64::from(self.io.queue(conn, slot, frame));
         }
         WorkerStats::add(&self.io.stats().messages_out, queued);
+    }
+
+    /// The broker's answer to [`Event::Recover`] for connection (`slot`,
+    /// `gen`) on `topic`: `None` when the broker could not be read (the
+    /// subscription stays, answered without a position; a resume gets
+    /// `recovered:false`). Replies `subscribed`, queues the replay, then
+    /// the live deliveries held meanwhile that the replay does not cover.
+    /// Ignored when the connection left the topic or is gone.
+    pub fn recovered(
+        &mut self,
+        slot: u32,
+        gen: u32,
+        topic: &str,
+        position: Option<broker::Position>,
+    ) {
+        let Some(id) = self.topics.id(topic) else {
+            return;
+        };
+        if self.table.get_mut(slot).is_none_or(|c| c.gen != gen) {
+            return;
+        }
+        let Some(waiting) = self.held.0.remove(&(id, slot)) else {
+            return;
+        };
+        let resumed = |recovered: bool| waiting.resumes.then_some(recovered);
+        let covered = match &position {
+            Some(p) => {
+                let at = Position {
+                    offset: p.top,
+                    epoch: p.epoch.as_str(),
+                };
+                let reply = v1::subscribed(topic, Some(at), resumed(p.replay.is_some()));
+                self.reply(slot, reply);
+                Some((p.top, p.epoch))
+            }
+            None => {
+                self.reply(slot, v1::subscribed(topic, None, resumed(false)));
+                None
+            }
+        };
+        let replay = position.and_then(|p| p.replay).into_iter().flatten();
+        let live = waiting.frames.into_iter().filter(|(at, _)| {
+            !matches!((at, covered), (Some((o, e)), Some((top, epoch))) if *e == epoch && *o <= top)
+        });
+        let conn = self.table.get_mut(slot).expect("live slot");
+        let mut queued = 0;
+        for frame in replay.chain(live.map(|(_, f)| f)) {
+            queued += u64::from(self.io.queue(conn, slot, frame));
+        }
+        WorkerStats::add(&self.io.stats().messages_out, queued);
+    }
+
+    /// Sends `{"op":"resync","topic":…}` to every `ringcast.v1`
+    /// subscriber of any of `topics` on this worker: deliveries may have
+    /// been missed (the broker was out of reach), and the client should
+    /// resubscribe with `since`. Returns how many hints were queued.
+    pub fn resync(&mut self, topics: &[String]) -> usize {
+        let mut queued = 0;
+        for topic in topics {
+            let Some(id) = self.topics.id(topic) else {
+                continue;
+            };
+            let hint = v1::resync(topic);
+            for slot in self.topics.members(id) {
+                let conn = self.table.get_mut(slot).expect("subscriber slot is live");
+                if conn.endpoint == Some(Endpoint::PubSubV1) {
+                    queued += usize::from(self.io.queue(conn, slot, hint.clone()));
+                }
+            }
+        }
+        queued
     }
 
     /// The id of `topic` if `slot` is subscribed to it.

@@ -59,6 +59,13 @@ impl Worker {
                     let v1_local = |f: &Bytes| local(copy, f);
                     ack.complete(self.conns.broadcast(&frame, &v1, v1_local));
                 }
+                Command::Recovered {
+                    slot,
+                    gen,
+                    topic,
+                    position,
+                } => self.conns.recovered(slot, gen, &topic, position),
+                Command::Resync { topics, ack } => ack.complete(self.conns.resync(&topics)),
                 Command::Drain { period } => self.begin_drain(period),
                 Command::Rebalance { fraction, period } => {
                     if self.stop_by.is_none() {
