@@ -26,7 +26,10 @@
 //! subscription to the topic's channel took effect, so every message is
 //! either at or below the `top` read (in the replay, or before the
 //! client's position) or arrives live; the held frames at or below `top`
-//! are dropped, the rest follow the replay in order.
+//! are dropped, the rest follow the replay in order. Live frames at or
+//! below `top` can also arrive *after* the answer (messages and the
+//! answer travel on different Redis connections): [`Hold::Floor`] drops
+//! them until the first frame past `top`.
 
 use super::messages::Action;
 use super::Connections;
@@ -82,20 +85,30 @@ impl Skips {
     }
 }
 
-/// Subscriptions waiting for the broker's answer to [`Event::Recover`],
-/// by (topic, slot): whether the client resumes, and the live deliveries
-/// held meanwhile with their positions. Empty without a broker.
+/// Subscriptions whose live deliveries the broker's read decides, by
+/// (topic, slot). Empty without a broker.
 #[derive(Default)]
-pub(super) struct Held(HashMap<(TopicId, u32), Waiting>);
+pub(super) struct Held(HashMap<(TopicId, u32), Hold>);
 
-pub(super) struct Waiting {
-    resumes: bool,
-    frames: Vec<(Option<(u64, Epoch)>, Bytes)>,
+pub(super) enum Hold {
+    /// Waiting for the answer to [`Event::Recover`]: whether the client
+    /// resumes, and the live deliveries held meanwhile.
+    Waiting {
+        resumes: bool,
+        frames: Vec<(Option<(u64, Epoch)>, Bytes)>,
+    },
+    /// Answered at `top` in `epoch`: a live delivery at or below it is
+    /// covered (it was published between the node's SUBSCRIBE and the
+    /// read, and its message reaches the node on another connection than
+    /// the read's answer, so possibly after it). Gone at the first live
+    /// delivery past it: a topic's deliveries come in offset order.
+    Floor { top: u64, epoch: Epoch },
 }
 
 impl Held {
-    /// Holds `frame` if `slot`'s subscription to `topic` waits for the
-    /// broker; gives it back otherwise.
+    /// Whether `slot`'s delivery of `topic` at `position` is taken care
+    /// of here: held while the read is pending (`frame` is then kept), or
+    /// covered by the read's answer.
     pub fn hold(
         &mut self,
         topic: TopicId,
@@ -106,10 +119,18 @@ impl Held {
         if self.0.is_empty() {
             return false;
         }
-        match self.0.get_mut(&(topic, slot)) {
-            Some(waiting) => {
-                waiting.frames.push((position, frame()));
+        let key = (topic, slot);
+        match self.0.get_mut(&key) {
+            Some(Hold::Waiting { frames, .. }) => {
+                frames.push((position, frame()));
                 true
+            }
+            Some(Hold::Floor { top, epoch }) => {
+                let covered = position.is_some_and(|(o, e)| e == *epoch && o <= *top);
+                if !covered {
+                    self.0.remove(&key);
+                }
+                covered
             }
             None => false,
         }
@@ -168,7 +189,7 @@ impl Connections {
             if self.hub.rule(topic).is_none() {
                 return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
             }
-            let waiting = Waiting {
+            let waiting = Hold::Waiting {
                 resumes: since.is_some(),
                 frames: Vec::new(),
             };
@@ -224,10 +245,10 @@ impl Connections {
         if self.table.get_mut(slot).is_none_or(|c| c.gen != gen) {
             return;
         }
-        let Some(waiting) = self.held.0.remove(&(id, slot)) else {
+        let Some(Hold::Waiting { resumes, frames }) = self.held.0.remove(&(id, slot)) else {
             return;
         };
-        let resumed = |recovered: bool| waiting.resumes.then_some(recovered);
+        let resumed = |recovered: bool| resumes.then_some(recovered);
         let covered = match &position {
             Some(p) => {
                 let at = Position {
@@ -244,7 +265,10 @@ impl Connections {
             }
         };
         let replay = position.and_then(|p| p.replay).into_iter().flatten();
-        let live = waiting.frames.into_iter().filter(|(at, _)| {
+        if let Some((top, epoch)) = covered.filter(|&(top, _)| top > 0) {
+            self.held.0.insert((id, slot), Hold::Floor { top, epoch });
+        }
+        let live = frames.into_iter().filter(|(at, _)| {
             !matches!((at, covered), (Some((o, e)), Some((top, epoch))) if *e == epoch && *o <= top)
         });
         let conn = self.table.get_mut(slot).expect("live slot");

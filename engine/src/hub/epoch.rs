@@ -20,7 +20,10 @@ impl Epoch {
     /// checked like any input).
     pub fn parse(text: &str) -> Option<Self> {
         let bytes: [u8; 8] = text.as_bytes().try_into().ok()?;
-        bytes.iter().all(|b| ALPHABET.contains(b)).then_some(Self(bytes))
+        bytes
+            .iter()
+            .all(|b| ALPHABET.contains(b))
+            .then_some(Self(bytes))
     }
 
     /// A fresh random epoch (SipHash of the clock under a random key):

@@ -30,7 +30,11 @@ pub async fn route(broker: Arc<Broker>, mut events: Receiver) {
                 Event::Interest { topic, held, .. } => {
                     let count = workers.entry(topic.clone()).or_insert(0);
                     let was = *count > 0;
-                    *count = if held { *count + 1 } else { count.saturating_sub(1) };
+                    *count = if held {
+                        *count + 1
+                    } else {
+                        count.saturating_sub(1)
+                    };
                     let now = *count > 0;
                     if !now {
                         workers.remove(&topic);
@@ -64,12 +68,18 @@ pub async fn route(broker: Arc<Broker>, mut events: Receiver) {
             // counts, and only if it differs from the state before.
             let mut last: HashMap<&str, (bool, bool)> = HashMap::new();
             for (topic, now) in &changes {
-                last.entry(topic).and_modify(|e| e.1 = *now).or_insert((!now, *now));
+                last.entry(topic)
+                    .and_modify(|e| e.1 = *now)
+                    .or_insert((!now, *now));
             }
             let (mut on, mut off) = (Vec::new(), Vec::new());
             for (topic, (before, after)) in last {
                 if before != after {
-                    if after { on.push(topic.to_owned()) } else { off.push(topic.to_owned()) }
+                    if after {
+                        on.push(topic.to_owned())
+                    } else {
+                        off.push(topic.to_owned())
+                    }
                 }
             }
             if !on.is_empty() {

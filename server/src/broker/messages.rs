@@ -35,7 +35,9 @@ impl Broker {
         }
         let (header, body) = script::split::<NodeHeader>(payload)?;
         let valid_users = |users: &[String]| {
-            users.iter().all(|u| !u.is_empty() && u.len() <= MAX_USER_ID)
+            users
+                .iter()
+                .all(|u| !u.is_empty() && u.len() <= MAX_USER_ID)
         };
         let content = |name: &str| {
             let content = script::content_named(name).ok_or("unknown content")?;
@@ -44,7 +46,8 @@ impl Broker {
         match header {
             NodeHeader::Publish { users, content: c } if valid_users(&users) => {
                 let content = content(&c)?;
-                self.handle.publish(Vec::new(), users, content, body, |_| {});
+                self.handle
+                    .publish(Vec::new(), users, content, body, |_| {});
             }
             NodeHeader::Broadcast { content: c } => {
                 let content = content(&c)?;

@@ -48,7 +48,10 @@ impl Metrics {
             "Channels subscribed again after a reconnect to the broker",
         );
         let up = IntGaugeVec::new(
-            Opts::new("ringcast_broker_up", "1 while the broker instance is connected"),
+            Opts::new(
+                "ringcast_broker_up",
+                "1 while the broker instance is connected",
+            ),
             &["shard"],
         )
         .expect("valid gauge");

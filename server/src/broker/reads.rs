@@ -28,19 +28,26 @@ pub struct Read {
 impl Read {
     /// `(offset, frame, data start)` of each entry, as delivered.
     fn frames<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = (u64, Bytes, usize)> + 'a {
-        (self.after + 1..).zip(&self.entries).map(move |(offset, data)| {
-            let at = Position {
-                offset,
-                epoch: self.epoch.as_str(),
-            };
-            let (frame, start) = v1::message(topic, Some(at), data);
-            (offset, frame, start)
-        })
+        (self.after + 1..)
+            .zip(&self.entries)
+            .map(move |(offset, data)| {
+                let at = Position {
+                    offset,
+                    epoch: self.epoch.as_str(),
+                };
+                let (frame, start) = v1::message(topic, Some(at), data);
+                (offset, frame, start)
+            })
     }
 
     /// The page `GET /history` answers with.
     pub fn page(&self, topic: &str) -> Page {
-        Page::new(self.epoch, self.top, self.first, self.frames(topic).collect())
+        Page::new(
+            self.epoch,
+            self.top,
+            self.first,
+            self.frames(topic).collect(),
+        )
     }
 }
 
@@ -68,9 +75,14 @@ pub async fn read(
         .arg(if after.is_some() { "1" } else { "0" })
         .arg(after.unwrap_or(0))
         .arg(count);
-    let reply: Vec<Value> = broker.run(shard, invocation.invoke_async(&mut conn)).await?;
+    let reply: Vec<Value> = broker
+        .run(shard, invocation.invoke_async(&mut conn))
+        .await?;
     parse(&reply, after.unwrap_or(0)).map_err(|why| {
-        Unavailable(format!("broker {}: bad reply for {topic:?}: {why}", shard.name))
+        Unavailable(format!(
+            "broker {}: bad reply for {topic:?}: {why}",
+            shard.name
+        ))
     })
 }
 
@@ -92,7 +104,9 @@ fn parse(reply: &[Value], after: u64) -> Result<Read, &'static str> {
     let entries = entries
         .chunks(2)
         .map(|pair| {
-            let [c, d] = pair else { return Err("odd entries") };
+            let [c, d] = pair else {
+                return Err("odd entries");
+            };
             let content = String::from_utf8(text(c)?).map_err(|_| "content")?;
             let content = script::content_named(&content).ok_or("content")?;
             let body = text(d)?;
@@ -168,14 +182,29 @@ mod tests {
     #[test]
     fn replies_are_checked() {
         let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
-        let ok = [s("AAAAAAAA"), Value::Int(3), Value::Int(2), s("text"), s("m3")];
+        let ok = [
+            s("AAAAAAAA"),
+            Value::Int(3),
+            Value::Int(2),
+            s("text"),
+            s("m3"),
+        ];
         let read = parse(&ok, 2).unwrap();
         let frames: Vec<_> = read.frames("a").collect();
-        assert_eq!((read.top, read.first, frames.len(), frames[0].0), (3, 2, 1, 3));
+        assert_eq!(
+            (read.top, read.first, frames.len(), frames[0].0),
+            (3, 2, 1, 3)
+        );
         assert!(parse(&ok[..2], 0).is_err(), "short");
         assert!(parse(&[s("bad"), Value::Int(3), Value::Int(2)], 0).is_err());
         assert!(parse(&[s("AAAAAAAA"), Value::Int(-1), Value::Int(2)], 0).is_err());
-        let bad_json = [s("AAAAAAAA"), Value::Int(3), Value::Int(3), s("json"), s("{")];
+        let bad_json = [
+            s("AAAAAAAA"),
+            Value::Int(3),
+            Value::Int(3),
+            s("json"),
+            s("{"),
+        ];
         assert!(parse(&bad_json, 2).is_err());
     }
 }

@@ -156,7 +156,7 @@ pub enum NodeHeader {
 /// # Errors
 /// A reason for a payload without `\n` or with a header that is not a
 /// `T`.
-pub fn split<'a, T: serde::de::DeserializeOwned>(payload: &'a [u8]) -> Result<(T, &'a [u8]), String> {
+pub fn split<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<(T, &[u8]), String> {
     let at = payload
         .iter()
         .position(|&b| b == b'\n')
@@ -165,12 +165,16 @@ pub fn split<'a, T: serde::de::DeserializeOwned>(payload: &'a [u8]) -> Result<(T
     Ok((header, &payload[at + 1..]))
 }
 
+/// A topic message: its content, body (checked against the content) and
+/// position (offset and epoch, for a topic with history).
+pub type TopicMessage<'a> = (Content, &'a [u8], Option<(u64, Epoch)>);
+
 /// A topic message's content, checked body and position.
 ///
 /// # Errors
 /// A reason for an unknown content kind, a body that is not what it
 /// says, an offset without a valid epoch (or the reverse), or offset 0.
-pub fn topic_message(payload: &[u8]) -> Result<(Content, &[u8], Option<(u64, Epoch)>), String> {
+pub fn topic_message(payload: &[u8]) -> Result<TopicMessage<'_>, String> {
     let (header, body): (TopicHeader, _) = split(payload)?;
     let content = content_named(&header.content).ok_or("unknown content")?;
     content.check(body)?;
@@ -214,7 +218,11 @@ mod tests {
             b"{\"content\":\"text\",\"offset\":1,\"epoch\":\"A\"}\nx",
             b"{\"content\":\"text\",\"extra\":1}\nx",
         ] {
-            assert!(topic_message(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                topic_message(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

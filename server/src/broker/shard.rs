@@ -130,7 +130,9 @@ impl Shard {
             .await?;
         let pubsub = tokio::time::timeout(TIMEOUT, self.client.get_async_pubsub())
             .await
-            .map_err(|_| redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            })??;
         Ok((pubsub, conn))
     }
 }
@@ -188,7 +190,9 @@ fn apply_offline(broker: &Broker, held: &mut Held, op: Op) {
                 held.topics.remove(topic);
             }
         }
-        Op::Recover(r) => broker.handle.recovered(r.worker, r.slot, r.gen, r.topic, None),
+        Op::Recover(r) => broker
+            .handle
+            .recovered(r.worker, r.slot, r.gen, r.topic, None),
         Op::Broken => {}
     }
 }

@@ -49,7 +49,10 @@ mod tests {
         for t in &topics {
             counts[shard_of(t, 3)] += 1;
         }
-        assert!(counts.iter().all(|&c| (3000..3700).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (3000..3700).contains(&c)),
+            "{counts:?}"
+        );
         let moved = topics
             .iter()
             .filter(|t| shard_of(t, 3) != shard_of(t, 4))
