@@ -1,6 +1,7 @@
 //! Work handed to a worker from other threads: publishes, broadcasts,
-//! user look-ups and disconnections, broker answers, drain, rebalance and
-//! shutdown. Each worker has a channel and an eventfd; the sender pushes a
+//! user look-ups and disconnections, answers to upstream events (replies,
+//! broker reads), drain, rebalance and shutdown. Each worker has a channel
+//! and an eventfd; the sender pushes a
 //! [`Command`] and writes the eventfd, which completes a read the worker
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
@@ -76,7 +77,7 @@ pub enum Command {
         /// Time the closes are spread over.
         period: Duration,
     },
-    /// The broker's answer to a worker's [`crate::broker::Event::Recover`].
+    /// The broker's answer to a worker's [`crate::upstream::Event::Recover`].
     Recovered {
         /// The connection's slot.
         slot: u32,
@@ -95,6 +96,17 @@ pub enum Command {
         topics: Arc<[String]>,
         /// Completed with the number of hints queued.
         ack: Arc<Ack>,
+    },
+    /// Queue `frame` to the open connection in `slot` if it is still the
+    /// tenant of generation `gen` (the answer to an upstream event; see
+    /// [`crate::upstream`]). Dropped silently otherwise.
+    Reply {
+        /// Fixed-file slot.
+        slot: u32,
+        /// The tenant's generation.
+        gen: u32,
+        /// An encoded frame (a `ringcast.v1` reply).
+        frame: Bytes,
     },
     /// Stop accepting, close every connection with 1001 at once, then exit.
     Shutdown,

@@ -2,6 +2,7 @@
 //! default in [`Config::default`].
 
 use crate::session::Auth;
+use crate::upstream::Upstream;
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,11 +72,16 @@ pub struct Config {
     /// Token verification (`None`: auth is off; every connection is
     /// anonymous and may subscribe to any topic that is not user-limited).
     pub auth: Option<Arc<Auth>>,
-    /// The broker client (`None`: the node works alone). With one, topic
-    /// deliveries come from the broker through
-    /// [`crate::Handle::deliver`], workers report topic interest and
-    /// history reads through it, and the local hub assigns no offsets.
-    pub broker: Option<Arc<dyn crate::broker::Link>>,
+    /// Where workers send what needs the embedding program's async side
+    /// (client publishes, RPCs, connect hooks; see [`crate::upstream`]).
+    /// `None` (default): client publishes and RPCs are answered with an
+    /// error op.
+    pub upstream: Option<Upstream>,
+    /// Whether topic deliveries come from a broker (the server's
+    /// `--broker`): then the local hub assigns no offsets, and workers
+    /// report topic interest and history reads through
+    /// [`Self::upstream`] (see [`crate::broker`]).
+    pub broker: bool,
 }
 
 impl Default for Config {
@@ -102,7 +108,8 @@ impl Default for Config {
             read_buffers: 1024,
             read_buffer_size: 4096,
             auth: None,
-            broker: None,
+            upstream: None,
+            broker: false,
         }
     }
 }

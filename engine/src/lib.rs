@@ -18,7 +18,9 @@
 //! - [`timers`]: the timer wheel; [`spread`]: closes spread over a period
 //!   (drain, rebalance);
 //! - [`runtime`] and [`command`]: starting workers, and publishing to them
-//!   from other threads; [`capacity`]: the host's connection ceiling.
+//!   from other threads; [`upstream`]: what workers hand to the
+//!   embedding program's async side (client publishes, hooks);
+//!   [`capacity`]: the host's connection ceiling.
 //!
 //! See `engine/README.md` for the design note.
 
@@ -40,6 +42,7 @@ pub mod spread;
 pub mod stats;
 pub mod timers;
 pub mod topics;
+pub mod upstream;
 pub mod worker;
 
 pub use config::Config;

@@ -10,6 +10,7 @@ use crate::hub::{Hub, Page, TopicFrame};
 use crate::protocol::frame;
 use crate::protocol::v1::{self, Content, Data, Position};
 use crate::stats::{self, Snapshot, WorkerStats};
+use crate::upstream::Origin;
 use crate::worker::{Setup, Worker};
 use bytes::Bytes;
 use std::io;
@@ -283,20 +284,19 @@ impl Handle {
         );
     }
 
-    /// Hands worker `worker` the broker's answer to its
-    /// [`crate::broker::Event::Recover`] for connection (`slot`, `gen`).
+    /// Hands the broker's answer to a
+    /// [`crate::upstream::Event::Recover`] back to the connection
+    /// `origin` names (ignored if it left the topic or is gone).
     pub fn recovered(
         &self,
-        worker: usize,
-        slot: u32,
-        gen: u32,
+        origin: Origin,
         topic: String,
         position: Option<crate::broker::Position>,
     ) {
-        if let Some(mailbox) = self.mailboxes.get(worker) {
+        if let Some(mailbox) = self.mailboxes.get(origin.worker as usize) {
             let _ = mailbox.send(Command::Recovered {
-                slot,
-                gen,
+                slot: origin.slot,
+                gen: origin.gen,
                 topic,
                 position,
             });
@@ -413,6 +413,19 @@ impl Handle {
     pub fn rebalance(&self, fraction: f64, period: Duration) {
         let fraction = fraction.clamp(0.0, 1.0);
         self.tell_all(|| Command::Rebalance { fraction, period });
+    }
+
+    /// Queues `frame` (an encoded frame, e.g. a `ringcast.v1` reply) to
+    /// the connection `origin` names, if it is still open; a connection
+    /// gone since, or a worker that exited, drops it.
+    pub fn reply(&self, origin: Origin, frame: Bytes) {
+        if let Some(mailbox) = self.mailboxes.get(origin.worker as usize) {
+            let _ = mailbox.send(Command::Reply {
+                slot: origin.slot,
+                gen: origin.gen,
+                frame,
+            });
+        }
     }
 
     /// Asks every worker to stop accepting, close its connections with 1001

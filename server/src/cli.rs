@@ -379,8 +379,9 @@ impl Serve {
             read_buffers: self.read_buffers,
             read_buffer_size: self.read_buffer_size,
             auth: self.auth()?,
-            // Set by the server once the broker's channel exists.
-            broker: None,
+            // Both set by the server once its channels exist.
+            upstream: None,
+            broker: false,
         })
     }
 

@@ -5,6 +5,7 @@ mod broker;
 mod cli;
 mod doctor;
 mod metrics;
+mod upstream;
 
 use cli::{CliError, Command, ConfigCommand, LogFormat, Serve};
 use ringcast_engine::runtime::Runtime;
@@ -157,12 +158,17 @@ fn run(
     broker_password: Option<String>,
 ) -> std::io::Result<()> {
     log_access(&serve, config.auth.as_deref(), api_token.is_some());
+    let (sink, events) = upstream::channel();
+    config.upstream = Some(sink);
     let auth = config.auth.clone();
-    let events = (!serve.brokers.is_empty()).then(|| {
-        let (link, events) = broker::link();
-        config.broker = Some(link);
-        events
-    });
+    config.broker = !serve.brokers.is_empty();
+    let (to_broker, broker_events) = match config.broker {
+        true => {
+            let (tx, rx) = broker::channel();
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
     let workers = config.workers;
     let runtime = Runtime::start(config)?;
     let (capacity, nofile) = (runtime.capacity(), runtime.rlimit_nofile());
@@ -187,6 +193,7 @@ fn run(
         .build()?;
     tokio.block_on(async move {
         reload_on_hangup(auth)?;
+        tokio::spawn(upstream::run(events, handle.clone(), to_broker));
         let listener = tokio::net::TcpListener::bind(serve.api_listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", serve.api_listen))
         })?;
@@ -194,7 +201,7 @@ fn run(
         tracing::info!(ws = %ws_addr, api = %api_addr, path = %serve.path, "ringcast listening");
         // One stable line on stdout for scripts and tests.
         println!("listening ws={ws_addr} api={api_addr}");
-        let broker = match events {
+        let broker = match broker_events {
             None => None,
             Some(events) => {
                 let started =

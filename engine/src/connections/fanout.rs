@@ -110,6 +110,14 @@ impl Connections {
         closed
     }
 
+    /// Queues `frame` to the open connection in `slot` if its generation
+    /// is `gen` (an answer to an upstream event).
+    pub fn reply_frame(&mut self, slot: u32, gen: u32, frame: Bytes) {
+        if let Some(conn) = self.table.get_mut(slot).filter(|c| c.gen == gen) {
+            self.io.queue(conn, slot, frame);
+        }
+    }
+
     /// Open connections of `user` on this worker.
     pub fn user_connections(&mut self, user: &str) -> usize {
         let table = &mut self.table;

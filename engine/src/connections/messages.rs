@@ -10,6 +10,7 @@ use crate::protocol::v1;
 use crate::session::jwt::MAX_TOKEN;
 use crate::stats::WorkerStats;
 use crate::topics::{self, Member};
+use crate::upstream::{Event, Interest};
 use bytes::Bytes;
 use std::ops::ControlFlow;
 
@@ -191,7 +192,7 @@ impl Connections {
     pub(super) fn leave(&mut self, slot: u32, member: Member) {
         self.skips.forget(member.topic, slot);
         self.held.forget(member.topic, slot);
-        let last = (self.broker.is_some() && self.topics.member_count(member.topic) == 1)
+        let last = (self.broker && self.topics.member_count(member.topic) == 1)
             .then(|| self.topics.name(member.topic).to_owned());
         if let Some(moved) = self.topics.unsubscribe(member, slot) {
             let conn = self.table.get_mut(moved).expect("subscriber slot is live");
@@ -205,13 +206,37 @@ impl Connections {
 
     /// Tells the broker client, if any, that `topic` got its first
     /// subscriber on this worker (`held`) or lost its last.
-    fn interest(&self, topic: &str, held: bool) {
-        if let Some(link) = &self.broker {
-            link.send(crate::broker::Event::Interest {
-                worker: self.worker,
+    fn interest(&mut self, topic: &str, held: bool) {
+        if self.broker {
+            self.to_broker(Event::Interest(Interest {
+                worker: self.worker as u32,
                 topic: topic.to_owned(),
                 held,
-            });
+            }));
+        }
+    }
+
+    /// Sends a broker event upstream, after any the sink could not take
+    /// before; keeps it (and what follows) for later when it cannot take
+    /// it now: a lost interest event would leave a topic unsubscribed.
+    pub(super) fn to_broker(&mut self, event: Event) {
+        self.unsent.push(event);
+        self.send_unsent();
+    }
+
+    /// Sends the broker events kept back, in order, while the sink takes
+    /// them.
+    pub(super) fn send_unsent(&mut self) {
+        let Some(upstream) = &self.upstream else {
+            return self.unsent.clear();
+        };
+        let mut pending = std::mem::take(&mut self.unsent).into_iter();
+        while let Some(event) = pending.next() {
+            if let Err(event) = upstream.send(event) {
+                self.unsent.push(event);
+                self.unsent.extend(pending);
+                break;
+            }
         }
     }
 

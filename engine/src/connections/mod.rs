@@ -57,8 +57,13 @@ pub struct Connections {
     /// History, read when a `ringcast.v1` connection subscribes.
     hub: Arc<crate::hub::Hub>,
     skips: recovery::Skips,
-    /// The broker client, if any (see [`crate::broker`]).
-    broker: Option<Arc<dyn crate::broker::Link>>,
+    /// Where events for the server go (see [`crate::upstream`]).
+    upstream: Option<crate::upstream::Upstream>,
+    /// Whether deliveries come from a broker (see [`crate::broker`]).
+    broker: bool,
+    /// Broker events the upstream sink could not take yet, sent again
+    /// before the next one and after each pass over the commands.
+    unsent: Vec<crate::upstream::Event>,
     /// Subscriptions waiting for the broker's read of their topic.
     held: recovery::Held,
     /// This worker's index.
@@ -100,7 +105,9 @@ impl Connections {
             next_trim: 0,
             hub,
             skips: recovery::Skips::default(),
-            broker: config.broker.clone(),
+            upstream: config.upstream.clone(),
+            broker: config.broker && config.upstream.is_some(),
+            unsent: Vec::new(),
             held: recovery::Held::default(),
             worker,
         }

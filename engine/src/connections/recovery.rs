@@ -33,13 +33,14 @@
 
 use super::messages::Action;
 use super::Connections;
-use crate::broker::{self, Event};
+use crate::broker;
 use crate::conn::Endpoint;
 use crate::control;
 use crate::hub::epoch::Epoch;
 use crate::protocol::v1::{self, Position, Since};
 use crate::stats::WorkerStats;
 use crate::topics::TopicId;
+use crate::upstream::{Event, Origin, Recover};
 use bytes::Bytes;
 use std::collections::HashMap;
 
@@ -185,7 +186,7 @@ impl Connections {
             .limits
             .max_outbound
             .saturating_sub(pending + REPLY_ROOM + topic.len());
-        if let Some(link) = self.broker.clone() {
+        if self.broker {
             if self.hub.rule(topic).is_none() {
                 return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
             }
@@ -195,14 +196,17 @@ impl Connections {
             };
             self.held.0.insert((id, slot), waiting);
             let gen = self.table.get_mut(slot).expect("live slot").gen;
-            return link.send(Event::Recover {
-                worker: self.worker,
+            let origin = Origin {
+                worker: self.worker as u32,
                 slot,
                 gen,
+            };
+            return self.to_broker(Event::Recover(Recover {
+                origin,
                 topic: topic.to_owned(),
                 since: since.cloned(),
                 room,
-            });
+            }));
         }
         let Some(recovery) = self.hub.recover(topic, since, room) else {
             return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
@@ -311,5 +315,8 @@ impl Connections {
     /// publish a subscription's read of the history saw is still to come.
     pub fn commands_applied(&mut self) {
         self.skips.0.clear();
+        if !self.unsent.is_empty() {
+            self.send_unsent();
+        }
     }
 }

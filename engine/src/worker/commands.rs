@@ -66,6 +66,7 @@ impl Worker {
                     position,
                 } => self.conns.recovered(slot, gen, &topic, position),
                 Command::Resync { topics, ack } => ack.complete(self.conns.resync(&topics)),
+                Command::Reply { slot, gen, frame } => self.conns.reply_frame(slot, gen, frame),
                 Command::Drain { period } => self.begin_drain(period),
                 Command::Rebalance { fraction, period } => {
                     if self.stop_by.is_none() {

@@ -5,9 +5,10 @@
 //! SUBSCRIBE commands, not 100k round trips. A read request goes to its
 //! instance after the changes that precede it.
 
-use super::shard::{Op, Recover};
+use super::shard::Op;
 use super::{shards, Broker, Receiver};
-use ringcast_engine::broker::Event;
+use ringcast_engine::upstream::Event;
+use ringcast_engine::upstream::Recover;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -27,7 +28,8 @@ pub async fn route(broker: Arc<Broker>, mut events: Receiver) {
         let mut reads: Vec<Vec<Recover>> = (0..shard_count).map(|_| Vec::new()).collect();
         for event in batch.drain(..) {
             match event {
-                Event::Interest { topic, held, .. } => {
+                Event::Interest(interest) => {
+                    let (topic, held) = (interest.topic, interest.held);
                     let count = workers.entry(topic.clone()).or_insert(0);
                     let was = *count > 0;
                     *count = if held {
@@ -43,24 +45,10 @@ pub async fn route(broker: Arc<Broker>, mut events: Receiver) {
                         changed[shards::shard_of(&topic, shard_count)].push((topic, now));
                     }
                 }
-                Event::Recover {
-                    worker,
-                    slot,
-                    gen,
-                    topic,
-                    since,
-                    room,
-                } => {
-                    let shard = shards::shard_of(&topic, shard_count);
-                    reads[shard].push(Recover {
-                        worker,
-                        slot,
-                        gen,
-                        topic,
-                        since,
-                        room,
-                    });
+                Event::Recover(read) => {
+                    reads[shards::shard_of(&read.topic, shard_count)].push(read);
                 }
+                other => tracing::error!(?other, "not a broker event"),
             }
         }
         for ((shard, changes), reads) in broker.shards.iter().zip(changed).zip(reads) {

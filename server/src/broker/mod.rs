@@ -10,8 +10,9 @@
 //! - `reads`: positions, replays and history pages read from streams;
 //! - `metrics`: the broker's Prometheus series.
 //!
-//! Everything here runs on the server's tokio runtime; the workers only
-//! push [`Event`]s into an unbounded channel ([`Link`]).
+//! Everything here runs on the server's tokio runtime; the workers send
+//! their interest and read events up the upstream channel
+//! (`crate::upstream`), which forwards them here ([`Sender`]).
 
 mod interest;
 mod messages;
@@ -22,9 +23,9 @@ mod shard;
 pub mod shards;
 
 use redis::aio::MultiplexedConnection;
-use ringcast_engine::broker::{Event, Link};
 use ringcast_engine::hub::epoch::Epoch;
 use ringcast_engine::hub::Page;
+use ringcast_engine::upstream::Event;
 use ringcast_engine::{Content, Handle};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -34,23 +35,17 @@ use tokio::sync::mpsc;
 /// How long one Redis command may take before the publish gets 503.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The workers' side of the broker: an unbounded channel (never blocks a
-/// worker).
-pub struct Sender(mpsc::UnboundedSender<Event>);
-
-impl Link for Sender {
-    fn send(&self, event: Event) {
-        let _ = self.0.send(event);
-    }
-}
+/// Where the upstream loop forwards the workers' broker events
+/// ([`Event::Interest`], [`Event::Recover`]); unbounded, so that the loop
+/// never waits on the broker.
+pub type Sender = mpsc::UnboundedSender<Event>;
 
 /// The receiving end, until [`Broker::start`] takes it.
 pub type Receiver = mpsc::UnboundedReceiver<Event>;
 
-/// A link for the engine's config, and its receiving end.
-pub fn link() -> (Arc<dyn Link>, Receiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Arc::new(Sender(tx)), rx)
+/// The forwarding channel's two ends.
+pub fn channel() -> (Sender, Receiver) {
+    mpsc::unbounded_channel()
 }
 
 /// Why a broker operation failed: the API answers 503.

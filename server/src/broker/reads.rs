@@ -2,7 +2,7 @@
 //! position, in one atomic script ([`script::POSITION`]), for a
 //! resuming subscribe and for `GET /history`.
 
-use super::shard::{Recover, Shard};
+use super::shard::Shard;
 use super::{script, Broker, Unavailable};
 use bytes::Bytes;
 use redis::Value;
@@ -10,6 +10,7 @@ use ringcast_engine::broker::Position as Answer;
 use ringcast_engine::hub::epoch::Epoch;
 use ringcast_engine::hub::Page;
 use ringcast_engine::protocol::v1::{self, Data, Position};
+use ringcast_engine::upstream::Recover;
 use std::time::Duration;
 
 /// Most entries one resume replays.
@@ -142,13 +143,9 @@ pub async fn recover(broker: &Broker, shard: &Shard, request: Recover) {
             }
         }
     };
-    broker.handle.recovered(
-        request.worker,
-        request.slot,
-        request.gen,
-        request.topic,
-        answer,
-    );
+    broker
+        .handle
+        .recovered(request.origin, request.topic, answer);
 }
 
 fn answer(request: &Recover, read: &Read) -> Answer {

@@ -8,7 +8,7 @@ use super::{lock, script, Broker, TIMEOUT};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
-use ringcast_engine::protocol::v1::Since;
+use ringcast_engine::upstream::Recover;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,17 +19,6 @@ use tokio::sync::mpsc;
 const CHANNELS_PER_COMMAND: usize = 1000;
 /// First and longest wait between reconnects.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
-
-/// A history read a worker asked for (see
-/// [`ringcast_engine::broker::Event::Recover`]).
-pub struct Recover {
-    pub worker: usize,
-    pub slot: u32,
-    pub gen: u32,
-    pub topic: String,
-    pub since: Option<Since>,
-    pub room: usize,
-}
 
 /// Work for a shard's task, applied in order.
 pub enum Op {
@@ -190,9 +179,7 @@ fn apply_offline(broker: &Broker, held: &mut Held, op: Op) {
                 held.topics.remove(topic);
             }
         }
-        Op::Recover(r) => broker
-            .handle
-            .recovered(r.worker, r.slot, r.gen, r.topic, None),
+        Op::Recover(r) => broker.handle.recovered(r.origin, r.topic, None),
         Op::Broken => {}
     }
 }
