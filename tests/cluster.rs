@@ -522,3 +522,280 @@ async fn hostile_messages_on_the_channels_are_dropped() {
         4.0
     );
 }
+
+/// A loopback port free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// haproxy, killed on drop.
+struct Haproxy(std::process::Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// deploy/haproxy.cfg with its ports filled in for three nodes at `nodes`
+/// (WebSocket and API ports), listening on `port`.
+fn haproxy(port: u16, nodes: &[(u16, u16)]) -> Haproxy {
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy.cfg");
+    let mut text = std::fs::read_to_string(source).unwrap();
+    let servers: String = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (ws, api))| {
+            format!(
+                "    server ringcast{} 127.0.0.1:{ws} check port {api}\n",
+                i + 1
+            )
+        })
+        .collect();
+    for (from, to) in [
+        ("bind :80", format!("bind 127.0.0.1:{port}")),
+        ("maxconn 200000", "maxconn 4000".to_owned()),
+        (
+            "    server ringcast1 10.0.0.1:8080 check port 8081\n",
+            servers,
+        ),
+        (
+            "    server ringcast2 10.0.0.2:8080 check port 8081\n",
+            String::new(),
+        ),
+    ] {
+        assert!(
+            text.contains(from),
+            "deploy/haproxy.cfg no longer has {from:?}"
+        );
+        text = text.replace(from, &to);
+    }
+    let cfg = scratch_dir("cluster-haproxy").join("haproxy.cfg");
+    std::fs::write(&cfg, text).unwrap();
+    let child = Command::new("haproxy")
+        .args(["-db", "-f", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("haproxy is not installed: run scripts/install-test-deps.sh");
+    Haproxy(child)
+}
+
+/// A node on fixed ports (so that it can restart behind haproxy).
+fn node_at(redis: &Redis, (ws, api): (u16, u16)) -> Server {
+    let (listen, api_listen) = (format!("127.0.0.1:{ws}"), format!("127.0.0.1:{api}"));
+    node(
+        &[redis],
+        &[
+            "--listen",
+            &listen,
+            "--api-listen",
+            &api_listen,
+            "--proxy-protocol",
+            "--drain-period",
+            "2s",
+        ],
+    )
+}
+
+/// One `ringcast.v1` client behind haproxy: subscribes to `h.roll`, and
+/// after every close reconnects and resubscribes with `since` (which must
+/// recover). Returns every `(offset, data)` received, until `end`.
+async fn rolling_client(
+    front: String,
+    subscribed: std::sync::Arc<tokio::sync::Semaphore>,
+) -> Vec<(u64, String)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut got: Vec<(u64, String)> = Vec::new();
+    let mut position: Option<(u64, String)> = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "client never finished");
+        let mut request = front.as_str().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("ringcast.v1"),
+        );
+        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await;
+        let Ok(Ok((mut ws, _))) = connected else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let since = position.as_ref().map(|(o, e)| (*o, e.as_str()));
+        let mut op = json!({"op": "subscribe", "topic": "h.roll"});
+        if let Some((offset, epoch)) = since {
+            op["since"] = json!({"offset": offset, "epoch": epoch});
+        }
+        if futures_util::SinkExt::send(&mut ws, Message::Text(op.to_string().into()))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        loop {
+            let message = match tokio::time::timeout(WAIT, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap(),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    assert_eq!(code, Some(1001), "closed other than by a drain");
+                    break;
+                }
+                Ok(Some(Ok(_))) => continue,
+                // The drain's close handshake may end in a reset.
+                Ok(Some(Err(_)) | None) => break,
+                Err(_) => panic!("no message for {WAIT:?}"),
+            };
+            match message["op"].as_str() {
+                Some("subscribed") => {
+                    let epoch = message["epoch"].as_str().unwrap().to_owned();
+                    match &position {
+                        None => {
+                            position = Some((message["offset"].as_u64().unwrap(), epoch));
+                            subscribed.add_permits(1);
+                        }
+                        Some((_, e)) => {
+                            assert_eq!(message["recovered"], true, "{message}");
+                            assert_eq!(*e, epoch);
+                        }
+                    }
+                }
+                Some("message") => {
+                    let offset = message["offset"].as_u64().unwrap();
+                    let data = message["data"].as_str().unwrap().to_owned();
+                    position.as_mut().unwrap().0 = offset;
+                    got.push((offset, data.clone()));
+                    if data == "end" {
+                        return got;
+                    }
+                }
+                _ => panic!("unexpected {message}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_behind_haproxy_under_publishes_loses_and_doubles_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const CLIENTS: usize = 300;
+    let redis = Redis::start().await;
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let mut nodes: Vec<Option<Server>> = ports.iter().map(|&p| Some(node_at(&redis, p))).collect();
+    let front_port = free_port();
+    let _haproxy = haproxy(front_port, &ports);
+    let front = format!("ws://127.0.0.1:{front_port}/ws");
+    let subscribed = Arc::new(tokio::sync::Semaphore::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| tokio::spawn(rolling_client(front.clone(), subscribed.clone())))
+        .collect();
+    let all = tokio::time::timeout(
+        Duration::from_secs(60),
+        subscribed.acquire_many(CLIENTS as u32),
+    );
+    all.await.expect("clients subscribed").unwrap().forget();
+
+    // The publisher: a numbered message every 10 ms, to the nodes in turn
+    // (the next one when a node is down), until told to stop.
+    let apis: Vec<String> = ports
+        .iter()
+        .map(|(_, api)| format!("http://127.0.0.1:{api}"))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (apis, stop) = (apis.clone(), stop.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut accepted: Vec<(u64, String)> = Vec::new();
+            let (mut refused, mut n) = (0u64, 0u64);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut next_node = 0;
+            loop {
+                tick.tick().await;
+                let last = stop.load(Ordering::Acquire);
+                let text = if last {
+                    "end".to_owned()
+                } else {
+                    format!("n{n}")
+                };
+                n += 1;
+                let mut answered = None;
+                for _ in 0..apis.len() {
+                    next_node = (next_node + 1) % apis.len();
+                    let url = format!("{}/publish?topic=h.roll", apis[next_node]);
+                    let request = http
+                        .post(url)
+                        .header("content-type", "text/plain")
+                        .body(text.clone());
+                    if let Ok(response) = request.send().await {
+                        let status = response.status().as_u16();
+                        let body: Value = response.json().await.unwrap_or(Value::Null);
+                        answered = Some((status, body));
+                        break;
+                    }
+                }
+                match answered {
+                    Some((200, body)) => {
+                        accepted.push((body["offsets"]["h.roll"].as_u64().unwrap(), text));
+                        if last {
+                            return (accepted, refused);
+                        }
+                    }
+                    Some((503, _)) | None => refused += 1,
+                    Some((status, body)) => panic!("publish got {status}: {body}"),
+                }
+            }
+        })
+    };
+
+    for (i, &(_, api)) in ports.iter().enumerate() {
+        let server = nodes[i].take().unwrap();
+        let (status, _) = server.post("/drain", "text/plain", "").await;
+        assert_eq!(status, 202);
+        assert!(server.exit_within(Duration::from_secs(15)).await.success());
+        let restarted = node_at(&redis, ports[i]);
+        wait_broker_state(&restarted, "up").await;
+        assert_eq!(restarted.api.port(), api);
+        nodes[i] = Some(restarted);
+    }
+    // Every node serves again; one more second of publishes, then the end.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Release);
+    let (accepted, refused) = publisher.await.unwrap();
+    let last = accepted.last().unwrap().0;
+    let mut by_offset = std::collections::BTreeMap::new();
+    for (offset, text) in &accepted {
+        assert!(
+            by_offset.insert(*offset, text.clone()).is_none(),
+            "offset {offset} twice"
+        );
+    }
+    let mut received = 0;
+    for client in clients {
+        let got = client.await.unwrap();
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (1..=last).collect::<Vec<_>>(),
+            "lost, doubled or out of order"
+        );
+        for (offset, data) in &got {
+            if let Some(text) = by_offset.get(offset) {
+                assert_eq!(text, data, "offset {offset}");
+            }
+        }
+        received += got.len();
+    }
+    eprintln!(
+        "rolling restart: {} publishes accepted, {refused} refused (503 or no node), {received} deliveries checked",
+        accepted.len()
+    );
+}

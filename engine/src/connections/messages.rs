@@ -208,7 +208,7 @@ impl Connections {
     /// subscriber on this worker (`held`) or lost its last.
     fn interest(&mut self, topic: &str, held: bool) {
         if self.broker {
-            self.to_broker(Event::Interest(Interest {
+            self.send_to_broker(Event::Interest(Interest {
                 worker: self.worker as u32,
                 topic: topic.to_owned(),
                 held,
@@ -219,7 +219,7 @@ impl Connections {
     /// Sends a broker event upstream, after any the sink could not take
     /// before; keeps it (and what follows) for later when it cannot take
     /// it now: a lost interest event would leave a topic unsubscribed.
-    pub(super) fn to_broker(&mut self, event: Event) {
+    pub(super) fn send_to_broker(&mut self, event: Event) {
         self.unsent.push(event);
         self.send_unsent();
     }

@@ -201,7 +201,7 @@ impl Connections {
                 slot,
                 gen,
             };
-            return self.to_broker(Event::Recover(Recover {
+            return self.send_to_broker(Event::Recover(Recover {
                 origin,
                 topic: topic.to_owned(),
                 since: since.cloned(),
