@@ -320,3 +320,53 @@ impl Connections {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_frames_wait_then_a_floor_drops_what_the_read_covered() {
+        let epoch = Epoch::parse("AAAAAAAA").unwrap();
+        let other = Epoch::parse("BBBBBBBB").unwrap();
+        let frame = || Bytes::from_static(b"f");
+        let mut held = Held::default();
+        assert!(!held.hold(1, 7, Some((1, epoch)), frame), "nothing held");
+        let waiting = Hold::Waiting {
+            resumes: true,
+            frames: Vec::new(),
+        };
+        held.0.insert((1, 7), waiting);
+        assert!(
+            held.hold(1, 7, Some((5, epoch)), frame),
+            "held while waiting"
+        );
+        assert!(!held.hold(2, 7, Some((5, epoch)), frame), "another topic");
+        assert!(matches!(&held.0[&(1, 7)], Hold::Waiting { frames, .. } if frames.len() == 1));
+        held.0.insert((1, 7), Hold::Floor { top: 5, epoch });
+        assert!(
+            held.hold(1, 7, Some((4, epoch)), frame),
+            "covered by the read"
+        );
+        assert!(
+            held.hold(1, 7, Some((5, epoch)), frame),
+            "covered by the read"
+        );
+        assert!(
+            !held.hold(1, 7, Some((6, epoch)), frame),
+            "past the top: live"
+        );
+        assert!(
+            held.0.is_empty(),
+            "the floor is gone after the first live frame"
+        );
+        held.0.insert((1, 7), Hold::Floor { top: 5, epoch });
+        assert!(
+            !held.hold(1, 7, Some((2, other)), frame),
+            "a new epoch is live"
+        );
+        held.0.insert((1, 7), Hold::Floor { top: 5, epoch });
+        held.forget(1, 7);
+        assert!(held.0.is_empty());
+    }
+}
