@@ -89,7 +89,12 @@ impl EchoResult {
 pub fn run(args: &Echo) -> Result<EchoResult, String> {
     let meta = Meta::now("echo");
     let mode = Mode::Echo { size: args.size };
-    let session = Session::start(&args.common, &args.url, args.connections, mode)?;
+    let session = Session::start(
+        &args.common,
+        std::slice::from_ref(&args.url),
+        args.connections,
+        mode,
+    )?;
     let ramp = session.ramp(args.connections, args.common.rate);
     let shared = session.shared().clone();
     let first = Shared::get(&shared.messages);

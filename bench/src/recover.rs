@@ -168,7 +168,12 @@ pub fn run(args: &Recover) -> Result<RecoverResult, String> {
         replay: args.replay,
         subscribe,
     };
-    let session = Session::start(&args.common, &args.url, args.connections, mode)?;
+    let session = Session::start(
+        &args.common,
+        std::slice::from_ref(&args.url),
+        args.connections,
+        mode,
+    )?;
     let ramp = session.ramp(args.connections, args.common.rate);
     let shared = session.shared().clone();
     let expected = ramp.opened * u64::from(args.replay);

@@ -180,7 +180,12 @@ pub fn run(args: &Soak) -> Result<SoakResult, String> {
     let mode = Mode::Soak {
         ping_every: args.ping_interval,
     };
-    let session = Session::start(&args.common, &args.url, args.connections, mode)?;
+    let session = Session::start(
+        &args.common,
+        std::slice::from_ref(&args.url),
+        args.connections,
+        mode,
+    )?;
     let ramp = session.ramp(args.connections, args.common.rate);
     session.run_for(args.hold, "hold");
     let held_at_end = Shared::get(&session.shared().open);

@@ -200,7 +200,8 @@ impl Worker {
             _ => Vec::new(),
         };
         let sources = plan.sources.clone();
-        let domain = match plan.target.addr.ip() {
+        let target = &plan.targets[setup.index % plan.targets.len()];
+        let domain = match target.addr.ip() {
             IpAddr::V4(_) => libc::AF_INET,
             IpAddr::V6(_) => libc::AF_INET6,
         };
@@ -208,15 +209,11 @@ impl Worker {
             conns: Vec::with_capacity(setup.quota),
             free: Vec::new(),
             owned: Slab::new(),
-            handshake: Handshake::new(
-                &plan.target.host,
-                &plan.target.resource,
-                plan.mode.subprotocol(),
-            ),
+            handshake: Handshake::new(&target.host, &target.resource, plan.mode.subprotocol()),
             ping: client_frame(OpCode::Ping, b"", mask),
             echo,
             subscribe,
-            dest: RawAddr::new(plan.target.addr),
+            dest: RawAddr::new(target.addr),
             binds: Vec::with_capacity(if sources.is_empty() { 0 } else { setup.quota }),
             sources,
             domain,
