@@ -580,6 +580,7 @@ fn haproxy(port: u16, nodes: &[(u16, u16)]) -> Haproxy {
     let child = Command::new("haproxy")
         .args(["-db", "-f", cfg.to_str().unwrap()])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("haproxy is not installed: run scripts/install-test-deps.sh");
     Haproxy(child)

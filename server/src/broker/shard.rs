@@ -141,17 +141,19 @@ pub async fn run(broker: Arc<Broker>, shard: Arc<Shard>, mut ops: mpsc::Unbounde
         topics: HashSet::new(),
         reached: false,
     };
-    let mut backoff = BACKOFF.0;
+    let (mut backoff, mut warned) = (BACKOFF.0, false);
     loop {
         let failure = match shard.connect().await {
             Ok((pubsub, conn)) => {
-                backoff = BACKOFF.0;
+                (backoff, warned) = (BACKOFF.0, false);
                 serve(&broker, &shard, pubsub, conn, &mut held, &mut ops).await
             }
             Err(e) => e.to_string(),
         };
-        if shard.is_up() || !held.reached {
+        // Once per outage, not once per retry.
+        if !warned {
             tracing::warn!(broker = %shard.name, "broker unreachable, retrying with backoff: {failure}");
+            warned = true;
         }
         shard.set_up(&broker, None);
         // Wait out the backoff, still taking subscription changes and
