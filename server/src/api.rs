@@ -20,6 +20,12 @@
 //! With `--api-token-file`, every route but `GET /healthz`, `/readyz` and
 //! `/metrics` needs `Authorization: Bearer TOKEN` (compared in constant
 //! time), else 401.
+//!
+//! With `--broker`, `/publish`, `/broadcast`, `/disconnect` and
+//! `/history` go through Redis ([`crate::broker`]): 200 once Redis
+//! accepted (`{"nodes":N[,"offsets":{...}]}`), 503 when it is unreachable
+//! or slower than [`crate::broker::TIMEOUT`]; `/healthz` adds the
+//! broker's state as JSON.
 
 use crate::broker::{Broker, Unavailable};
 use crate::cli::Serve;
