@@ -113,7 +113,7 @@ pub fn run(args: &Chat) -> Result<ChatResult, String> {
     };
     let session = Session::start(
         &args.common,
-        &args.url,
+        std::slice::from_ref(&args.url),
         args.connections,
         mode,
         Transport::Websocket,

@@ -205,7 +205,7 @@ pub fn run(args: &Compare) -> Result<bool, String> {
             common: common("soak"),
         })?;
         let fanout = fanout::run(&Fanout {
-            url: format!("ws://{}/ws?topic=t", server.ws),
+            url: vec![format!("ws://{}/ws?topic=t", server.ws)],
             publish_url: format!("http://{}{publish_path}", server.api),
             subscribers: args.subscribers,
             messages: args.messages,

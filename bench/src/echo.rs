@@ -91,7 +91,7 @@ pub fn run(args: &Echo) -> Result<EchoResult, String> {
     let mode = Mode::Echo { size: args.size };
     let session = Session::start(
         &args.common,
-        &args.url,
+        std::slice::from_ref(&args.url),
         args.connections,
         mode,
         Transport::Websocket,

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 /// Flags of `ringcast-bench fanout`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Fanout {
-    /// WebSocket URL the subscribers connect to.
+    /// WebSocket URL the subscribers connect to. Repeatable (the nodes
+    /// of a cluster): the load generator's workers take them in turn, so
+    /// use as many workers as URLs or a multiple.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws?topic=t")]
-    pub url: String,
+    pub url: Vec<String>,
     /// HTTP URL each message is POSTed to, the body being the message
     /// (ringcast: /publish?topic=…; the peers: /broadcast).
     #[arg(long, default_value = "http://127.0.0.1:8081/publish?topic=t")]
@@ -67,7 +69,7 @@ pub struct PerMessage {
 pub struct FanoutResult {
     #[serde(flatten)]
     pub meta: Meta,
-    pub url: String,
+    pub url: Vec<String>,
     pub publish_url: String,
     /// The subprotocol the subscribers offered, if any.
     pub subprotocol: Option<String>,
@@ -129,7 +131,7 @@ impl FanoutResult {
     pub fn print(&self) {
         let worst = self.per_message.iter().max_by_key(|m| m.latency.p99_us);
         let rows = vec![
-            ("url", self.url.clone()),
+            ("url", self.url.join(" ")),
             ("transport", format!("{:?}", self.transport).to_lowercase()),
             (
                 "subprotocol",

@@ -170,7 +170,7 @@ pub fn run(args: &Recover) -> Result<RecoverResult, String> {
     };
     let session = Session::start(
         &args.common,
-        &args.url,
+        std::slice::from_ref(&args.url),
         args.connections,
         mode,
         Transport::Websocket,

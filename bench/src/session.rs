@@ -87,19 +87,26 @@ pub struct Finished {
 }
 
 impl Session {
-    /// Starts `connections` connections to `url` doing `mode`.
+    /// Starts `connections` connections to `urls` doing `mode` (fleet
+    /// worker `i` connects to `urls[i % urls.len()]`).
     ///
     /// # Errors
     /// A message for a bad URL or `--source-ips`, an unreadable
     /// `--jwt-hmac-secret-file`, or a fleet that cannot start.
     pub fn start(
         common: &Common,
-        url: &str,
+        urls: &[String],
         connections: usize,
         mode: Mode,
         transport: Transport,
     ) -> Result<Self, String> {
-        let target = Target::parse(url)?;
+        let targets = urls
+            .iter()
+            .map(|url| Target::parse(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        if targets.is_empty() {
+            return Err("no URL to connect to".into());
+        }
         let sources = parse_source_ips(&common.source_ips)?;
         let tokens = common
             .jwt_hmac_secret_file
@@ -110,7 +117,7 @@ impl Session {
         let before = Probe::read(common.server_pid);
         let start_ns = now_ns();
         let fleet = Fleet::start(Plan {
-            target,
+            targets,
             sources,
             connections,
             rate: common.rate,

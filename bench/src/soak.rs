@@ -193,7 +193,7 @@ pub fn run(args: &Soak) -> Result<SoakResult, String> {
     };
     let session = Session::start(
         &args.common,
-        &args.url,
+        std::slice::from_ref(&args.url),
         args.connections,
         mode,
         args.transport,

@@ -1,6 +1,7 @@
 //! Work handed to a worker from other threads: publishes, broadcasts,
-//! user look-ups and disconnections, answers to upstream events, drain,
-//! rebalance and shutdown. Each worker has a channel and an eventfd; the sender pushes a
+//! user look-ups and disconnections, answers to upstream events (replies,
+//! broker reads), drain, rebalance and shutdown. Each worker has a channel
+//! and an eventfd; the sender pushes a
 //! [`Command`] and writes the eventfd, which completes a read the worker
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
@@ -111,6 +112,26 @@ pub enum Command {
         fraction: f64,
         /// Time the closes are spread over.
         period: Duration,
+    },
+    /// The broker's answer to a worker's [`crate::upstream::Event::Recover`].
+    Recovered {
+        /// The connection's slot.
+        slot: u32,
+        /// The connection's generation.
+        gen: u32,
+        /// The topic subscribed to.
+        topic: String,
+        /// The topic's position and replay; `None` when the broker could
+        /// not be read.
+        position: Option<crate::broker::Position>,
+    },
+    /// Send `{"op":"resync","topic":…}` to every `ringcast.v1` subscriber
+    /// of any of `topics` (deliveries may have been missed).
+    Resync {
+        /// Topic names.
+        topics: Arc<[String]>,
+        /// Completed with the number of hints queued.
+        ack: Arc<Ack>,
     },
     /// Queue `frame` to the open connection in `slot` if it is still the
     /// tenant of generation `gen` (the answer to an upstream event; see

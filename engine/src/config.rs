@@ -116,6 +116,11 @@ pub struct Config {
     pub client_bytes_per_sec: f64,
     /// Which backend hooks are on (default none).
     pub hooks: Hooks,
+    /// Whether topic deliveries come from a broker (the server's
+    /// `--broker`): then the local hub assigns no offsets, and workers
+    /// report topic interest and history reads through
+    /// [`Self::upstream`] (see [`crate::broker`]).
+    pub broker: bool,
 }
 
 impl Default for Config {
@@ -155,6 +160,7 @@ impl Default for Config {
             client_messages_per_sec: 100.0,
             client_bytes_per_sec: (1 << 20) as f64,
             hooks: Hooks::default(),
+            broker: false,
         }
     }
 }

@@ -26,6 +26,7 @@
 //! See `engine/README.md` for the design note.
 
 pub mod admission;
+pub mod broker;
 pub mod capacity;
 pub mod command;
 pub mod config;

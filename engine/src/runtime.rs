@@ -5,10 +5,11 @@ use crate::admission::Admission;
 use crate::capacity::table_size;
 use crate::command::{Ack, Command, Frames, Mailbox, Wake};
 use crate::config::Config;
+use crate::hub::epoch::Epoch;
 use crate::hub::{Hub, Page, TopicFrame};
 use crate::protocol::deflate::{Deflater, FULL_WINDOW_BITS};
 use crate::protocol::frame::{self, OpCode};
-use crate::protocol::v1::{self, Content, Data};
+use crate::protocol::v1::{self, Content, Data, Position};
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::upstream::Origin;
 use crate::worker::{Setup, Worker};
@@ -324,6 +325,86 @@ impl Handle {
             .zip(offsets)
             .filter_map(|(topic, offset)| Some((topic.clone(), offset?)))
             .collect()
+    }
+
+    /// Delivers one message that a broker published on `topic` to this
+    /// node's subscribers of it, at `position` (offset and epoch assigned
+    /// by the broker; `None` for a topic without history): the same
+    /// fan-out as [`Handle::publish`], without the local hub. Calls from
+    /// one thread are delivered in call order. See [`Handle::publish`]
+    /// for `payload` and `done`.
+    pub fn deliver(
+        &self,
+        topic: &str,
+        position: Option<(u64, Epoch)>,
+        content: Content,
+        payload: &[u8],
+        done: impl FnOnce(usize) + Send + 'static,
+    ) {
+        let data = Data::new(content, payload);
+        let at = position.as_ref().map(|(offset, epoch)| Position {
+            offset: *offset,
+            epoch: epoch.as_str(),
+        });
+        let v1: Arc<[TopicFrame]> = Arc::new([TopicFrame {
+            position,
+            frames: self.v1_frames(v1::message(topic, at, &data).0),
+        }]);
+        let topics: Arc<[String]> = Arc::new([topic.to_owned()]);
+        let users: Arc<[String]> = Arc::new([]);
+        let frames = self.frames(content.opcode(), payload);
+        let direct = Arc::new(Frames::default());
+        self.send_all(
+            |ack| Command::Publish {
+                topics: topics.clone(),
+                users: users.clone(),
+                frames: frames.clone(),
+                v1: v1.clone(),
+                direct: direct.clone(),
+                skip: None,
+                ack,
+            },
+            done,
+        );
+    }
+
+    /// Hands the broker's answer to a
+    /// [`crate::upstream::Event::Recover`] back to the connection
+    /// `origin` names (ignored if it left the topic or is gone).
+    pub fn recovered(
+        &self,
+        origin: Origin,
+        topic: String,
+        position: Option<crate::broker::Position>,
+    ) {
+        if let Some(mailbox) = self.mailboxes.get(origin.worker as usize) {
+            let _ = mailbox.send(Command::Recovered {
+                slot: origin.slot,
+                gen: origin.gen,
+                topic,
+                position,
+            });
+        }
+    }
+
+    /// Sends `{"op":"resync","topic":…}` to every `ringcast.v1`
+    /// subscriber of any of `topics`, on every worker; `done` gets the
+    /// number of hints queued.
+    pub fn resync(&self, topics: Vec<String>, done: impl FnOnce(usize) + Send + 'static) {
+        let topics: Arc<[String]> = topics.into();
+        self.send_all(
+            |ack| Command::Resync {
+                topics: topics.clone(),
+                ack,
+            },
+            done,
+        );
+    }
+
+    /// Whether `topic` keeps history (matches a `--history` rule), and
+    /// that rule.
+    pub fn history_rule(&self, topic: &str) -> Option<&crate::hub::rules::Rule> {
+        self.hub.rule(topic)
     }
 
     /// Sends one message to every connection on the topics endpoint

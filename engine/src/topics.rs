@@ -240,6 +240,11 @@ impl Topics {
         self.topics[id as usize].members.iter()
     }
 
+    /// Subscribers of topic `id` on this worker.
+    pub fn member_count(&self, id: TopicId) -> usize {
+        self.topics[id as usize].members.len
+    }
+
     /// Topics with subscribers.
     pub fn len(&self) -> usize {
         self.topics.len()

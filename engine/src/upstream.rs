@@ -88,6 +88,37 @@ pub enum Event {
     /// An admitted connection was removed (sent while the disconnect hook
     /// is on).
     Closed(Closed),
+    /// With a broker: a topic got its first subscriber on a worker, or
+    /// lost its last (see [`crate::broker`]).
+    Interest(Interest),
+    /// With a broker: a `ringcast.v1` subscribe to a topic with history
+    /// waits for the topic's position (see [`crate::broker`]).
+    Recover(Recover),
+}
+
+/// A topic's first subscriber on a worker, or its last one gone.
+#[derive(Debug)]
+pub struct Interest {
+    /// Worker index (0-based).
+    pub worker: u32,
+    /// Topic name, valid.
+    pub topic: String,
+    /// First subscriber (`true`) or last one gone (`false`).
+    pub held: bool,
+}
+
+/// A history read for one subscription, answered with
+/// [`crate::Handle::recovered`].
+#[derive(Debug)]
+pub struct Recover {
+    /// The subscribing connection.
+    pub origin: Origin,
+    /// Topic name, valid; it keeps history.
+    pub topic: String,
+    /// The client's position, if it resumes.
+    pub since: Option<crate::protocol::v1::Since>,
+    /// Bytes the replay may take in the connection's send queue.
+    pub room: usize,
 }
 
 /// A parked handshake, for the connect hook.

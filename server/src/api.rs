@@ -20,7 +20,14 @@
 //! With `--api-token-file`, every route but `GET /healthz`, `/readyz` and
 //! `/metrics` needs `Authorization: Bearer TOKEN` (compared in constant
 //! time), else 401.
+//!
+//! With `--broker`, `/publish`, `/broadcast`, `/disconnect` and
+//! `/history` go through Redis ([`crate::broker`]): 200 once Redis
+//! accepted (`{"nodes":N[,"offsets":{...}]}`), 503 when it is unreachable
+//! or slower than [`crate::broker::TIMEOUT`]; `/healthz` adds the
+//! broker's state as JSON.
 
+use crate::broker::{Broker, Unavailable};
 use crate::cli::Serve;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State as Extract};
@@ -54,6 +61,9 @@ pub struct State {
     api_token: Option<String>,
     /// The hook client, for its call counters.
     hooks: Option<Arc<crate::hooks::Hooks>>,
+    /// The cluster's broker (`--broker`), if any: publishes, broadcasts,
+    /// disconnects and history go through it.
+    broker: Option<Arc<Broker>>,
 }
 
 impl State {
@@ -64,11 +74,13 @@ impl State {
         serve: &Serve,
         api_token: Option<String>,
         hooks: Option<Arc<crate::hooks::Hooks>>,
+        broker: Option<Arc<Broker>>,
     ) -> Self {
         Self {
             handle,
             hooks,
             api_token,
+            broker,
             draining: AtomicBool::new(false),
             drain_started: Notify::new(),
             drain_period: serve.drain_period,
@@ -105,6 +117,13 @@ fn error(status: StatusCode, reason: &str) -> Response {
     (status, Json(json!({ "error": reason }))).into_response()
 }
 
+/// 503 for a broker that could not take a request (nothing was sent, or
+/// see the README for multi-topic publishes).
+fn unavailable(Unavailable(why): Unavailable) -> Response {
+    tracing::warn!("broker request refused: {why}");
+    error(StatusCode::SERVICE_UNAVAILABLE, &why)
+}
+
 /// The API's routes; bodies over `max_message_size` bytes get 413.
 pub fn router(state: Arc<State>, max_message_size: usize) -> Router {
     let guarded = Router::new()
@@ -121,7 +140,7 @@ pub fn router(state: Arc<State>, max_message_size: usize) -> Router {
     let guarded = guarded.route_layer(middleware::from_fn_with_state(state.clone(), api_token));
     Router::new()
         .merge(guarded)
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_message_size))
@@ -273,6 +292,27 @@ async fn publish(
     if let Some(response) = bad_user(&users) {
         return response;
     }
+    if let Some(broker) = &state.broker {
+        let started = Instant::now();
+        let content = match content_for(&headers, &body) {
+            Ok(content) => content,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+        };
+        let published = match broker.publish(&topics, &users, content, &body).await {
+            Ok(published) => published,
+            Err(e) => return unavailable(e),
+        };
+        state
+            .publish_latency
+            .with_label_values(&["publish"])
+            .observe(started.elapsed().as_secs_f64());
+        let mut reply = json!({ "nodes": published.nodes });
+        if !published.offsets.is_empty() {
+            let offsets = published.offsets.into_iter().map(|(t, o)| (t, json!(o)));
+            reply["offsets"] = offsets.collect::<serde_json::Map<_, _>>().into();
+        }
+        return Json(reply).into_response();
+    }
     let handle = state.handle.clone();
     deliver(&state, "publish", &headers, &body, |content, done| {
         let sender = ringcast_engine::Sender::default();
@@ -305,6 +345,12 @@ async fn disconnect(Extract(state): Shared, RawQuery(query): RawQuery) -> Respon
     if reason.len() > 123 {
         return error(StatusCode::BAD_REQUEST, "reason must be at most 123 bytes");
     }
+    if let Some(broker) = &state.broker {
+        return match broker.disconnect(&users, code, &reason).await {
+            Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
+            Err(e) => unavailable(e),
+        };
+    }
     let handle = state.handle.clone();
     let disconnect = |done| handle.disconnect(users, code, &reason, done);
     count(disconnect, |(), n| json!({ "disconnected": n })).await
@@ -322,6 +368,16 @@ async fn user_connections(Extract(state): Shared, Path(user): Path<String>) -> R
 }
 
 async fn broadcast(Extract(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(broker) = &state.broker {
+        let content = match content_for(&headers, &body) {
+            Ok(content) => content,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+        };
+        return match broker.broadcast(content, &body).await {
+            Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
+            Err(e) => unavailable(e),
+        };
+    }
     let handle = state.handle.clone();
     deliver(&state, "broadcast", &headers, &body, |content, done| {
         handle.broadcast(content, &body, done);
@@ -358,7 +414,14 @@ async fn history(Extract(state): Shared, RawQuery(query): RawQuery) -> Response 
         (Err(reason), _) | (_, Err(reason)) => return error(StatusCode::BAD_REQUEST, &reason),
     };
     let limit = limit.map_or(HISTORY_LIMIT, |l| (l as usize).min(HISTORY_LIMIT));
-    match state.handle.history(topic, since, limit) {
+    let page = match &state.broker {
+        None => state.handle.history(topic, since, limit),
+        Some(broker) => match broker.history(topic, since, limit).await {
+            Ok(page) => page,
+            Err(e) => return unavailable(e),
+        },
+    };
+    match page {
         Some(page) => {
             ([(header::CONTENT_TYPE, "application/json")], page.to_json()).into_response()
         }
@@ -417,6 +480,16 @@ async fn rebalance(Extract(state): Shared, RawQuery(query): RawQuery) -> Respons
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
+/// `GET /healthz`: 200 while the process runs; with `--broker`, a JSON
+/// body with the broker's state (`up`, `degraded`, `down`), still 200:
+/// established connections are served either way.
+async fn healthz(Extract(state): Shared) -> Response {
+    match &state.broker {
+        None => "ok\n".into_response(),
+        Some(broker) => Json(json!({"status": "ok", "broker": broker.health()})).into_response(),
+    }
+}
+
 async fn readyz(Extract(state): Shared) -> Response {
     if state.draining.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
@@ -430,11 +503,14 @@ async fn stats(Extract(state): Shared) -> Response {
 }
 
 async fn metrics(Extract(state): Shared) -> Response {
-    let text = crate::metrics::render(
+    let mut text = crate::metrics::render(
         &state.handle.stats(),
         state.draining.load(Ordering::Acquire),
         &state.publish_latency,
         state.hooks.as_ref().map(|h| &h.calls),
     );
+    if let Some(broker) = &state.broker {
+        text.push_str(&broker.metrics_text());
+    }
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response()
 }

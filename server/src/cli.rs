@@ -233,6 +233,20 @@ pub struct Serve {
     /// bytes.
     #[arg(long, env = "RINGCAST_COMPRESSION_MIN_SIZE", default_value_t = 256)]
     pub compression_min_size: usize,
+    /// Redis instance to run as a cluster over, `redis://HOST:PORT[/DB]`
+    /// (repeatable, or comma-separated): publishes go through Redis and
+    /// reach every node, offsets and history live in Redis. With several,
+    /// topics are sharded over them by a jump hash of the topic name; the
+    /// first also carries the node-wide channel. Keep passwords out of
+    /// the URL: use --broker-password-file [default: none, the node works
+    /// alone].
+    #[arg(long = "broker", env = "RINGCAST_BROKER", value_delimiter = ',')]
+    #[serde(rename = "broker")]
+    pub brokers: Vec<String>,
+    /// A file holding the password for every --broker (AUTH; trailing
+    /// whitespace ignored).
+    #[arg(long, env = "RINGCAST_BROKER_PASSWORD_FILE")]
+    pub broker_password_file: Option<PathBuf>,
     /// Log line format (level from RUST_LOG, default info).
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -490,6 +504,7 @@ impl Serve {
             poll_timeout: self.poll_timeout,
             static_files: crate::statics::files(self.demo),
             auth: self.auth()?,
+            // Both set by the server once its channels exist.
             upstream: None,
             client_publish: patterns(
                 "--client-publish",
@@ -500,6 +515,7 @@ impl Serve {
             client_messages_per_sec: self.client_messages_per_sec,
             client_bytes_per_sec: self.client_bytes_per_sec as f64,
             hooks: self.engine_hooks(),
+            broker: false,
         })
     }
 
@@ -552,6 +568,22 @@ impl Serve {
         }
     }
 
+    /// The password from --broker-password-file, if set.
+    ///
+    /// # Errors
+    /// An unreadable or empty file.
+    pub fn broker_password(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.broker_password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--broker-password-file {}: {e}", path.display()))?;
+        match text.trim_end() {
+            "" => Err(format!("--broker-password-file {}: empty", path.display())),
+            password => Ok(Some(password.to_owned())),
+        }
+    }
+
     /// The effective configuration as TOML, keys named as flags.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("the serve flags serialize to TOML")
@@ -590,6 +622,12 @@ impl Serve {
         }
         if self.workers == Some(0) {
             return Err("--workers must be at least 1".into());
+        }
+        if let Some(url) = self.brokers.iter().find(|u| !u.starts_with("redis://")) {
+            let scheme = url.split("://").next().unwrap_or(url);
+            return Err(format!(
+                "--broker must be a redis://HOST:PORT[/DB] URL, not {scheme}:// (rediss:// is not supported by this build)"
+            ));
         }
         if !self.read_buffers.is_power_of_two() || self.read_buffers > 32768 {
             return Err("--read-buffers must be a power of two up to 32768".into());

@@ -1,6 +1,7 @@
 //! `ringcast`: the WebSocket push server binary.
 
 mod api;
+mod broker;
 mod cli;
 mod delivery;
 mod doctor;
@@ -43,9 +44,9 @@ fn main() -> ExitCode {
         print!("{}", serve.to_toml());
         return ExitCode::SUCCESS;
     }
-    let (config, api_token) = match serve
+    let (config, api_token, broker_password) = match serve
         .engine_config()
-        .and_then(|c| Ok((c, serve.api_token()?)))
+        .and_then(|c| Ok((c, serve.api_token()?, serve.broker_password()?)))
     {
         Ok(loaded) => loaded,
         Err(message) => {
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
     };
     init_logging(serve.log_format);
     abort_on_panic();
-    match run(serve, config, api_token) {
+    match run(serve, config, api_token, broker_password) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringcast: {e}");
@@ -153,7 +154,12 @@ fn reload_on_hangup(auth: Option<Arc<Auth>>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn run(serve: Serve, mut config: Config, api_token: Option<String>) -> std::io::Result<()> {
+fn run(
+    serve: Serve,
+    mut config: Config,
+    api_token: Option<String>,
+    broker_password: Option<String>,
+) -> std::io::Result<()> {
     log_access(&serve, config.auth.as_deref(), api_token.is_some());
     let (sink, events) = upstream::channel();
     config.upstream = Some(sink);
@@ -169,6 +175,14 @@ fn run(serve: Serve, mut config: Config, api_token: Option<String>) -> std::io::
     };
     let hooks_on = config.hooks;
     let auth = config.auth.clone();
+    config.broker = !serve.brokers.is_empty();
+    let (to_broker, broker_events) = match config.broker {
+        true => {
+            let (tx, rx) = broker::channel();
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
     let workers = config.workers;
     let runtime = Runtime::start(config)?;
     let (capacity, nofile) = (runtime.capacity(), runtime.rlimit_nofile());
@@ -193,11 +207,21 @@ fn run(serve: Serve, mut config: Config, api_token: Option<String>) -> std::io::
         .build()?;
     tokio.block_on(async move {
         reload_on_hangup(auth)?;
+        let broker = match broker_events {
+            None => None,
+            Some(events) => {
+                let started =
+                    broker::Broker::start(&serve.brokers, broker_password, handle.clone(), events);
+                Some(started.map_err(std::io::Error::other)?)
+            }
+        };
         let upstream_context = upstream::Context {
             handle: handle.clone(),
             hooks: hooks.clone(),
             on: hooks_on,
             max_message: serve.max_message_size,
+            to_broker,
+            broker: broker.clone(),
         };
         tokio::spawn(upstream::run(events, upstream_context));
         let listener = tokio::net::TcpListener::bind(serve.api_listen).await.map_err(|e| {
@@ -207,7 +231,7 @@ fn run(serve: Serve, mut config: Config, api_token: Option<String>) -> std::io::
         tracing::info!(ws = %ws_addr, api = %api_addr, path = %serve.path, "ringcast listening");
         // One stable line on stdout for scripts and tests.
         println!("listening ws={ws_addr} api={api_addr}");
-        let state = Arc::new(api::State::new(handle.clone(), &serve, api_token, hooks));
+        let state = Arc::new(api::State::new(handle.clone(), &serve, api_token, hooks, broker));
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = api::router(state.clone(), serve.max_message_size);
         let api = tokio::spawn(async move {

@@ -70,6 +70,11 @@ pub struct Context {
     /// `--max-message-size`: the largest payload a publish hook may
     /// return.
     pub max_message: usize,
+    /// Where topic interest and history reads go, with `--broker`.
+    pub to_broker: Option<crate::broker::Sender>,
+    /// The cluster's broker, with `--broker`: client publishes go through
+    /// it, like `POST /publish`.
+    pub broker: Option<Arc<crate::broker::Broker>>,
 }
 
 /// Handles every event until the workers are gone (the channel closes
@@ -77,7 +82,8 @@ pub struct Context {
 pub async fn run(mut events: mpsc::Receiver<Event>, ctx: Context) {
     let ctx = Arc::new(ctx);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Origin>();
-    // Connections with a publish at the publish hook, and their next ones.
+    // Connections with a publish at the publish hook or the broker, and
+    // their next ones.
     let mut serial: HashMap<Origin, VecDeque<Publish>> = HashMap::new();
     let disconnects = match (&ctx.hooks, ctx.on.disconnect) {
         (Some(hooks), true) => {
@@ -96,7 +102,7 @@ pub async fn run(mut events: mpsc::Receiver<Event>, ctx: Context) {
             Some(origin) = done_rx.recv() => {
                 let next = serial.get_mut(&origin).and_then(VecDeque::pop_front);
                 match next {
-                    Some(publish) => spawn_hooked(&ctx, &done_tx, publish),
+                    Some(publish) => spawn_serial(&ctx, &done_tx, publish),
                     None => {
                         serial.remove(&origin);
                     }
@@ -105,19 +111,24 @@ pub async fn run(mut events: mpsc::Receiver<Event>, ctx: Context) {
             }
         };
         match event {
-            Event::Publish(publish) if ctx.on.publish && ctx.hooks.is_some() => {
+            Event::Publish(publish) if ctx.hooked() || ctx.broker.is_some() => {
                 match serial.get_mut(&publish.origin) {
                     Some(waiting) => waiting.push_back(publish),
                     None => {
                         serial.insert(publish.origin, VecDeque::new());
-                        spawn_hooked(&ctx, &done_tx, publish);
+                        spawn_serial(&ctx, &done_tx, publish);
                     }
                 }
             }
             Event::Publish(publish) => {
                 let content = publish.content;
                 let payload = publish.payload.clone();
-                deliver(&ctx.handle, &publish, content, &payload);
+                deliver(&ctx, &publish, content, &payload).await;
+            }
+            Event::Interest(_) | Event::Recover(_) => {
+                if let Some(broker) = &ctx.to_broker {
+                    let _ = broker.send(event);
+                }
             }
             Event::Rpc(rpc) => {
                 tokio::spawn(call_rpc(ctx.clone(), rpc));
@@ -135,34 +146,64 @@ pub async fn run(mut events: mpsc::Receiver<Event>, ctx: Context) {
     }
 }
 
-/// Runs one publish through the hook, then tells the loop it is done.
-fn spawn_hooked(ctx: &Arc<Context>, done: &mpsc::UnboundedSender<Origin>, publish: Publish) {
+impl Context {
+    /// Whether client publishes pass the publish hook.
+    fn hooked(&self) -> bool {
+        self.on.publish && self.hooks.is_some()
+    }
+}
+
+/// Runs one publish through the hook and the broker (whichever are on),
+/// then tells the loop it is done, so the connection's next one starts.
+fn spawn_serial(ctx: &Arc<Context>, done: &mpsc::UnboundedSender<Origin>, publish: Publish) {
     let (ctx, done) = (ctx.clone(), done.clone());
     tokio::spawn(async move {
         let origin = publish.origin;
-        publish_hooked(&ctx, publish).await;
+        if ctx.hooked() {
+            publish_hooked(&ctx, publish).await;
+        } else {
+            let content = publish.content;
+            let payload = publish.payload.clone();
+            deliver(&ctx, &publish, content, &payload).await;
+        }
         let _ = done.send(origin);
     });
 }
 
-/// Fans a client publish out through the shared publish path, and answers
-/// a `ringcast.v1` sender `published` (with the topic's offset when it
-/// keeps history).
-fn deliver(handle: &Handle, publish: &Publish, content: Content, payload: &[u8]) {
-    let sender = Sender {
-        user: publish.user.clone(),
-        skip: (!publish.echo).then_some(publish.origin),
+/// Fans a client publish out through the path `POST /publish` takes (the
+/// broker with `--broker`, else this node), and answers a `ringcast.v1`
+/// sender `published` (with the topic's offset when it keeps history), or
+/// `broker unavailable` when the broker refused it.
+async fn deliver(ctx: &Context, publish: &Publish, content: Content, payload: &[u8]) {
+    let handle = &ctx.handle;
+    let offsets = match &ctx.broker {
+        // The broker's payload carries no sender yet: across a cluster a
+        // client publish has no `from`, and its sender gets it back.
+        Some(broker) => match broker.publish(&publish.topics, &[], content, payload).await {
+            Ok(published) => published.offsets,
+            Err(_) => {
+                if publish.reply {
+                    handle.reply(publish.origin, v1::error(publish.id, "broker unavailable"));
+                }
+                return;
+            }
+        },
+        None => {
+            let sender = Sender {
+                user: publish.user.clone(),
+                skip: (!publish.echo).then_some(publish.origin),
+            };
+            crate::delivery::publish(
+                handle,
+                publish.topics.clone(),
+                Vec::new(),
+                content,
+                payload,
+                &sender,
+                |_| {},
+            )
+        }
     };
-    let topics = publish.topics.clone();
-    let offsets = crate::delivery::publish(
-        handle,
-        topics,
-        Vec::new(),
-        content,
-        payload,
-        &sender,
-        |_| {},
-    );
     if publish.reply {
         let first = publish.topics.first();
         let offset = offsets
@@ -228,11 +269,11 @@ async fn publish_hooked(ctx: &Context, publish: Publish) {
     };
     match hooks.call("publish", &publish_request(&publish)).await {
         Ok(Answer::Result(result)) => match replacement(publish.content, &result) {
-            Ok(None) => deliver(&ctx.handle, &publish, publish.content, &publish.payload),
+            Ok(None) => deliver(ctx, &publish, publish.content, &publish.payload).await,
             Ok(Some((_, payload))) if payload.len() > ctx.max_message => {
                 refuse("the publish hook's data is over --max-message-size");
             }
-            Ok(Some((content, payload))) => deliver(&ctx.handle, &publish, content, &payload),
+            Ok(Some((content, payload))) => deliver(ctx, &publish, content, &payload).await,
             Err(why) => {
                 tracing::debug!(why, "publish hook answer refused");
                 refuse("publish hook answer invalid");

@@ -64,16 +64,13 @@ impl Server {
 
     fn spawn(args: &[&str], mode: Stderr) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
-        command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--api-listen",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .stdout(Stdio::piped());
+        command.arg("serve");
+        // Free ports, unless the test names its own (a node restarted on
+        // the same ports).
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"]);
+        }
+        command.args(args).stdout(Stdio::piped());
         match mode {
             Stderr::Json => {
                 command

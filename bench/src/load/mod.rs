@@ -159,8 +159,9 @@ pub enum Phase {
 /// A load to apply.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Where to connect.
-    pub target: Target,
+    /// Where to connect: fleet worker `i` connects to
+    /// `targets[i % targets.len()]` (several nodes of a cluster).
+    pub targets: Vec<Target>,
     /// Source addresses to bind, round robin; empty: let the kernel pick.
     pub sources: Sources,
     /// Connections to open, in total.

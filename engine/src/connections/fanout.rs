@@ -88,7 +88,16 @@ impl Connections {
                         continue;
                     }
                     conn.last_delivery = delivery;
-                    if !self.skips.covers(id, slot, topic_frame.position) {
+                    // Held while the broker reads the topic for this
+                    // subscription: sent plain, after the replay.
+                    let position = topic_frame.position;
+                    let held = self.held.hold(id, slot, position, || {
+                        v1_frame
+                            .get_or_insert_with(|| local(&topic_frame.frames))
+                            .plain
+                            .clone()
+                    });
+                    if !held && !self.skips.covers(id, slot, position) {
                         let f = v1_frame.get_or_insert_with(|| local(&topic_frame.frames));
                         let f = f.for_route(conn.route).clone();
                         queued += usize::from(self.io.queue(conn, slot, f));

@@ -12,6 +12,7 @@ use crate::protocol::v1;
 use crate::session::jwt::MAX_TOKEN;
 use crate::stats::WorkerStats;
 use crate::topics::{self, Member};
+use crate::upstream::{Event, Interest};
 use crate::Content;
 use bytes::Bytes;
 use std::ops::ControlFlow;
@@ -230,8 +231,12 @@ impl Connections {
             if conn.topics.as_slice().len() >= topics::MAX_TOPICS_PER_CONNECTION {
                 return control::error("too many topics on this connection");
             }
+            let first = self.topics.id(topic).is_none();
             conn.topics.push(self.topics.subscribe(topic, slot));
             self.update_topic_gauge();
+            if first {
+                self.interest(topic, true);
+            }
         }
         control::ack("subscribed", topic)
     }
@@ -240,11 +245,53 @@ impl Connections {
     /// whose slot took its place in the member list.
     pub(super) fn leave(&mut self, slot: u32, member: Member) {
         self.skips.forget(member.topic, slot);
+        self.held.forget(member.topic, slot);
+        let last = (self.broker && self.topics.member_count(member.topic) == 1)
+            .then(|| self.topics.name(member.topic).to_owned());
         if let Some(moved) = self.topics.unsubscribe(member, slot) {
             let conn = self.table.get_mut(moved).expect("subscriber slot is live");
             conn.topics.moved(member.topic, member.index);
         }
         self.update_topic_gauge();
+        if let Some(topic) = last {
+            self.interest(&topic, false);
+        }
+    }
+
+    /// Tells the broker client, if any, that `topic` got its first
+    /// subscriber on this worker (`held`) or lost its last.
+    fn interest(&mut self, topic: &str, held: bool) {
+        if self.broker {
+            self.send_to_broker(Event::Interest(Interest {
+                worker: self.io.worker as u32,
+                topic: topic.to_owned(),
+                held,
+            }));
+        }
+    }
+
+    /// Sends a broker event upstream, after any the sink could not take
+    /// before; keeps it (and what follows) for later when it cannot take
+    /// it now: a lost interest event would leave a topic unsubscribed.
+    pub(super) fn send_to_broker(&mut self, event: Event) {
+        self.unsent.push(event);
+        self.send_unsent();
+    }
+
+    /// Sends the broker events kept back, in order, while the sink takes
+    /// them.
+    pub(super) fn send_unsent(&mut self) {
+        let Some(upstream) = &self.duplex.upstream else {
+            return self.unsent.clear();
+        };
+        let mut pending = std::mem::take(&mut self.unsent).into_iter();
+        while let Some(event) = pending.next() {
+            if let Err(event) = upstream.send(event) {
+                self.unsent.push(event);
+                self.unsent.extend(pending);
+                break;
+            }
+        }
     }
 
     fn update_topic_gauge(&self) {

@@ -72,10 +72,18 @@ pub struct Connections {
     streams: sse::Streams,
     /// Long-poll connections.
     polls: poll::Polls,
-    /// Client publish, rooms, rate limits and hooks settings.
+    /// Client publish, rooms, rate limits, hooks settings, and where
+    /// events for the server go (see [`crate::upstream`]).
     duplex: duplex::Settings,
     /// Rate-limit state of connections that sent client messages, by slot.
     clients: std::collections::HashMap<u32, duplex::Client>,
+    /// Whether deliveries come from a broker (see [`crate::broker`]).
+    broker: bool,
+    /// Broker events the upstream sink could not take yet, sent again
+    /// before the next one and after each pass over the commands.
+    unsent: Vec<crate::upstream::Event>,
+    /// Subscriptions waiting for the broker's read of their topic.
+    held: recovery::Held,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -117,6 +125,9 @@ impl Connections {
             polls: poll::Polls::default(),
             duplex: duplex::Settings::new(config),
             clients: std::collections::HashMap::new(),
+            broker: config.broker && config.upstream.is_some(),
+            unsent: Vec::new(),
+            held: recovery::Held::default(),
         }
     }
 

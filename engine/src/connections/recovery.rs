@@ -15,15 +15,33 @@
 //! the worker forgets the skips after each pass
 //! ([`Connections::commands_applied`]); the idle connection record keeps
 //! nothing.
+//!
+//! # With a broker
+//! Offsets come from the broker, so the worker cannot read the position
+//! itself. It registers the subscription (so that the node holds the
+//! topic's channel: the interest event goes first, and the broker client
+//! subscribes before it reads), sends [`Event::Recover`], and *holds* the
+//! subscription's live deliveries in [`Held`] until the answer
+//! ([`Connections::recovered`]). The read happens after the node's
+//! subscription to the topic's channel took effect, so every message is
+//! either at or below the `top` read (in the replay, or before the
+//! client's position) or arrives live; the held frames at or below `top`
+//! are dropped, the rest follow the replay in order. Live frames at or
+//! below `top` can also arrive *after* the answer (messages and the
+//! answer travel on different Redis connections): [`Hold::Floor`] drops
+//! them until the first frame past `top`.
 
 use super::messages::Action;
 use super::Connections;
+use crate::broker;
 use crate::conn::Endpoint;
 use crate::control;
 use crate::hub::epoch::Epoch;
 use crate::protocol::v1::{self, Position, Since};
 use crate::stats::WorkerStats;
 use crate::topics::TopicId;
+use crate::upstream::{Event, Origin, Recover};
+use bytes::Bytes;
 use std::collections::HashMap;
 
 /// Room kept in a connection's send queue for the `subscribed` reply that
@@ -74,6 +92,65 @@ impl Skips {
     }
 }
 
+/// Subscriptions whose live deliveries the broker's read decides, by
+/// (topic, slot). Empty without a broker.
+#[derive(Default)]
+pub(super) struct Held(HashMap<(TopicId, u32), Hold>);
+
+pub(super) enum Hold {
+    /// Waiting for the answer to [`Event::Recover`]: whether the client
+    /// resumes, and the live deliveries held meanwhile.
+    Waiting {
+        resumes: bool,
+        frames: Vec<(Option<(u64, Epoch)>, Bytes)>,
+    },
+    /// Answered at `top` in `epoch`: a live delivery at or below it is
+    /// covered (it was published between the node's SUBSCRIBE and the
+    /// read, and its message reaches the node on another connection than
+    /// the read's answer, so possibly after it). Gone at the first live
+    /// delivery past it: a topic's deliveries come in offset order.
+    Floor { top: u64, epoch: Epoch },
+}
+
+impl Held {
+    /// Whether `slot`'s delivery of `topic` at `position` is taken care
+    /// of here: held while the read is pending (`frame` is then kept), or
+    /// covered by the read's answer.
+    pub fn hold(
+        &mut self,
+        topic: TopicId,
+        slot: u32,
+        position: Option<(u64, Epoch)>,
+        frame: impl FnOnce() -> Bytes,
+    ) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let key = (topic, slot);
+        match self.0.get_mut(&key) {
+            Some(Hold::Waiting { frames, .. }) => {
+                frames.push((position, frame()));
+                true
+            }
+            Some(Hold::Floor { top, epoch }) => {
+                let covered = position.is_some_and(|(o, e)| e == *epoch && o <= *top);
+                if !covered {
+                    self.0.remove(&key);
+                }
+                covered
+            }
+            None => false,
+        }
+    }
+
+    /// `slot` left `topic`: an answer that comes later is ignored.
+    pub fn forget(&mut self, topic: TopicId, slot: u32) {
+        if !self.0.is_empty() {
+            self.0.remove(&(topic, slot));
+        }
+    }
+}
+
 impl Connections {
     /// Applies a client op of a `ringcast.v1` connection.
     pub(super) fn apply_v1(&mut self, slot: u32, request: v1::Request) {
@@ -117,6 +194,28 @@ impl Connections {
             .limits
             .max_outbound
             .saturating_sub(pending + REPLY_ROOM + topic.len());
+        if self.broker {
+            if self.hub.rule(topic).is_none() {
+                return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
+            }
+            let waiting = Hold::Waiting {
+                resumes: since.is_some(),
+                frames: Vec::new(),
+            };
+            self.held.0.insert((id, slot), waiting);
+            let gen = self.table.get_mut(slot).expect("live slot").gen;
+            let origin = Origin {
+                worker: self.io.worker as u32,
+                slot,
+                gen,
+            };
+            return self.send_to_broker(Event::Recover(Recover {
+                origin,
+                topic: topic.to_owned(),
+                since: since.cloned(),
+                room,
+            }));
+        }
         let Some(recovery) = self.hub.recover(topic, since, room) else {
             return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
         };
@@ -137,6 +236,80 @@ impl Connections {
         WorkerStats::add(&self.io.stats().messages_out, queued);
     }
 
+    /// The broker's answer to [`Event::Recover`] for connection (`slot`,
+    /// `gen`) on `topic`: `None` when the broker could not be read (the
+    /// subscription stays, answered without a position; a resume gets
+    /// `recovered:false`). Replies `subscribed`, queues the replay, then
+    /// the live deliveries held meanwhile that the replay does not cover.
+    /// Ignored when the connection left the topic or is gone.
+    pub fn recovered(
+        &mut self,
+        slot: u32,
+        gen: u32,
+        topic: &str,
+        position: Option<broker::Position>,
+    ) {
+        let Some(id) = self.topics.id(topic) else {
+            return;
+        };
+        if self.table.get_mut(slot).is_none_or(|c| c.gen != gen) {
+            return;
+        }
+        let Some(Hold::Waiting { resumes, frames }) = self.held.0.remove(&(id, slot)) else {
+            return;
+        };
+        let resumed = |recovered: bool| resumes.then_some(recovered);
+        let covered = match &position {
+            Some(p) => {
+                let at = Position {
+                    offset: p.top,
+                    epoch: p.epoch.as_str(),
+                };
+                let reply = v1::subscribed(topic, Some(at), resumed(p.replay.is_some()));
+                self.reply(slot, reply);
+                Some((p.top, p.epoch))
+            }
+            None => {
+                self.reply(slot, v1::subscribed(topic, None, resumed(false)));
+                None
+            }
+        };
+        let replay = position.and_then(|p| p.replay).into_iter().flatten();
+        if let Some((top, epoch)) = covered.filter(|&(top, _)| top > 0) {
+            self.held.0.insert((id, slot), Hold::Floor { top, epoch });
+        }
+        let live = frames.into_iter().filter(|(at, _)| {
+            !matches!((at, covered), (Some((o, e)), Some((top, epoch))) if *e == epoch && *o <= top)
+        });
+        let conn = self.table.get_mut(slot).expect("live slot");
+        let mut queued = 0;
+        for frame in replay.chain(live.map(|(_, f)| f)) {
+            queued += u64::from(self.io.queue(conn, slot, frame));
+        }
+        WorkerStats::add(&self.io.stats().messages_out, queued);
+    }
+
+    /// Sends `{"op":"resync","topic":…}` to every `ringcast.v1`
+    /// subscriber of any of `topics` on this worker: deliveries may have
+    /// been missed (the broker was out of reach), and the client should
+    /// resubscribe with `since`. Returns how many hints were queued.
+    pub fn resync(&mut self, topics: &[String]) -> usize {
+        let mut queued = 0;
+        for topic in topics {
+            let Some(id) = self.topics.id(topic) else {
+                continue;
+            };
+            let hint = v1::resync(topic);
+            for slot in self.topics.members(id) {
+                let conn = self.table.get_mut(slot).expect("subscriber slot is live");
+                if conn.endpoint() == Some(Endpoint::PubSubV1) {
+                    queued += usize::from(self.io.queue(conn, slot, hint.clone()));
+                }
+            }
+        }
+        queued
+    }
+
     /// The id of `topic` if `slot` is subscribed to it.
     pub(super) fn held(&mut self, slot: u32, topic: &str) -> Option<TopicId> {
         let conn = self.table.get_mut(slot).expect("live slot");
@@ -148,5 +321,58 @@ impl Connections {
     /// publish a subscription's read of the history saw is still to come.
     pub fn commands_applied(&mut self) {
         self.skips.0.clear();
+        if !self.unsent.is_empty() {
+            self.send_unsent();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_frames_wait_then_a_floor_drops_what_the_read_covered() {
+        let epoch = Epoch::parse("AAAAAAAA").unwrap();
+        let other = Epoch::parse("BBBBBBBB").unwrap();
+        let frame = || Bytes::from_static(b"f");
+        let mut held = Held::default();
+        assert!(!held.hold(1, 7, Some((1, epoch)), frame), "nothing held");
+        let waiting = Hold::Waiting {
+            resumes: true,
+            frames: Vec::new(),
+        };
+        held.0.insert((1, 7), waiting);
+        assert!(
+            held.hold(1, 7, Some((5, epoch)), frame),
+            "held while waiting"
+        );
+        assert!(!held.hold(2, 7, Some((5, epoch)), frame), "another topic");
+        assert!(matches!(&held.0[&(1, 7)], Hold::Waiting { frames, .. } if frames.len() == 1));
+        held.0.insert((1, 7), Hold::Floor { top: 5, epoch });
+        assert!(
+            held.hold(1, 7, Some((4, epoch)), frame),
+            "covered by the read"
+        );
+        assert!(
+            held.hold(1, 7, Some((5, epoch)), frame),
+            "covered by the read"
+        );
+        assert!(
+            !held.hold(1, 7, Some((6, epoch)), frame),
+            "past the top: live"
+        );
+        assert!(
+            held.0.is_empty(),
+            "the floor is gone after the first live frame"
+        );
+        held.0.insert((1, 7), Hold::Floor { top: 5, epoch });
+        assert!(
+            !held.hold(1, 7, Some((2, other)), frame),
+            "a new epoch is live"
+        );
+        held.0.insert((1, 7), Hold::Floor { top: 5, epoch });
+        held.forget(1, 7);
+        assert!(held.0.is_empty());
     }
 }

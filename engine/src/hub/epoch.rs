@@ -14,6 +14,32 @@ impl Epoch {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("the alphabet is ASCII")
     }
+
+    /// The epoch spelled `text`: exactly 8 characters of the URL-safe
+    /// base64 alphabet; `None` otherwise (an epoch from a broker is
+    /// checked like any input).
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes: [u8; 8] = text.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|b| ALPHABET.contains(b))
+            .then_some(Self(bytes))
+    }
+
+    /// A fresh random epoch (SipHash of the clock under a random key):
+    /// what a broker's stream is created with.
+    pub fn random() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self::from_hash(RandomState::new().hash_one(nanos))
+    }
+
+    fn from_hash(hash: u64) -> Self {
+        Epoch(std::array::from_fn(|i| {
+            ALPHABET[(hash >> (6 * i)) as usize & 63]
+        }))
+    }
 }
 
 /// Makes epochs. A topic's epoch is a keyed hash (SipHash, keyed from the
@@ -36,10 +62,7 @@ pub struct EpochSource {
 impl EpochSource {
     /// The epoch a stream of `topic` created now gets.
     pub fn epoch(&self, topic: &str) -> Epoch {
-        let hash = self.key.hash_one((topic, self.generation));
-        Epoch(std::array::from_fn(|i| {
-            ALPHABET[(hash >> (6 * i)) as usize & 63]
-        }))
+        Epoch::from_hash(self.key.hash_one((topic, self.generation)))
     }
 
     /// A stream was forgotten: every epoch handed out from now on differs.
@@ -63,5 +86,10 @@ mod tests {
         source.continuity_lost();
         assert_ne!(a, source.epoch("a"));
         assert_ne!(a, EpochSource::default().epoch("a"), "a restart");
+        assert_eq!(Epoch::parse(a.as_str()), Some(a));
+        assert_ne!(Epoch::random(), Epoch::random());
+        for bad in ["", "abcdefg", "abcdefghi", "abcdefg!", "abcdéfg"] {
+            assert_eq!(Epoch::parse(bad), None, "{bad}");
+        }
     }
 }

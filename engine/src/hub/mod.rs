@@ -65,6 +65,18 @@ pub struct Page {
 }
 
 impl Page {
+    /// A page read elsewhere (a broker's stream): `messages` are
+    /// `(offset, frame, data start)` as [`crate::protocol::v1::message`]
+    /// returns them, oldest first.
+    pub fn new(epoch: Epoch, top: u64, first: u64, messages: Vec<(u64, Bytes, usize)>) -> Self {
+        Self {
+            epoch,
+            top,
+            first,
+            messages,
+        }
+    }
+
     /// `{"epoch":…,"offset":TOP,"first":…,"messages":[{"offset":13,"data":…},…]}`,
     /// each message's `data` (or `b64data`) member as it was delivered.
     pub fn to_json(&self) -> Vec<u8> {
@@ -110,7 +122,7 @@ impl Hub {
     }
 
     /// The rule `topic` keeps history by, if any.
-    fn rule(&self, topic: &str) -> Option<&Rule> {
+    pub fn rule(&self, topic: &str) -> Option<&Rule> {
         rules::find(&self.rules, topic)
     }
 

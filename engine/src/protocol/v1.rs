@@ -214,6 +214,16 @@ pub fn to_user(data: &Data) -> Bytes {
     )
 }
 
+/// The hint `{"op":"resync","topic":…}`: this node may have missed
+/// deliveries of `topic` (its broker was out of reach); the client should
+/// subscribe again with `since` to recover them.
+pub fn resync(topic: &str) -> Bytes {
+    let mut text = String::from(r#"{"op":"resync","topic":"#);
+    push_json_str(&mut text, topic);
+    text.push('}');
+    frame::encode(OpCode::Text, text.as_bytes())
+}
+
 fn push_json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).expect("a str serializes"));
 }

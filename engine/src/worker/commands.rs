@@ -71,6 +71,13 @@ impl Worker {
                     let local = |f: &Frames| local(copy, f);
                     ack.complete(self.conns.broadcast(&frames, &v1, local));
                 }
+                Command::Recovered {
+                    slot,
+                    gen,
+                    topic,
+                    position,
+                } => self.conns.recovered(slot, gen, &topic, position),
+                Command::Resync { topics, ack } => ack.complete(self.conns.resync(&topics)),
                 Command::Reply { slot, gen, frame } => self.conns.reply_frame(slot, gen, frame),
                 Command::Admit { slot, gen, verdict } => self.conns.admit(slot, gen, verdict),
                 Command::Drain { period } => self.begin_drain(period),

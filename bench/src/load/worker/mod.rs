@@ -212,7 +212,8 @@ impl Worker {
             _ => Vec::new(),
         };
         let sources = plan.sources.clone();
-        let domain = match plan.target.addr.ip() {
+        let target = &plan.targets[setup.index % plan.targets.len()];
+        let domain = match target.addr.ip() {
             IpAddr::V4(_) => libc::AF_INET,
             IpAddr::V6(_) => libc::AF_INET6,
         };
@@ -222,18 +223,18 @@ impl Worker {
             owned: Slab::new(),
             handshake: match plan.transport {
                 Transport::Websocket => Handshake::new(
-                    &plan.target.host,
-                    &plan.target.resource,
+                    &target.host,
+                    &target.resource,
                     plan.mode.subprotocol(),
                     plan.compression,
                 ),
-                Transport::Sse => Handshake::sse(&plan.target.host, &plan.target.resource),
+                Transport::Sse => Handshake::sse(&target.host, &target.resource),
             },
             sse: plan.transport == Transport::Sse,
             ping: client_frame(OpCode::Ping, b"", mask),
             echo,
             subscribe,
-            dest: RawAddr::new(plan.target.addr),
+            dest: RawAddr::new(target.addr),
             binds: Vec::with_capacity(if sources.is_empty() { 0 } else { setup.quota }),
             sources,
             domain,

@@ -1,0 +1,836 @@
+//! Several nodes over Redis (`--broker`): Debian's redis-server on free
+//! loopback ports (`--save '' --appendonly no`), started by each test,
+//! and real WebSocket clients on every node.
+
+mod common;
+
+use common::*;
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+/// A redis-server of our own; killed on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one on a free loopback port and waits until it answers.
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port).await
+    }
+
+    /// Starts one on `port` (again, after [`Redis::kill`]).
+    async fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: run scripts/install-test-deps.sh");
+        let redis = Self {
+            child: Some(child),
+            port,
+        };
+        let deadline = Instant::now() + WAIT;
+        while redis.try_command(&["PING"]).await.as_deref() != Some("PONG") {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `redis-cli` output for `args`, or `None` when it fails.
+    async fn try_command(&self, args: &[&str]) -> Option<String> {
+        let output = tokio::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--no-raw"])
+            .args(args)
+            .output()
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        (output.status.success() && !text.starts_with("Could not connect"))
+            .then(|| text.trim_matches('"').to_owned())
+    }
+
+    /// Subscribers (nodes) of a channel, from `PUBSUB NUMSUB`.
+    async fn subscribers(&self, channel: &str) -> u64 {
+        let text = self.try_command(&["PUBSUB", "NUMSUB", channel]).await;
+        let text = text.expect("PUBSUB NUMSUB");
+        text.lines()
+            .last()
+            .unwrap()
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until `nodes` nodes subscribe to topic `topic`'s channel.
+    async fn wait_nodes(&self, topic: &str, nodes: u64) {
+        let channel = format!("ringcast:topic:{topic}");
+        let deadline = Instant::now() + WAIT;
+        while self.subscribers(&channel).await != nodes {
+            assert!(
+                Instant::now() < deadline,
+                "{channel} never had {nodes} nodes"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Channels matching `pattern` that some node subscribes to.
+    async fn channels(&self, pattern: &str) -> usize {
+        let text = self
+            .try_command(&["--raw", "PUBSUB", "CHANNELS", pattern])
+            .await;
+        text.unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node over `brokers`, with 2 workers and history on `h.*`.
+fn node(brokers: &[&Redis], extra: &[&str]) -> Server {
+    let mut args = vec!["--workers", "2", "--history", "h.*=1000/10m"];
+    let urls: Vec<String> = brokers.iter().map(|r| r.url()).collect();
+    for url in &urls {
+        args.extend(["--broker", url]);
+    }
+    args.extend(extra);
+    Server::start(&args)
+}
+
+async fn connect_v1(url: &str) -> Ws {
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("ringcast.v1"),
+    );
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    serde_json::from_str(&next_text(ws).await).expect("a JSON message")
+}
+
+async fn subscribe_v1(ws: &mut Ws, topic: &str, since: Option<(u64, &str)>) -> Value {
+    let mut op = json!({"op": "subscribe", "topic": topic});
+    if let Some((offset, epoch)) = since {
+        op["since"] = json!({"offset": offset, "epoch": epoch});
+    }
+    send_json(ws, op).await;
+    let reply = next_json(ws).await;
+    assert_eq!(reply["op"], "subscribed", "{reply}");
+    reply
+}
+
+/// Publishes text; returns the status and the JSON reply.
+async fn publish(server: &Server, query: &str, text: &str) -> (u16, Value) {
+    let (status, body) = server
+        .post(&format!("/publish?{query}"), "text/plain", text.to_owned())
+        .await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn healthz(server: &Server) -> Value {
+    let (status, body) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn wait_broker_state(server: &Server, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while healthz(server).await["broker"]["state"] != state {
+        assert!(Instant::now() < deadline, "broker never {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_one_node_reaches_every_node_once_in_order() {
+    let redis = Redis::start().await;
+    let nodes = [
+        node(&[&redis], &[]),
+        node(&[&redis], &[]),
+        node(&[&redis], &[]),
+    ];
+    // On each node: 4 raw subscribers of `news` and 4 ringcast.v1
+    // subscribers of `h.feed`, spread over its 2 workers.
+    let mut raw = Vec::new();
+    let mut v1 = Vec::new();
+    for server in &nodes {
+        for _ in 0..4 {
+            raw.push(connect(&server.url("/ws?topic=news")).await);
+            let mut ws = connect_v1(&server.url("/ws")).await;
+            let at = subscribe_v1(&mut ws, "h.feed", None).await;
+            assert_eq!(at["offset"], 0, "{at}");
+            v1.push((ws, at["epoch"].as_str().unwrap().to_owned()));
+        }
+        let per_worker = server.stats().await["worker_connections"].clone();
+        assert!(per_worker
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n.as_u64() > Some(0)));
+    }
+    assert!(
+        v1.iter().all(|(_, e)| *e == v1[0].1),
+        "one epoch on every node"
+    );
+    redis.wait_nodes("news", 3).await;
+    redis.wait_nodes("h.feed", 3).await;
+    for i in 1..=20 {
+        let (status, reply) = publish(&nodes[0], "topic=news&topic=h.feed", &format!("m{i}")).await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply, json!({"nodes": 3, "offsets": {"h.feed": i}}));
+    }
+    // Straight into Redis, in the documented channel format.
+    let published = redis
+        .try_command(&[
+            "PUBLISH",
+            "ringcast:topic:news",
+            "{\"content\":\"text\"}\nfrom redis-cli",
+        ])
+        .await;
+    assert_eq!(published.as_deref(), Some("(integer) 3"));
+    for ws in &mut raw {
+        for i in 1..=20 {
+            assert_eq!(next_text(ws).await, format!("m{i}"));
+        }
+        assert_eq!(next_text(ws).await, "from redis-cli");
+    }
+    for (ws, epoch) in &mut v1 {
+        for i in 1..=20 {
+            let m = next_json(ws).await;
+            let want = json!({"op": "message", "topic": "h.feed", "offset": i, "epoch": epoch, "data": format!("m{i}")});
+            assert_eq!(m, want);
+        }
+    }
+    // A publish no node subscribes to still gets its offset.
+    let (status, reply) = publish(&nodes[1], "topic=h.nobody", "x").await;
+    assert_eq!(
+        (status, reply),
+        (200, json!({"nodes": 0, "offsets": {"h.nobody": 1}}))
+    );
+    // GET /history on any node reads the stream.
+    let (status, body) = nodes[2].get("/history?topic=h.feed&since=18").await;
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["offset"], 20);
+    assert_eq!(page["first"], 1);
+    assert_eq!(
+        page["messages"],
+        json!([{"offset": 19, "data": "m19"}, {"offset": 20, "data": "m20"}])
+    );
+    // Each node received each message once from Redis.
+    let scrape = nodes[1].metrics().await;
+    assert_eq!(
+        metric(&scrape, "ringcast_broker_messages_received_total", &[]),
+        41.0
+    );
+    assert_eq!(
+        metric(&scrape, "ringcast_broker_up", &[("shard", "0")]),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moved_to_another_node_recovers_exactly_what_it_missed() {
+    let redis = Redis::start().await;
+    let (a, b, c) = (
+        node(&[&redis], &[]),
+        node(&[&redis], &[]),
+        node(&[&redis], &[]),
+    );
+    let mut ws = connect_v1(&a.url("/ws")).await;
+    let epoch = subscribe_v1(&mut ws, "h.chat", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=5 {
+        assert_eq!(publish(&b, "topic=h.chat", &format!("m{i}")).await.0, 200);
+    }
+    for i in 1..=5 {
+        assert_eq!(next_json(&mut ws).await["offset"], i);
+    }
+    drop(ws);
+    for i in 6..=15 {
+        assert_eq!(publish(&b, "topic=h.chat", &format!("m{i}")).await.0, 200);
+    }
+    // Resume on node C, while publishes keep coming through node B.
+    let mut ws = connect_v1(&c.url("/ws")).await;
+    let publisher = tokio::spawn(async move {
+        for i in 16..=40 {
+            assert_eq!(publish(&b, "topic=h.chat", &format!("m{i}")).await.0, 200);
+        }
+        b
+    });
+    let reply = subscribe_v1(&mut ws, "h.chat", Some((5, &epoch))).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["epoch"], epoch.as_str());
+    for i in 6..=40 {
+        let m = next_json(&mut ws).await;
+        assert_eq!(
+            (&m["offset"], &m["data"]),
+            (&json!(i), &json!(format!("m{i}"))),
+            "gap or duplicate"
+        );
+    }
+    publisher.await.unwrap();
+    // Too old (trimmed) or another epoch: recovered false.
+    let mut other = connect_v1(&a.url("/ws")).await;
+    let reply = subscribe_v1(&mut other, "h.chat", Some((3, "XXXXXXXX"))).await;
+    assert_eq!(
+        (&reply["recovered"], &reply["offset"]),
+        (&json!(false), &json!(40))
+    );
+}
+
+/// A `ringcast.v1` client publish on node A takes the broker's path like
+/// `POST /publish`: a subscriber on node B gets it with the stream's
+/// offset, and the sender's `published` carries the same offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_publish_on_one_node_reaches_subscribers_on_another() {
+    let redis = Redis::start().await;
+    let a = node(&[&redis], &["--client-publish", "h.*"]);
+    let b = node(&[&redis], &[]);
+    let mut subscriber = connect_v1(&b.url("/ws")).await;
+    subscribe_v1(&mut subscriber, "h.room", None).await;
+    let mut sender = connect_v1(&a.url("/ws")).await;
+    for i in 1..=3 {
+        let op = json!({"op": "publish", "topic": "h.room", "data": {"n": i}, "id": i});
+        send_json(&mut sender, op).await;
+        assert_eq!(
+            next_json(&mut sender).await,
+            json!({"op": "published", "id": i, "offset": i})
+        );
+    }
+    for i in 1..=3 {
+        let m = next_json(&mut subscriber).await;
+        assert_eq!(
+            (&m["op"], &m["topic"], &m["offset"], &m["data"]),
+            (
+                &json!("message"),
+                &json!("h.room"),
+                &json!(i),
+                &json!({"n": i})
+            ),
+            "{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_publishes_and_disconnects_reach_a_user_on_two_nodes() {
+    let dir = scratch_dir("cluster-auth");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let redis = Redis::start().await;
+    let auth = ["--jwt-hmac-secret-file", secret.to_str().unwrap()];
+    let (a, b) = (node(&[&redis], &auth), node(&[&redis], &auth));
+    let claims = |sub: &str| json!({"sub": sub, "exp": unix_now() + 600});
+    let specs: Vec<Value> = ["42", "7"]
+        .iter()
+        .map(|s| json!({"alg": "HS256", "key": secret.to_str().unwrap(), "claims": claims(s)}))
+        .collect();
+    let tokens = mint(&json!(specs));
+    let mut on_a = connect_bearer(&a.url("/ws"), &tokens[0]).await;
+    let mut on_b = connect_bearer(&b.url("/ws"), &tokens[0]).await;
+    let mut other = connect_bearer(&b.url("/ws"), &tokens[1]).await;
+    let (status, reply) = publish(&a, "user=42", "for 42").await;
+    assert_eq!((status, &reply["nodes"]), (200, &json!(2)), "{reply}");
+    assert_eq!(next_text(&mut on_a).await, "for 42");
+    assert_eq!(next_text(&mut on_b).await, "for 42");
+    let (status, body) = b
+        .post("/disconnect?user=42&code=4000", "text/plain", "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    expect_close(&mut on_a, 4000).await;
+    expect_close(&mut on_b, 4000).await;
+    // The other user saw nothing and is still connected.
+    publish(&a, "user=7", "for 7").await;
+    assert_eq!(next_text(&mut other).await, "for 7");
+    let (status, _) = a.post("/broadcast", "text/plain", "to all").await;
+    assert_eq!(status, 200);
+    assert_eq!(next_text(&mut other).await, "to all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_stream_gives_503_then_resync_and_a_new_epoch() {
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let (a, b) = (node(&[&redis], &[]), node(&[&redis], &[]));
+    wait_broker_state(&a, "up").await;
+    let mut ws = connect_v1(&b.url("/ws")).await;
+    let epoch = subscribe_v1(&mut ws, "h.live", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut raw = connect(&b.url("/ws?topic=plain")).await;
+    redis.wait_nodes("plain", 1).await;
+    for i in 1..=3 {
+        assert_eq!(publish(&a, "topic=h.live", &format!("m{i}")).await.0, 200);
+    }
+    for i in 1..=3 {
+        assert_eq!(next_json(&mut ws).await["offset"], i);
+    }
+
+    redis.kill();
+    wait_broker_state(&a, "down").await;
+    let (status, reply) = publish(&a, "topic=h.live", "lost").await;
+    assert_eq!(status, 503, "{reply}");
+    let scrape = a.metrics().await;
+    assert_eq!(
+        metric(&scrape, "ringcast_broker_up", &[("shard", "0")]),
+        0.0
+    );
+    assert_eq!(
+        a.get("/readyz").await.0,
+        200,
+        "connections are still served"
+    );
+    // Established connections stay: they still answer control ops.
+    send_json(&mut raw, json!({"op": "subscribe", "topic": "other"})).await;
+    assert_eq!(
+        next_text(&mut raw).await,
+        r#"{"op":"subscribed","topic":"other"}"#
+    );
+
+    let redis = Redis::start_on(port).await;
+    wait_broker_state(&b, "up").await;
+    // The stream data was lost with Redis: the node tells its client to
+    // resume, and the resume finds a new epoch.
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"op": "resync", "topic": "h.live"})
+    );
+    send_json(&mut ws, json!({"op": "unsubscribe", "topic": "h.live"})).await;
+    assert_eq!(next_json(&mut ws).await["op"], "unsubscribed");
+    let reply = subscribe_v1(&mut ws, "h.live", Some((3, &epoch))).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["offset"], 0);
+    let new_epoch = reply["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(new_epoch, epoch);
+    let scrape = b.metrics().await;
+    assert!(metric(&scrape, "ringcast_broker_resubscribed_total", &[]) >= 2.0);
+    redis.wait_nodes("plain", 1).await;
+    wait_broker_state(&a, "up").await;
+    let (status, reply) = publish(&a, "topic=h.live&topic=plain", "back").await;
+    assert_eq!(
+        (status, &reply["offsets"]["h.live"]),
+        (200, &json!(1)),
+        "{reply}"
+    );
+    let m = next_json(&mut ws).await;
+    assert_eq!(
+        (&m["offset"], &m["epoch"], &m["data"]),
+        (&json!(1), &json!(new_epoch), &json!("back"))
+    );
+    assert_eq!(next_text(&mut raw).await, "back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_topics_shard_over_two_instances_and_all_deliver() {
+    let (r1, r2) = (Redis::start().await, Redis::start().await);
+    let (a, b) = (node(&[&r1, &r2], &[]), node(&[&r1, &r2], &[]));
+    let topics: Vec<String> = (0..1000).map(|i| format!("s.{i}")).collect();
+    // 16 clients on node B, each on up to 63 topics.
+    let mut clients = Vec::new();
+    for chunk in topics.chunks(63) {
+        let mut ws = connect(&b.url("/ws")).await;
+        for topic in chunk {
+            subscribe(&mut ws, topic).await;
+        }
+        clients.push((ws, chunk.to_vec()));
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (n1, n2) = (
+            r1.channels("ringcast:topic:*").await,
+            r2.channels("ringcast:topic:*").await,
+        );
+        if n1 + n2 == 1000 {
+            assert!(
+                n1 > 300 && n2 > 300,
+                "both instances carry topics: {n1} + {n2}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n1} + {n2} channels subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for topic in &topics {
+        let (status, reply) = publish(&a, &format!("topic={topic}"), topic).await;
+        assert_eq!(
+            (status, &reply["nodes"]),
+            (200, &json!(1)),
+            "{topic}: {reply}"
+        );
+    }
+    // Order holds per topic; topics on different instances arrive
+    // through different connections.
+    let checks = clients.into_iter().map(|(mut ws, chunk)| async move {
+        let mut got = Vec::with_capacity(chunk.len());
+        for _ in &chunk {
+            got.push(next_text(&mut ws).await);
+        }
+        got.sort();
+        let mut want = chunk;
+        want.sort();
+        assert_eq!(got, want, "every topic delivered once");
+    });
+    join_all(checks).await;
+    let health = healthz(&a).await;
+    assert_eq!(health["broker"]["state"], "up");
+    assert_eq!(health["broker"]["brokers"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn hostile_messages_on_the_channels_are_dropped() {
+    let redis = Redis::start().await;
+    let server = node(&[&redis], &[]);
+    let mut ws = connect(&server.url("/ws?topic=t")).await;
+    redis.wait_nodes("t", 1).await;
+    for bad in [
+        "no header",
+        "{\"content\":\"json\"}\nnot json",
+        "{\"content\":\"x\"}\n1",
+    ] {
+        redis
+            .try_command(&["PUBLISH", "ringcast:topic:t", bad])
+            .await
+            .unwrap();
+    }
+    redis
+        .try_command(&[
+            "PUBLISH",
+            "ringcast:node",
+            "{\"op\":\"disconnect\",\"users\":[\"\"],\"code\":1,\"reason\":\"\"}\n",
+        ])
+        .await
+        .unwrap();
+    redis
+        .try_command(&["PUBLISH", "ringcast:topic:t", "{\"content\":\"text\"}\nok"])
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut ws).await, "ok");
+    let scrape = server.metrics().await;
+    assert_eq!(
+        metric(&scrape, "ringcast_broker_messages_invalid_total", &[]),
+        4.0
+    );
+}
+
+/// A loopback port free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// haproxy, killed on drop.
+struct Haproxy(std::process::Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// deploy/haproxy.cfg with its ports filled in for three nodes at `nodes`
+/// (WebSocket and API ports), listening on `port`.
+fn haproxy(port: u16, nodes: &[(u16, u16)]) -> Haproxy {
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy.cfg");
+    let mut text = std::fs::read_to_string(source).unwrap();
+    let servers: String = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (ws, api))| {
+            format!(
+                "    server ringcast{} 127.0.0.1:{ws} check port {api}\n",
+                i + 1
+            )
+        })
+        .collect();
+    for (from, to) in [
+        ("bind :80", format!("bind 127.0.0.1:{port}")),
+        ("maxconn 200000", "maxconn 4000".to_owned()),
+        (
+            "    server ringcast1 10.0.0.1:8080 check port 8081\n",
+            servers,
+        ),
+        (
+            "    server ringcast2 10.0.0.2:8080 check port 8081\n",
+            String::new(),
+        ),
+    ] {
+        assert!(
+            text.contains(from),
+            "deploy/haproxy.cfg no longer has {from:?}"
+        );
+        text = text.replace(from, &to);
+    }
+    let cfg = scratch_dir("cluster-haproxy").join("haproxy.cfg");
+    std::fs::write(&cfg, text).unwrap();
+    let child = Command::new("haproxy")
+        .args(["-db", "-f", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy is not installed: run scripts/install-test-deps.sh");
+    Haproxy(child)
+}
+
+/// A node on fixed ports (so that it can restart behind haproxy).
+fn node_at(redis: &Redis, (ws, api): (u16, u16)) -> Server {
+    let (listen, api_listen) = (format!("127.0.0.1:{ws}"), format!("127.0.0.1:{api}"));
+    node(
+        &[redis],
+        &[
+            "--listen",
+            &listen,
+            "--api-listen",
+            &api_listen,
+            "--proxy-protocol",
+            "--drain-period",
+            "2s",
+        ],
+    )
+}
+
+/// One `ringcast.v1` client behind haproxy: subscribes to `h.roll`, and
+/// after every close reconnects and resubscribes with `since` (which must
+/// recover). Returns every `(offset, data)` received, until `end`.
+async fn rolling_client(
+    front: String,
+    subscribed: std::sync::Arc<tokio::sync::Semaphore>,
+) -> Vec<(u64, String)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut got: Vec<(u64, String)> = Vec::new();
+    let mut position: Option<(u64, String)> = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "client never finished");
+        let mut request = front.as_str().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("ringcast.v1"),
+        );
+        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await;
+        let Ok(Ok((mut ws, _))) = connected else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let since = position.as_ref().map(|(o, e)| (*o, e.as_str()));
+        let mut op = json!({"op": "subscribe", "topic": "h.roll"});
+        if let Some((offset, epoch)) = since {
+            op["since"] = json!({"offset": offset, "epoch": epoch});
+        }
+        if futures_util::SinkExt::send(&mut ws, Message::Text(op.to_string().into()))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        loop {
+            let message = match tokio::time::timeout(WAIT, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap(),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    assert_eq!(code, Some(1001), "closed other than by a drain");
+                    break;
+                }
+                Ok(Some(Ok(_))) => continue,
+                // The drain's close handshake may end in a reset.
+                Ok(Some(Err(_)) | None) => break,
+                Err(_) => panic!("no message for {WAIT:?}"),
+            };
+            match message["op"].as_str() {
+                Some("subscribed") => {
+                    let epoch = message["epoch"].as_str().unwrap().to_owned();
+                    match &position {
+                        None => {
+                            position = Some((message["offset"].as_u64().unwrap(), epoch));
+                            subscribed.add_permits(1);
+                        }
+                        Some((_, e)) => {
+                            assert_eq!(message["recovered"], true, "{message}");
+                            assert_eq!(*e, epoch);
+                        }
+                    }
+                }
+                Some("message") => {
+                    let offset = message["offset"].as_u64().unwrap();
+                    let data = message["data"].as_str().unwrap().to_owned();
+                    position.as_mut().unwrap().0 = offset;
+                    got.push((offset, data.clone()));
+                    if data == "end" {
+                        return got;
+                    }
+                }
+                _ => panic!("unexpected {message}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_behind_haproxy_under_publishes_loses_and_doubles_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const CLIENTS: usize = 300;
+    let redis = Redis::start().await;
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let mut nodes: Vec<Option<Server>> = ports.iter().map(|&p| Some(node_at(&redis, p))).collect();
+    let front_port = free_port();
+    let _haproxy = haproxy(front_port, &ports);
+    let front = format!("ws://127.0.0.1:{front_port}/ws");
+    let subscribed = Arc::new(tokio::sync::Semaphore::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| tokio::spawn(rolling_client(front.clone(), subscribed.clone())))
+        .collect();
+    let all = tokio::time::timeout(
+        Duration::from_secs(60),
+        subscribed.acquire_many(CLIENTS as u32),
+    );
+    all.await.expect("clients subscribed").unwrap().forget();
+
+    // The publisher: a numbered message every 10 ms, to the nodes in turn
+    // (the next one when a node is down), until told to stop.
+    let apis: Vec<String> = ports
+        .iter()
+        .map(|(_, api)| format!("http://127.0.0.1:{api}"))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (apis, stop) = (apis.clone(), stop.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut accepted: Vec<(u64, String)> = Vec::new();
+            let (mut refused, mut n) = (0u64, 0u64);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut next_node = 0;
+            loop {
+                tick.tick().await;
+                let last = stop.load(Ordering::Acquire);
+                let text = if last {
+                    "end".to_owned()
+                } else {
+                    format!("n{n}")
+                };
+                n += 1;
+                let mut answered = None;
+                for _ in 0..apis.len() {
+                    next_node = (next_node + 1) % apis.len();
+                    let url = format!("{}/publish?topic=h.roll", apis[next_node]);
+                    let request = http
+                        .post(url)
+                        .header("content-type", "text/plain")
+                        .body(text.clone());
+                    if let Ok(response) = request.send().await {
+                        let status = response.status().as_u16();
+                        let body: Value = response.json().await.unwrap_or(Value::Null);
+                        answered = Some((status, body));
+                        break;
+                    }
+                }
+                match answered {
+                    Some((200, body)) => {
+                        accepted.push((body["offsets"]["h.roll"].as_u64().unwrap(), text));
+                        if last {
+                            return (accepted, refused);
+                        }
+                    }
+                    Some((503, _)) | None => refused += 1,
+                    Some((status, body)) => panic!("publish got {status}: {body}"),
+                }
+            }
+        })
+    };
+
+    for (i, &(_, api)) in ports.iter().enumerate() {
+        let server = nodes[i].take().unwrap();
+        let (status, _) = server.post("/drain", "text/plain", "").await;
+        assert_eq!(status, 202);
+        assert!(server.exit_within(Duration::from_secs(15)).await.success());
+        let restarted = node_at(&redis, ports[i]);
+        wait_broker_state(&restarted, "up").await;
+        assert_eq!(restarted.api.port(), api);
+        nodes[i] = Some(restarted);
+    }
+    // Every node serves again; one more second of publishes, then the end.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Release);
+    let (accepted, refused) = publisher.await.unwrap();
+    let last = accepted.last().unwrap().0;
+    let mut by_offset = std::collections::BTreeMap::new();
+    for (offset, text) in &accepted {
+        assert!(
+            by_offset.insert(*offset, text.clone()).is_none(),
+            "offset {offset} twice"
+        );
+    }
+    let mut received = 0;
+    for client in clients {
+        let got = client.await.unwrap();
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (1..=last).collect::<Vec<_>>(),
+            "lost, doubled or out of order"
+        );
+        for (offset, data) in &got {
+            if let Some(text) = by_offset.get(offset) {
+                assert_eq!(text, data, "offset {offset}");
+            }
+        }
+        received += got.len();
+    }
+    eprintln!(
+        "rolling restart: {} publishes accepted, {refused} refused (503 or no node), {received} deliveries checked",
+        accepted.len()
+    );
+}
