@@ -16,23 +16,98 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 struct Redis {
     child: Option<Child>,
     port: u16,
+    /// For one that speaks only TLS: the directory of its certificates
+    /// (`ca.pem` signs `server.pem`, for 127.0.0.1).
+    tls: Option<std::path::PathBuf>,
 }
 
 impl Redis {
     /// Starts one on a free loopback port and waits until it answers.
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port).await
+        Self::start_on(free_port()).await
     }
 
     /// Starts one on `port` (again, after [`Redis::kill`]).
     async fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        Self::spawn(port, None).await
+    }
+
+    /// Starts one that takes only TLS connections, on a free port, with a
+    /// CA and a server certificate for 127.0.0.1 made here by `openssl`.
+    async fn start_tls() -> Self {
+        let dir = scratch_dir("redis-tls");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=ringcast test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ]);
+        Self::spawn(free_port(), Some(dir)).await
+    }
+
+    async fn spawn(port: u16, tls: Option<std::path::PathBuf>) -> Self {
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]);
+        match &tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some(dir) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.pem")),
+        };
+        let child = command
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
@@ -40,6 +115,7 @@ impl Redis {
         let redis = Self {
             child: Some(child),
             port,
+            tls,
         };
         let deadline = Instant::now() + WAIT;
         while redis.try_command(&["PING"]).await.as_deref() != Some("PONG") {
@@ -50,7 +126,12 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn kill(&mut self) {
@@ -62,7 +143,11 @@ impl Redis {
 
     /// `redis-cli` output for `args`, or `None` when it fails.
     async fn try_command(&self, args: &[&str]) -> Option<String> {
-        let output = tokio::process::Command::new("redis-cli")
+        let mut command = tokio::process::Command::new("redis-cli");
+        if let Some(dir) = &self.tls {
+            command.arg("--tls").arg("--cacert").arg(dir.join("ca.pem"));
+        }
+        let output = command
             .args(["-p", &self.port.to_string(), "--no-raw"])
             .args(args)
             .output()
@@ -317,6 +402,33 @@ async fn a_client_moved_to_another_node_recovers_exactly_what_it_missed() {
         (&reply["recovered"], &reply["offset"]),
         (&json!(false), &json!(40))
     );
+}
+
+/// `rediss://`: two nodes reach a TLS-only Redis, trusting its CA from
+/// `--broker-ca-file`, and a publish on one reaches a subscriber on the
+/// other; a node that does not trust the CA cannot reach it (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_a_tls_redis_with_rediss_urls() {
+    let redis = Redis::start_tls().await;
+    let ca = redis.tls.as_ref().unwrap().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let a = node(&[&redis], &["--broker-ca-file", ca]);
+    let b = node(&[&redis], &["--broker-ca-file", ca]);
+    wait_broker_state(&a, "up").await;
+    let mut ws = connect_v1(&b.url("/ws")).await;
+    subscribe_v1(&mut ws, "h.tls", None).await;
+    let (status, reply) = publish(&a, "topic=h.tls", "over tls").await;
+    assert_eq!(
+        (status, &reply["offsets"]["h.tls"]),
+        (200, &json!(1)),
+        "{reply}"
+    );
+    let m = next_json(&mut ws).await;
+    assert_eq!((&m["data"], &m["offset"]), (&json!("over tls"), &json!(1)));
+    // Without the CA, the system's store does not know it: never up.
+    let untrusting = node(&[&redis], &[]);
+    assert_eq!(publish(&untrusting, "topic=h.tls", "refused").await.0, 503);
+    assert_eq!(healthz(&untrusting).await["broker"]["state"], "down");
 }
 
 /// A `ringcast.v1` client publish on node A takes the broker's path like

@@ -233,8 +233,8 @@ pub struct Serve {
     /// bytes.
     #[arg(long, env = "RINGCAST_COMPRESSION_MIN_SIZE", default_value_t = 256)]
     pub compression_min_size: usize,
-    /// Redis instance to run as a cluster over, `redis://HOST:PORT[/DB]`
-    /// (repeatable, or comma-separated): publishes go through Redis and
+    /// Redis instance to run as a cluster over, `redis://HOST:PORT[/DB]`,
+    /// or `rediss://` for TLS (repeatable, or comma-separated): publishes go through Redis and
     /// reach every node, offsets and history live in Redis. With several,
     /// topics are sharded over them by a jump hash of the topic name; the
     /// first also carries the node-wide channel. Keep passwords out of
@@ -247,6 +247,11 @@ pub struct Serve {
     /// whitespace ignored).
     #[arg(long, env = "RINGCAST_BROKER_PASSWORD_FILE")]
     pub broker_password_file: Option<PathBuf>,
+    /// A PEM file of the CA certificates that sign the rediss:// brokers'
+    /// certificates, trusted instead of the system's store [default: the
+    /// system's trust store].
+    #[arg(long, env = "RINGCAST_BROKER_CA_FILE")]
+    pub broker_ca_file: Option<PathBuf>,
     /// Log line format (level from RUST_LOG, default info).
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -568,20 +573,27 @@ impl Serve {
         }
     }
 
-    /// The password from --broker-password-file, if set.
+    /// The password from --broker-password-file and the CA certificates
+    /// from --broker-ca-file, if set.
     ///
     /// # Errors
     /// An unreadable or empty file.
-    pub fn broker_password(&self) -> Result<Option<String>, String> {
-        let Some(path) = &self.broker_password_file else {
-            return Ok(None);
+    pub fn broker_access(&self) -> Result<crate::broker::Access, String> {
+        let read = |flag: &str, path: &Option<PathBuf>| -> Result<Option<String>, String> {
+            let Some(path) = path else {
+                return Ok(None);
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+            match text.trim_end() {
+                "" => Err(format!("{flag} {}: empty", path.display())),
+                text => Ok(Some(text.to_owned())),
+            }
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--broker-password-file {}: {e}", path.display()))?;
-        match text.trim_end() {
-            "" => Err(format!("--broker-password-file {}: empty", path.display())),
-            password => Ok(Some(password.to_owned())),
-        }
+        Ok(crate::broker::Access {
+            password: read("--broker-password-file", &self.broker_password_file)?,
+            ca: read("--broker-ca-file", &self.broker_ca_file)?.map(String::into_bytes),
+        })
     }
 
     /// The effective configuration as TOML, keys named as flags.
@@ -623,11 +635,19 @@ impl Serve {
         if self.workers == Some(0) {
             return Err("--workers must be at least 1".into());
         }
-        if let Some(url) = self.brokers.iter().find(|u| !u.starts_with("redis://")) {
+        let tls = |u: &String| u.starts_with("rediss://");
+        if let Some(url) = self
+            .brokers
+            .iter()
+            .find(|u| !u.starts_with("redis://") && !tls(u))
+        {
             let scheme = url.split("://").next().unwrap_or(url);
             return Err(format!(
-                "--broker must be a redis://HOST:PORT[/DB] URL, not {scheme}:// (rediss:// is not supported by this build)"
+                "--broker must be a redis:// or rediss:// (TLS) URL, not {scheme}://"
             ));
+        }
+        if self.broker_ca_file.is_some() && !self.brokers.iter().any(tls) {
+            return Err("--broker-ca-file needs a rediss:// --broker".into());
         }
         if !self.read_buffers.is_power_of_two() || self.read_buffers > 32768 {
             return Err("--read-buffers must be a power of two up to 32768".into());

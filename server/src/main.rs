@@ -44,9 +44,9 @@ fn main() -> ExitCode {
         print!("{}", serve.to_toml());
         return ExitCode::SUCCESS;
     }
-    let (config, api_token, broker_password) = match serve
+    let (config, api_token, broker_access) = match serve
         .engine_config()
-        .and_then(|c| Ok((c, serve.api_token()?, serve.broker_password()?)))
+        .and_then(|c| Ok((c, serve.api_token()?, serve.broker_access()?)))
     {
         Ok(loaded) => loaded,
         Err(message) => {
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     };
     init_logging(serve.log_format);
     abort_on_panic();
-    match run(serve, config, api_token, broker_password) {
+    match run(serve, config, api_token, broker_access) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringcast: {e}");
@@ -158,7 +158,7 @@ fn run(
     serve: Serve,
     mut config: Config,
     api_token: Option<String>,
-    broker_password: Option<String>,
+    broker_access: broker::Access,
 ) -> std::io::Result<()> {
     log_access(&serve, config.auth.as_deref(), api_token.is_some());
     let (sink, events) = upstream::channel();
@@ -211,7 +211,7 @@ fn run(
             None => None,
             Some(events) => {
                 let started =
-                    broker::Broker::start(&serve.brokers, broker_password, handle.clone(), events);
+                    broker::Broker::start(&serve.brokers, &broker_access, handle.clone(), events);
                 Some(started.map_err(std::io::Error::other)?)
             }
         };

@@ -48,6 +48,17 @@ pub fn channel() -> (Sender, Receiver) {
     mpsc::unbounded_channel()
 }
 
+/// What the node needs to reach its brokers besides their URLs (no
+/// `Debug`: it holds a secret).
+#[derive(Default)]
+pub struct Access {
+    /// The AUTH password for every broker (`--broker-password-file`).
+    pub password: Option<String>,
+    /// PEM CA certificates trusted for `rediss://` brokers instead of the
+    /// system's store (`--broker-ca-file`).
+    pub ca: Option<Vec<u8>>,
+}
+
 /// Why a broker operation failed: the API answers 503.
 #[derive(Debug)]
 pub struct Unavailable(pub String);
@@ -78,14 +89,19 @@ impl Broker {
     /// A URL that does not parse or is not `redis://`.
     pub fn start(
         urls: &[String],
-        password: Option<String>,
+        access: &Access,
         handle: Handle,
         events: Receiver,
     ) -> Result<Arc<Self>, String> {
+        if urls.iter().any(|u| u.starts_with("rediss://")) {
+            // rustls needs one process-wide crypto provider; a second call
+            // (already installed) changes nothing.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let mut shards = Vec::with_capacity(urls.len());
         let mut receivers = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
-            let (shard, ops) = shard::Shard::new(index, url, password.clone())?;
+            let (shard, ops) = shard::Shard::new(index, url, access)?;
             shards.push(Arc::new(shard));
             receivers.push(ops);
         }

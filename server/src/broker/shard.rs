@@ -45,25 +45,36 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// The shard for `url` (`redis://[:PASSWORD@]HOST:PORT[/DB]`), with
-    /// `password` when given; and the receiving end of its queue.
+    /// The shard for `url` (`redis://[:PASSWORD@]HOST:PORT[/DB]`, or
+    /// `rediss://` for TLS), with `access`'s password and, over TLS, its
+    /// CA certificates when given; and the receiving end of its queue.
     ///
     /// # Errors
-    /// A URL the client does not take.
+    /// A URL the client does not take, or CA certificates it cannot read.
     pub fn new(
         index: usize,
         url: &str,
-        password: Option<String>,
+        access: &super::Access,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Op>), String> {
         let mut info = url
             .into_connection_info()
             .map_err(|e| format!("--broker {index}: {e}"))?;
-        if let Some(password) = password {
+        if let Some(password) = &access.password {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
         let name = format!("{}/{}", info.addr(), info.redis_settings().db());
-        let client = Client::open(info).map_err(|e| format!("--broker {name}: {e}"))?;
+        let client = match (&access.ca, url.starts_with("rediss://")) {
+            (Some(ca), true) => Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            _ => Client::open(info),
+        }
+        .map_err(|e| format!("--broker {name}: {e}"))?;
         let (ops, rx) = mpsc::unbounded_channel();
         let shard = Self {
             index,
