@@ -38,3 +38,10 @@ fn client_in_node() {
 fn demo_and_client_in_chromium() {
     node_tests(&["demo.browser.test.js"]);
 }
+
+/// Two nodes over Debian's redis-server behind nginx: the page survives a
+/// drain and restart of each node.
+#[test]
+fn demo_over_a_cluster_in_chromium() {
+    node_tests(&["cluster.browser.test.js"]);
+}

@@ -1,35 +1,20 @@
-// Debian's nginx in front of a ringcast server, as a proxy that breaks
-// WebSocket: the config has no Upgrade map, so an upgrade reaches ringcast
-// without `Upgrade` and is refused (400). With `blockSse`, /sse is refused
-// too (403), as some intermediaries do with long-lived responses.
+// Debian's nginx in front of ringcast servers. By default it is a proxy
+// that breaks WebSocket: the config has no Upgrade map, so an upgrade
+// reaches ringcast without `Upgrade` and is refused (400). With
+// `blockSse`, /sse is refused too (403), as some intermediaries do with
+// long-lived responses. With `websocket`, it passes upgrades as
+// deploy/nginx.conf does.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { until } from './server.js';
+import { until, freePort, listening } from './server.js';
 
-async function freePort() {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  server.close();
-  await once(server, 'close');
-  return port;
-}
-
-function listening(port) {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.on('connect', () => { socket.destroy(); resolve(true); });
-    socket.on('error', () => resolve(false));
-  });
-}
-
-/** Starts nginx proxying to `upstream` (host:port); returns {base, stop}. */
-export async function startNginx(upstream, { blockSse = false } = {}) {
+/** Starts nginx proxying to `upstream` (host:port, or several: a request
+ * goes to the next one when a node refuses it); returns {base, stop}. */
+export async function startNginx(upstream, { blockSse = false, websocket = false } = {}) {
+  const servers = [upstream].flat().map((u) => `server ${u} max_fails=0;`).join(' ');
   const dir = mkdtempSync(join(tmpdir(), 'ringcast-nginx-'));
   const port = await freePort();
   writeFileSync(join(dir, 'nginx.conf'), `
@@ -37,14 +22,17 @@ worker_processes 1;
 events { worker_connections 1024; }
 http {
   access_log off;
+  map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+  upstream ringcast { ${servers} }
   server {
     listen 127.0.0.1:${port};
     ${blockSse ? 'location /sse { return 403; }' : ''}
-    # No "proxy_set_header Upgrade": WebSocket cannot pass.
     location / {
-      proxy_pass http://${upstream};
+      proxy_pass http://ringcast;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      ${websocket
+    ? 'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade;'
+    : '# No "proxy_set_header Upgrade": WebSocket cannot pass.\n      proxy_set_header Connection "";'}
       proxy_buffering off;
       proxy_read_timeout 75s;
     }

@@ -2,12 +2,15 @@
 // loopback ports, for the client's tests.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { createServer, connect } from 'node:net';
 
-/** A running server: its addresses and a few API calls. */
+/** A running server: its addresses and a few API calls. It listens on
+ * free ports unless `args` names them (`--listen`, `--api-listen`). */
 export async function startServer(args = []) {
   const bin = process.env.RINGCAST_BIN;
   if (!bin) throw new Error('RINGCAST_BIN must name the ringcast binary (cargo test -p ringcast --test js_client sets it)');
-  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0', '--workers', '2', ...args], {
+  const ports = args.includes('--listen') ? [] : ['--listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0'];
+  const child = spawn(bin, ['serve', ...ports, '--workers', '2', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
   });
@@ -48,6 +51,26 @@ export async function startServer(args = []) {
     },
   };
   return server;
+}
+
+/** A loopback port nothing listens on now. */
+export async function freePort() {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+/** Whether something accepts connections on loopback `port`. */
+export function listening(port) {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.on('connect', () => { socket.destroy(); resolve(true); });
+    socket.on('error', () => resolve(false));
+  });
 }
 
 /** `promise`, or a rejection naming `what` after `ms`. */
