@@ -57,13 +57,16 @@ fn decode(stream: &[u8], lens: &[usize], max: usize, stop_after: usize) -> Outco
         // feed unmasks in place: every run gets its own copy.
         let mut chunk = stream[start..end].to_vec();
         start = end;
-        result = decoder.feed(&mut chunk, max, &mut |m| {
+        // permessage-deflate off: RSV1 is a protocol error here (the
+        // compressed path is the inflater's, with its own bound).
+        result = decoder.feed(&mut chunk, max, false, &mut |m| {
             got.push(match m {
                 Message::Text(t) => Got::Text(t.to_owned()),
                 Message::Binary(b) => Got::Binary(b.to_vec()),
                 Message::Ping(b) => Got::Ping(b.to_vec()),
                 Message::Pong(b) => Got::Pong(b.to_vec()),
                 Message::Close(c) => Got::Close(c),
+                Message::Compressed { .. } => unreachable!("compressed without deflate"),
             });
             if got.len() == stop_after {
                 ControlFlow::Break(())

@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
                 "{protocol:?} not supported"
             );
         }
-        let response = String::from_utf8(accept_response(&upgrade)).expect("ASCII response");
+        let response = String::from_utf8(accept_response(&upgrade, None)).expect("ASCII response");
         assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(response.ends_with("\r\n\r\n"));
         assert_eq!(accept_key(upgrade.key).len(), 28);
