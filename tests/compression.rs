@@ -13,7 +13,7 @@ use flate2::{Compress, Compression, FlushCompress};
 #[test]
 fn python_and_raw_clients_get_compressed_and_plain_frames() {
     let server = Server::start(&["--echo"]);
-    run_python_client("deflate_client.py", &server);
+    run_python_client("deflate_client.py", &server, &[]);
 }
 
 /// `n` bytes of zeros as a permessage-deflate payload (raw DEFLATE, sync

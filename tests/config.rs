@@ -86,3 +86,33 @@ async fn the_server_runs_with_the_file_settings() {
     assert_eq!(server.publish("topic=t", "from file").await, 1);
     assert_eq!(next_text(&mut ws).await, "from file");
 }
+
+#[test]
+fn broker_passwords_never_reach_the_output() {
+    let out = ringcast(
+        &[
+            "config",
+            "print",
+            "--broker",
+            "redis://:hunter2@127.0.0.1:6379/0",
+        ],
+        &[],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("redis://***@127.0.0.1:6379/0"),
+        "{printed}"
+    );
+    // A value without a scheme is named as wrong without being echoed.
+    let out = ringcast(&["serve", "--broker", ":hunter2@127.0.0.1:6379"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--broker must be a redis://"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -440,5 +440,5 @@ async fn binary_text_and_json_publishes_arrive_as_documented() {
 #[test]
 fn python_websockets_client_reconnects_and_recovers() {
     let server = Server::start(&["--history", "py.*=100/10m"]);
-    run_python_client("recovery_client.py", &server);
+    run_python_client("recovery_client.py", &server, &[]);
 }

@@ -138,31 +138,13 @@ fn urlencode(s: &str) -> String {
 #[tokio::test]
 async fn python_sse_client_resumes_every_message_once() {
     let server = Server::start(&history());
-    run_python("sse_client.py", &server, &[]);
+    run_python_client("sse_client.py", &server, &[]);
 }
 
 #[tokio::test]
 async fn python_long_poll_loses_nothing_over_100_polls() {
     let server = Server::start(&["--history", "h.*=1000/10m", "--poll-timeout", "2s"]);
-    run_python("poll_client.py", &server, &["300"]);
-}
-
-fn run_python(script: &str, server: &Server, args: &[&str]) {
-    let python = venv_tool("RINGCAST_PYTHON", "python");
-    let path = format!("{}/../tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(python)
-        .arg(path)
-        .arg(server.ws.to_string())
-        .arg(server.api.to_string())
-        .args(args)
-        .output()
-        .expect("python runs");
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python_client("poll_client.py", &server, &["300"]);
 }
 
 #[tokio::test]
@@ -210,6 +192,24 @@ async fn a_drain_ends_a_stream_with_a_close_event() {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
     assert!(read.unwrap().is_ok(), "the server closes the stream");
+}
+
+/// A long-poll connection speaks plain HTTP: a drain ends a waiting poll
+/// by closing it, with no WebSocket close frame in the stream.
+#[tokio::test]
+async fn a_drain_closes_a_waiting_poll_without_stray_bytes() {
+    let server = Server::start(&["--drain-period", "2s", "--poll-timeout", "30s"]);
+    let mut stream = TcpStream::connect(server.ws).await.unwrap();
+    let request = "GET /poll?topic=x HTTP/1.1\r\nHost: test\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Admitted and subscribed: the poll is waiting.
+    server.wait_for_stat("topics", 1).await;
+    let (status, _) = server.post("/drain?period=200ms", "text/plain", "").await;
+    assert_eq!(status, 202);
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+    assert!(read.unwrap().is_ok(), "the server closes the poll");
+    assert!(rest.is_empty(), "stray bytes: {rest:?}");
 }
 
 #[tokio::test]

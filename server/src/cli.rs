@@ -83,6 +83,18 @@ pub enum Switch {
     On,
 }
 
+/// Broker URLs with any password replaced by `***` (`config print`).
+fn urls_without_passwords<S: Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    let redact = |url: &String| match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.clone(),
+        },
+        None => "***".to_owned(),
+    };
+    s.collect_seq(urls.iter().map(redact))
+}
+
 fn humantime_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
@@ -241,7 +253,7 @@ pub struct Serve {
     /// the URL: use --broker-password-file [default: none, the node works
     /// alone].
     #[arg(long = "broker", env = "RINGCAST_BROKER", value_delimiter = ',')]
-    #[serde(rename = "broker")]
+    #[serde(rename = "broker", serialize_with = "urls_without_passwords")]
     pub brokers: Vec<String>,
     /// A file holding the password for every --broker (AUTH; trailing
     /// whitespace ignored).
@@ -641,10 +653,13 @@ impl Serve {
             .iter()
             .find(|u| !u.starts_with("redis://") && !tls(u))
         {
-            let scheme = url.split("://").next().unwrap_or(url);
-            return Err(format!(
-                "--broker must be a redis:// or rediss:// (TLS) URL, not {scheme}://"
-            ));
+            // Name only the scheme: the rest may hold a password.
+            return Err(match url.split_once("://") {
+                Some((scheme, _)) => {
+                    format!("--broker must be a redis:// or rediss:// (TLS) URL, not {scheme}://")
+                }
+                None => "--broker must be a redis:// or rediss:// (TLS) URL".into(),
+            });
         }
         if self.broker_ca_file.is_some() && !self.brokers.iter().any(tls) {
             return Err("--broker-ca-file needs a rediss:// --broker".into());

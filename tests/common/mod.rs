@@ -519,9 +519,9 @@ pub fn venv_tool(var: &str, name: &str) -> PathBuf {
 }
 
 /// Runs the Python client `tests/python/NAME` (in the test venv) with the
-/// server's WebSocket and API addresses as its arguments, and fails the
-/// test with the script's output unless it exits 0.
-pub fn run_python_client(name: &str, server: &Server) {
+/// server's WebSocket and API addresses, then `args`, as its arguments,
+/// and fails the test with the script's output unless it exits 0.
+pub fn run_python_client(name: &str, server: &Server, args: &[&str]) {
     let python = venv_tool("RINGCAST_PYTHON", "python");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/python")
@@ -530,6 +530,7 @@ pub fn run_python_client(name: &str, server: &Server) {
         .arg(script)
         .arg(server.ws.to_string())
         .arg(server.api.to_string())
+        .args(args)
         .output()
         .expect("run the python client");
     assert!(

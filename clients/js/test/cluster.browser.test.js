@@ -8,22 +8,16 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.js';
 import { startServer, until, freePort, listening, withTimeout } from './server.js';
 import { startNginx } from './nginx.js';
 
-const CHROMIUM = process.env.RINGCAST_CHROMIUM || '/usr/bin/chromium';
 const COUNT = 150;
 let browser;
 let redis;
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchChromium();
   const port = await freePort();
   redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1',
     '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });

@@ -3,21 +3,15 @@
 // binary with --demo so the page has a local http origin.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.js';
 import { startServer, until, numbered } from './server.js';
 import { startNginx } from './nginx.js';
 
-const CHROMIUM = process.env.RINGCAST_CHROMIUM || '/usr/bin/chromium';
 let browser;
 let server;
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchChromium();
   server = await startServer(['--demo']);
 });
 

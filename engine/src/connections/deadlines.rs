@@ -77,6 +77,11 @@ impl Connections {
     /// second it also gives back memory the load no longer needs (spare
     /// send queues, empty table chunks).
     pub fn fire_timers(&mut self) {
+        // Broker events the upstream sink refused wait at most a tick,
+        // even when no command comes to retry them.
+        if !self.unsent.is_empty() {
+            self.send_unsent();
+        }
         self.step_spread();
         let mut due = std::mem::take(&mut self.due);
         self.io.wheel.expire(&mut due);

@@ -124,7 +124,9 @@ impl Connections {
                     .for_route(conn.route)
                     .clone(),
                 Some(Endpoint::Sse) => direct_sse.data(&direct.plain),
-                _ => frames.for_route(conn.route).clone(),
+                Some(Endpoint::PubSub) => frames.for_route(conn.route).clone(),
+                // A long-poll answers only its topics; /echo takes none.
+                _ => continue,
             };
             queued += usize::from(self.io.queue(conn, slot, f));
         }

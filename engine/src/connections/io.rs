@@ -216,8 +216,10 @@ impl Io {
     }
 
     /// Starts the close handshake: queues a close frame (after anything
-    /// already queued; on SSE, an `event: close` naming the code) and
-    /// shuts the write side once it is written.
+    /// already queued; on SSE, an `event: close` naming the code; on a
+    /// long-poll connection, which speaks plain HTTP, nothing: a waiting
+    /// poll ends with the connection) and shuts the write side once it is
+    /// written.
     pub(super) fn close(&mut self, conn: &mut Conn, slot: u32, status: Option<u16>, reason: &str) {
         if conn.phase != Phase::Open {
             return;
@@ -227,10 +229,15 @@ impl Io {
         }
         let last = match conn.endpoint() {
             // An SSE stream has no close frame: a last event says why.
-            Some(Endpoint::Sse) => sse::close_event(status.unwrap_or(code::GOING_AWAY), reason),
-            _ => close::encode(status, reason),
+            Some(Endpoint::Sse) => {
+                Some(sse::close_event(status.unwrap_or(code::GOING_AWAY), reason))
+            }
+            Some(Endpoint::Poll) => None,
+            _ => Some(close::encode(status, reason)),
         };
-        self.enqueue(conn, last);
+        if let Some(last) = last {
+            self.enqueue(conn, last);
+        }
         self.closing(conn, slot);
     }
 
