@@ -17,12 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-/// A daemon started by a test; killed on drop.
+/// A daemon started by a test; stopped on drop.
 struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SIGTERM, not SIGKILL: nginx's master then stops its workers,
+        // which would otherwise outlive it holding the listening port.
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.0.wait();
     }
 }
