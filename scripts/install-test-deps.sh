@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real components the black-box tests start, from Debian:
 # nginx, haproxy, redis-server (the cluster tests) and chromium (the
-# browser tests, driven headless). Their packaged services are not started
+# browser tests, driven headless), and the curl and openssl the tests
+# call. Their packaged services are not started
 # (policy-rc.d), so nothing listens on ports 80 or 6379 afterwards. Needs
 # root; a no-op when all are already installed.
 set -euo pipefail
@@ -11,6 +12,9 @@ command -v nginx >/dev/null || missing+=(nginx-light)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
+# The SSE tests resume with curl -N; the TLS broker test makes its CA with openssl.
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -30,6 +34,6 @@ trap '$created_policy && rm -f "$policy"' EXIT
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-for tool in nginx haproxy redis-server chromium; do
+for tool in nginx haproxy redis-server chromium curl openssl; do
   command -v "$tool" >/dev/null || { echo "install-test-deps.sh: $tool still missing" >&2; exit 1; }
 done
