@@ -316,7 +316,7 @@ async fn publish(
     let handle = state.handle.clone();
     deliver(&state, "publish", &headers, &body, |content, done| {
         let sender = ringcast_engine::Sender::default();
-        crate::delivery::publish(&handle, topics, users, content, &body, &sender, done)
+        handle.publish_as(topics, users, content, &body, &sender, done)
     })
     .await
 }

@@ -3,7 +3,6 @@
 mod api;
 mod broker;
 mod cli;
-mod delivery;
 mod doctor;
 mod hooks;
 mod metrics;

@@ -3,8 +3,8 @@
 //! `try_send` into, and the loop on the server's runtime that handles each
 //! event and answers the connection through the engine's [`Handle`].
 //!
-//! - Client publishes go through [`crate::delivery::publish`], the path
-//!   `POST /publish` takes. With the publish hook, each connection's
+//! - Client publishes take the path `POST /publish` takes: the broker with
+//!   `--broker`, else `Handle::publish_as`. With the publish hook, each connection's
 //!   publishes pass the hook one at a time, in the order sent; other
 //!   connections' run beside them.
 //! - RPCs and connect requests each run as their own task, bounded by the
@@ -193,8 +193,7 @@ async fn deliver(ctx: &Context, publish: &Publish, content: Content, payload: &[
                 user: publish.user.clone(),
                 skip: (!publish.echo).then_some(publish.origin),
             };
-            crate::delivery::publish(
-                handle,
+            handle.publish_as(
                 publish.topics.clone(),
                 Vec::new(),
                 content,
