@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
@@ -290,6 +291,23 @@ async fn publisher(apis: Vec<String>, topics: Vec<String>, progress: Arc<Semapho
     out
 }
 
+/// Takes `permits` from `semaphore` (within [`SLOW`]); fails at once if a
+/// client ends first (one of its checks failed).
+async fn until(
+    semaphore: &Semaphore,
+    permits: usize,
+    clients: &mut [JoinHandle<Seen>],
+    what: &str,
+) {
+    let ended = futures_util::future::select_all(clients.iter_mut());
+    tokio::select! {
+        got = tokio::time::timeout(SLOW, semaphore.acquire_many(permits as u32)) => {
+            got.unwrap_or_else(|_| panic!("{what}: not within {SLOW:?}")).unwrap().forget();
+        }
+        (result, i, _) = ended => panic!("{what}: client {i} ended first: {:?}", result.err()),
+    }
+}
+
 /// Waits (up to [`SLOW`]) until `/healthz` says the node's broker is up.
 async fn wait_broker_up(node: &Server) {
     let deadline = Instant::now() + SLOW;
@@ -318,7 +336,7 @@ async fn a_node_killed_with_sigkill_loses_and_doubles_nothing_for_v1_clients() {
     // Each client on 2 of the 5 topics: 120 subscribers per topic.
     let (subscribed, recovered) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
     let (end_tx, end_rx) = watch::channel(None);
-    let clients: Vec<_> = (0..CLIENTS)
+    let mut clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
             let mine = vec![topics[i % TOPICS].clone(), topics[(i + 1) % TOPICS].clone()];
             tokio::spawn(client(
@@ -330,11 +348,13 @@ async fn a_node_killed_with_sigkill_loses_and_doubles_nothing_for_v1_clients() {
             ))
         })
         .collect();
-    let all = tokio::time::timeout(SLOW, subscribed.acquire_many(CLIENTS as u32));
-    all.await
-        .expect("every client subscribed")
-        .unwrap()
-        .forget();
+    until(
+        &subscribed,
+        CLIENTS,
+        &mut clients,
+        "every client subscribed",
+    )
+    .await;
     let per_node: Vec<u64> = {
         let mut counts = Vec::new();
         for node in &nodes {
@@ -360,11 +380,13 @@ async fn a_node_killed_with_sigkill_loses_and_doubles_nothing_for_v1_clients() {
     let status = killed.exit_within(WAIT).await;
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     let killed_at = Instant::now();
-    let back = tokio::time::timeout(SLOW, recovered.acquire_many(cut_off as u32));
-    back.await
-        .expect("the cut-off clients recovered")
-        .unwrap()
-        .forget();
+    until(
+        &recovered,
+        cut_off as usize,
+        &mut clients,
+        "the cut-off clients recovered",
+    )
+    .await;
     let all_back = killed_at.elapsed();
     nodes.insert(victim, node_at(&broker, addrs[victim]));
     wait_broker_up(&nodes[victim]).await;
@@ -400,12 +422,12 @@ async fn a_node_killed_with_sigkill_loses_and_doubles_nothing_for_v1_clients() {
             let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
             let want: Vec<u64> = (start + 1..=tops[topic]).collect();
             if offsets != want {
-                let (lost, extra) = (
-                    want.iter().filter(|o| !offsets.contains(o)).count(),
-                    offsets.len() as i64 - (want.len() - lost) as i64,
-                );
+                let distinct: std::collections::BTreeSet<u64> = offsets.iter().copied().collect();
+                let lost = want.iter().filter(|o| !distinct.contains(o)).count();
+                let doubled = offsets.len() - distinct.len();
+                let ordered = offsets.windows(2).all(|w| w[0] < w[1]);
                 faults.push(format!(
-                    "client {i} {topic}: {lost} lost, {extra} duplicated or out of order"
+                    "client {i} {topic} after offset {start}: {lost} lost, {doubled} doubled, in order: {ordered}"
                 ));
             }
             for (offset, data) in got {
