@@ -168,6 +168,12 @@ impl Drop for RedisProcess {
     }
 }
 
+/// `127.0.0.1:P1,127.0.0.1:P2,…` of `processes`.
+fn addr_list(processes: &[RedisProcess]) -> String {
+    let addrs: Vec<String> = processes.iter().map(RedisProcess::addr).collect();
+    addrs.join(",")
+}
+
 /// Kills `processes`, then removes `dir` unless the thread is panicking
 /// (then it says where the logs are).
 fn tear_down(processes: &mut [RedisProcess], dir: &Path) {
@@ -353,8 +359,7 @@ impl RedisCluster {
     /// `127.0.0.1:P1,127.0.0.1:P2,…`: every node's address, as seeds for a
     /// cluster client.
     pub fn seeds(&self) -> String {
-        let addrs: Vec<String> = self.nodes.iter().map(RedisProcess::addr).collect();
-        addrs.join(",")
+        addr_list(&self.nodes)
     }
 
     /// The cluster as node `port` sees it (empty when it does not answer).
@@ -491,8 +496,7 @@ impl RedisSentinel {
 
     /// `127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`: the sentinels' addresses.
     pub fn sentinel_addrs(&self) -> String {
-        let addrs: Vec<String> = self.sentinels.iter().map(RedisProcess::addr).collect();
-        addrs.join(",")
+        addr_list(&self.sentinels)
     }
 
     /// The master's port per `SENTINEL GET-MASTER-ADDR-BY-NAME`, asked of
