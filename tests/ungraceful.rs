@@ -33,13 +33,14 @@ const KILL_AFTER: u32 = 200;
 /// loaded 2-core host.
 const SLOW: Duration = Duration::from_secs(60);
 
-/// haproxy, killed on drop.
-struct Haproxy(Child);
+/// haproxy and its config's directory: killed and removed on drop.
+struct Haproxy(Child, std::path::PathBuf);
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
@@ -68,7 +69,8 @@ fn haproxy(port: u16, nodes: &[(u16, u16)]) -> Haproxy {
         assert!(text.contains(from), "deploy/haproxy.cfg lacks {from:?}");
         text = text.replace(from, &to);
     }
-    let cfg = scratch_dir("ungraceful-haproxy").join("haproxy.cfg");
+    let dir = scratch_dir("ungraceful-haproxy");
+    let cfg = dir.join("haproxy.cfg");
     std::fs::write(&cfg, text).unwrap();
     let child = Command::new("haproxy")
         .args(["-db", "-f", cfg.to_str().unwrap()])
@@ -76,7 +78,7 @@ fn haproxy(port: u16, nodes: &[(u16, u16)]) -> Haproxy {
         .stderr(Stdio::null())
         .spawn()
         .expect("haproxy is not installed: run scripts/install-test-deps.sh");
-    Haproxy(child)
+    Haproxy(child, dir)
 }
 
 /// A node over `broker` on fixed ports (so that it restarts behind

@@ -40,14 +40,18 @@ pub fn free_ports(count: usize) -> Vec<u16> {
 
 /// `redis-cli -p PORT ARGS` (raw replies, as redis-cli prints them when
 /// its output is not a terminal); `None` when it cannot connect, the
-/// command fails, or the reply is empty.
+/// command fails, the reply is empty, or none comes within 5 s (something
+/// else listens on the port).
 pub async fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
-    let output = tokio::process::Command::new("redis-cli")
+    let run = tokio::process::Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(5), run)
         .await
+        .ok()?
         .expect("redis-cli is not installed: run scripts/install-test-deps.sh");
     let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     let failed = !output.status.success()
@@ -105,15 +109,28 @@ impl RedisProcess {
             .unwrap_or_else(|e| {
                 panic!("{program} ({e}) is not installed: run scripts/install-test-deps.sh")
             });
-        let process = Self {
+        let mut process = Self {
             child: Some(child),
             port,
         };
-        let what = format!("{program} on port {port} answers PING");
-        wait_until(FORM, &what, || async {
-            redis_cli(port, &["PING"]).await.as_deref() == Some("PONG")
-        })
-        .await;
+        let start = Instant::now();
+        while redis_cli(port, &["PING"]).await.as_deref() != Some("PONG") {
+            // Exited (a bad directive, or the port taken meanwhile): say
+            // why now, not after FORM.
+            let exited = process.child.as_mut().unwrap().try_wait().unwrap();
+            if let Some(status) = exited {
+                let log = std::fs::read_to_string(dir.join(format!("redis-{port}.log")));
+                panic!(
+                    "{program} on port {port} exited ({status}): {}",
+                    log.unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < FORM,
+                "{program} on port {port}: no PONG within {FORM:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
         process
     }
 
