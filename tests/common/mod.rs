@@ -1,6 +1,7 @@
 //! Shared harness for the black-box tests: start the built `ringcast`
 //! binary on free loopback ports, and talk to it as independent clients do.
 #![allow(dead_code)] // each test binary uses a different part of the harness
+pub mod redis_ha;
 
 use futures_util::{SinkExt, StreamExt};
 use std::io::{BufRead, BufReader};
