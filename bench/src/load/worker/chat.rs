@@ -3,7 +3,6 @@
 //! records its latency.
 
 use super::Clients;
-use crate::load::conn::State;
 use crate::load::wire::{client_frame, random_bytes};
 use crate::load::{fanout_payload, now_ns, parse_fanout_payload, Filler, Mode, Phase};
 use io_uring::IoUring;
@@ -24,20 +23,15 @@ impl Clients {
         {
             return;
         }
-        self.chat_credit += dt.as_secs_f64() * rate * self.conns.len() as f64;
-        let mut sent = 0;
-        while self.chat_credit >= 1.0 {
-            self.chat_credit -= 1.0;
-            let slot = self.chat_cursor as u32;
-            self.chat_cursor = (self.chat_cursor + 1) % self.conns.len();
-            if self.conns[slot as usize].state == State::Open {
-                let payload = fanout_payload(self.chat_seq, size, Filler::Spaces);
-                self.chat_seq = self.chat_seq.wrapping_add(1);
-                let frame = client_frame(OpCode::Text, &payload, random_bytes::<4>());
-                self.send_owned(ring, slot, frame);
-                sent += 1;
-            }
+        let owed = dt.as_secs_f64() * rate * self.conns.len() as f64;
+        let slots = self.chats.due(owed, &self.conns);
+        for &slot in &slots {
+            let payload = fanout_payload(self.chat_seq, size, Filler::Spaces);
+            self.chat_seq = self.chat_seq.wrapping_add(1);
+            let frame = client_frame(OpCode::Text, &payload, random_bytes::<4>());
+            self.send_owned(ring, slot, frame);
         }
+        let sent = slots.len() as u64;
         self.shared().sent.fetch_add(sent, Ordering::Relaxed);
     }
 

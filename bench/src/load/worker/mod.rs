@@ -96,17 +96,14 @@ struct Clients {
     connecting: usize,
     phase: Phase,
     report: Report,
-    /// Soak: pings owed, and the slot the next one goes to.
-    ping_credit: f64,
-    ping_cursor: usize,
+    /// Soak: the pings' pacing.
+    pings: Pacer,
     /// With `--compression`: the inflater (reset per message: the server
     /// agreed to no context takeover) and its output.
     inflater: Option<Inflater>,
     inflated: Vec<u8>,
-    /// Chat: messages owed, the slot the next one goes from, and the
-    /// number of the next one.
-    chat_credit: f64,
-    chat_cursor: usize,
+    /// Chat: the messages' pacing, and the number of the next one.
+    chats: Pacer,
     chat_seq: u32,
 }
 
@@ -167,12 +164,10 @@ impl Worker {
             connecting: 0,
             phase: Phase::Ramp,
             report: Report::new(),
-            ping_credit: 0.0,
-            ping_cursor: 0,
+            pings: Pacer::default(),
             inflater: plan.compression.then(Inflater::default),
             inflated: Vec::new(),
-            chat_credit: 0.0,
-            chat_cursor: 0,
+            chats: Pacer::default(),
             chat_seq: 0,
             setup,
         };
@@ -299,5 +294,35 @@ impl Worker {
 impl Clients {
     fn shared(&self) -> &Shared {
         &self.setup.shared
+    }
+}
+
+/// Sends spread evenly over the connections (soak pings, chat messages):
+/// the sends owed, and the slot the next one goes to.
+#[derive(Default)]
+struct Pacer {
+    credit: f64,
+    cursor: usize,
+}
+
+impl Pacer {
+    /// Adds `owed` sends and returns the open slots the whole ones go to,
+    /// walking the slots round robin; a slot that is not open loses its
+    /// turn.
+    fn due(&mut self, owed: f64, conns: &[Conn]) -> Vec<u32> {
+        let mut slots = Vec::new();
+        if conns.is_empty() {
+            return slots;
+        }
+        self.credit += owed;
+        while self.credit >= 1.0 {
+            self.credit -= 1.0;
+            let slot = self.cursor;
+            self.cursor = (self.cursor + 1) % conns.len();
+            if conns[slot].state == State::Open {
+                slots.push(slot as u32);
+            }
+        }
+        slots
     }
 }

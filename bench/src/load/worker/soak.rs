@@ -2,7 +2,6 @@
 //! and count the pongs.
 
 use super::Clients;
-use crate::load::conn::State;
 use crate::load::{Mode, Phase};
 use io_uring::IoUring;
 use std::sync::atomic::Ordering;
@@ -21,18 +20,13 @@ impl Clients {
         if self.phase != Phase::Run || self.conns.is_empty() {
             return;
         }
-        self.ping_credit += dt.as_secs_f64() / every.as_secs_f64() * self.conns.len() as f64;
-        let mut sent = 0;
-        while self.ping_credit >= 1.0 {
-            self.ping_credit -= 1.0;
-            let slot = self.ping_cursor as u32;
-            self.ping_cursor = (self.ping_cursor + 1) % self.conns.len();
-            if self.conns[slot as usize].state == State::Open {
-                let (ptr, len) = (self.ping.as_ptr(), self.ping.len());
-                self.send(ring, slot, ptr, len, 0);
-                sent += 1;
-            }
+        let owed = dt.as_secs_f64() / every.as_secs_f64() * self.conns.len() as f64;
+        let slots = self.pings.due(owed, &self.conns);
+        for &slot in &slots {
+            let (ptr, len) = (self.ping.as_ptr(), self.ping.len());
+            self.send(ring, slot, ptr, len, 0);
         }
+        let sent = slots.len() as u64;
         self.shared().pings.fetch_add(sent, Ordering::Relaxed);
     }
 }
