@@ -101,8 +101,9 @@ fn humantime_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// A listen address: `IP:PORT` (`[::1]:8080` for IPv6), `:PORT` for every
-/// IPv4 address (as nginx's `listen 8080` and Go's `:8080` read it; the
-/// same as `0.0.0.0:PORT`), or `localhost:PORT` for 127.0.0.1.
+/// IPv4 address (`0.0.0.0:PORT`, as nginx reads `listen 8080`; Go's
+/// `:8080` also takes IPv6, which needs `[::]:PORT` here), or
+/// `localhost:PORT` for 127.0.0.1 (not resolved: always that address).
 ///
 /// # Errors
 /// A message with the accepted forms, for anything else.
@@ -158,7 +159,7 @@ pub struct Serve {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address for WebSocket clients; every worker listens on it
-    /// (SO_REUSEPORT): IP:PORT, :PORT (every IPv4 address, as 0.0.0.0:PORT)
+    /// (SO_REUSEPORT): IP:PORT, :PORT (every IPv4 address, 0.0.0.0:PORT)
     /// or localhost:PORT (127.0.0.1). Port 0 picks a free port.
     #[arg(long, env = "RINGCAST_LISTEN", default_value = "0.0.0.0:8080", value_parser = listen_addr)]
     pub listen: SocketAddr,
