@@ -154,7 +154,7 @@ fn listen_addresses_take_the_port_only_and_localhost_forms() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains(":PORT (every address) or localhost:PORT"),
+            stderr.contains(":PORT (every IPv4 address) or localhost:PORT"),
             "{stderr}"
         );
     }

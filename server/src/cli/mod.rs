@@ -116,7 +116,7 @@ fn listen_addr(text: &str) -> Result<SocketAddr, String> {
         _ => text.to_owned(),
     };
     spelled.parse().map_err(|_| {
-        "expected IP:PORT, :PORT (every address) or localhost:PORT, \
+        "expected IP:PORT, :PORT (every IPv4 address) or localhost:PORT, \
          e.g. 0.0.0.0:8080, :8080 or localhost:8081"
             .to_owned()
     })
