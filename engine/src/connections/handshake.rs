@@ -26,6 +26,9 @@ pub(super) struct Accepted {
     response: Vec<u8>,
     pub peer: PeerId,
     client: IpAddr,
+    /// The address forwarding headers are judged by: the PROXY header's
+    /// source, else the socket's peer (kept for a poll's next requests).
+    transport: IpAddr,
     /// The verified token, if auth is on and the client sent one.
     identity: Option<Identity>,
     /// Where the client resumes: an SSE request's `Last-Event-ID` (header,
@@ -51,6 +54,14 @@ struct Routed {
     topics: Vec<String>,
     response: Vec<u8>,
     position: Option<String>,
+}
+
+/// What [`Io::check`] found a request's client to be.
+pub(super) struct Checked {
+    /// The client's address (after trusted forwarding headers).
+    pub client: IpAddr,
+    /// The verified token, if auth is on and the client sent one.
+    pub identity: Option<Identity>,
 }
 
 /// The parts of an upgrade request the connect hook sees.
@@ -93,6 +104,9 @@ impl Io {
         let Some((req, used)) = handshake::parse(buf)? else {
             return Ok(None);
         };
+        if req.body {
+            return Err(Reject::BodyNotAllowed);
+        }
         if req.path != self.limits.path {
             if let Some((_, response)) = self.limits.statics.iter().find(|(p, _)| p == req.path) {
                 return Ok(Some((Outcome::Respond(response.clone()), Vec::new())));
@@ -104,32 +118,11 @@ impl Io {
             response,
             position,
         } = route(&req, &self.limits)?;
-        if !self.admission.origin_allowed(req.origin) {
-            return Err(Reject::OriginNotAllowed);
-        }
-        let fwd = Forwarding {
-            proxied,
-            forwarded_for: req.forwarded_for,
-            real_ip: req.real_ip,
-        };
-        let client = match socket.or(proxied) {
-            Some(ip) => self.admission.client_ip(ip, fwd)?,
+        let transport = match proxied.or(socket) {
+            Some(ip) => ip,
             None => return Err(Reject::Malformed),
         };
-        if self.draining {
-            return Err(Reject::Draining);
-        }
-        let identity = self.authenticate(&req, client)?;
-        let (user, grant) = match &identity {
-            Some(id) => (id.user.as_deref(), Some(&id.grant)),
-            None => (None, None),
-        };
-        if !topics
-            .iter()
-            .all(|t| session::permissions::may_subscribe(user, grant, t))
-        {
-            return Err(Reject::Forbidden);
-        }
+        let Checked { client, identity } = self.check(&req, &topics, transport)?;
         let peer = self.admission.admit(client)?;
         let hook = self.limits.connect_hook.then(|| HookRequest {
             headers: [
@@ -149,6 +142,7 @@ impl Io {
             response,
             peer,
             client,
+            transport,
             identity,
             position,
             origin: (route.endpoint() == Endpoint::Poll)
@@ -164,6 +158,49 @@ impl Io {
 }
 
 impl Io {
+    /// The checks every request gets, the first on a connection and each
+    /// later one on a keep-alive long-poll connection alike: no body,
+    /// `Origin`, forwarding headers (judged by `transport`, the PROXY
+    /// header's source or the socket's peer), drain, the token, and each
+    /// topic's permission. Admission counts are the caller's.
+    ///
+    /// # Errors
+    /// The [`Reject`] of the first check that failed.
+    pub(super) fn check(
+        &self,
+        req: &Request<'_>,
+        topics: &[String],
+        transport: IpAddr,
+    ) -> Result<Checked, Reject> {
+        if req.body {
+            return Err(Reject::BodyNotAllowed);
+        }
+        if !self.admission.origin_allowed(req.origin) {
+            return Err(Reject::OriginNotAllowed);
+        }
+        let fwd = Forwarding {
+            proxied: None,
+            forwarded_for: req.forwarded_for,
+            real_ip: req.real_ip,
+        };
+        let client = self.admission.client_ip(transport, fwd)?;
+        if self.draining {
+            return Err(Reject::Draining);
+        }
+        let identity = self.authenticate(req, client)?;
+        let (user, grant) = match &identity {
+            Some(id) => (id.user.as_deref(), Some(&id.grant)),
+            None => (None, None),
+        };
+        if !topics
+            .iter()
+            .all(|t| session::permissions::may_subscribe(user, grant, t))
+        {
+            return Err(Reject::Forbidden);
+        }
+        Ok(Checked { client, identity })
+    }
+
     /// Verifies the request's token while auth is on. `Ok(None)`: auth is
     /// off, or no token and `--allow-anonymous`.
     ///
@@ -415,6 +452,7 @@ impl Connections {
             response,
             peer,
             client,
+            transport,
             identity,
             position,
             origin,
@@ -445,7 +483,11 @@ impl Connections {
         match endpoint {
             // The client says nothing more on an SSE stream.
             Endpoint::Sse => return self.open_sse(slot, &topics, position.as_deref()),
-            Endpoint::Poll => return self.start_poll(slot, &topics, position.as_deref(), origin),
+            Endpoint::Poll => {
+                let addresses = (transport, client);
+                let since = position.as_deref();
+                return self.open_poll(slot, addresses, &topics, since, origin, &rest);
+            }
             _ => {}
         }
         for topic in topics {

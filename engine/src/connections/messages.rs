@@ -2,10 +2,11 @@
 //! inflated, echo, control messages (subscribe, unsubscribe, refresh) and
 //! the close handshake's first step.
 
-use super::compression::{Codec, Deflating};
+use super::compression::{Codec, Deflating, InflateBudget};
 use super::Connections;
 use crate::conn::{Deflate, Endpoint, Route};
 use crate::control;
+use crate::protocol::close::code;
 use crate::protocol::decoder::{Message, ProtocolError};
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::v1;
@@ -16,11 +17,16 @@ use crate::upstream::{Event, Interest};
 use crate::Content;
 use bytes::Bytes;
 use std::ops::ControlFlow;
+use std::time::Instant;
 
 /// What a decoded message asks for, applied once decoding is done.
 pub(super) enum Action {
     Send(Bytes),
+    /// A control message (raw mode); counts against the rate limits.
     Control(control::Request),
+    /// The error reply to a text or binary message that is no valid
+    /// control message; counts against the rate limits too.
+    Invalid(String),
     V1(v1::Request),
     /// A raw-mode text or binary message while `--room` is set.
     Room(Content, Bytes),
@@ -39,7 +45,6 @@ fn on_message(
     message: Message<'_>,
     actions: &mut Vec<Action>,
 ) {
-    let text_reply = |s: String| Action::Send(frame::encode(OpCode::Text, s.as_bytes()));
     let mut echo =
         |opcode, payload| Action::Send(deflating.encode(route.deflate(), opcode, payload));
     actions.push(match (route.endpoint(), message) {
@@ -53,14 +58,14 @@ fn on_message(
         (Endpoint::Echo, Message::Binary(b)) => echo(OpCode::Binary, b),
         (Endpoint::PubSub, Message::Text(t)) => match control::parse(t) {
             Ok(request) => Action::Control(request),
-            Err(reason) => text_reply(control::error(&reason)),
+            Err(reason) => Action::Invalid(control::error(&reason)),
         },
         (Endpoint::PubSubV1, Message::Text(t)) => match v1::parse(t) {
             Ok(request) => Action::V1(request),
-            Err(reason) => text_reply(control::error(&reason)),
+            Err(reason) => Action::Invalid(control::error(&reason)),
         },
         (Endpoint::PubSub | Endpoint::PubSubV1, Message::Binary(_)) => {
-            text_reply(control::error("binary messages are not control messages"))
+            Action::Invalid(control::error("binary messages are not control messages"))
         }
         // SSE and long-poll input never reaches the frame decoder (see
         // `Connections::on_data`).
@@ -86,10 +91,34 @@ impl Connections {
             deflating,
         } = &mut self.io.codec;
         let deflate = route.deflate() != Deflate::Off;
+        let per_sec = self.io.limits.max_inflate_per_sec;
+        let budgets = &mut self.inflate_budgets;
+        let mut over_budget = false;
         let fed = decoder.feed(data, max, deflate, &mut |m| {
             let m = match m {
                 Message::Compressed { text, payload } => {
-                    match inflating.message(text, payload, max) {
+                    let inflated = inflating.message(text, payload, max);
+                    // A failed inflate (1009) cost up to `max` bytes' work.
+                    let cost = match &inflated {
+                        Ok(Message::Text(t)) => t.len(),
+                        Ok(Message::Binary(b)) => b.len(),
+                        _ => max,
+                    };
+                    if per_sec > 0 {
+                        let now = Instant::now();
+                        let budget = budgets
+                            .entry(slot)
+                            .or_insert_with(|| InflateBudget::new(per_sec, now));
+                        if !budget.charge(per_sec, cost, now) {
+                            over_budget = true;
+                            actions.push(Action::Fail(ProtocolError {
+                                code: code::POLICY_VIOLATION,
+                                reason: "inflating over the budget",
+                            }));
+                            return ControlFlow::Break(());
+                        }
+                    }
+                    match inflated {
                         Ok(m) => m,
                         Err(e) => {
                             actions.push(Action::Fail(e));
@@ -105,6 +134,10 @@ impl Connections {
         });
         conn.decoder = decoder;
         WorkerStats::add(&self.io.stats().messages_in, messages);
+        if over_budget {
+            tracing::debug!(slot, "inflating past --max-inflate-bytes-per-sec");
+            WorkerStats::add(&self.io.stats().inflate_budget_closes, 1);
+        }
         if let Err(e) = fed {
             tracing::debug!(slot, code = e.code, reason = e.reason, "protocol error");
             actions.push(Action::Fail(e));
@@ -123,31 +156,51 @@ impl Connections {
             }
             Action::CloseEcho(status) => self.io.close(conn, slot, status, ""),
             Action::Fail(e) => self.io.close(conn, slot, Some(e.code), e.reason),
-            Action::Control(control::Request::Subscribe { topic }) => {
-                let reply = self.subscribe(slot, &topic);
-                self.reply(slot, reply);
+            Action::Control(request) => {
+                if self.within_rate(slot, 0, false, None) {
+                    self.control(slot, request);
+                }
+            }
+            Action::Invalid(reply) => {
+                if self.within_rate(slot, 0, false, None) {
+                    self.reply(slot, reply);
+                }
             }
             Action::V1(request) => self.apply_v1(slot, request),
             Action::Room(content, payload) => {
                 if !self.room_message(slot, content, payload.clone()) {
-                    let reply = match std::str::from_utf8(&payload) {
+                    let action = match std::str::from_utf8(&payload) {
                         Ok(text) if content == Content::Text => match control::parse(text) {
-                            Ok(request) => return self.apply(slot, Action::Control(request)),
-                            Err(reason) => control::error(&reason),
+                            Ok(request) => Action::Control(request),
+                            Err(reason) => Action::Invalid(control::error(&reason)),
                         },
-                        _ => control::error("binary messages are not control messages"),
+                        _ => Action::Invalid(control::error(
+                            "binary messages are not control messages",
+                        )),
                     };
-                    self.reply(slot, reply);
+                    self.apply(slot, action);
                 }
             }
-            Action::Control(control::Request::Unsubscribe { topic }) => {
+        }
+    }
+
+    /// A control message (subscribe, unsubscribe, refresh), already
+    /// counted against the rate limits.
+    pub(super) fn control(&mut self, slot: u32, request: control::Request) {
+        match request {
+            control::Request::Subscribe { topic } => {
+                let reply = self.subscribe(slot, &topic);
+                self.reply(slot, reply);
+            }
+            control::Request::Unsubscribe { topic } => {
+                let conn = self.table.get_mut(slot).expect("live slot");
                 let member = self.topics.id(&topic).and_then(|id| conn.topics.remove(id));
                 if let Some(member) = member {
                     self.leave(slot, member);
                 }
                 self.reply(slot, control::ack("unsubscribed", &topic));
             }
-            Action::Control(control::Request::Refresh { token }) => {
+            control::Request::Refresh { token } => {
                 let reply = self.refresh(slot, &token);
                 self.reply(slot, reply);
             }

@@ -77,6 +77,9 @@ pub struct Connections {
     duplex: duplex::Settings,
     /// Rate-limit state of connections that sent client messages, by slot.
     clients: std::collections::HashMap<u32, duplex::Client>,
+    /// Inflate budgets of connections that sent compressed messages, by
+    /// slot.
+    inflate_budgets: std::collections::HashMap<u32, compression::InflateBudget>,
     /// Whether deliveries come from a broker (see [`crate::broker`]).
     broker: bool,
     /// Broker events the upstream sink could not take yet, sent again
@@ -125,6 +128,7 @@ impl Connections {
             polls: poll::Polls::default(),
             duplex: duplex::Settings::new(config),
             clients: std::collections::HashMap::new(),
+            inflate_budgets: std::collections::HashMap::new(),
             broker: config.broker && config.upstream.is_some(),
             unsent: Vec::new(),
             held: recovery::Held::default(),
@@ -259,6 +263,7 @@ impl Connections {
         self.sessions.detach(conn.session, slot);
         self.streams.forget(slot);
         self.polls.forget(slot);
+        self.inflate_budgets.remove(&slot);
         let unsent = conn.out.clear(&mut self.io.pool);
         if conn.deflate() != Deflate::Off {
             WorkerStats::sub(&self.io.stats().compressed_connections, 1);

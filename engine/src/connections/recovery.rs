@@ -31,7 +31,6 @@
 //! answer travel on different Redis connections): [`Hold::Floor`] drops
 //! them until the first frame past `top`.
 
-use super::messages::Action;
 use super::Connections;
 use crate::broker;
 use crate::conn::Endpoint;
@@ -153,13 +152,22 @@ impl Held {
 
 impl Connections {
     /// Applies a client op of a `ringcast.v1` connection.
+    /// A `ringcast.v1` op. Every op counts against the rate limits:
+    /// publish and rpc with their bytes (in `duplex.rs`), the others here.
     pub(super) fn apply_v1(&mut self, slot: u32, request: v1::Request) {
+        let control = matches!(
+            request,
+            v1::Request::Resume { .. } | v1::Request::Control(_)
+        );
+        if control && !self.within_rate(slot, 0, true, None) {
+            return;
+        }
         match request {
             v1::Request::Resume { topic, since } => self.subscribe_v1(slot, &topic, Some(&since)),
             v1::Request::Control(control::Request::Subscribe { topic }) => {
                 self.subscribe_v1(slot, &topic, None);
             }
-            v1::Request::Control(other) => self.apply(slot, Action::Control(other)),
+            v1::Request::Control(other) => self.control(slot, other),
             v1::Request::Publish { topic, data, id } => self.client_publish(slot, topic, data, id),
             v1::Request::Rpc { id, method, data } => self.client_rpc(slot, id, method, data),
         }
