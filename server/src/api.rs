@@ -24,8 +24,8 @@
 //! With `--broker`, `/publish`, `/broadcast`, `/disconnect` and
 //! `/history` go through Redis ([`crate::broker`]): 200 once Redis
 //! accepted (`{"nodes":N[,"offsets":{...}]}`), 503 when it is unreachable
-//! or slower than [`crate::broker::TIMEOUT`]; `/healthz` adds the
-//! broker's state as JSON.
+//! or slower than `--broker-timeout`, or when `--broker-queue` is full;
+//! `/healthz` adds the broker's state as JSON.
 
 use crate::broker::{Broker, Unavailable};
 use crate::cli::Serve;
@@ -64,6 +64,8 @@ pub struct State {
     /// The cluster's broker (`--broker`), if any: publishes, broadcasts,
     /// disconnects and history go through it.
     broker: Option<Arc<Broker>>,
+    /// The upstream bounds, for their metrics.
+    bounds: Arc<crate::upstream::bounds::Bounds>,
 }
 
 impl State {
@@ -75,9 +77,11 @@ impl State {
         api_token: Option<String>,
         hooks: Option<Arc<crate::hooks::Hooks>>,
         broker: Option<Arc<Broker>>,
+        bounds: Arc<crate::upstream::bounds::Bounds>,
     ) -> Self {
         Self {
             handle,
+            bounds,
             hooks,
             api_token,
             broker,
@@ -509,6 +513,7 @@ async fn metrics(Extract(state): Shared) -> Response {
         &state.publish_latency,
         state.hooks.as_ref().map(|h| &h.calls),
     );
+    text.push_str(&state.bounds.render());
     if let Some(broker) = &state.broker {
         text.push_str(&broker.metrics_text());
     }

@@ -6,13 +6,21 @@
 //! - `shard`: one instance's connections, subscriptions and messages,
 //!   reconnected with backoff;
 //! - `interest`: the workers' topic interest, counted per topic and
-//!   batched into SUBSCRIBE / UNSUBSCRIBE per instance;
+//!   coalesced into SUBSCRIBE / UNSUBSCRIBE per instance, and the bounded
+//!   history read queues;
 //! - `reads`: positions, replays and history pages read from streams;
 //! - `metrics`: the broker's Prometheus series.
 //!
-//! Everything here runs on the server's tokio runtime; the workers send
-//! their interest and read events up the upstream channel
-//! (`crate::upstream`), which forwards them here ([`Sender`]).
+//! Everything here runs on the server's tokio runtime; the workers' sink
+//! (`crate::upstream`) hands their interest and read events to
+//! [`Interest`] on the workers' threads.
+//!
+//! Bounds: a command gets no answer within `--broker-timeout`: the
+//! instance is marked down (`/healthz`), its connections are dropped and
+//! made again (the subscriptions resynced); each instance is PINGed every
+//! `--broker-ping-interval` so an idle node notices a stalled Redis too.
+//! Commands in flight (publishes, reads) are at most `--broker-queue`, of
+//! at most `--broker-queue-bytes` bytes; past them the API answers 503.
 
 mod interest;
 mod messages;
@@ -22,30 +30,31 @@ pub mod script;
 mod shard;
 pub mod shards;
 
+pub use interest::{Interest, Limits as InterestLimits};
+
 use redis::aio::MultiplexedConnection;
 use ringcast_engine::hub::epoch::Epoch;
 use ringcast_engine::hub::Page;
-use ringcast_engine::upstream::Event;
 use ringcast_engine::{Content, Handle};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
-/// How long one Redis command may take before the publish gets 503.
-pub const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Where the upstream loop forwards the workers' broker events
-/// ([`Event::Interest`], [`Event::Recover`]); unbounded, so that the loop
-/// never waits on the broker.
-pub type Sender = mpsc::UnboundedSender<Event>;
-
-/// The receiving end, until [`Broker::start`] takes it.
-pub type Receiver = mpsc::UnboundedReceiver<Event>;
-
-/// The forwarding channel's two ends.
-pub fn channel() -> (Sender, Receiver) {
-    mpsc::unbounded_channel()
+/// The broker's timing and bounds, from the flags.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Longest wait for one Redis command's answer (`--broker-timeout`);
+    /// past it the command fails (503) and the instance reconnects.
+    pub timeout: Duration,
+    /// Time between PINGs of each instance (`--broker-ping-interval`).
+    pub ping_interval: Duration,
+    /// Largest message body taken from Redis (`--max-message-size`), in
+    /// bytes.
+    pub max_message: usize,
+    /// Commands in flight at most (`--broker-queue`).
+    pub queue: usize,
+    /// Their message bytes at most (`--broker-queue-bytes`).
+    pub queue_bytes: usize,
 }
 
 /// What the node needs to reach its brokers besides their URLs (no
@@ -77,44 +86,93 @@ pub struct Published {
 pub struct Broker {
     shards: Vec<Arc<shard::Shard>>,
     handle: Handle,
-    metrics: metrics::Metrics,
+    metrics: Arc<metrics::Metrics>,
+    interest: Arc<Interest>,
+    settings: Settings,
+    /// Commands in flight and their bytes.
+    inflight: Mutex<(usize, usize)>,
+}
+
+/// A command's share of `--broker-queue`, given back when dropped.
+struct Slot<'a> {
+    broker: &'a Broker,
+    bytes: usize,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut inflight = lock(&self.broker.inflight);
+        inflight.0 -= 1;
+        inflight.1 -= self.bytes;
+    }
 }
 
 impl Broker {
     /// Connects to every instance in `urls` (in the background: an
     /// instance down at start is retried with backoff) with `password`
-    /// when given, and starts the interest router on `events`.
+    /// when given, each taking its interest and reads from `interest`
+    /// (made for as many instances).
     ///
     /// # Errors
     /// A URL that does not parse or is not `redis://`.
     pub fn start(
         urls: &[String],
         access: &Access,
+        settings: Settings,
         handle: Handle,
-        events: Receiver,
+        interest: Arc<Interest>,
     ) -> Result<Arc<Self>, String> {
         if urls.iter().any(|u| u.starts_with("rediss://")) {
             // rustls needs one process-wide crypto provider; a second call
             // (already installed) changes nothing.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
+        let metrics = interest.metrics().clone();
         let mut shards = Vec::with_capacity(urls.len());
-        let mut receivers = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
-            let (shard, ops) = shard::Shard::new(index, url, access)?;
+            let up = metrics.up.with_label_values(&[index.to_string()]);
+            let shard = shard::Shard::new(index, url, access, settings.timeout, up)?;
             shards.push(Arc::new(shard));
-            receivers.push(ops);
         }
+        interest.set_handle(handle.clone());
         let broker = Arc::new(Self {
             shards,
             handle,
-            metrics: metrics::Metrics::new(urls.len()),
+            metrics,
+            interest,
+            settings,
+            inflight: Mutex::new((0, 0)),
         });
-        for (shard, ops) in broker.shards.iter().zip(receivers) {
-            tokio::spawn(shard::run(broker.clone(), shard.clone(), ops));
+        for shard in &broker.shards {
+            let reads = broker
+                .interest
+                .take_reads(shard.index)
+                .ok_or("the broker was started twice")?;
+            tokio::spawn(shard::run(broker.clone(), shard.clone(), reads));
         }
-        tokio::spawn(interest::route(broker.clone(), events));
         Ok(broker)
+    }
+
+    /// A slot for one command of `bytes` within `--broker-queue` and
+    /// `--broker-queue-bytes`.
+    ///
+    /// # Errors
+    /// Past either bound (counted).
+    fn slot(&self, bytes: usize) -> Result<Slot<'_>, Unavailable> {
+        let mut inflight = lock(&self.inflight);
+        if inflight.0 >= self.settings.queue || inflight.1 + bytes > self.settings.queue_bytes {
+            drop(inflight);
+            self.metrics.refused.with_label_values(&["commands"]).inc();
+            return Err(Unavailable(
+                "broker overloaded: --broker-queue is full".into(),
+            ));
+        }
+        inflight.0 += 1;
+        inflight.1 += bytes;
+        Ok(Slot {
+            broker: self,
+            bytes,
+        })
     }
 
     fn shard_of(&self, topic: &str) -> &Arc<shard::Shard> {
@@ -128,22 +186,23 @@ impl Broker {
             .ok_or_else(|| Unavailable(format!("broker {} is unreachable", shard.name)))
     }
 
-    /// Runs `command` on `shard` within [`TIMEOUT`]; a failure tells the
-    /// shard to reconnect when the connection broke.
+    /// Runs `command` on `shard` within `--broker-timeout`; a timeout or
+    /// a broken connection marks the shard down and reconnects it.
     async fn run<T>(
         &self,
         shard: &shard::Shard,
         command: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Unavailable> {
-        match tokio::time::timeout(TIMEOUT, command).await {
+        match tokio::time::timeout(self.settings.timeout, command).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
+            Ok(Err(e)) if !e.is_timeout() => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
                     shard.broken();
                 }
                 Err(Unavailable(format!("broker {}: {e}", shard.name)))
             }
-            Err(_) => {
+            _ => {
+                self.metrics.timeouts.inc();
                 shard.broken();
                 Err(Unavailable(format!("broker {} timed out", shard.name)))
             }
@@ -156,7 +215,8 @@ impl Broker {
     /// before anything is sent.
     ///
     /// # Errors
-    /// An instance down, failing or slower than [`TIMEOUT`].
+    /// An instance down, failing or slower than `--broker-timeout`, or
+    /// `--broker-queue` full.
     pub async fn publish(
         &self,
         topics: &[String],
@@ -164,6 +224,7 @@ impl Broker {
         content: Content,
         body: &[u8],
     ) -> Result<Published, Unavailable> {
+        let _slot = self.slot(body.len())?;
         let started = Instant::now();
         let mut connections = Vec::with_capacity(topics.len());
         for topic in topics {
@@ -231,6 +292,7 @@ impl Broker {
     /// # Errors
     /// The first instance down, failing or slow.
     pub async fn broadcast(&self, content: Content, body: &[u8]) -> Result<u64, Unavailable> {
+        let _slot = self.slot(body.len())?;
         let mut conn = self.connection(&self.shards[0])?;
         let header = json!({"op": "broadcast", "content": script::content_name(content)});
         self.node_message(&mut conn, header, body).await
@@ -247,6 +309,7 @@ impl Broker {
         code: u16,
         reason: &str,
     ) -> Result<u64, Unavailable> {
+        let _slot = self.slot(0)?;
         let mut conn = self.connection(&self.shards[0])?;
         let header = json!({"op": "disconnect", "users": users, "code": code, "reason": reason});
         self.node_message(&mut conn, header, b"").await
@@ -266,6 +329,7 @@ impl Broker {
         let Some(ttl) = self.handle.history_rule(topic).map(|r| r.ttl) else {
             return Ok(None);
         };
+        let _slot = self.slot(0)?;
         let shard = self.shard_of(topic);
         let read = reads::read(self, shard, topic, ttl, Some(since.unwrap_or(0)), limit).await?;
         Ok(Some(read.page(topic)))
