@@ -464,6 +464,7 @@ async fn a_hook_answering_a_redirect_fails_and_the_target_is_never_contacted() {
     let server = Server::start(&["--hook-url", &url, "--hooks", "connect"]);
     let head = handshake_head(&server, "/ws?token=a.b.c", "Cookie: session=alice\r\n").await;
     assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    assert_eq!(target.accepted(), 0, "the redirect was followed");
     let scrape = server.metrics().await;
     assert_eq!(
         metric(
@@ -473,7 +474,6 @@ async fn a_hook_answering_a_redirect_fails_and_the_target_is_never_contacted() {
         ),
         1.0
     );
-    assert_eq!(target.accepted(), 0, "the redirect was followed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
