@@ -178,20 +178,19 @@ fn run(
     };
     let hooks_on = config.hooks;
     let auth = config.auth.clone();
-    config.broker = !serve.brokers.is_empty();
-    let interest = config
-        .broker
-        .then(|| broker::Interest::new(serve.brokers.len(), serve.bounds.interest()));
-    let (sink, events, bounds) = upstream::channel(
-        serve.bounds.upstream(),
-        interest.clone(),
-        hooks_on.disconnect,
+    let plan = broker::Plan::new(
+        &serve.brokers,
+        broker_access,
+        serve.bounds.broker(serve.max_message_size),
+        serve.bounds.interest(),
     );
+    config.broker = plan.positions_from_outside();
+    let (sink, events, bounds) =
+        upstream::channel(serve.bounds.upstream(), plan.demand(), hooks_on.disconnect);
     config.upstream = Some(sink);
     // Work may wait for a connection (at a hook or the broker): the
     // workers report every removal, so that it is dropped, not done.
-    config.hooks.disconnect =
-        hooks_on.disconnect || hooks_on.publish || hooks_on.rpc || config.broker;
+    config.hooks.disconnect = true;
     let workers = config.workers;
     let runtime = Runtime::start(config)?;
     let (capacity, nofile) = (runtime.capacity(), runtime.rlimit_nofile());
@@ -216,20 +215,7 @@ fn run(
         .build()?;
     tokio.block_on(async move {
         reload_on_hangup(auth)?;
-        let broker = match interest {
-            None => None,
-            Some(interest) => {
-                let settings = serve.bounds.broker(serve.max_message_size);
-                let started = broker::Broker::start(
-                    &serve.brokers,
-                    &broker_access,
-                    settings,
-                    handle.clone(),
-                    interest,
-                );
-                Some(started.map_err(std::io::Error::other)?)
-            }
-        };
+        let broker = plan.start(handle.clone()).map_err(std::io::Error::other)?;
         let upstream_context = upstream::Context {
             handle: handle.clone(),
             hooks: hooks.clone(),

@@ -6,21 +6,22 @@
 //! - Every event is admitted within [`bounds`] first (events and bytes,
 //!   overall and per connection); past a bound the worker answers the
 //!   client itself.
-//! - Client publishes take the path `POST /publish` takes: the broker with
-//!   `--broker`, else `Handle::publish_as`. With the publish hook, each
-//!   connection's publishes pass the hook one at a time, in the order
+//! - Client publishes take the path `POST /publish` takes: the broker
+//!   ([`crate::broker::Broker`]). Each connection's publishes pass the
+//!   publish hook (when on) and the broker one at a time, in the order
 //!   sent; other connections' run beside them. A connection's queue holds
 //!   at most `--client-publish-queue` of them.
 //! - RPCs and connect requests each run as their own task, bounded by the
 //!   hook client's timeout and concurrency.
 //! - Closed connections mark their waiting work dead (dropped, not done)
 //!   and feed the disconnect hook's batches.
-//! - Topic interest and history reads go straight to the broker's own
-//!   bounded queues ([`crate::broker::Interest`]).
+//! - Topic interest and history reads go straight to the broker's
+//!   [`crate::broker::Demand`], on the workers' threads.
 
 pub mod bounds;
 mod hooked;
 
+use crate::broker::{Broker, Demand, Message};
 use crate::hooks::Hooks;
 use bounds::{Bounds, Limits, Ticket};
 use ringcast_engine::protocol::v1;
@@ -36,7 +37,7 @@ pub type Work = (Event, Ticket);
 struct Channel {
     tx: mpsc::Sender<Work>,
     bounds: Arc<Bounds>,
-    broker: Option<Arc<crate::broker::Interest>>,
+    demand: Arc<dyn Demand>,
     /// Whether the disconnect hook is on (else a Closed event only marks
     /// the connection's waiting work dead).
     disconnect: bool,
@@ -46,15 +47,11 @@ impl Sink for Channel {
     fn send(&self, event: Event) -> Result<(), Event> {
         match event {
             Event::Interest(interest) => {
-                if let Some(broker) = &self.broker {
-                    broker.update(&interest.topic, interest.held);
-                }
+                self.demand.update(&interest.topic, interest.held);
                 Ok(())
             }
             Event::Recover(read) => {
-                if let Some(broker) = &self.broker {
-                    broker.recover(read);
-                }
+                self.demand.recover(read);
                 Ok(())
             }
             Event::Closed(closed) => {
@@ -84,11 +81,11 @@ impl Sink for Channel {
 
 /// A sink for [`ringcast_engine::Config::upstream`] within `limits`, the
 /// receiver the loop reads, and the bounds (for their metrics). Interest
-/// and reads go to `broker` (with `--broker`); `disconnect` says whether
-/// the disconnect hook is on.
+/// and reads go to `demand`; `disconnect` says whether the disconnect hook
+/// is on.
 pub fn channel(
     limits: Limits,
-    broker: Option<Arc<crate::broker::Interest>>,
+    demand: Arc<dyn Demand>,
     disconnect: bool,
 ) -> (Upstream, mpsc::Receiver<Work>, Arc<Bounds>) {
     let (tx, rx) = mpsc::channel(limits.events.max(1));
@@ -96,7 +93,7 @@ pub fn channel(
     let sink = Channel {
         tx,
         bounds: bounds.clone(),
-        broker,
+        demand,
         disconnect,
     };
     (Upstream(Arc::new(sink)), rx, bounds)
@@ -116,9 +113,8 @@ pub struct Context {
     /// `--hook-forward-token`: the connect hook gets the `token` query
     /// parameter too.
     pub forward_token: bool,
-    /// The cluster's broker, with `--broker`: client publishes go through
-    /// it, like `POST /publish`.
-    pub broker: Option<Arc<crate::broker::Broker>>,
+    /// The broker: client publishes go through it, like `POST /publish`.
+    pub broker: Arc<dyn Broker>,
     /// The bounds every event was admitted within.
     pub bounds: Arc<Bounds>,
 }
@@ -162,20 +158,13 @@ pub async fn run(mut events: mpsc::Receiver<Work>, ctx: Context) {
             }
         };
         match event {
-            Event::Publish(publish) if ctx.hooked() || ctx.broker.is_some() => {
-                match serial.get_mut(&publish.origin) {
-                    Some(waiting) => waiting.push_back((publish, ticket)),
-                    None => {
-                        serial.insert(publish.origin, VecDeque::new());
-                        spawn_serial(&ctx, &done_tx, (publish, ticket));
-                    }
+            Event::Publish(publish) => match serial.get_mut(&publish.origin) {
+                Some(waiting) => waiting.push_back((publish, ticket)),
+                None => {
+                    serial.insert(publish.origin, VecDeque::new());
+                    spawn_serial(&ctx, &done_tx, (publish, ticket));
                 }
-            }
-            Event::Publish(publish) => {
-                let content = publish.content;
-                let payload = publish.payload.clone();
-                deliver(&ctx, &publish, content, &payload).await;
-            }
+            },
             Event::Rpc(rpc) => {
                 tokio::spawn(hooked::call_rpc(ctx.clone(), rpc, ticket));
             }
@@ -227,45 +216,34 @@ fn spawn_serial(
     });
 }
 
-/// Fans a client publish out through the path `POST /publish` takes (the
-/// broker with `--broker`, else this node), and answers a `ringcast.v1`
-/// sender `published` (with the topic's offset when it keeps history), or
-/// `broker unavailable` when the broker refused it.
+/// Publishes a client's message through the broker, as `POST /publish`
+/// does, and answers a `ringcast.v1` sender `published` (with the topic's
+/// offset when it keeps history), or `broker unavailable` when the broker
+/// refused it.
 async fn deliver(ctx: &Context, publish: &Publish, content: Content, payload: &[u8]) {
-    let handle = &ctx.handle;
-    let offsets = match &ctx.broker {
-        // The broker's payload carries no sender yet: across a cluster a
-        // client publish has no `from`, and its sender gets it back.
-        Some(broker) => match broker.publish(&publish.topics, &[], content, payload).await {
-            Ok(published) => published.offsets,
-            Err(_) => {
-                if publish.reply {
-                    handle.reply(publish.origin, v1::error(publish.id, "broker unavailable"));
-                }
-                return;
-            }
+    let message = Message {
+        topics: publish.topics.clone(),
+        users: Vec::new(),
+        content,
+        body: payload,
+        sender: Sender {
+            user: publish.user.clone(),
+            skip: (!publish.echo).then_some(publish.origin),
         },
-        None => {
-            let sender = Sender {
-                user: publish.user.clone(),
-                skip: (!publish.echo).then_some(publish.origin),
-            };
-            handle.publish_as(
-                publish.topics.clone(),
-                Vec::new(),
-                content,
-                payload,
-                &sender,
-                |_| {},
-            )
+    };
+    let reply = match ctx.broker.publish(message).await {
+        Ok(published) => {
+            let first = publish.topics.first();
+            let offset = published
+                .offsets
+                .iter()
+                .find(|(topic, _)| Some(topic) == first)
+                .map(|(_, offset)| *offset);
+            v1::published(publish.id, offset)
         }
+        Err(_) => v1::error(publish.id, "broker unavailable"),
     };
     if publish.reply {
-        let first = publish.topics.first();
-        let offset = offsets
-            .iter()
-            .find(|(topic, _)| Some(topic) == first)
-            .map(|(_, offset)| *offset);
-        handle.reply(publish.origin, v1::published(publish.id, offset));
+        ctx.handle.reply(publish.origin, reply);
     }
 }

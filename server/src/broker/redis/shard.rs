@@ -9,7 +9,7 @@
 
 use super::interest::Changes;
 use super::messages::Offsets;
-use super::{lock, script, Broker};
+use super::{lock, script, Redis};
 use futures_util::StreamExt;
 use prometheus::IntGauge;
 use redis::aio::MultiplexedConnection;
@@ -178,7 +178,7 @@ struct Held {
 
 /// The shard's task: connect, subscribe, serve, and start again after a
 /// failure, until the server exits.
-pub async fn run(broker: Arc<Broker>, shard: Arc<Shard>, mut reads: mpsc::Receiver<Recover>) {
+pub async fn run(broker: Arc<Redis>, shard: Arc<Shard>, mut reads: mpsc::Receiver<Recover>) {
     let mut held = Held {
         topics: HashSet::new(),
         offsets: Offsets::default(),
@@ -223,7 +223,7 @@ pub async fn run(broker: Arc<Broker>, shard: Arc<Shard>, mut reads: mpsc::Receiv
 /// Subscribes to what the node holds, then serves messages, interest
 /// changes, reads and pings until the connection fails; returns why.
 async fn serve(
-    broker: &Arc<Broker>,
+    broker: &Arc<Redis>,
     shard: &Arc<Shard>,
     pubsub: redis::aio::PubSub,
     conn: MultiplexedConnection,
@@ -299,14 +299,14 @@ async fn serve(
 
 /// Starts a history read within [`READS_IN_FLIGHT`], else answers it with
 /// no position.
-fn start_read(broker: &Arc<Broker>, shard: &Arc<Shard>, read: Recover) {
+fn start_read(broker: &Arc<Redis>, shard: &Arc<Shard>, read: Recover) {
     let Ok(permit) = shard.reads.clone().try_acquire_owned() else {
         broker.metrics.refused.with_label_values(&["read"]).inc();
         return broker.handle.recovered(read.origin, read.topic, None);
     };
-    let (broker, shard) = (broker.clone(), shard.clone());
+    let broker = broker.clone();
     tokio::spawn(async move {
-        super::reads::recover(&broker, &shard, read).await;
+        super::reads::recover(&broker, read).await;
         drop(permit);
     });
 }
@@ -315,7 +315,7 @@ fn start_read(broker: &Arc<Broker>, shard: &Arc<Shard>, read: Recover) {
 /// [`CHANNELS_PER_COMMAND`] channels, each within `--broker-timeout`. An
 /// overflowed change set asks for a reconnect and resync.
 async fn apply(
-    broker: &Arc<Broker>,
+    broker: &Arc<Redis>,
     shard: &Arc<Shard>,
     sink: &mut redis::aio::PubSubSink,
     held: &mut Held,

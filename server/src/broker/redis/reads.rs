@@ -1,9 +1,8 @@
 //! Reads of a topic's stream: its position and the entries after a
-//! position, in one atomic script ([`script::POSITION`]), for a
-//! resuming subscribe and for `GET /history`.
+//! position, in one atomic script ([`script::POSITION`]), on the topic's
+//! instance, for a resuming subscribe and for `GET /history`.
 
-use super::shard::Shard;
-use super::{script, Broker, Unavailable};
+use super::{script, Redis, Unavailable};
 use bytes::Bytes;
 use redis::Value;
 use ringcast_engine::broker::Position as Answer;
@@ -59,13 +58,13 @@ impl Read {
 /// The instance down, failing or slow; a reply or an entry that is not
 /// what it says.
 pub async fn read(
-    broker: &Broker,
-    shard: &Shard,
+    broker: &Redis,
     topic: &str,
     ttl: Duration,
     after: Option<u64>,
     count: usize,
 ) -> Result<Read, Unavailable> {
+    let shard = broker.shard_of(topic);
     let mut conn = broker.connection(shard)?;
     let script = redis::Script::new(script::POSITION);
     let mut invocation = script.key(script::meta_key(topic));
@@ -138,13 +137,13 @@ fn parse(reply: &[Value], after: u64, max_message: usize) -> Result<Read, &'stat
 /// replay when the stream still holds every message after it (same
 /// epoch, not past the top, nothing trimmed) and it fits `room` bytes.
 /// A failed read is answered with no position.
-pub async fn recover(broker: &Broker, shard: &Shard, request: Recover) {
+pub async fn recover(broker: &Redis, request: Recover) {
     let ttl = broker.handle.history_rule(&request.topic).map(|r| r.ttl);
     let answer = match ttl {
         None => None,
         Some(ttl) => {
             let after = request.since.as_ref().map(|s| s.offset);
-            match read(broker, shard, &request.topic, ttl, after, MAX_REPLAY).await {
+            match read(broker, &request.topic, ttl, after, MAX_REPLAY).await {
                 Ok(read) => Some(answer(&request, &read)),
                 Err(Unavailable(why)) => {
                     tracing::debug!(topic = request.topic, "history read failed: {why}");

@@ -105,55 +105,6 @@ impl Interest {
         lock(&self.receivers)[index].take()
     }
 
-    /// A worker's topic got its first subscriber (`held`) or lost its
-    /// last.
-    pub fn update(&self, topic: &str, held: bool) {
-        let shard_count = self.wake.len();
-        let mut state = lock(&self.state);
-        let count = state.workers.entry(topic.to_owned()).or_insert(0);
-        let was = *count > 0;
-        *count = if held {
-            *count + 1
-        } else {
-            count.saturating_sub(1)
-        };
-        let now = *count > 0;
-        if !now {
-            state.workers.remove(topic);
-        }
-        if was == now {
-            return;
-        }
-        let shard = shards::shard_of(topic, shard_count);
-        if state.overflowed[shard] {
-            return;
-        }
-        if state.changed[shard].len() >= self.limits.changes {
-            state.changed[shard] = HashSet::new();
-            state.overflowed[shard] = true;
-            self.metrics.refused.with_label_values(&["interest"]).inc();
-        } else {
-            state.changed[shard].insert(topic.to_owned());
-        }
-        drop(state);
-        self.wake[shard].notify_one();
-    }
-
-    /// Queues a history read for its shard; one that does not fit is
-    /// answered at once with no position, and counted.
-    pub fn recover(&self, read: Recover) {
-        let shard = shards::shard_of(&read.topic, self.reads.len());
-        if let Err(e) = self.reads[shard].try_send(read) {
-            self.metrics.refused.with_label_values(&["read"]).inc();
-            let read = match e {
-                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-            };
-            if let Some(handle) = self.handle.get() {
-                handle.recovered(read.origin, read.topic, None);
-            }
-        }
-    }
-
     /// Takes shard `index`'s changed topics with the state the node holds
     /// them in now, or [`Changes::Resync`] after an overflow.
     pub(super) fn changes(&self, index: usize) -> Changes {
@@ -188,9 +139,61 @@ impl Interest {
     }
 }
 
+impl crate::broker::Demand for Interest {
+    /// A worker's topic got its first subscriber (`held`) or lost its
+    /// last.
+    fn update(&self, topic: &str, held: bool) {
+        let shard_count = self.wake.len();
+        let mut state = lock(&self.state);
+        let count = state.workers.entry(topic.to_owned()).or_insert(0);
+        let was = *count > 0;
+        *count = if held {
+            *count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        let now = *count > 0;
+        if !now {
+            state.workers.remove(topic);
+        }
+        if was == now {
+            return;
+        }
+        let shard = shards::shard_of(topic, shard_count);
+        if state.overflowed[shard] {
+            return;
+        }
+        if state.changed[shard].len() >= self.limits.changes {
+            state.changed[shard] = HashSet::new();
+            state.overflowed[shard] = true;
+            self.metrics.refused.with_label_values(&["interest"]).inc();
+        } else {
+            state.changed[shard].insert(topic.to_owned());
+        }
+        drop(state);
+        self.wake[shard].notify_one();
+    }
+
+    /// Queues a history read for its shard; one that does not fit is
+    /// answered at once with no position, and counted.
+    fn recover(&self, read: Recover) {
+        let shard = shards::shard_of(&read.topic, self.reads.len());
+        if let Err(e) = self.reads[shard].try_send(read) {
+            self.metrics.refused.with_label_values(&["read"]).inc();
+            let read = match e {
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+            };
+            if let Some(handle) = self.handle.get() {
+                handle.recovered(read.origin, read.topic, None);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Demand;
 
     #[test]
     fn changes_coalesce_and_overflow_asks_for_a_resync() {

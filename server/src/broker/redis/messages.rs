@@ -6,7 +6,7 @@
 //! way and counted by reason (`ringcast_broker_messages_refused_total`).
 
 use super::script::{self, NodeHeader, TOPIC_CHANNEL};
-use super::Broker;
+use super::Redis;
 use ringcast_engine::hub::epoch::Epoch;
 use ringcast_engine::session::jwt::MAX_USER_ID;
 use ringcast_engine::topics::is_valid_name;
@@ -76,7 +76,7 @@ impl From<&str> for Refusal {
     }
 }
 
-impl Broker {
+impl Redis {
     /// Hands one message from a subscribed channel to the workers.
     pub(super) fn on_message(&self, message: &redis::Msg, offsets: &mut Offsets) {
         self.metrics.received.inc();
