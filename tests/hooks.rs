@@ -349,3 +349,172 @@ async fn with_the_connect_hook_a_poll_connection_serves_one_request() {
     assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
     assert_eq!(hooks.seen.connects.lock().unwrap().len(), 1);
 }
+
+/// A TCP listener that accepts and never answers (a black-holed hook),
+/// counting the connections it accepted; each request of the hook client
+/// is one connection, since no answer ever frees one for reuse.
+struct BlackHole {
+    addr: std::net::SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BlackHole {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Sends `count` publish ops of `data` at `per_sec` on `chat.N` as a
+/// `ringcast.v1` client, reading its replies meanwhile, then closes;
+/// returns how many were answered "server busy".
+async fn flood(url: String, n: usize, data: Arc<String>, per_sec: u32, count: u64) -> usize {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws = connect_with(&url, &[V1]).await;
+    let (mut tx, mut rx) = ws.split();
+    let reader = tokio::spawn(async move {
+        let mut busy = 0;
+        while let Some(Ok(message)) = rx.next().await {
+            if let Message::Text(text) = message {
+                busy += usize::from(text.contains("server busy"));
+            }
+        }
+        busy
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_sec);
+    for id in 0..count {
+        tick.tick().await;
+        let op = json!({"op": "publish", "topic": format!("chat.{n}"), "data": &*data, "id": id});
+        tx.send(Message::Text(op.to_string().into())).await.unwrap();
+    }
+    tx.send(Message::Close(None)).await.unwrap();
+    tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("the server closed")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_publish_hook_costs_bounded_memory_and_no_calls_after_close() {
+    let hole = BlackHole::start();
+    let url = format!("http://{}/hooks", hole.addr);
+    let server = Server::start(&[
+        "--hook-url",
+        &url,
+        "--hooks",
+        "publish",
+        "--hook-timeout",
+        "1s",
+        "--client-publish",
+        "chat.*",
+        "--client-messages-per-sec",
+        "1000",
+        "--client-bytes-per-sec",
+        "100000000",
+        "--workers",
+        "2",
+    ]);
+    let baseline = server.rss();
+    // 6 clients x 150 publishes/s x 20 KB for 8 s: 144 MB offered.
+    let data = Arc::new("x".repeat(20_000));
+    let clients: Vec<_> = (0..6)
+        .map(|n| tokio::spawn(flood(server.url("/ws"), n, data.clone(), 150, 1200)))
+        .collect();
+    let refused = common::load::bounded_rss_while(&server, baseline, clients).await;
+    let busy: usize = refused.into_iter().sum();
+    assert!(busy > 0, "no publish was refused");
+    let scrape = server.metrics().await;
+    let refused = metric(
+        &scrape,
+        "ringcast_upstream_refused_total",
+        &[("bound", "client_publish_queue")],
+    );
+    assert!(refused > 0.0, "the per-connection bound refused nothing");
+    // Every client is gone. The calls in flight then end within the
+    // hook timeout; after that the hook is never called again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let calls = hole.accepted();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        hole.accepted(),
+        calls,
+        "the publish hook was called for closed connections"
+    );
+    let scrape = server.metrics().await;
+    assert!(metric(&scrape, "ringcast_upstream_dropped_total", &[]) > 0.0);
+}
+
+/// An HTTP server that answers every request with a 307 to `location`.
+fn redirecting(location: String) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_answering_a_redirect_fails_and_the_target_is_never_contacted() {
+    let target = BlackHole::start();
+    let hook = redirecting(format!("http://{}/steal", target.addr));
+    let url = format!("http://{hook}/hooks");
+    let server = Server::start(&["--hook-url", &url, "--hooks", "connect"]);
+    let head = handshake_head(&server, "/ws?token=a.b.c", "Cookie: session=alice\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    assert_eq!(target.accepted(), 0, "the redirect was followed");
+    let scrape = server.metrics().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            "ringcast_hook_calls_total",
+            &[("hook", "connect"), ("outcome", "unavailable")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_hook_gets_the_query_without_the_token_unless_asked() {
+    let hooks = HookServer::start();
+    for (extra, query) in [
+        (&[][..], "x=1"),
+        (&["--hook-forward-token"][..], "token=a.b.c&x=1"),
+    ] {
+        let server = start_server(&hooks, extra);
+        let url = server.url("/ws?token=a.b.c&x=1");
+        let mut ws = connect_with(&url, &[V1, ("cookie", "session=alice")]).await;
+        assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+        let connects = hooks.seen.connects.lock().unwrap().clone();
+        assert_eq!(connects.last().unwrap()["query"], query);
+    }
+}

@@ -31,6 +31,19 @@ pub struct Runtime {
     nofile: u64,
 }
 
+/// What one publish sends every worker beside its frames, positions
+/// already assigned.
+struct Fanout {
+    topics: Arc<[String]>,
+    users: Arc<[String]>,
+    /// The `ringcast.v1` frame of each topic, with its position.
+    v1: Arc<[TopicFrame]>,
+    /// The `ringcast.v1` frame to users' connections.
+    direct: Arc<Frames>,
+    /// The sending connection, when it gets no echo.
+    skip: Option<Origin>,
+}
+
 /// A cheap, cloneable handle for other threads: publish, broadcast, stats,
 /// drain, rebalance and shutdown.
 #[derive(Clone)]
@@ -291,7 +304,6 @@ impl Handle {
         }
         let topics: Arc<[String]> = unique.into();
         let users: Arc<[String]> = users.into();
-        let frames = self.frames(content.opcode(), payload);
         let data = match &sender.user {
             Some(user) => Data::from_user(user, content, payload),
             None => Data::new(content, payload),
@@ -306,19 +318,14 @@ impl Handle {
             for delivery in &mut v1 {
                 delivery.frames = self.v1_frames(delivery.frames.plain.clone());
             }
-            let v1: Arc<[TopicFrame]> = v1.into();
-            self.send_all(
-                |ack| Command::Publish {
-                    topics: topics.clone(),
-                    users: users.clone(),
-                    frames: frames.clone(),
-                    v1: v1.clone(),
-                    direct: direct.clone(),
-                    skip,
-                    ack,
-                },
-                done,
-            );
+            let publish = Fanout {
+                topics: topics.clone(),
+                users,
+                v1: v1.into(),
+                direct,
+                skip,
+            };
+            self.fan_out(publish, content, payload, done);
         });
         topics
             .iter()
@@ -350,18 +357,36 @@ impl Handle {
             position,
             frames: self.v1_frames(v1::message(topic, at, &data).0),
         }]);
-        let topics: Arc<[String]> = Arc::new([topic.to_owned()]);
-        let users: Arc<[String]> = Arc::new([]);
+        let publish = Fanout {
+            topics: Arc::new([topic.to_owned()]),
+            users: Arc::new([]),
+            v1,
+            direct: Arc::new(Frames::default()),
+            skip: None,
+        };
+        self.fan_out(publish, content, payload, done);
+    }
+
+    /// The one fan-out path of a publish whose positions are assigned
+    /// (by the hub in [`Handle::publish_as`], by a broker for
+    /// [`Handle::deliver`]): `payload`'s frames and `publish`'s to every
+    /// worker; `done` gets the count of connections queued.
+    fn fan_out(
+        &self,
+        publish: Fanout,
+        content: Content,
+        payload: &[u8],
+        done: impl FnOnce(usize) + Send + 'static,
+    ) {
         let frames = self.frames(content.opcode(), payload);
-        let direct = Arc::new(Frames::default());
         self.send_all(
             |ack| Command::Publish {
-                topics: topics.clone(),
-                users: users.clone(),
+                topics: publish.topics.clone(),
+                users: publish.users.clone(),
                 frames: frames.clone(),
-                v1: v1.clone(),
-                direct: direct.clone(),
-                skip: None,
+                v1: publish.v1.clone(),
+                direct: publish.direct.clone(),
+                skip: publish.skip,
                 ack,
             },
             done,

@@ -21,13 +21,15 @@
 //! `/metrics` needs `Authorization: Bearer TOKEN` (compared in constant
 //! time), else 401.
 //!
-//! With `--broker`, `/publish`, `/broadcast`, `/disconnect` and
-//! `/history` go through Redis ([`crate::broker`]): 200 once Redis
-//! accepted (`{"nodes":N[,"offsets":{...}]}`), 503 when it is unreachable
-//! or slower than [`crate::broker::TIMEOUT`]; `/healthz` adds the
-//! broker's state as JSON.
+//! `/publish`, `/broadcast`, `/disconnect` and `/history` go through the
+//! broker ([`crate::broker::Broker`]). Alone, the counts are this node's
+//! (`{"subscribers":N}`, `{"disconnected":N}`), once every worker has
+//! queued the message. Over Redis (`--broker`): 200 once Redis accepted
+//! (`{"nodes":N[,"offsets":{...}]}`), 503 when it is unreachable or
+//! slower than `--broker-timeout`, or when `--broker-queue` is full;
+//! `/healthz` adds the broker's state as JSON.
 
-use crate::broker::{Broker, Unavailable};
+use crate::broker::{Broker, Message, Reach, Unavailable};
 use crate::cli::Serve;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State as Extract};
@@ -61,9 +63,11 @@ pub struct State {
     api_token: Option<String>,
     /// The hook client, for its call counters.
     hooks: Option<Arc<crate::hooks::Hooks>>,
-    /// The cluster's broker (`--broker`), if any: publishes, broadcasts,
-    /// disconnects and history go through it.
-    broker: Option<Arc<Broker>>,
+    /// The broker: publishes, broadcasts, disconnects and history go
+    /// through it.
+    broker: Arc<dyn Broker>,
+    /// The upstream bounds, for their metrics.
+    bounds: Arc<crate::upstream::bounds::Bounds>,
 }
 
 impl State {
@@ -74,10 +78,12 @@ impl State {
         serve: &Serve,
         api_token: Option<String>,
         hooks: Option<Arc<crate::hooks::Hooks>>,
-        broker: Option<Arc<Broker>>,
+        broker: Arc<dyn Broker>,
+        bounds: Arc<crate::upstream::bounds::Bounds>,
     ) -> Self {
         Self {
             handle,
+            bounds,
             hooks,
             api_token,
             broker,
@@ -197,39 +203,31 @@ fn content_for(headers: &HeaderMap, body: &[u8]) -> Result<Content, &'static str
     Ok(content)
 }
 
-/// Checks the body's content type, hands the message to the workers with
-/// `send` (which returns the offsets it got), and answers
-/// `{"subscribers":N}`, with `"offsets":{...}` when any topic keeps
-/// history, once every worker has queued it; the time that took goes into
-/// the publish latency histogram under `kind`.
-async fn deliver(
+/// The answer to a publish or broadcast that `reach`ed so far, with the
+/// topics' `offsets`: `{"subscribers":N}` (or `{"nodes":N}` over Redis),
+/// with `"offsets":{...}` when any topic keeps history. The time from
+/// `started` goes into the publish latency histogram under `kind`.
+async fn reached(
     state: &State,
     kind: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-    send: impl FnOnce(Content, Box<dyn FnOnce(usize) + Send>) -> Vec<(String, u64)>,
+    started: Instant,
+    reach: Reach,
+    offsets: Vec<(String, u64)>,
 ) -> Response {
-    let started = Instant::now();
-    let content = match content_for(headers, body) {
-        Ok(content) => content,
-        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    let (key, n) = match reach.counted().await {
+        Ok(counted) => counted,
+        Err(e) => return unavailable(e),
     };
-    count(
-        |done| send(content, done),
-        |offsets, n| {
-            state
-                .publish_latency
-                .with_label_values(&[kind])
-                .observe(started.elapsed().as_secs_f64());
-            let mut reply = json!({ "subscribers": n });
-            if !offsets.is_empty() {
-                let offsets = offsets.into_iter().map(|(topic, o)| (topic, json!(o)));
-                reply["offsets"] = offsets.collect::<serde_json::Map<_, _>>().into();
-            }
-            reply
-        },
-    )
-    .await
+    state
+        .publish_latency
+        .with_label_values(&[kind])
+        .observe(started.elapsed().as_secs_f64());
+    let mut reply = json!({ key: n });
+    if !offsets.is_empty() {
+        let offsets = offsets.into_iter().map(|(topic, o)| (topic, json!(o)));
+        reply["offsets"] = offsets.collect::<serde_json::Map<_, _>>().into();
+    }
+    Json(reply).into_response()
 }
 
 /// Hands the workers a command with `send` (whose result goes to `reply`),
@@ -292,33 +290,25 @@ async fn publish(
     if let Some(response) = bad_user(&users) {
         return response;
     }
-    if let Some(broker) = &state.broker {
-        let started = Instant::now();
-        let content = match content_for(&headers, &body) {
-            Ok(content) => content,
-            Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
-        };
-        let published = match broker.publish(&topics, &users, content, &body).await {
-            Ok(published) => published,
-            Err(e) => return unavailable(e),
-        };
-        state
-            .publish_latency
-            .with_label_values(&["publish"])
-            .observe(started.elapsed().as_secs_f64());
-        let mut reply = json!({ "nodes": published.nodes });
-        if !published.offsets.is_empty() {
-            let offsets = published.offsets.into_iter().map(|(t, o)| (t, json!(o)));
-            reply["offsets"] = offsets.collect::<serde_json::Map<_, _>>().into();
+    let started = Instant::now();
+    let content = match content_for(&headers, &body) {
+        Ok(content) => content,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    let message = Message {
+        topics,
+        users,
+        content,
+        body: &body,
+        sender: ringcast_engine::Sender::default(),
+    };
+    match state.broker.publish(message).await {
+        Ok(published) => {
+            let offsets = published.offsets;
+            reached(&state, "publish", started, published.reach, offsets).await
         }
-        return Json(reply).into_response();
+        Err(e) => unavailable(e),
     }
-    let handle = state.handle.clone();
-    deliver(&state, "publish", &headers, &body, |content, done| {
-        let sender = ringcast_engine::Sender::default();
-        handle.publish_as(topics, users, content, &body, &sender, done)
-    })
-    .await
 }
 
 /// `POST /disconnect?user=42[&user=43][&code=4003][&reason=...]`: closes
@@ -345,15 +335,14 @@ async fn disconnect(Extract(state): Shared, RawQuery(query): RawQuery) -> Respon
     if reason.len() > 123 {
         return error(StatusCode::BAD_REQUEST, "reason must be at most 123 bytes");
     }
-    if let Some(broker) = &state.broker {
-        return match broker.disconnect(&users, code, &reason).await {
-            Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
-            Err(e) => unavailable(e),
-        };
+    let reach = match state.broker.disconnect(users, code, &reason).await {
+        Ok(reach) => reach,
+        Err(e) => return unavailable(e),
+    };
+    match reach.counted().await {
+        Ok((key, n)) => Json(json!({ key: n })).into_response(),
+        Err(e) => unavailable(e),
     }
-    let handle = state.handle.clone();
-    let disconnect = |done| handle.disconnect(users, code, &reason, done);
-    count(disconnect, |(), n| json!({ "disconnected": n })).await
 }
 
 /// `GET /users/42`: `{"connections":N}`, the user's open connections on
@@ -368,22 +357,15 @@ async fn user_connections(Extract(state): Shared, Path(user): Path<String>) -> R
 }
 
 async fn broadcast(Extract(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(broker) = &state.broker {
-        let content = match content_for(&headers, &body) {
-            Ok(content) => content,
-            Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
-        };
-        return match broker.broadcast(content, &body).await {
-            Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
-            Err(e) => unavailable(e),
-        };
+    let started = Instant::now();
+    let content = match content_for(&headers, &body) {
+        Ok(content) => content,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    match state.broker.broadcast(content, &body).await {
+        Ok(reach) => reached(&state, "broadcast", started, reach, Vec::new()).await,
+        Err(e) => unavailable(e),
     }
-    let handle = state.handle.clone();
-    deliver(&state, "broadcast", &headers, &body, |content, done| {
-        handle.broadcast(content, &body, done);
-        Vec::new()
-    })
-    .await
 }
 
 /// Most messages one `GET /history` returns, and the default `limit`.
@@ -414,12 +396,9 @@ async fn history(Extract(state): Shared, RawQuery(query): RawQuery) -> Response 
         (Err(reason), _) | (_, Err(reason)) => return error(StatusCode::BAD_REQUEST, &reason),
     };
     let limit = limit.map_or(HISTORY_LIMIT, |l| (l as usize).min(HISTORY_LIMIT));
-    let page = match &state.broker {
-        None => state.handle.history(topic, since, limit),
-        Some(broker) => match broker.history(topic, since, limit).await {
-            Ok(page) => page,
-            Err(e) => return unavailable(e),
-        },
+    let page = match state.broker.history(topic, since, limit).await {
+        Ok(page) => page,
+        Err(e) => return unavailable(e),
     };
     match page {
         Some(page) => {
@@ -480,13 +459,13 @@ async fn rebalance(Extract(state): Shared, RawQuery(query): RawQuery) -> Respons
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
-/// `GET /healthz`: 200 while the process runs; with `--broker`, a JSON
-/// body with the broker's state (`up`, `degraded`, `down`), still 200:
-/// established connections are served either way.
+/// `GET /healthz`: 200 while the process runs; with a broker that has a
+/// state of its own (Redis), a JSON body with it (`up`, `degraded`,
+/// `down`), still 200: established connections are served either way.
 async fn healthz(Extract(state): Shared) -> Response {
-    match &state.broker {
+    match state.broker.health() {
         None => "ok\n".into_response(),
-        Some(broker) => Json(json!({"status": "ok", "broker": broker.health()})).into_response(),
+        Some(broker) => Json(json!({"status": "ok", "broker": broker})).into_response(),
     }
 }
 
@@ -509,8 +488,7 @@ async fn metrics(Extract(state): Shared) -> Response {
         &state.publish_latency,
         state.hooks.as_ref().map(|h| &h.calls),
     );
-    if let Some(broker) = &state.broker {
-        text.push_str(&broker.metrics_text());
-    }
+    text.push_str(&state.bounds.render());
+    text.push_str(&state.broker.metrics_text());
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response()
 }

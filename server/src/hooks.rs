@@ -6,7 +6,9 @@
 //! An answer is `{"result":{...}}` or `{"error":{"status":403,"reason":"..."}}`
 //! (HTTP 2xx). Anything else (a timeout, a refused connection, a non-2xx
 //! status, a body over the limit or not of that shape) is a [`Failure`]:
-//! hook answers are hostile until checked.
+//! hook answers are hostile until checked. Redirects are not followed: a
+//! 3xx is a failed hook, so a hook cannot send the request (with the
+//! client's cookie) to a third party.
 
 use prometheus::IntCounterVec;
 use serde::Deserialize;
@@ -38,6 +40,9 @@ pub enum Failure {
     Unavailable(String),
     /// The body was not an answer.
     Invalid(String),
+    /// The work was dropped before the request was sent (its connection
+    /// closed while it waited for a permit).
+    Unwanted,
 }
 
 impl Failure {
@@ -46,6 +51,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Unavailable(_) => "unavailable",
             Failure::Invalid(_) => "invalid",
+            Failure::Unwanted => "dropped",
         }
     }
 }
@@ -56,6 +62,7 @@ impl std::fmt::Display for Failure {
             Failure::Timeout => f.write_str("no answer in time"),
             Failure::Unavailable(why) => write!(f, "unavailable: {why}"),
             Failure::Invalid(why) => write!(f, "invalid answer: {why}"),
+            Failure::Unwanted => f.write_str("dropped: its connection closed"),
         }
     }
 }
@@ -102,6 +109,7 @@ impl Hooks {
     ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("hook client: {e}"))?;
         let calls = IntCounterVec::new(
@@ -128,7 +136,21 @@ impl Hooks {
     /// # Errors
     /// A [`Failure`]; it is counted and logged at debug level.
     pub async fn call(&self, hook: &'static str, body: &Value) -> Result<Answer, Failure> {
-        let outcome = tokio::time::timeout(self.timeout, self.exchange(hook, body))
+        self.call_while(hook, body, &|| true).await
+    }
+
+    /// As [`Hooks::call`], but only while `wanted()` holds once a permit
+    /// is taken (checked just before the request is sent).
+    ///
+    /// # Errors
+    /// A [`Failure`]; [`Failure::Unwanted`] when `wanted()` was false.
+    pub async fn call_while(
+        &self,
+        hook: &'static str,
+        body: &Value,
+        wanted: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Answer, Failure> {
+        let outcome = tokio::time::timeout(self.timeout, self.exchange(hook, body, wanted))
             .await
             .unwrap_or(Err(Failure::Timeout));
         let label = match &outcome {
@@ -143,12 +165,20 @@ impl Hooks {
         outcome
     }
 
-    async fn exchange(&self, hook: &str, body: &Value) -> Result<Answer, Failure> {
+    async fn exchange(
+        &self,
+        hook: &str,
+        body: &Value,
+        wanted: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Answer, Failure> {
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| Failure::Unavailable("shutting down".into()))?;
+        if !wanted() {
+            return Err(Failure::Unwanted);
+        }
         let mut response = self
             .client
             .post(format!("{}/{hook}", self.url))
@@ -159,6 +189,7 @@ impl Hooks {
                 true => Failure::Timeout,
                 false => Failure::Unavailable(e.to_string()),
             })?;
+        // Redirects are not followed: a 3xx lands here as a failure.
         if !response.status().is_success() {
             return Err(Failure::Unavailable(format!("HTTP {}", response.status())));
         }

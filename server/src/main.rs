@@ -179,8 +179,6 @@ fn run(
         ));
     }
     log_access(&serve, config.auth.as_deref(), api_token.is_some());
-    let (sink, events) = upstream::channel();
-    config.upstream = Some(sink);
     let hooks = match &serve.hook_url {
         Some(url) => {
             let max_answer = serve.max_message_size + 64 * 1024;
@@ -193,14 +191,19 @@ fn run(
     };
     let hooks_on = config.hooks;
     let auth = config.auth.clone();
-    config.broker = !serve.brokers.is_empty();
-    let (to_broker, broker_events) = match config.broker {
-        true => {
-            let (tx, rx) = broker::channel();
-            (Some(tx), Some(rx))
-        }
-        false => (None, None),
-    };
+    let plan = broker::Plan::new(
+        &serve.brokers,
+        broker_access,
+        serve.bounds.broker(serve.max_message_size),
+        serve.bounds.interest(),
+    );
+    config.broker = plan.positions_from_outside();
+    let (sink, events, bounds) =
+        upstream::channel(serve.bounds.upstream(), plan.demand(), hooks_on.disconnect);
+    config.upstream = Some(sink);
+    // Work may wait for a connection (at a hook or the broker): the
+    // workers report every removal, so that it is dropped, not done.
+    config.hooks.disconnect = true;
     let workers = config.workers;
     let runtime = Runtime::start(config)?;
     let (capacity, nofile) = (runtime.capacity(), runtime.rlimit_nofile());
@@ -225,21 +228,15 @@ fn run(
         .build()?;
     tokio.block_on(async move {
         reload_on_hangup(auth)?;
-        let broker = match broker_events {
-            None => None,
-            Some(events) => {
-                let started =
-                    broker::Broker::start(&serve.brokers, &broker_access, handle.clone(), events);
-                Some(started.map_err(std::io::Error::other)?)
-            }
-        };
+        let broker = plan.start(handle.clone()).map_err(std::io::Error::other)?;
         let upstream_context = upstream::Context {
             handle: handle.clone(),
             hooks: hooks.clone(),
             on: hooks_on,
             max_message: serve.max_message_size,
-            to_broker,
+            forward_token: serve.bounds.hook_forward_token,
             broker: broker.clone(),
+            bounds: bounds.clone(),
         };
         tokio::spawn(upstream::run(events, upstream_context));
         let listener = tokio::net::TcpListener::bind(serve.api_listen).await.map_err(|e| {
@@ -252,7 +249,14 @@ fn run(
         }
         // One stable line on stdout for scripts and tests.
         println!("listening ws={ws_addr} api={api_addr}");
-        let state = Arc::new(api::State::new(handle.clone(), &serve, api_token, hooks, broker));
+        let state = Arc::new(api::State::new(
+            handle.clone(),
+            &serve,
+            api_token,
+            hooks,
+            broker,
+            bounds,
+        ));
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = api::router(state.clone(), serve.max_message_size);
         let api = tokio::spawn(async move {

@@ -8,6 +8,7 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod load;
 mod raw;
 pub mod redis_ha;
 mod server;

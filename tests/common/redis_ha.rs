@@ -169,6 +169,14 @@ impl RedisProcess {
         self.child.is_some()
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT) to the running process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: kill(2) on our own child process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
     /// SIGKILL, then reap: no goodbye to its replicas, clients or peers.
     pub fn sigkill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,300 +1,226 @@
-//! The Redis broker (`--broker redis://HOST:PORT[/DB]`, repeatable): N
-//! nodes as one service. See the README's "Cluster" section.
+//! The broker seam: where publishes get their positions and reach the
+//! subscribers. One interface, [`Broker`], with two implementations:
 //!
-//! - [`shards`]: which instance holds a topic (jump hash over FNV-1a);
-//! - [`script`]: key and channel names, payloads, the Lua scripts;
-//! - `shard`: one instance's connections, subscriptions and messages,
-//!   reconnected with backoff;
-//! - `interest`: the workers' topic interest, counted per topic and
-//!   batched into SUBSCRIBE / UNSUBSCRIBE per instance;
-//! - `reads`: positions, replays and history pages read from streams;
-//! - `metrics`: the broker's Prometheus series.
+//! - [`local`]: this node alone. The engine's hub assigns offsets and
+//!   keeps history; `Handle::publish_as` fans the message out.
+//! - [`redis`]: a cluster over Redis (`--broker`). A Lua script assigns
+//!   the offsets and keeps history in streams; each message comes back on
+//!   its topic's channel and `Handle::deliver` fans it out.
 //!
-//! Everything here runs on the server's tokio runtime; the workers send
-//! their interest and read events up the upstream channel
-//! (`crate::upstream`), which forwards them here ([`Sender`]).
+//! Either way the positions are assigned once, by the broker in use, and
+//! the fan-out to the workers is the engine's one path. The API and the
+//! upstream loop call [`Broker`] and never ask which one it is; the
+//! workers' topic interest and history reads reach it through [`Demand`].
+//!
+//! Adding a broker (Redis Cluster, Sentinel, NATS) is one new module that
+//! implements both traits, and one more arm in [`Plan::new`].
 
-mod interest;
-mod messages;
-mod metrics;
-mod reads;
-pub mod script;
-mod shard;
-pub mod shards;
+pub mod local;
+pub mod redis;
 
-use redis::aio::MultiplexedConnection;
-use ringcast_engine::hub::epoch::Epoch;
+pub use self::redis::{Access, InterestLimits, Settings};
+
+use futures_util::future::BoxFuture;
 use ringcast_engine::hub::Page;
-use ringcast_engine::upstream::Event;
-use ringcast_engine::{Content, Handle};
-use serde_json::json;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use ringcast_engine::upstream::Recover;
+use ringcast_engine::{Content, Handle, Sender};
+use std::sync::Arc;
+use tokio::sync::oneshot;
 
-/// How long one Redis command may take before the publish gets 503.
-pub const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Where the upstream loop forwards the workers' broker events
-/// ([`Event::Interest`], [`Event::Recover`]); unbounded, so that the loop
-/// never waits on the broker.
-pub type Sender = mpsc::UnboundedSender<Event>;
-
-/// The receiving end, until [`Broker::start`] takes it.
-pub type Receiver = mpsc::UnboundedReceiver<Event>;
-
-/// The forwarding channel's two ends.
-pub fn channel() -> (Sender, Receiver) {
-    mpsc::unbounded_channel()
-}
-
-/// What the node needs to reach its brokers besides their URLs (no
-/// `Debug`: it holds a secret).
-#[derive(Default)]
-pub struct Access {
-    /// The AUTH password for every broker (`--broker-password-file`).
-    pub password: Option<String>,
-    /// PEM CA certificates trusted for `rediss://` brokers instead of the
-    /// system's store (`--broker-ca-file`).
-    pub ca: Option<Vec<u8>>,
-}
-
-/// Why a broker operation failed: the API answers 503.
+/// Why a broker operation failed: the API answers 503, a client publish
+/// `broker unavailable`.
 #[derive(Debug)]
 pub struct Unavailable(pub String);
 
-/// What a publish through the broker got.
+/// One message to publish.
+pub struct Message<'a> {
+    /// Topic names (valid).
+    pub topics: Vec<String>,
+    /// User ids whose every connection gets it.
+    pub users: Vec<String>,
+    /// What the body is.
+    pub content: Content,
+    /// The body, at most `--max-message-size` bytes.
+    pub body: &'a [u8],
+    /// The client that sent it (`from`, and no echo to it when echo is
+    /// off), or the default for the API. Only the local broker carries it
+    /// so far.
+    pub sender: Sender,
+}
+
+/// How far a publish, broadcast or disconnect reached.
+pub enum Reach {
+    /// This node's connections, counted once every worker has queued the
+    /// message (`key`: what they are, e.g. `subscribers`).
+    Local {
+        /// The JSON key of the count in the API's answer.
+        key: &'static str,
+        /// The count, when every worker has answered.
+        count: oneshot::Receiver<usize>,
+    },
+    /// Nodes that got it from the broker (PUBLISH's receiver count).
+    Nodes(u64),
+}
+
+impl Reach {
+    /// A local reach and the callback the workers complete it with.
+    pub fn local(key: &'static str) -> (Self, Box<dyn FnOnce(usize) + Send>) {
+        let (tx, count) = oneshot::channel();
+        let done = Box::new(move |n| {
+            let _ = tx.send(n);
+        });
+        (Reach::Local { key, count }, done)
+    }
+
+    /// The API's `(key, count)`.
+    ///
+    /// # Errors
+    /// The workers exited before they counted.
+    pub async fn counted(self) -> Result<(&'static str, u64), Unavailable> {
+        match self {
+            Reach::Nodes(n) => Ok(("nodes", n)),
+            Reach::Local { key, count } => count
+                .await
+                .map(|n| (key, n as u64))
+                .map_err(|_| Unavailable("server is shutting down".into())),
+        }
+    }
+}
+
+/// What a publish got.
 pub struct Published {
     /// Offsets of the topics that keep history.
     pub offsets: Vec<(String, u64)>,
-    /// Nodes subscribed to the busiest of the topics' channels (PUBLISH's
-    /// receiver count).
-    pub nodes: u64,
+    /// How far it reached.
+    pub reach: Reach,
 }
 
-/// The broker client: the Redis instances and what the node shares with
-/// them.
-pub struct Broker {
-    shards: Vec<Arc<shard::Shard>>,
-    handle: Handle,
-    metrics: metrics::Metrics,
-}
-
-impl Broker {
-    /// Connects to every instance in `urls` (in the background: an
-    /// instance down at start is retried with backoff) with `password`
-    /// when given, and starts the interest router on `events`.
+/// Where messages get their positions and reach every subscriber. Every
+/// operation is bounded in time and queue by its implementation.
+pub trait Broker: Send + Sync {
+    /// Publishes `message`: positions assigned, history kept, then fanned
+    /// out.
     ///
     /// # Errors
-    /// A URL that does not parse or is not `redis://`.
-    pub fn start(
-        urls: &[String],
-        access: &Access,
-        handle: Handle,
-        events: Receiver,
-    ) -> Result<Arc<Self>, String> {
-        if urls.iter().any(|u| u.starts_with("rediss://")) {
-            // rustls needs one process-wide crypto provider; a second call
-            // (already installed) changes nothing.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let mut shards = Vec::with_capacity(urls.len());
-        let mut receivers = Vec::with_capacity(urls.len());
-        for (index, url) in urls.iter().enumerate() {
-            let (shard, ops) = shard::Shard::new(index, url, access)?;
-            shards.push(Arc::new(shard));
-            receivers.push(ops);
-        }
-        let broker = Arc::new(Self {
-            shards,
-            handle,
-            metrics: metrics::Metrics::new(urls.len()),
-        });
-        for (shard, ops) in broker.shards.iter().zip(receivers) {
-            tokio::spawn(shard::run(broker.clone(), shard.clone(), ops));
-        }
-        tokio::spawn(interest::route(broker.clone(), events));
-        Ok(broker)
-    }
+    /// The broker could not take it (nothing was delivered, or see the
+    /// README for multi-topic publishes over Redis).
+    fn publish<'a>(&'a self, message: Message<'a>)
+        -> BoxFuture<'a, Result<Published, Unavailable>>;
 
-    fn shard_of(&self, topic: &str) -> &Arc<shard::Shard> {
-        &self.shards[shards::shard_of(topic, self.shards.len())]
-    }
-
-    /// A command connection to `shard`, if it is up.
-    fn connection(&self, shard: &shard::Shard) -> Result<MultiplexedConnection, Unavailable> {
-        shard
-            .connection()
-            .ok_or_else(|| Unavailable(format!("broker {} is unreachable", shard.name)))
-    }
-
-    /// Runs `command` on `shard` within [`TIMEOUT`]; a failure tells the
-    /// shard to reconnect when the connection broke.
-    async fn run<T>(
-        &self,
-        shard: &shard::Shard,
-        command: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Unavailable> {
-        match tokio::time::timeout(TIMEOUT, command).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-                    shard.broken();
-                }
-                Err(Unavailable(format!("broker {}: {e}", shard.name)))
-            }
-            Err(_) => {
-                shard.broken();
-                Err(Unavailable(format!("broker {} timed out", shard.name)))
-            }
-        }
-    }
-
-    /// Publishes one message: one atomic script per topic on the topic's
-    /// instance (offset, stream, TTL, PUBLISH), then one PUBLISH on the
-    /// node-wide channel for `users`. Every instance involved must be up
-    /// before anything is sent.
+    /// Sends `body` to every connection on the topics endpoint.
     ///
     /// # Errors
-    /// An instance down, failing or slower than [`TIMEOUT`].
-    pub async fn publish(
-        &self,
-        topics: &[String],
-        users: &[String],
+    /// As [`Broker::publish`].
+    fn broadcast<'a>(
+        &'a self,
         content: Content,
-        body: &[u8],
-    ) -> Result<Published, Unavailable> {
-        let started = Instant::now();
-        let mut connections = Vec::with_capacity(topics.len());
-        for topic in topics {
-            let shard = self.shard_of(topic);
-            connections.push((shard, self.connection(shard)?));
-        }
-        let node = match users.is_empty() {
-            true => None,
-            false => Some(self.connection(&self.shards[0])?),
-        };
-        let script = redis::Script::new(script::PUBLISH);
-        let name = script::content_name(content);
-        let mut published = Published {
-            offsets: Vec::new(),
-            nodes: 0,
-        };
-        for (topic, (shard, mut conn)) in topics.iter().zip(connections) {
-            let (size, ttl) = self
-                .handle
-                .history_rule(topic)
-                .map_or((0, 0), |r| (r.size, r.ttl.as_millis() as u64));
-            let mut invocation = script.key(script::meta_key(topic));
-            invocation
-                .key(script::stream_key(topic))
-                .arg(script::channel(topic))
-                .arg(name)
-                .arg(body)
-                .arg(size)
-                .arg(ttl.max(1))
-                .arg(Epoch::random().as_str());
-            let (offset, _epoch, nodes): (u64, String, u64) =
-                self.run(shard, invocation.invoke_async(&mut conn)).await?;
-            if size > 0 {
-                published.offsets.push((topic.clone(), offset));
-            }
-            published.nodes = published.nodes.max(nodes);
-        }
-        if let Some(mut conn) = node {
-            let header = json!({"op": "publish", "users": users, "content": name});
-            let nodes = self.node_message(&mut conn, header, body).await?;
-            published.nodes = published.nodes.max(nodes);
-        }
-        self.metrics
-            .publish_latency
-            .observe(started.elapsed().as_secs_f64());
-        Ok(published)
-    }
+        body: &'a [u8],
+    ) -> BoxFuture<'a, Result<Reach, Unavailable>>;
 
-    /// Sends `header` and `body` on the node-wide channel; returns how
-    /// many nodes got it.
-    async fn node_message(
-        &self,
-        conn: &mut MultiplexedConnection,
-        header: serde_json::Value,
-        body: &[u8],
-    ) -> Result<u64, Unavailable> {
-        let payload = script::node_payload(header, body);
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(script::NODE_CHANNEL).arg(payload);
-        self.run(&self.shards[0], publish.query_async(conn)).await
-    }
-
-    /// Sends a broadcast to every node; returns how many got it.
+    /// Closes every connection of `users` with `code` and `reason`.
     ///
     /// # Errors
-    /// The first instance down, failing or slow.
-    pub async fn broadcast(&self, content: Content, body: &[u8]) -> Result<u64, Unavailable> {
-        let mut conn = self.connection(&self.shards[0])?;
-        let header = json!({"op": "broadcast", "content": script::content_name(content)});
-        self.node_message(&mut conn, header, body).await
-    }
-
-    /// Closes the users' connections on every node; returns how many
-    /// nodes got the request.
-    ///
-    /// # Errors
-    /// The first instance down, failing or slow.
-    pub async fn disconnect(
-        &self,
-        users: &[String],
+    /// As [`Broker::publish`].
+    fn disconnect<'a>(
+        &'a self,
+        users: Vec<String>,
         code: u16,
-        reason: &str,
-    ) -> Result<u64, Unavailable> {
-        let mut conn = self.connection(&self.shards[0])?;
-        let header = json!({"op": "disconnect", "users": users, "code": code, "reason": reason});
-        self.node_message(&mut conn, header, b"").await
-    }
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Reach, Unavailable>>;
 
-    /// Up to `limit` messages of `topic` after `since`, from its stream.
+    /// Up to `limit` retained messages of `topic` after `since`; `None`
+    /// for a topic without history.
     ///
     /// # Errors
-    /// The topic's instance down, failing or slow, or an entry that is
-    /// not what it says.
-    pub async fn history(
-        &self,
-        topic: &str,
+    /// The broker could not be read.
+    fn history<'a>(
+        &'a self,
+        topic: &'a str,
         since: Option<u64>,
         limit: usize,
-    ) -> Result<Option<Page>, Unavailable> {
-        let Some(ttl) = self.handle.history_rule(topic).map(|r| r.ttl) else {
-            return Ok(None);
-        };
-        let shard = self.shard_of(topic);
-        let read = reads::read(self, shard, topic, ttl, Some(since.unwrap_or(0)), limit).await?;
-        Ok(Some(read.page(topic)))
-    }
+    ) -> BoxFuture<'a, Result<Option<Page>, Unavailable>>;
 
-    /// `{"state":"up"|"down"|"degraded","brokers":[{"name":…,"up":…}]}`
-    /// for `/healthz`.
-    pub fn health(&self) -> serde_json::Value {
-        let brokers: Vec<_> = self
-            .shards
-            .iter()
-            .map(|s| json!({"name": s.name, "up": s.is_up()}))
-            .collect();
-        let up = self.shards.iter().filter(|s| s.is_up()).count();
-        let state = match up {
-            n if n == self.shards.len() => "up",
-            0 => "down",
-            _ => "degraded",
-        };
-        json!({"state": state, "brokers": brokers})
-    }
+    /// The broker's state for `/healthz`, if it has one beyond the
+    /// process's.
+    fn health(&self) -> Option<serde_json::Value>;
 
-    /// The broker's series in the Prometheus text format.
-    pub fn metrics_text(&self) -> String {
-        self.metrics.render()
-    }
+    /// The broker's own series in the Prometheus text format.
+    fn metrics_text(&self) -> String;
 }
 
-/// Keeps `Mutex` poisoning out of the way: a panic aborts the process.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+/// What the workers ask of the broker, on their own threads (through the
+/// upstream sink): topic interest and history reads. Never blocks.
+pub trait Demand: Send + Sync {
+    /// A worker's topic got its first subscriber (`held`) or lost its
+    /// last.
+    fn update(&self, topic: &str, held: bool);
+
+    /// A resuming subscriber's history read, answered with
+    /// `Handle::recovered`.
+    fn recover(&self, read: Recover);
+}
+
+/// The broker chosen by the flags, before the engine runs (the workers'
+/// sink needs its [`Demand`]); [`Plan::start`] makes the [`Broker`].
+pub struct Plan(Kind);
+
+enum Kind {
+    Local,
+    Redis {
+        urls: Vec<String>,
+        access: Access,
+        settings: Settings,
+        interest: Arc<redis::Interest>,
+    },
+}
+
+impl Plan {
+    /// The in-process hub without `urls`, else Redis over them.
+    pub fn new(
+        urls: &[String],
+        access: Access,
+        settings: Settings,
+        limits: InterestLimits,
+    ) -> Self {
+        if urls.is_empty() {
+            return Plan(Kind::Local);
+        }
+        Plan(Kind::Redis {
+            urls: urls.to_vec(),
+            access,
+            settings,
+            interest: redis::Interest::new(urls.len(), limits),
+        })
+    }
+
+    /// Whether positions come from outside the node, so that the workers
+    /// hand topic interest and history reads up (the engine's
+    /// `Config::broker`).
+    pub fn positions_from_outside(&self) -> bool {
+        matches!(self.0, Kind::Redis { .. })
+    }
+
+    /// Where the workers' interest and reads go.
+    pub fn demand(&self) -> Arc<dyn Demand> {
+        match &self.0 {
+            Kind::Local => Arc::new(local::Nothing),
+            Kind::Redis { interest, .. } => interest.clone(),
+        }
+    }
+
+    /// Starts the broker over the engine `handle`.
+    ///
+    /// # Errors
+    /// A broker URL that does not parse.
+    pub fn start(self, handle: Handle) -> Result<Arc<dyn Broker>, String> {
+        Ok(match self.0 {
+            Kind::Local => Arc::new(local::Local::new(handle)),
+            Kind::Redis {
+                urls,
+                access,
+                settings,
+                interest,
+            } => redis::Redis::start(&urls, &access, settings, handle, interest)?,
+        })
+    }
 }

@@ -10,7 +10,10 @@
 //! make (the engine's configuration, secrets read from files) and the
 //! checks clap cannot do.
 
+mod bounds;
 mod settings;
+
+pub use bounds::Bounds;
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -418,6 +421,10 @@ pub struct Serve {
     /// Size of each receive buffer, in bytes.
     #[arg(long, env = "RINGCAST_READ_BUFFER_SIZE", default_value_t = 4096, value_parser = count::<u32>)]
     pub read_buffer_size: u32,
+    /// Queue bounds and broker timing (see [`Bounds`]).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bounds: Bounds,
 }
 
 impl Default for Serve {

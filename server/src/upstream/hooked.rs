@@ -1,16 +1,10 @@
-//! The server's end of the workers' upstream channel (see
-//! `ringcast_engine::upstream`): a bounded tokio channel the workers
-//! `try_send` into, and the loop on the server's runtime that handles each
-//! event and answers the connection through the engine's [`Handle`].
-//!
-//! - Client publishes take the path `POST /publish` takes: the broker with
-//!   `--broker`, else `Handle::publish_as`. With the publish hook, each connection's
-//!   publishes pass the hook one at a time, in the order sent; other
-//!   connections' run beside them.
-//! - RPCs and connect requests each run as their own task, bounded by the
-//!   hook client's timeout and concurrency.
-//! - Closed connections feed the disconnect hook's batches.
+//! The backend hooks' side of the upstream loop: a client publish
+//! through the publish hook (passed, rewritten or refused), an rpc call,
+//! a parked handshake's admission, and the disconnect batches. Work for a
+//! connection that closed meanwhile is dropped before its hook is called.
 
+use super::bounds::Ticket;
+use super::{deliver, Context};
 use crate::hooks::{Answer, Hooks};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -18,21 +12,14 @@ use ringcast_engine::protocol::v1;
 use ringcast_engine::session::jwt::MAX_USER_ID;
 use ringcast_engine::session::Grant;
 use ringcast_engine::topics::{is_valid_name, MAX_TOPICS_PER_CONNECTION};
-use ringcast_engine::upstream::{
-    Closed, Connect, Event, Origin, Publish, Rpc, Sink, Upstream, Verdict,
-};
-use ringcast_engine::{Content, Handle, Sender};
+use ringcast_engine::upstream::{Closed, Connect, Publish, Rpc, Verdict};
+use ringcast_engine::Content;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// Events waiting for the loop at most; past it a worker answers the
-/// client itself (an error op, or 503 for a parked handshake).
-pub const QUEUE: usize = 65_536;
 
 /// Disconnect events per request at most.
 const DISCONNECT_BATCH: usize = 100;
@@ -40,178 +27,10 @@ const DISCONNECT_BATCH: usize = 100;
 /// Longest a disconnect event waits for its batch to fill.
 const DISCONNECT_WAIT: Duration = Duration::from_millis(100);
 
-struct Channel(mpsc::Sender<Event>);
-
-impl Sink for Channel {
-    fn send(&self, event: Event) -> Result<(), Event> {
-        self.0.try_send(event).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(event) | mpsc::error::TrySendError::Closed(event) => {
-                event
-            }
-        })
-    }
-}
-
-/// A sink for [`ringcast_engine::Config::upstream`] and the receiver the
-/// loop reads.
-pub fn channel() -> (Upstream, mpsc::Receiver<Event>) {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    (Upstream(Arc::new(Channel(tx))), rx)
-}
-
-/// What the loop's tasks share.
-pub struct Context {
-    /// The engine.
-    pub handle: Handle,
-    /// The hook client, with `--hook-url`.
-    pub hooks: Option<Arc<Hooks>>,
-    /// Which hooks are on.
-    pub on: ringcast_engine::upstream::Hooks,
-    /// `--max-message-size`: the largest payload a publish hook may
-    /// return.
-    pub max_message: usize,
-    /// Where topic interest and history reads go, with `--broker`.
-    pub to_broker: Option<crate::broker::Sender>,
-    /// The cluster's broker, with `--broker`: client publishes go through
-    /// it, like `POST /publish`.
-    pub broker: Option<Arc<crate::broker::Broker>>,
-}
-
-/// Handles every event until the workers are gone (the channel closes
-/// when the runtime's config, which holds the sink, is dropped).
-pub async fn run(mut events: mpsc::Receiver<Event>, ctx: Context) {
-    let ctx = Arc::new(ctx);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Origin>();
-    // Connections with a publish at the publish hook or the broker, and
-    // their next ones.
-    let mut serial: HashMap<Origin, VecDeque<Publish>> = HashMap::new();
-    let disconnects = match (&ctx.hooks, ctx.on.disconnect) {
-        (Some(hooks), true) => {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(disconnect_batches(hooks.clone(), rx));
-            Some(tx)
-        }
-        _ => None,
-    };
-    loop {
-        let event = tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => event,
-                None => break,
-            },
-            Some(origin) = done_rx.recv() => {
-                let next = serial.get_mut(&origin).and_then(VecDeque::pop_front);
-                match next {
-                    Some(publish) => spawn_serial(&ctx, &done_tx, publish),
-                    None => {
-                        serial.remove(&origin);
-                    }
-                }
-                continue;
-            }
-        };
-        match event {
-            Event::Publish(publish) if ctx.hooked() || ctx.broker.is_some() => {
-                match serial.get_mut(&publish.origin) {
-                    Some(waiting) => waiting.push_back(publish),
-                    None => {
-                        serial.insert(publish.origin, VecDeque::new());
-                        spawn_serial(&ctx, &done_tx, publish);
-                    }
-                }
-            }
-            Event::Publish(publish) => {
-                let content = publish.content;
-                let payload = publish.payload.clone();
-                deliver(&ctx, &publish, content, &payload).await;
-            }
-            Event::Interest(_) | Event::Recover(_) => {
-                if let Some(broker) = &ctx.to_broker {
-                    let _ = broker.send(event);
-                }
-            }
-            Event::Rpc(rpc) => {
-                tokio::spawn(call_rpc(ctx.clone(), rpc));
-            }
-            Event::Connect(connect) => {
-                tokio::spawn(call_connect(ctx.clone(), connect));
-            }
-            Event::Closed(closed) => {
-                if let Some(tx) = &disconnects {
-                    // Best effort: a full queue drops the event.
-                    let _ = tx.try_send(disconnect_event(&closed));
-                }
-            }
-        }
-    }
-}
-
-impl Context {
-    /// Whether client publishes pass the publish hook.
-    fn hooked(&self) -> bool {
-        self.on.publish && self.hooks.is_some()
-    }
-}
-
-/// Runs one publish through the hook and the broker (whichever are on),
-/// then tells the loop it is done, so the connection's next one starts.
-fn spawn_serial(ctx: &Arc<Context>, done: &mpsc::UnboundedSender<Origin>, publish: Publish) {
-    let (ctx, done) = (ctx.clone(), done.clone());
-    tokio::spawn(async move {
-        let origin = publish.origin;
-        if ctx.hooked() {
-            publish_hooked(&ctx, publish).await;
-        } else {
-            let content = publish.content;
-            let payload = publish.payload.clone();
-            deliver(&ctx, &publish, content, &payload).await;
-        }
-        let _ = done.send(origin);
-    });
-}
-
-/// Fans a client publish out through the path `POST /publish` takes (the
-/// broker with `--broker`, else this node), and answers a `ringcast.v1`
-/// sender `published` (with the topic's offset when it keeps history), or
-/// `broker unavailable` when the broker refused it.
-async fn deliver(ctx: &Context, publish: &Publish, content: Content, payload: &[u8]) {
-    let handle = &ctx.handle;
-    let offsets = match &ctx.broker {
-        // The broker's payload carries no sender yet: across a cluster a
-        // client publish has no `from`, and its sender gets it back.
-        Some(broker) => match broker.publish(&publish.topics, &[], content, payload).await {
-            Ok(published) => published.offsets,
-            Err(_) => {
-                if publish.reply {
-                    handle.reply(publish.origin, v1::error(publish.id, "broker unavailable"));
-                }
-                return;
-            }
-        },
-        None => {
-            let sender = Sender {
-                user: publish.user.clone(),
-                skip: (!publish.echo).then_some(publish.origin),
-            };
-            handle.publish_as(
-                publish.topics.clone(),
-                Vec::new(),
-                content,
-                payload,
-                &sender,
-                |_| {},
-            )
-        }
-    };
-    if publish.reply {
-        let first = publish.topics.first();
-        let offset = offsets
-            .iter()
-            .find(|(topic, _)| Some(topic) == first)
-            .map(|(_, offset)| *offset);
-        handle.reply(publish.origin, v1::published(publish.id, offset));
-    }
-}
+/// Disconnect events waiting for their batch at most (each at most about
+/// 200 bytes: a client id, a user id of at most 128 bytes, a code); past
+/// it an event is dropped (the disconnect hook is best effort).
+pub const DISCONNECT_QUEUE: usize = 65_536;
 
 /// The publish hook's request: `{"client","user","topic","topics","data"}`
 /// (`b64data` instead of `data` for a binary room message).
@@ -260,13 +79,15 @@ fn replacement(
 
 /// Runs a client publish through the publish hook: passed, rewritten or
 /// refused (the refusal's reason goes back as an error op).
-async fn publish_hooked(ctx: &Context, publish: Publish) {
+pub(super) async fn publish_hooked(ctx: &Context, publish: Publish) {
     let hooks = ctx.hooks.as_ref().expect("the publish hook has a client");
     let refuse = |reason: &str| {
         ctx.handle
             .reply(publish.origin, v1::error(publish.id, reason))
     };
-    match hooks.call("publish", &publish_request(&publish)).await {
+    let alive = || !ctx.bounds.is_dead(publish.origin);
+    let body = publish_request(&publish);
+    match hooks.call_while("publish", &body, &alive).await {
         Ok(Answer::Result(result)) => match replacement(publish.content, &result) {
             Ok(None) => deliver(ctx, &publish, publish.content, &publish.payload).await,
             Ok(Some((_, payload))) if payload.len() > ctx.max_message => {
@@ -279,12 +100,14 @@ async fn publish_hooked(ctx: &Context, publish: Publish) {
             }
         },
         Ok(Answer::Error { reason, .. }) => refuse(&reason),
+        Err(crate::hooks::Failure::Unwanted) => ctx.bounds.dropped(1),
         Err(_) => refuse("publish hook unavailable"),
     }
 }
 
-/// Calls the rpc hook and answers `rpc_result` or `error`.
-async fn call_rpc(ctx: Arc<Context>, rpc: Rpc) {
+/// Calls the rpc hook and answers `rpc_result` or `error`; drops the
+/// call (and gives back its `_ticket`) if the connection closes first.
+pub(super) async fn call_rpc(ctx: Arc<Context>, rpc: Rpc, _ticket: Ticket) {
     let Some(hooks) = &ctx.hooks else {
         return ctx
             .handle
@@ -297,13 +120,15 @@ async fn call_rpc(ctx: Arc<Context>, rpc: Rpc) {
         "method": rpc.method,
         "data": data,
     });
-    let frame = match hooks.call("rpc", &body).await {
+    let alive = || !ctx.bounds.is_dead(rpc.origin);
+    let frame = match hooks.call_while("rpc", &body, &alive).await {
         Ok(Answer::Result(result)) => {
             let data = result.get("data").unwrap_or(&Value::Null).to_string();
             let raw = RawValue::from_string(data).expect("a Value serializes to JSON");
             v1::rpc_result(rpc.id, &raw)
         }
         Ok(Answer::Error { reason, .. }) => v1::error(rpc.id, &reason),
+        Err(crate::hooks::Failure::Unwanted) => return ctx.bounds.dropped(1),
         Err(_) => v1::error(rpc.id, "rpc unavailable"),
     };
     ctx.handle.reply(rpc.origin, frame);
@@ -347,9 +172,32 @@ fn admission(result: Map<String, Value>) -> Result<Verdict, String> {
     })
 }
 
+/// The query string forwarded to the connect hook: `query` without its
+/// `token` parameters (the client's JWT, which the server checks itself),
+/// unless `forward_token` (`--hook-forward-token`). Kept undecoded.
+fn forwarded_query(query: &str, forward_token: bool) -> String {
+    if forward_token {
+        return query.to_owned();
+    }
+    query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            let decoded: String = form_urlencoded::parse(name.as_bytes())
+                .map(|(k, _)| k.into_owned())
+                .collect();
+            !pair.is_empty() && decoded != "token"
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Calls the connect hook for a parked handshake and finishes it: 101,
-/// 403 (refused), or 503 (timeout, failure, 5xx, a bad answer).
-async fn call_connect(ctx: Arc<Context>, connect: Connect) {
+/// 403 (refused), or 503 (timeout, failure, 5xx, a bad answer). The hook
+/// gets the `cookie`, `origin`, `user-agent` and `authorization` headers
+/// the client sent, and the query without `token` (see
+/// [`forwarded_query`]).
+pub(super) async fn call_connect(ctx: Arc<Context>, connect: Connect, _ticket: Ticket) {
     let Some(hooks) = &ctx.hooks else {
         return ctx.handle.admit(connect.origin, Verdict::Unavailable);
     };
@@ -362,7 +210,7 @@ async fn call_connect(ctx: Arc<Context>, connect: Connect) {
         "client": connect.origin.client_id(),
         "ip": connect.ip.to_string(),
         "headers": headers,
-        "query": connect.query,
+        "query": forwarded_query(&connect.query, ctx.forward_token),
         "user": connect.user,
     });
     let verdict = match hooks.call("connect", &body).await {
@@ -382,7 +230,7 @@ async fn call_connect(ctx: Arc<Context>, connect: Connect) {
     ctx.handle.admit(connect.origin, verdict);
 }
 
-fn disconnect_event(closed: &Closed) -> Value {
+pub(super) fn disconnect_event(closed: &Closed) -> Value {
     json!({
         "client": closed.origin.client_id(),
         "user": closed.user,
@@ -394,7 +242,7 @@ fn disconnect_event(closed: &Closed) -> Value {
 /// sent within [`DISCONNECT_WAIT`] of its first event, one request at a
 /// time. Each event is sent at most once; a failed request loses its
 /// batch (best effort).
-async fn disconnect_batches(hooks: Arc<Hooks>, mut events: mpsc::Receiver<Value>) {
+pub(super) async fn disconnect_batches(hooks: Arc<Hooks>, mut events: mpsc::Receiver<Value>) {
     let mut batch = Vec::with_capacity(DISCONNECT_BATCH);
     while let Some(first) = events.recv().await {
         batch.push(first);
@@ -439,6 +287,15 @@ mod tests {
         );
         assert!(text(json!({"b64data":"%%"})).is_err());
         assert!(text(json!({"data":1,"b64data":"AA=="})).is_err());
+    }
+
+    #[test]
+    fn the_token_is_not_forwarded_unless_asked() {
+        assert_eq!(forwarded_query("a=1&token=x.y.z&b=2", false), "a=1&b=2");
+        assert_eq!(forwarded_query("to%6Ben=x&topic=t", false), "topic=t");
+        assert_eq!(forwarded_query("token", false), "");
+        assert_eq!(forwarded_query("a=1&token=x", true), "a=1&token=x");
+        assert_eq!(forwarded_query("", false), "");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The broker's Prometheus series, appended to `GET /metrics`.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Series kept for the process's life.
@@ -18,6 +18,18 @@ pub struct Metrics {
     pub resubscribed: IntCounter,
     /// 1 while an instance is connected, by shard.
     pub up: IntGaugeVec,
+    /// Work refused by a full bound, by queue (`interest`: the changed
+    /// set overflowed and the shard resynced; `read`: a history read
+    /// answered with no position; `commands`: a publish or read past
+    /// `--broker-queue`/`--broker-queue-bytes`, answered 503).
+    pub refused: IntCounterVec,
+    /// Messages from the broker's channels refused by a check, by reason
+    /// (`size`: over `--max-message-size`; `offset`: an offset that cannot
+    /// follow the topic's last one, or past 2^53-1).
+    pub messages_refused: IntCounterVec,
+    /// Commands that got no answer within `--broker-timeout`, and pings
+    /// that failed: each marked its instance down and reconnected it.
+    pub timeouts: IntCounter,
 }
 
 impl Metrics {
@@ -58,7 +70,39 @@ impl Metrics {
         for shard in 0..shards {
             up.with_label_values(&[shard.to_string()]).set(0);
         }
-        for c in [&received, &invalid, &resubscribed] {
+        let timeouts = counter(
+            "ringcast_broker_timeouts_total",
+            "Broker commands or pings without an answer within --broker-timeout (each reconnects the instance)",
+        );
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "ringcast_broker_refused_total",
+                "Work refused by a full broker bound, by queue (interest, read, commands)",
+            ),
+            &["queue"],
+        )
+        .expect("valid counter");
+        let messages_refused = IntCounterVec::new(
+            Opts::new(
+                "ringcast_broker_messages_refused_total",
+                "Messages from the broker's channels refused by a check, by reason (size, offset)",
+            ),
+            &["reason"],
+        )
+        .expect("valid counter");
+        for queue in ["interest", "read", "commands"] {
+            refused.with_label_values(&[queue]);
+        }
+        for reason in ["size", "offset"] {
+            messages_refused.with_label_values(&[reason]);
+        }
+        registry
+            .register(Box::new(refused.clone()))
+            .expect("unique");
+        registry
+            .register(Box::new(messages_refused.clone()))
+            .expect("unique");
+        for c in [&received, &invalid, &resubscribed, &timeouts] {
             registry.register(Box::new(c.clone())).expect("unique");
         }
         registry
@@ -72,6 +116,9 @@ impl Metrics {
             invalid,
             resubscribed,
             up,
+            refused,
+            messages_refused,
+            timeouts,
         }
     }
 

@@ -1,9 +1,8 @@
 //! Reads of a topic's stream: its position and the entries after a
-//! position, in one atomic script ([`script::POSITION`]), for a
-//! resuming subscribe and for `GET /history`.
+//! position, in one atomic script ([`script::POSITION`]), on the topic's
+//! instance, for a resuming subscribe and for `GET /history`.
 
-use super::shard::Shard;
-use super::{script, Broker, Unavailable};
+use super::{script, Redis, Unavailable};
 use bytes::Bytes;
 use redis::Value;
 use ringcast_engine::broker::Position as Answer;
@@ -59,13 +58,13 @@ impl Read {
 /// The instance down, failing or slow; a reply or an entry that is not
 /// what it says.
 pub async fn read(
-    broker: &Broker,
-    shard: &Shard,
+    broker: &Redis,
     topic: &str,
     ttl: Duration,
     after: Option<u64>,
     count: usize,
 ) -> Result<Read, Unavailable> {
+    let shard = broker.shard_of(topic);
     let mut conn = broker.connection(shard)?;
     let script = redis::Script::new(script::POSITION);
     let mut invocation = script.key(script::meta_key(topic));
@@ -79,7 +78,7 @@ pub async fn read(
     let reply: Vec<Value> = broker
         .run(shard, invocation.invoke_async(&mut conn))
         .await?;
-    parse(&reply, after.unwrap_or(0)).map_err(|why| {
+    parse(&reply, after.unwrap_or(0), broker.settings.max_message).map_err(|why| {
         Unavailable(format!(
             "broker {}: bad reply for {topic:?}: {why}",
             shard.name
@@ -87,7 +86,10 @@ pub async fn read(
     })
 }
 
-fn parse(reply: &[Value], after: u64) -> Result<Read, &'static str> {
+/// Checks a position script's reply: offsets within
+/// [`super::messages::MAX_OFFSET`], entries of at most `max_message` bytes
+/// that are what their content says.
+fn parse(reply: &[Value], after: u64, max_message: usize) -> Result<Read, &'static str> {
     let text = |v: &Value| match v {
         Value::BulkString(b) => Ok(b.clone()),
         Value::SimpleString(s) => Ok(s.clone().into_bytes()),
@@ -111,14 +113,21 @@ fn parse(reply: &[Value], after: u64) -> Result<Read, &'static str> {
             let content = String::from_utf8(text(c)?).map_err(|_| "content")?;
             let content = script::content_named(&content).ok_or("content")?;
             let body = text(d)?;
+            if body.len() > max_message {
+                return Err("an entry over --max-message-size");
+            }
             content.check(&body)?;
             Ok(Data::new(content, &body))
         })
         .collect::<Result<Vec<Data>, &'static str>>()?;
+    let (top, first) = (number(top)?, number(first)?);
+    if top > super::messages::MAX_OFFSET || first > top + 1 {
+        return Err("offsets out of range");
+    }
     Ok(Read {
         epoch,
-        top: number(top)?,
-        first: number(first)?,
+        top,
+        first,
         after,
         entries,
     })
@@ -128,13 +137,13 @@ fn parse(reply: &[Value], after: u64) -> Result<Read, &'static str> {
 /// replay when the stream still holds every message after it (same
 /// epoch, not past the top, nothing trimmed) and it fits `room` bytes.
 /// A failed read is answered with no position.
-pub async fn recover(broker: &Broker, shard: &Shard, request: Recover) {
+pub async fn recover(broker: &Redis, request: Recover) {
     let ttl = broker.handle.history_rule(&request.topic).map(|r| r.ttl);
     let answer = match ttl {
         None => None,
         Some(ttl) => {
             let after = request.since.as_ref().map(|s| s.offset);
-            match read(broker, shard, &request.topic, ttl, after, MAX_REPLAY).await {
+            match read(broker, &request.topic, ttl, after, MAX_REPLAY).await {
                 Ok(read) => Some(answer(&request, &read)),
                 Err(Unavailable(why)) => {
                     tracing::debug!(topic = request.topic, "history read failed: {why}");
@@ -152,7 +161,7 @@ fn answer(request: &Recover, read: &Read) -> Answer {
     let replay = request.since.as_ref().and_then(|since| {
         let recoverable = since.epoch == read.epoch.as_str()
             && since.offset <= read.top
-            && since.offset + 1 >= read.first
+            && since.offset.saturating_add(1) >= read.first
             && read.entries.len() as u64 == read.top - since.offset;
         if !recoverable {
             return None;
@@ -186,15 +195,15 @@ mod tests {
             s("text"),
             s("m3"),
         ];
-        let read = parse(&ok, 2).unwrap();
+        let read = parse(&ok, 2, 1024).unwrap();
         let frames: Vec<_> = read.frames("a").collect();
         assert_eq!(
             (read.top, read.first, frames.len(), frames[0].0),
             (3, 2, 1, 3)
         );
-        assert!(parse(&ok[..2], 0).is_err(), "short");
-        assert!(parse(&[s("bad"), Value::Int(3), Value::Int(2)], 0).is_err());
-        assert!(parse(&[s("AAAAAAAA"), Value::Int(-1), Value::Int(2)], 0).is_err());
+        assert!(parse(&ok[..2], 0, 1024).is_err(), "short");
+        assert!(parse(&[s("bad"), Value::Int(3), Value::Int(2)], 0, 1024).is_err());
+        assert!(parse(&[s("AAAAAAAA"), Value::Int(-1), Value::Int(2)], 0, 1024).is_err());
         let bad_json = [
             s("AAAAAAAA"),
             Value::Int(3),
@@ -202,6 +211,9 @@ mod tests {
             s("json"),
             s("{"),
         ];
-        assert!(parse(&bad_json, 2).is_err());
+        assert!(parse(&bad_json, 2, 1024).is_err());
+        assert!(parse(&ok, 2, 1).is_err(), "an entry over the size limit");
+        let huge = [s("AAAAAAAA"), Value::Int(i64::MAX), Value::Int(1)];
+        assert!(parse(&huge, 0, 1024).is_err(), "an offset past 2^53-1");
     }
 }
