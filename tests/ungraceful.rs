@@ -188,8 +188,13 @@ async fn client(
             let topic = message["topic"].as_str().unwrap_or_default().to_owned();
             match message["op"].as_str() {
                 Some("subscribed") => {
-                    let offset = message["offset"].as_u64().expect("an offset");
-                    let epoch = message["epoch"].as_str().expect("an epoch").to_owned();
+                    let offset = message["offset"]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("an offset: {message}"));
+                    let epoch = message["epoch"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("an epoch: {message}"))
+                        .to_owned();
                     match position.get(&topic) {
                         None => {
                             seen.topics.insert(topic.clone(), (offset, Vec::new()));

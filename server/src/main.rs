@@ -198,8 +198,11 @@ fn run(
         serve.bounds.interest(),
     );
     config.broker = plan.positions_from_outside();
-    let (sink, events, bounds) =
-        upstream::channel(serve.bounds.upstream(), plan.demand(), hooks_on.disconnect);
+    let (sink, events, bounds) = upstream::channel(
+        serve.bounds.upstream(serve.max_message_size),
+        plan.demand(),
+        hooks_on.disconnect,
+    );
     config.upstream = Some(sink);
     // Work may wait for a connection (at a hook or the broker): the
     // workers report every removal, so that it is dropped, not done.

@@ -421,6 +421,23 @@ impl RedisCluster {
         true
     }
 
+    /// The port of the master that serves `slot` in every live node's
+    /// view, when they all agree (gossip has spread a failover).
+    pub async fn agreed_owner(&self, slot: u16) -> Option<u16> {
+        let mut agreed = None;
+        for node in self.nodes.iter().filter(|n| n.alive()) {
+            let view = self.topology_from(node.port).await;
+            let owner = view
+                .iter()
+                .find(|n| n.master && !n.failing && n.owns(slot))?;
+            if agreed.is_some_and(|port| port != owner.port) {
+                return None;
+            }
+            agreed = Some(owner.port);
+        }
+        agreed
+    }
+
     /// The slot `key` hashes to (`CLUSTER KEYSLOT`).
     pub async fn keyslot(&self, key: &str) -> u16 {
         let live = self.nodes.iter().find(|n| n.alive()).expect("a live node");

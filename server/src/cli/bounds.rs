@@ -31,7 +31,8 @@ pub struct Bounds {
     #[arg(long, env = "RINGCAST_CLIENT_PUBLISH_QUEUE", value_parser = super::count::<usize>, default_value_t = 128)]
     pub client_publish_queue: usize,
     /// Bytes of one connection's waiting publishes and rpc calls at most,
-    /// as above (at least --max-message-size).
+    /// as above. Each byte bound is raised to --max-message-size when
+    /// below it.
     #[arg(long, env = "RINGCAST_CLIENT_PUBLISH_QUEUE_BYTES", value_parser = super::count::<usize>, default_value_t = 4 << 20)]
     pub client_publish_queue_bytes: usize,
     /// Send the client's `token` query parameter to the connect hook too
@@ -74,7 +75,7 @@ impl Bounds {
     ///
     /// # Errors
     /// A message naming the flag.
-    pub fn validate(&self, max_message_size: usize) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), String> {
         let zero = [
             ("--upstream-queue", self.upstream_queue),
             ("--upstream-queue-bytes", self.upstream_queue_bytes),
@@ -86,44 +87,33 @@ impl Bounds {
         if let Some((flag, _)) = zero.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{flag} must be above zero"));
         }
-        for (flag, bytes) in [
-            ("--upstream-queue-bytes", self.upstream_queue_bytes),
-            (
-                "--client-publish-queue-bytes",
-                self.client_publish_queue_bytes,
-            ),
-            ("--broker-queue-bytes", self.broker_queue_bytes),
-        ] {
-            if bytes < max_message_size {
-                return Err(format!(
-                    "{flag} ({bytes}) must be at least --max-message-size ({max_message_size})"
-                ));
-            }
-        }
         if self.broker_timeout.is_zero() || self.broker_ping_interval.is_zero() {
             return Err("--broker-timeout and --broker-ping-interval must be above zero".into());
         }
         Ok(())
     }
 
-    /// The upstream bounds.
-    pub fn upstream(&self) -> crate::upstream::bounds::Limits {
+    /// The upstream bounds. A byte bound below `max_message`
+    /// (`--max-message-size`) is raised to it: a queue must take at least
+    /// one message.
+    pub fn upstream(&self, max_message: usize) -> crate::upstream::bounds::Limits {
         crate::upstream::bounds::Limits {
             events: self.upstream_queue,
-            bytes: self.upstream_queue_bytes,
+            bytes: self.upstream_queue_bytes.max(max_message),
             per_connection: self.client_publish_queue,
-            per_connection_bytes: self.client_publish_queue_bytes,
+            per_connection_bytes: self.client_publish_queue_bytes.max(max_message),
         }
     }
 
-    /// The broker's timing and command bounds.
+    /// The broker's timing and command bounds; `--broker-queue-bytes` is
+    /// raised to `max_message` as in [`Bounds::upstream`].
     pub fn broker(&self, max_message: usize) -> crate::broker::Settings {
         crate::broker::Settings {
             timeout: self.broker_timeout,
             ping_interval: self.broker_ping_interval,
             max_message,
             queue: self.broker_queue,
-            queue_bytes: self.broker_queue_bytes,
+            queue_bytes: self.broker_queue_bytes.max(max_message),
         }
     }
 

@@ -250,7 +250,7 @@ impl Serve {
         if self.hook_timeout.is_zero() || self.hook_concurrency == 0 {
             return Err("--hook-timeout and --hook-concurrency must be above zero".into());
         }
-        self.bounds.validate(self.max_message_size)?;
+        self.bounds.validate()?;
         let auth_on = self.jwt_hmac_secret_file.is_some()
             || self.jwt_public_key.is_some()
             || self.jwt_jwks.is_some();

@@ -20,14 +20,14 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
 /// First and longest wait between reconnects.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
-/// History reads in flight per instance at most; a read past it is
-/// answered with no position.
+/// History reads in flight per instance at most; the next one waits in
+/// the read queue (`--broker-read-queue`) until one is done.
 const READS_IN_FLIGHT: usize = 64;
 
 /// One instance, as the publishers see it.
@@ -267,11 +267,11 @@ async fn serve(
             () = broker.interest.wake[shard.index].notified() => {
                 apply(broker, shard, &mut sink, held).await
             }
-            read = reads.recv() => match read {
+            read = next_read(shard, reads) => match read {
                 None => return "server stopping".to_owned(),
-                Some(read) => match apply(broker, shard, &mut sink, held).await {
+                Some((permit, read)) => match apply(broker, shard, &mut sink, held).await {
                     Ok(()) => {
-                        start_read(broker, shard, read);
+                        start_read(broker, read, permit);
                         Ok(())
                     }
                     Err(e) => {
@@ -297,13 +297,21 @@ async fn serve(
     }
 }
 
-/// Starts a history read within [`READS_IN_FLIGHT`], else answers it with
-/// no position.
-fn start_read(broker: &Arc<Redis>, shard: &Arc<Shard>, read: Recover) {
-    let Ok(permit) = shard.reads.clone().try_acquire_owned() else {
-        broker.metrics.refused.with_label_values(&["read"]).inc();
-        return broker.handle.recovered(read.origin, read.topic, None);
-    };
+/// The next queued history read, once one of the [`READS_IN_FLIGHT`]
+/// permits is free: the rest wait in the bounded queue. Cancel-safe (a
+/// dropped wait frees its permit; `recv` loses nothing). `None` when the
+/// server stops.
+async fn next_read(
+    shard: &Shard,
+    reads: &mut mpsc::Receiver<Recover>,
+) -> Option<(OwnedSemaphorePermit, Recover)> {
+    // The semaphore is never closed.
+    let permit = shard.reads.clone().acquire_owned().await.ok()?;
+    Some((permit, reads.recv().await?))
+}
+
+/// Runs a history read, holding its in-flight `permit` until done.
+fn start_read(broker: &Arc<Redis>, read: Recover, permit: OwnedSemaphorePermit) {
     let broker = broker.clone();
     tokio::spawn(async move {
         super::reads::recover(&broker, read).await;
