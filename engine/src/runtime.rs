@@ -3,10 +3,11 @@
 
 use crate::admission::Admission;
 use crate::capacity::table_size;
-use crate::command::{Ack, Command, Frames, Mailbox, Wake};
+use crate::command::{Ack, Command, Mailbox, Wake};
 use crate::config::Config;
+use crate::delivery::{Frames, TopicFrame};
 use crate::hub::epoch::Epoch;
-use crate::hub::{Hub, Page, TopicFrame};
+use crate::hub::{Hub, Page};
 use crate::protocol::deflate::{Deflater, FULL_WINDOW_BITS};
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::v1::{self, Content, Data, Position};

@@ -14,13 +14,14 @@
 use crate::hooks::{Answer, Hooks};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use ringcast_engine::auth::Grant;
+use ringcast_engine::auth::MAX_USER_ID;
+use ringcast_engine::protocol::names::is_valid_name;
 use ringcast_engine::protocol::v1;
-use ringcast_engine::session::jwt::MAX_USER_ID;
-use ringcast_engine::session::Grant;
-use ringcast_engine::topics::{is_valid_name, MAX_TOPICS_PER_CONNECTION};
 use ringcast_engine::upstream::{
     Closed, Connect, Event, Origin, Publish, Rpc, Sink, Upstream, Verdict,
 };
+use ringcast_engine::MAX_TOPICS_PER_CONNECTION;
 use ringcast_engine::{Content, Handle, Sender};
 use serde::Deserialize;
 use serde_json::value::RawValue;

@@ -11,8 +11,8 @@
 use super::Connections;
 use crate::config::Config;
 use crate::conn::Phase;
-use crate::control;
 use crate::protocol::close::code;
+use crate::protocol::control;
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::v1;
 use crate::session::permissions::Pattern;

@@ -5,9 +5,9 @@
 
 use super::sse::Encoded;
 use super::Connections;
-use crate::command::Frames;
 use crate::conn::{Endpoint, Phase};
-use crate::hub::TopicFrame;
+use crate::delivery::Frames;
+use crate::delivery::TopicFrame;
 use crate::stats::WorkerStats;
 use bytes::Bytes;
 

@@ -4,8 +4,9 @@
 //! static file.
 
 use super::io::{Io, Limits};
+use super::opening::{Accepted, HookRequest, Parked};
 use super::Connections;
-use crate::admission::{Forwarding, PeerId};
+use crate::admission::Forwarding;
 use crate::conn::{Deflate, Endpoint, Phase, Route};
 use crate::protocol::deflate::FULL_WINDOW_BITS;
 use crate::protocol::extension;
@@ -18,24 +19,6 @@ use crate::topics;
 use crate::upstream::{Connect, Event, Origin, Verdict};
 use bytes::Bytes;
 use std::net::IpAddr;
-
-/// A handshake that passed every check.
-pub(super) struct Accepted {
-    route: Route,
-    topics: Vec<String>,
-    response: Vec<u8>,
-    pub peer: PeerId,
-    client: IpAddr,
-    /// The verified token, if auth is on and the client sent one.
-    identity: Option<Identity>,
-    /// Where the client resumes: an SSE request's `Last-Event-ID` (header,
-    /// or `last_event_id` in the query), a poll's `since`.
-    position: Option<String>,
-    /// A poll's `Origin`, for the CORS headers of its answers.
-    origin: Option<String>,
-    /// With the connect hook on: what the hook is told of the request.
-    hook: Option<HookRequest>,
-}
 
 /// What a complete request gets.
 enum Outcome {
@@ -51,21 +34,6 @@ struct Routed {
     topics: Vec<String>,
     response: Vec<u8>,
     position: Option<String>,
-}
-
-/// The parts of an upgrade request the connect hook sees.
-struct HookRequest {
-    headers: Vec<(&'static str, String)>,
-    query: String,
-}
-
-/// A handshake waiting for the connect hook's answer: its 101 is not sent
-/// yet, and its deadline still runs.
-pub(super) struct Parked {
-    pub accepted: Accepted,
-    /// Bytes received after the request (the first frames), kept until
-    /// the connection opens; at most the largest message.
-    rest: Vec<u8>,
 }
 
 impl Io {

@@ -4,6 +4,7 @@
 //! (queue a frame, start a close, reject a handshake, tear down).
 
 use super::compression::Codec;
+use super::opening::Handshaking;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::conn::{Conn, Endpoint, Phase};
@@ -17,7 +18,6 @@ use crate::stats::WorkerStats;
 use crate::timers::{Entry, Tick, Wheel, NEVER, TICK};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,7 +59,7 @@ impl Limits {
             path: config.path.clone(),
             echo: config.echo,
             subprotocols: config.subprotocols.clone(),
-            topic_subprotocols: crate::connections::recovery::subprotocols(&config.subprotocols),
+            topic_subprotocols: crate::protocol::v1::subprotocols(&config.subprotocols),
             max_message: config.max_message_size,
             max_outbound: config.max_outbound_bytes,
             idle: ticks(config.idle_timeout),
@@ -106,19 +106,6 @@ pub struct Io {
     pub(super) auth: Option<Arc<Auth>>,
     /// permessage-deflate state shared by the worker's connections.
     pub(super) codec: Codec,
-}
-
-/// A connection in its opening handshake.
-#[derive(Default)]
-pub(super) struct Handshaking {
-    /// The socket's peer address (`None` if the accept reported none):
-    /// what forwarding headers are judged by and what reject logs name.
-    pub peer: Option<IpAddr>,
-    /// Request bytes received so far, while the request spans receives.
-    pub head: Vec<u8>,
-    /// A handshake that passed every check and waits for the connect
-    /// hook.
-    pub parked: Option<Box<super::handshake::Parked>>,
 }
 
 impl Io {

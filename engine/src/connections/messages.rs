@@ -5,7 +5,7 @@
 use super::compression::{Codec, Deflating};
 use super::Connections;
 use crate::conn::{Deflate, Endpoint, Route};
-use crate::control;
+use crate::protocol::control;
 use crate::protocol::decoder::{Message, ProtocolError};
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::v1;

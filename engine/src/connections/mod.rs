@@ -30,6 +30,7 @@ mod fanout;
 mod handshake;
 pub mod io;
 mod messages;
+mod opening;
 mod poll;
 mod recovery;
 mod sse;
@@ -162,9 +163,9 @@ impl Connections {
     pub fn accept(&mut self, slot: u32, ip: Option<IpAddr>) -> u32 {
         self.next_gen = (self.next_gen + 1) & crate::ring::token::GEN_MASK;
         let now = self.io.wheel.now();
-        let handshaking = io::Handshaking {
+        let handshaking = opening::Handshaking {
             peer: ip,
-            ..io::Handshaking::default()
+            ..opening::Handshaking::default()
         };
         self.io.handshaking.insert(slot, handshaking);
         let mut conn = Conn::new(self.next_gen, now);

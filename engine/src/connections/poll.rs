@@ -20,7 +20,7 @@ use super::recovery::REPLY_ROOM;
 use super::sse::{id_text, Positions};
 use super::Connections;
 use crate::conn::Conn;
-use crate::hub::TopicFrame;
+use crate::delivery::TopicFrame;
 use crate::protocol::handshake::{self, Reject};
 use crate::protocol::sse::parse_positions;
 use crate::protocol::{frame, poll, v1::Since};

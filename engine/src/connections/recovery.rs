@@ -35,8 +35,8 @@ use super::messages::Action;
 use super::Connections;
 use crate::broker;
 use crate::conn::Endpoint;
-use crate::control;
 use crate::hub::epoch::Epoch;
+use crate::protocol::control;
 use crate::protocol::v1::{self, Position, Since};
 use crate::stats::WorkerStats;
 use crate::topics::TopicId;
@@ -47,16 +47,6 @@ use std::collections::HashMap;
 /// Room kept in a connection's send queue for the `subscribed` reply that
 /// precedes a replay, in bytes.
 pub(super) const REPLY_ROOM: usize = 512;
-
-/// The subprotocols the topics endpoint accepts: `configured` and
-/// `ringcast.v1`.
-pub fn subprotocols(configured: &[String]) -> Vec<String> {
-    let mut all = configured.to_vec();
-    if !all.iter().any(|p| p == v1::NAME) {
-        all.push(v1::NAME.to_owned());
-    }
-    all
-}
 
 /// Subscriptions made since the worker last emptied its command channel,
 /// by (topic, slot): the top offset and epoch read from the history when

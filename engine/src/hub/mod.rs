@@ -21,7 +21,7 @@ pub mod epoch;
 pub mod history;
 pub mod rules;
 
-use crate::command::Frames;
+use crate::delivery::{Frames, TopicFrame};
 use crate::protocol::v1::{self, Data, Position, Since};
 use bytes::Bytes;
 use epoch::Epoch;
@@ -29,15 +29,6 @@ use history::{History, HistoryStats};
 use rules::Rule;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
-
-/// One topic's `ringcast.v1` delivery of a publish, as the workers get it.
-pub struct TopicFrame {
-    /// Offset and epoch, for a topic that keeps history.
-    pub position: Option<(u64, Epoch)>,
-    /// The encoded delivery frames, shared by every worker and subscriber
-    /// ([`Hub::publish`] leaves the compressed one to its caller).
-    pub frames: Frames,
-}
 
 /// Where a subscribing client stands on a topic that keeps history, and
 /// what it missed.

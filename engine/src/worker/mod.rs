@@ -15,8 +15,6 @@
 mod accept;
 mod commands;
 
-pub use accept::ACCEPTS;
-
 use crate::admission::{AcceptRate, Admission};
 use crate::command::{Command, Wake};
 use crate::config::Config;

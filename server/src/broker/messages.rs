@@ -5,8 +5,8 @@
 
 use super::script::{self, NodeHeader, TOPIC_CHANNEL};
 use super::Broker;
-use ringcast_engine::session::jwt::MAX_USER_ID;
-use ringcast_engine::topics::is_valid_name;
+use ringcast_engine::auth::MAX_USER_ID;
+use ringcast_engine::protocol::names::is_valid_name;
 
 impl Broker {
     /// Hands one message from a subscribed channel to the workers.

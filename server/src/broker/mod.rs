@@ -23,8 +23,8 @@ mod shard;
 pub mod shards;
 
 use redis::aio::MultiplexedConnection;
-use ringcast_engine::hub::epoch::Epoch;
-use ringcast_engine::hub::Page;
+use ringcast_engine::history::Epoch;
+use ringcast_engine::history::Page;
 use ringcast_engine::upstream::Event;
 use ringcast_engine::{Content, Handle};
 use serde_json::json;

@@ -15,7 +15,7 @@ mod settings;
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use ringcast_engine::hub::rules::Rule;
+use ringcast_engine::history::Rule;
 use serde::{Serialize, Serializer};
 use std::ffi::OsString;
 use std::net::SocketAddr;
