@@ -28,7 +28,7 @@ impl Connections {
         self.io.draining |= drain;
         let mut open = Vec::new();
         self.table.for_each(|slot, c| {
-            if c.phase == Phase::Open {
+            if c.phase() == Phase::Open {
                 open.push((slot, c.gen));
             }
         });
@@ -57,7 +57,7 @@ impl Connections {
         self.io.draining = true;
         self.spread = None;
         let io = &mut self.io;
-        self.table.for_each(|slot, conn| match conn.phase {
+        self.table.for_each(|slot, conn| match conn.phase() {
             Phase::Open => io.close(conn, slot, Some(code::GOING_AWAY), "server shutting down"),
             Phase::Handshake => io.release(conn, slot),
             Phase::Closing | Phase::ShutDown | Phase::Releasing => {}
@@ -94,7 +94,7 @@ impl Connections {
                 continue; // stale entry
             }
             let (slot, limits) = (entry.slot, &self.io.limits);
-            match conn.phase {
+            match conn.phase() {
                 Phase::Handshake => {
                     let deadline = conn.phase_since + limits.handshake;
                     if now >= deadline {
@@ -123,8 +123,8 @@ impl Connections {
                             .close(conn, slot, Some(TOKEN_EXPIRED), "token expired");
                         continue;
                     }
-                    if now >= conn.last_ping + limits.ping {
-                        conn.last_ping = now;
+                    if now >= conn.last_ping() + limits.ping {
+                        conn.pinged(now);
                         let ping = if sse {
                             Bytes::from_static(sse::HEARTBEAT)
                         } else {
@@ -133,7 +133,7 @@ impl Connections {
                         self.io.queue(conn, slot, ping);
                     }
                     let next = idle_at
-                        .min(conn.last_ping + self.io.limits.ping)
+                        .min(conn.last_ping() + self.io.limits.ping)
                         .min(conn.expires);
                     self.io.schedule(conn, slot, next);
                 }

@@ -131,7 +131,7 @@ impl Connections {
     /// Returns whether it may go on; else it was answered (`rate
     /// limited`) or the connection is closing (1008).
     fn within_rate(&mut self, slot: u32, len: usize, v1: bool, id: Option<u64>) -> bool {
-        if self.table.get_mut(slot).expect("live slot").phase != Phase::Open {
+        if self.table.get_mut(slot).expect("live slot").phase() != Phase::Open {
             return false; // closing: what follows the close is dropped
         }
         let now = Instant::now();

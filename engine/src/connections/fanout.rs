@@ -170,7 +170,7 @@ impl Connections {
         let mut closed = 0;
         for slot in users.iter().flat_map(|user| self.sessions.user_slots(user)) {
             let conn = table.get_mut(slot).expect("user slot is live");
-            if conn.phase == Phase::Open {
+            if conn.phase() == Phase::Open {
                 io.close(conn, slot, Some(code), reason);
                 closed += 1;
             }
@@ -191,7 +191,11 @@ impl Connections {
         let table = &mut self.table;
         self.sessions
             .user_slots(user)
-            .filter(|&slot| table.get_mut(slot).is_some_and(|c| c.phase == Phase::Open))
+            .filter(|&slot| {
+                table
+                    .get_mut(slot)
+                    .is_some_and(|c| c.phase() == Phase::Open)
+            })
             .count()
     }
 }

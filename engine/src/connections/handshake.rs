@@ -339,7 +339,7 @@ impl Connections {
             .handshaking
             .get(&slot)
             .is_some_and(|h| h.parked.is_some());
-        if conn.phase != Phase::Handshake || !parked {
+        if conn.phase() != Phase::Handshake || !parked {
             return;
         }
         let (user, grant, topics) = match verdict {
@@ -405,7 +405,6 @@ impl Connections {
             WorkerStats::add(&self.io.stats().compressed_connections, 1);
         }
         conn.enter(Phase::Open, self.io.wheel.now());
-        conn.last_ping = conn.phase_since;
         let at =
             (conn.phase_since + self.io.limits.ping.min(self.io.limits.idle)).min(conn.expires);
         self.io.schedule(conn, slot, at);

@@ -7,7 +7,7 @@ use super::compression::Codec;
 use super::opening::Handshaking;
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Endpoint, Phase};
+use crate::conn::{Conn, Endpoint, Flag, Phase};
 use crate::outbound::QueuePool;
 use crate::protocol::close::{self, code};
 use crate::protocol::frame::{self, OpCode};
@@ -153,8 +153,8 @@ impl Io {
     }
 
     pub(super) fn mark_flush(&mut self, conn: &mut Conn, slot: u32) {
-        if !conn.flush_queued {
-            conn.flush_queued = true;
+        if !conn.has(Flag::FlushQueued) {
+            conn.set(Flag::FlushQueued, true);
             self.flush.push(slot);
         }
     }
@@ -174,7 +174,7 @@ impl Io {
     /// kernel are dropped and it is closed with 1008. Returns whether the
     /// frame was queued.
     pub(super) fn queue(&mut self, conn: &mut Conn, slot: u32, frame: Bytes) -> bool {
-        if conn.phase != Phase::Open {
+        if conn.phase() != Phase::Open {
             return false;
         }
         let len = frame.len() as u64;
@@ -208,7 +208,7 @@ impl Io {
     /// poll ends with the connection) and shuts the write side once it is
     /// written.
     pub(super) fn close(&mut self, conn: &mut Conn, slot: u32, status: Option<u16>, reason: &str) {
-        if conn.phase != Phase::Open {
+        if conn.phase() != Phase::Open {
             return;
         }
         if conn.close_code == 0 {
@@ -264,7 +264,7 @@ impl Io {
 
     /// Tears the connection down: cancel its operations, close its slot.
     pub fn release(&mut self, conn: &mut Conn, slot: u32) {
-        if conn.phase != Phase::Releasing {
+        if conn.phase() != Phase::Releasing {
             conn.enter(Phase::Releasing, self.wheel.now());
             self.release.push(slot);
         }

@@ -41,7 +41,7 @@ pub use io::{Io, CLOSE_TIMEOUT};
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Deflate, Endpoint, Phase};
+use crate::conn::{Conn, Deflate, Endpoint, Flag, Phase};
 use crate::protocol::close::code;
 use crate::session::Sessions;
 use crate::spread::Spread;
@@ -185,7 +185,7 @@ impl Connections {
         let now = self.io.wheel.now();
         let conn = self.get(slot, gen);
         conn.last_active = now;
-        match conn.phase {
+        match conn.phase() {
             Phase::Handshake => self.on_handshake_bytes(slot, data),
             // An SSE client has nothing more to say: its bytes are dropped.
             Phase::Open => match conn.endpoint() {
@@ -215,7 +215,7 @@ impl Connections {
         let stats = self.io.stats();
         WorkerStats::add(&stats.bytes_out, result as u64);
         WorkerStats::sub(&stats.outbound_bytes, result as u64);
-        if !conn.out.is_empty() || conn.phase == Phase::Closing {
+        if !conn.out.is_empty() || conn.phase() == Phase::Closing {
             self.io.mark_flush(conn, slot);
         }
     }
@@ -224,11 +224,11 @@ impl Connections {
     pub fn on_shutdown(&mut self, slot: u32, gen: u32, result: i32) {
         let now = self.io.wheel.now();
         let conn = tenant(&mut self.table, slot, gen);
-        conn.shutdown_in_flight = false;
-        if conn.phase == Phase::Closing {
+        conn.set(Flag::ShutdownInFlight, false);
+        if conn.phase() == Phase::Closing {
             conn.enter(Phase::ShutDown, now);
         }
-        if result < 0 || !conn.recv_armed {
+        if result < 0 || !conn.has(Flag::RecvArmed) {
             self.io.release(conn, slot);
         }
     }
