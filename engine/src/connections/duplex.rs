@@ -4,7 +4,7 @@
 //! waits: it checks permission and rate, sends the event, and the answer
 //! comes back as a [`crate::command::Command::Reply`].
 //!
-//! Rate-limit state lives in [`Connections::clients`], a side map keyed by
+//! Rate-limit state lives in [`Duplex`], a side map keyed by
 //! slot and created on a connection's first client message: an idle
 //! connection's record holds none of it.
 
@@ -21,7 +21,30 @@ use crate::topics;
 use crate::upstream::{Closed, Event, Hooks, Origin, Publish, Rpc, Upstream};
 use crate::Content;
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// Full duplex on a worker: the settings, and the rate-limit state of the
+/// connections that sent client messages, by slot.
+pub(super) struct Duplex {
+    pub settings: Settings,
+    clients: HashMap<u32, Client>,
+}
+
+impl Duplex {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            settings: Settings::new(config),
+            clients: HashMap::new(),
+        }
+    }
+
+    /// Gives back the memory a peak of clients left (once a second).
+    pub fn trim(&mut self) {
+        let clients = self.clients.len();
+        self.clients.shrink_to(clients * 2);
+    }
+}
 
 /// Full-duplex settings, from the config.
 pub(super) struct Settings {
@@ -135,8 +158,9 @@ impl Connections {
             return false; // closing: what follows the close is dropped
         }
         let now = Instant::now();
-        let settings = &self.duplex;
+        let settings = &self.duplex.settings;
         let client = self
+            .duplex
             .clients
             .entry(slot)
             .or_insert_with(|| Client::new(settings, now));
@@ -167,7 +191,7 @@ impl Connections {
     /// Hands `event` upstream; answers `server busy` when the server
     /// cannot take it (or there is no upstream).
     fn send_upstream(&mut self, slot: u32, event: Event, v1: bool, id: Option<u64>) -> bool {
-        let refused = match &self.duplex.upstream {
+        let refused = match &self.duplex.settings.upstream {
             Some(upstream) => upstream.send(event).is_err(),
             None => true,
         };
@@ -199,7 +223,12 @@ impl Connections {
             .sessions
             .grant(session)
             .is_some_and(|g| g.may_publish(&topic))
-            || self.duplex.client_publish.iter().any(|p| p.matches(&topic));
+            || self
+                .duplex
+                .settings
+                .client_publish
+                .iter()
+                .any(|p| p.matches(&topic));
         if !allowed {
             WorkerStats::add(&self.io.stats().client_forbidden, 1);
             return self.reply_frame_now(slot, refuse("forbidden"));
@@ -214,7 +243,7 @@ impl Connections {
             reply: true,
             topics: vec![topic],
             user: self.sessions.user(session).map(str::to_owned),
-            echo: self.duplex.echo,
+            echo: self.duplex.settings.echo,
             content: Content::Json,
             payload: Bytes::from(data.into_boxed_bytes()),
         });
@@ -231,7 +260,7 @@ impl Connections {
         method: String,
         data: Box<str>,
     ) {
-        if !self.duplex.hooks.rpc {
+        if !self.duplex.settings.hooks.rpc {
             return self.reply_frame_now(slot, v1::error(id, "rpc is not enabled"));
         }
         if !self.within_rate(slot, data.len() + method.len(), true, id) {
@@ -254,7 +283,7 @@ impl Connections {
     /// Whether raw rooms are on (`--room`): text and binary messages of
     /// raw-mode connections are first offered to [`Self::room_message`].
     pub(super) fn rooms_on(&self) -> bool {
-        !self.duplex.rooms.is_empty()
+        !self.duplex.settings.rooms.is_empty()
     }
 
     /// A raw-mode connection's text or binary message: if the connection
@@ -269,7 +298,7 @@ impl Connections {
             .as_slice()
             .iter()
             .map(|m| self.topics.name(m.topic))
-            .filter(|name| self.duplex.rooms.iter().any(|p| p.matches(name)))
+            .filter(|name| self.duplex.settings.rooms.iter().any(|p| p.matches(name)))
             .map(str::to_owned)
             .collect();
         if rooms.is_empty() {
@@ -285,7 +314,7 @@ impl Connections {
             reply: false,
             topics: rooms,
             user: self.sessions.user(session).map(str::to_owned),
-            echo: self.duplex.echo,
+            echo: self.duplex.settings.echo,
             content,
             payload,
         });
@@ -303,8 +332,8 @@ impl Connections {
     /// A connection is being removed: forgets its rate limits, and tells
     /// upstream while the disconnect hook is on.
     pub(super) fn duplex_closed(&mut self, slot: u32, gen: u32, user: Option<&str>, code: u16) {
-        self.clients.remove(&slot);
-        if !self.duplex.hooks.disconnect {
+        self.duplex.clients.remove(&slot);
+        if !self.duplex.settings.hooks.disconnect {
             return;
         }
         let event = Event::Closed(Closed {
@@ -312,7 +341,7 @@ impl Connections {
             user: user.map(str::to_owned),
             code,
         });
-        if let Some(upstream) = &self.duplex.upstream {
+        if let Some(upstream) = &self.duplex.settings.upstream {
             if upstream.send(event).is_err() {
                 WorkerStats::add(&self.io.stats().upstream_refused, 1);
             }

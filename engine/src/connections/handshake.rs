@@ -5,6 +5,7 @@
 
 use super::io::{Io, Limits};
 use super::opening::{Accepted, HookRequest, Parked};
+use super::transport::Opening;
 use super::Connections;
 use crate::admission::Forwarding;
 use crate::conn::{Deflate, Endpoint, Phase, Route};
@@ -317,7 +318,7 @@ impl Connections {
         });
         let handshaking = self.io.handshaking.entry(slot).or_default();
         handshaking.parked = Some(Box::new(Parked { accepted, rest }));
-        let sent = match &self.duplex.upstream {
+        let sent = match &self.duplex.settings.upstream {
             Some(upstream) => upstream.send(event).is_ok(),
             None => false,
         };
@@ -375,7 +376,7 @@ impl Connections {
     /// Sends the 101 and opens the connection: session, timers, the
     /// topics named in the request (or by the connect hook), then the
     /// frames that came with the request.
-    fn open(&mut self, slot: u32, accepted: Accepted, mut rest: Vec<u8>) {
+    fn open(&mut self, slot: u32, accepted: Accepted, rest: Vec<u8>) {
         let conn = self.table.get_mut(slot).expect("live slot");
         let Accepted {
             route,
@@ -409,17 +410,12 @@ impl Connections {
             (conn.phase_since + self.io.limits.ping.min(self.io.limits.idle)).min(conn.expires);
         self.io.schedule(conn, slot, at);
         self.io.mark_flush(conn, slot);
-        match endpoint {
-            // The client says nothing more on an SSE stream.
-            Endpoint::Sse => return self.open_sse(slot, &topics, position.as_deref()),
-            Endpoint::Poll => return self.start_poll(slot, &topics, position.as_deref(), origin),
-            _ => {}
-        }
-        for topic in topics {
-            self.subscribe_at_open(slot, &topic);
-        }
-        if !rest.is_empty() {
-            self.on_frames(slot, &mut rest);
-        }
+        let opening = Opening {
+            topics,
+            position,
+            origin,
+            rest,
+        };
+        self.open_transport(slot, endpoint, opening);
     }
 }

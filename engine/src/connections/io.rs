@@ -7,12 +7,11 @@ use super::compression::Codec;
 use super::opening::Handshaking;
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Endpoint, Flag, Phase};
+use crate::conn::{Conn, Flag, Phase};
 use crate::outbound::QueuePool;
-use crate::protocol::close::{self, code};
+use crate::protocol::close::code;
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::handshake::Reject;
-use crate::protocol::sse;
 use crate::session::Auth;
 use crate::stats::WorkerStats;
 use crate::timers::{Entry, Tick, Wheel, NEVER, TICK};
@@ -214,14 +213,7 @@ impl Io {
         if conn.close_code == 0 {
             conn.close_code = status.unwrap_or(code::NO_STATUS);
         }
-        let last = match conn.endpoint() {
-            // An SSE stream has no close frame: a last event says why.
-            Some(Endpoint::Sse) => {
-                Some(sse::close_event(status.unwrap_or(code::GOING_AWAY), reason))
-            }
-            Some(Endpoint::Poll) => None,
-            _ => Some(close::encode(status, reason)),
-        };
+        let last = super::transport::close_bytes(conn.endpoint(), status, reason);
         if let Some(last) = last {
             self.enqueue(conn, last);
         }

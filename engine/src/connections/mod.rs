@@ -16,9 +16,11 @@
 //!   token refreshes;
 //! - `fanout`: publish and broadcast, to topics and to users, and the
 //!   disconnection of users;
-//! - `recovery`: `ringcast.v1` subscribes with a position, and replays;
-//! - `sse`: the SSE transport: a stream's opening, resume and deliveries;
-//! - `poll`: the long-poll transport: polls on keep-alive connections;
+//! - `recovery`: subscriptions with a position: skips, broker holds and
+//!   the broker's answers;
+//! - `transport`: one module per endpoint (raw WebSocket, `ringcast.v1`,
+//!   echo, SSE, long-poll) behind one interface: open, bytes in,
+//!   deliver, due, close bytes;
 //! - `duplex`: client publishes, rpc ops and raw room messages, their
 //!   rate limits, and their hand-off upstream;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
@@ -31,17 +33,16 @@ mod handshake;
 pub mod io;
 mod messages;
 mod opening;
-mod poll;
 mod recovery;
-mod sse;
 pub mod table;
+mod transport;
 
 pub use fanout::Fanout;
 pub use io::{Io, CLOSE_TIMEOUT};
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Deflate, Endpoint, Flag, Phase};
+use crate::conn::{Conn, Deflate, Flag, Phase};
 use crate::protocol::close::code;
 use crate::session::Sessions;
 use crate::spread::Spread;
@@ -66,25 +67,21 @@ pub struct Connections {
     due: Vec<(Entry, Tick)>,
     spread: Option<Spread>,
     next_trim: Tick,
-    /// History, read when a `ringcast.v1` connection subscribes.
+    /// History, read when a subscription resumes without a broker.
     hub: Arc<crate::hub::Hub>,
-    skips: recovery::Skips,
-    /// Positions of SSE streams with several topics that keep history.
-    streams: sse::Streams,
-    /// Long-poll connections.
-    polls: poll::Polls,
-    /// Client publish, rooms, rate limits, hooks settings, and where
-    /// events for the server go (see [`crate::upstream`]).
-    duplex: duplex::Settings,
-    /// Rate-limit state of connections that sent client messages, by slot.
-    clients: std::collections::HashMap<u32, duplex::Client>,
+    /// What each transport keeps beside the table.
+    transports: transport::Transports,
+    /// Subscriptions that read a position: skips and broker holds.
+    resumes: recovery::Resumes,
+    /// Client publish, rooms, rate limits (with their state by slot),
+    /// hooks, and where events for the server go (see
+    /// [`crate::upstream`]).
+    duplex: duplex::Duplex,
     /// Whether deliveries come from a broker (see [`crate::broker`]).
     broker: bool,
     /// Broker events the upstream sink could not take yet, sent again
     /// before the next one and after each pass over the commands.
     unsent: Vec<crate::upstream::Event>,
-    /// Subscriptions waiting for the broker's read of their topic.
-    held: recovery::Held,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -121,14 +118,11 @@ impl Connections {
             spread: None,
             next_trim: 0,
             hub,
-            skips: recovery::Skips::default(),
-            streams: sse::Streams::default(),
-            polls: poll::Polls::default(),
-            duplex: duplex::Settings::new(config),
-            clients: std::collections::HashMap::new(),
+            transports: transport::Transports::default(),
+            resumes: recovery::Resumes::default(),
+            duplex: duplex::Duplex::new(config),
             broker: config.broker && config.upstream.is_some(),
             unsent: Vec::new(),
-            held: recovery::Held::default(),
         }
     }
 
@@ -187,12 +181,10 @@ impl Connections {
         conn.last_active = now;
         match conn.phase() {
             Phase::Handshake => self.on_handshake_bytes(slot, data),
-            // An SSE client has nothing more to say: its bytes are dropped.
-            Phase::Open => match conn.endpoint() {
-                Some(Endpoint::Sse) => {}
-                Some(Endpoint::Poll) => self.on_poll_bytes(slot, data),
-                _ => self.on_frames(slot, data),
-            },
+            Phase::Open => {
+                let endpoint = conn.endpoint();
+                self.transport_bytes(slot, endpoint, data);
+            }
             // Input after our close frame or during teardown is discarded.
             Phase::Closing | Phase::ShutDown | Phase::Releasing => {}
         }
@@ -258,8 +250,7 @@ impl Connections {
             self.duplex_closed(slot, conn.gen, user.as_deref(), code);
         }
         self.sessions.detach(conn.session, slot);
-        self.streams.forget(slot);
-        self.polls.forget(slot);
+        self.transports.forget(slot);
         let unsent = conn.out.clear(&mut self.io.pool);
         if conn.deflate() != Deflate::Off {
             WorkerStats::sub(&self.io.stats().compressed_connections, 1);

@@ -20,7 +20,7 @@
 //! Offsets come from the broker, so the worker cannot read the position
 //! itself. It registers the subscription (so that the node holds the
 //! topic's channel: the interest event goes first, and the broker client
-//! subscribes before it reads), sends [`Event::Recover`], and *holds* the
+//! subscribes before it reads), sends [`crate::upstream::Event::Recover`], and *holds* the
 //! subscription's live deliveries in [`Held`] until the answer
 //! ([`Connections::recovered`]). The read happens after the node's
 //! subscription to the topic's channel took effect, so every message is
@@ -31,16 +31,12 @@
 //! answer travel on different Redis connections): [`Hold::Floor`] drops
 //! them until the first frame past `top`.
 
-use super::messages::Action;
 use super::Connections;
 use crate::broker;
-use crate::conn::Endpoint;
 use crate::hub::epoch::Epoch;
-use crate::protocol::control;
-use crate::protocol::v1::{self, Position, Since};
+use crate::protocol::v1::{self, Position};
 use crate::stats::WorkerStats;
 use crate::topics::TopicId;
-use crate::upstream::{Event, Origin, Recover};
 use bytes::Bytes;
 use std::collections::HashMap;
 
@@ -82,13 +78,29 @@ impl Skips {
     }
 }
 
+/// What the worker keeps for subscriptions that read a position: the
+/// skips of the local path and the holds of the broker's.
+#[derive(Default)]
+pub(super) struct Resumes {
+    pub skips: Skips,
+    pub held: Held,
+}
+
+impl Resumes {
+    /// `slot` left `topic` (whose id may then be reused).
+    pub fn forget(&mut self, topic: TopicId, slot: u32) {
+        self.skips.forget(topic, slot);
+        self.held.forget(topic, slot);
+    }
+}
+
 /// Subscriptions whose live deliveries the broker's read decides, by
 /// (topic, slot). Empty without a broker.
 #[derive(Default)]
 pub(super) struct Held(HashMap<(TopicId, u32), Hold>);
 
 pub(super) enum Hold {
-    /// Waiting for the answer to [`Event::Recover`]: whether the client
+    /// Waiting for the answer to [`crate::upstream::Event::Recover`]: whether the client
     /// resumes, and the live deliveries held meanwhile.
     Waiting {
         resumes: bool,
@@ -133,6 +145,16 @@ impl Held {
         }
     }
 
+    /// Holds `slot`'s live deliveries of `topic` until the broker answers
+    /// its read (`resumes`: the client gave a position).
+    pub fn wait(&mut self, topic: TopicId, slot: u32, resumes: bool) {
+        let waiting = Hold::Waiting {
+            resumes,
+            frames: Vec::new(),
+        };
+        self.0.insert((topic, slot), waiting);
+    }
+
     /// `slot` left `topic`: an answer that comes later is ignored.
     pub fn forget(&mut self, topic: TopicId, slot: u32) {
         if !self.0.is_empty() {
@@ -142,91 +164,7 @@ impl Held {
 }
 
 impl Connections {
-    /// Applies a client op of a `ringcast.v1` connection.
-    pub(super) fn apply_v1(&mut self, slot: u32, request: v1::Request) {
-        match request {
-            v1::Request::Resume { topic, since } => self.subscribe_v1(slot, &topic, Some(&since)),
-            v1::Request::Control(control::Request::Subscribe { topic }) => {
-                self.subscribe_v1(slot, &topic, None);
-            }
-            v1::Request::Control(other) => self.apply(slot, Action::Control(other)),
-            v1::Request::Publish { topic, data, id } => self.client_publish(slot, topic, data, id),
-            v1::Request::Rpc { id, method, data } => self.client_rpc(slot, id, method, data),
-        }
-    }
-
-    /// Subscribes to a topic named in the upgrade request: a raw-mode
-    /// connection silently, as ever; a `ringcast.v1` one as a subscribe
-    /// without `since`, answered with the topic's position.
-    pub(super) fn subscribe_at_open(&mut self, slot: u32, topic: &str) {
-        let conn = self.table.get_mut(slot).expect("live slot");
-        if conn.endpoint() == Some(Endpoint::PubSubV1) {
-            self.subscribe_v1(slot, topic, None);
-        } else {
-            self.subscribe(slot, topic);
-        }
-    }
-
-    /// Subscribes `slot` to `topic`, answers with the topic's position
-    /// when it keeps history, and with `since`, replays what came after it
-    /// or answers `recovered:false`. A topic the connection already holds
-    /// is acknowledged without a position and changes nothing.
-    fn subscribe_v1(&mut self, slot: u32, topic: &str, since: Option<&Since>) {
-        let before = self.held(slot, topic);
-        let reply = self.subscribe(slot, topic);
-        let id = match self.held(slot, topic) {
-            Some(id) if before.is_none() => id,
-            _ => return self.reply(slot, reply), // refused, or already held
-        };
-        let pending = self.table.get_mut(slot).expect("live slot").out.pending();
-        let room = self
-            .io
-            .limits
-            .max_outbound
-            .saturating_sub(pending + REPLY_ROOM + topic.len());
-        if self.broker {
-            if self.hub.rule(topic).is_none() {
-                return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
-            }
-            let waiting = Hold::Waiting {
-                resumes: since.is_some(),
-                frames: Vec::new(),
-            };
-            self.held.0.insert((id, slot), waiting);
-            let gen = self.table.get_mut(slot).expect("live slot").gen;
-            let origin = Origin {
-                worker: self.io.worker as u32,
-                slot,
-                gen,
-            };
-            return self.send_to_broker(Event::Recover(Recover {
-                origin,
-                topic: topic.to_owned(),
-                since: since.cloned(),
-                room,
-            }));
-        }
-        let Some(recovery) = self.hub.recover(topic, since, room) else {
-            return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
-        };
-        if recovery.top > 0 {
-            self.skips.insert(id, slot, recovery.top, recovery.epoch);
-        }
-        let at = Position {
-            offset: recovery.top,
-            epoch: recovery.epoch.as_str(),
-        };
-        let recovered = since.map(|_| recovery.replay.is_some());
-        self.reply(slot, v1::subscribed(topic, Some(at), recovered));
-        let conn = self.table.get_mut(slot).expect("live slot");
-        let mut queued = 0;
-        for frame in recovery.replay.into_iter().flatten() {
-            queued += u64::from(self.io.queue(conn, slot, frame));
-        }
-        WorkerStats::add(&self.io.stats().messages_out, queued);
-    }
-
-    /// The broker's answer to [`Event::Recover`] for connection (`slot`,
+    /// The broker's answer to [`crate::upstream::Event::Recover`] for connection (`slot`,
     /// `gen`) on `topic`: `None` when the broker could not be read (the
     /// subscription stays, answered without a position; a resume gets
     /// `recovered:false`). Replies `subscribed`, queues the replay, then
@@ -245,7 +183,8 @@ impl Connections {
         if self.table.get_mut(slot).is_none_or(|c| c.gen != gen) {
             return;
         }
-        let Some(Hold::Waiting { resumes, frames }) = self.held.0.remove(&(id, slot)) else {
+        let Some(Hold::Waiting { resumes, frames }) = self.resumes.held.0.remove(&(id, slot))
+        else {
             return;
         };
         let resumed = |recovered: bool| resumes.then_some(recovered);
@@ -266,7 +205,10 @@ impl Connections {
         };
         let replay = position.and_then(|p| p.replay).into_iter().flatten();
         if let Some((top, epoch)) = covered.filter(|&(top, _)| top > 0) {
-            self.held.0.insert((id, slot), Hold::Floor { top, epoch });
+            self.resumes
+                .held
+                .0
+                .insert((id, slot), Hold::Floor { top, epoch });
         }
         let live = frames.into_iter().filter(|(at, _)| {
             !matches!((at, covered), (Some((o, e)), Some((top, epoch))) if *e == epoch && *o <= top)
@@ -279,29 +221,8 @@ impl Connections {
         WorkerStats::add(&self.io.stats().messages_out, queued);
     }
 
-    /// Sends `{"op":"resync","topic":…}` to every `ringcast.v1`
-    /// subscriber of any of `topics` on this worker: deliveries may have
-    /// been missed (the broker was out of reach), and the client should
-    /// resubscribe with `since`. Returns how many hints were queued.
-    pub fn resync(&mut self, topics: &[String]) -> usize {
-        let mut queued = 0;
-        for topic in topics {
-            let Some(id) = self.topics.id(topic) else {
-                continue;
-            };
-            let hint = v1::resync(topic);
-            for slot in self.topics.members(id) {
-                let conn = self.table.get_mut(slot).expect("subscriber slot is live");
-                if conn.endpoint() == Some(Endpoint::PubSubV1) {
-                    queued += usize::from(self.io.queue(conn, slot, hint.clone()));
-                }
-            }
-        }
-        queued
-    }
-
     /// The id of `topic` if `slot` is subscribed to it.
-    pub(super) fn held(&mut self, slot: u32, topic: &str) -> Option<TopicId> {
+    pub(in crate::connections) fn held(&mut self, slot: u32, topic: &str) -> Option<TopicId> {
         let conn = self.table.get_mut(slot).expect("live slot");
         let id = self.topics.id(topic)?;
         conn.topics.find(id).map(|_| id)
@@ -310,7 +231,7 @@ impl Connections {
     /// The worker has applied every command sent to it before now: no
     /// publish a subscription's read of the history saw is still to come.
     pub fn commands_applied(&mut self) {
-        self.skips.0.clear();
+        self.resumes.skips.0.clear();
         if !self.unsent.is_empty() {
             self.send_unsent();
         }

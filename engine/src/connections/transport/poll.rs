@@ -15,12 +15,13 @@
 //! State lives in [`Polls`], a side map by slot; a poll's cost is this
 //! entry, its subscriptions while it waits, and one answer.
 
-use super::handshake::query_topics;
-use super::recovery::REPLY_ROOM;
+use super::super::handshake::query_topics;
+use super::super::io::Io;
+use super::super::recovery::REPLY_ROOM;
+use super::super::Connections;
 use super::sse::{id_text, Positions};
-use super::Connections;
+use super::Delivery;
 use crate::conn::Conn;
-use crate::delivery::TopicFrame;
 use crate::protocol::handshake::{self, Reject};
 use crate::protocol::sse::parse_positions;
 use crate::protocol::{frame, poll, v1::Since};
@@ -61,21 +62,23 @@ impl Polls {
         }
     }
 
-    /// Answers `slot`'s waiting poll with one delivery on `topic`. Returns
-    /// whether an answer was queued.
+    /// Answers `slot`'s waiting poll with `d` (a topic's delivery; a
+    /// poll gets nothing else). Returns whether an answer was queued.
     pub fn deliver(
         &mut self,
-        io: &mut super::Io,
+        io: &mut Io,
         conn: &mut Conn,
         slot: u32,
         topics: &Topics,
-        delivery: &TopicFrame,
-        topic: crate::topics::TopicId,
+        d: &Delivery<'_>,
     ) -> bool {
+        let Some(topic) = d.topic else {
+            return false;
+        };
         let Some(p) = self.by_slot.get_mut(&slot).filter(|p| p.waiting) else {
             return false;
         };
-        if let Some((offset, epoch)) = delivery.position {
+        if let Some((offset, epoch)) = d.position {
             if let Some(at) = p.positions.iter_mut().find(|at| at.0 == topic) {
                 (at.1, at.2) = (offset, epoch);
             }
@@ -83,10 +86,14 @@ impl Polls {
         p.waiting = false;
         self.answered.push(slot);
         let next = id_text(topics, &p.positions);
-        let json = frame::server_payload(&delivery.frames.plain);
-        let answer = poll::response(p.origin.as_deref(), &[json], &next, &[]);
-        io.queue(conn, slot, answer)
+        io.queue(conn, slot, answer(p.origin.as_deref(), &d.v1.plain, &next))
     }
+}
+
+/// The answer to a waiting poll that one delivery (`frame`, its
+/// `ringcast.v1` frame) ends, with `next` the positions after it.
+fn answer(origin: Option<&str>, frame: &Bytes, next: &str) -> Bytes {
+    poll::response(origin, &[frame::server_payload(frame)], next, &[])
 }
 
 impl Connections {
@@ -95,7 +102,7 @@ impl Connections {
     /// topics it could not resume (`reset`), or when a topic with history
     /// has no position in `since` (the answer's `next` gives it); else
     /// waits.
-    pub(super) fn start_poll(
+    pub(in crate::connections) fn start_poll(
         &mut self,
         slot: u32,
         topics: &[String],
@@ -103,7 +110,12 @@ impl Connections {
         origin: Option<String>,
     ) {
         let since = since.map(parse_positions).unwrap_or_default();
-        let mut state = self.polls.by_slot.remove(&slot).unwrap_or_default();
+        let mut state = self
+            .transports
+            .poll
+            .by_slot
+            .remove(&slot)
+            .unwrap_or_default();
         if origin.is_some() {
             state.origin = origin;
         }
@@ -121,7 +133,7 @@ impl Connections {
                 // Not allowed for this connection's token.
                 let conn = self.table.get_mut(slot).expect("live slot");
                 let refusal = Bytes::from(Reject::Forbidden.response());
-                self.polls.by_slot.insert(slot, state);
+                self.transports.poll.by_slot.insert(slot, state);
                 self.io.enqueue(conn, refusal);
                 return self.io.close(conn, slot, None, "");
             };
@@ -138,7 +150,9 @@ impl Connections {
                 continue; // no history: live messages only
             };
             if recovery.top > 0 {
-                self.skips.insert(id, slot, recovery.top, recovery.epoch);
+                self.resumes
+                    .skips
+                    .insert(id, slot, recovery.top, recovery.epoch);
             }
             state.positions.push((id, recovery.top, recovery.epoch));
             match recovery.replay {
@@ -154,7 +168,7 @@ impl Connections {
             state.waiting = true;
             state.deadline = self.io.wheel.now() + self.io.limits.poll_timeout;
             let at = state.deadline;
-            self.polls.by_slot.insert(slot, state);
+            self.transports.poll.by_slot.insert(slot, state);
             let conn = self.table.get_mut(slot).expect("live slot");
             let at = at.min(conn.expires);
             return self.io.schedule(conn, slot, at);
@@ -163,7 +177,7 @@ impl Connections {
         let next = id_text(&self.topics, &state.positions);
         let answer = poll::response(state.origin.as_deref(), &json, &next, &reset);
         WorkerStats::add(&self.io.stats().messages_out, frames.len() as u64);
-        self.polls.by_slot.insert(slot, state);
+        self.transports.poll.by_slot.insert(slot, state);
         self.poll_answered(slot, answer);
     }
 
@@ -189,8 +203,8 @@ impl Connections {
 
     /// The polls a publish answered leave their topics (after the publish,
     /// so that no topic's member list changes while it is walked).
-    pub(super) fn finish_polls(&mut self) {
-        while let Some(slot) = self.polls.answered.pop() {
+    pub(in crate::connections) fn finish_polls(&mut self) {
+        while let Some(slot) = self.transports.poll.answered.pop() {
             if self.table.get_mut(slot).is_some() {
                 self.leave_all(slot);
                 self.schedule_poll(slot);
@@ -201,8 +215,8 @@ impl Connections {
     /// Bytes on a long-poll connection: the next request, once the answer
     /// to the last one is queued. A request sent while a poll waits is
     /// dropped (a client waits for its answer before asking again).
-    pub(super) fn on_poll_bytes(&mut self, slot: u32, data: &[u8]) {
-        let state = self.polls.by_slot.entry(slot).or_default();
+    pub(in crate::connections) fn on_poll_bytes(&mut self, slot: u32, data: &[u8]) {
+        let state = self.transports.poll.by_slot.entry(slot).or_default();
         if state.waiting {
             return;
         }
@@ -233,7 +247,7 @@ impl Connections {
     /// The timer of a long-poll connection fired: answer a waiting poll
     /// whose time is up with no message; close one idle between polls for
     /// `--idle-timeout`, or whose token expired.
-    pub(super) fn poll_due(&mut self, slot: u32) {
+    pub(in crate::connections) fn poll_due(&mut self, slot: u32) {
         let now = self.io.wheel.now();
         let conn = self.table.get_mut(slot).expect("live slot");
         if now >= conn.expires {
@@ -241,7 +255,7 @@ impl Connections {
                 .io
                 .close(conn, slot, Some(crate::session::TOKEN_EXPIRED), "");
         }
-        let state = self.polls.by_slot.entry(slot).or_default();
+        let state = self.transports.poll.by_slot.entry(slot).or_default();
         if state.waiting {
             if now < state.deadline {
                 let at = state.deadline.min(conn.expires);
@@ -263,5 +277,23 @@ impl Connections {
         let conn = self.table.get_mut(slot).expect("live slot");
         let at = (conn.last_active + self.io.limits.idle).min(conn.expires);
         self.io.schedule(conn, slot, at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::v1::{self, Content, Data};
+
+    #[test]
+    fn a_delivery_answers_a_waiting_poll_with_its_json() {
+        let frame = v1::message("x", None, &Data::new(Content::Text, b"now")).0;
+        let bytes = answer(Some("http://app"), &frame, "");
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("Access-Control-Allow-Origin: http://app\r\n"));
+        assert!(
+            text.ends_with(r#"{"messages":[{"op":"message","topic":"x","data":"now"}],"next":""}"#)
+        );
     }
 }

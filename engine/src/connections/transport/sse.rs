@@ -17,11 +17,11 @@
 //! (`recovery.rs`): replayed offsets up to the top read are skipped when
 //! their live frames arrive.
 
-use super::io::Io;
-use super::recovery::REPLY_ROOM;
-use super::Connections;
+use super::super::io::Io;
+use super::super::recovery::REPLY_ROOM;
+use super::super::Connections;
+use super::Delivery;
 use crate::conn::Conn;
-use crate::delivery::TopicFrame;
 use crate::hub::epoch::Epoch;
 use crate::protocol::v1::{self, Position, Since};
 use crate::protocol::{frame, sse};
@@ -74,7 +74,7 @@ impl Encoded {
             .clone()
     }
 
-    fn with_id(&mut self, name: &str, offset: u64, epoch: Epoch, frame: &Bytes) -> Bytes {
+    pub fn with_id(&mut self, name: &str, offset: u64, epoch: Epoch, frame: &Bytes) -> Bytes {
         self.with_id
             .get_or_insert_with(|| {
                 let id = sse::format_positions([(name, offset, epoch.as_str())]);
@@ -85,32 +85,37 @@ impl Encoded {
 }
 
 impl Streams {
-    /// Queues `slot`'s event for a publish on `topic` (named `name`).
-    /// Returns whether it was queued.
-    #[allow(clippy::too_many_arguments)]
+    /// Queues `slot`'s event for `d`: with the topic's position as its
+    /// `id:` when the topic keeps history (the stream's positions when it
+    /// has several such topics), else without one. Returns whether it was
+    /// queued.
     pub fn deliver(
         &mut self,
         io: &mut Io,
         conn: &mut Conn,
         slot: u32,
         topics: &Topics,
-        topic: TopicId,
-        delivery: &TopicFrame,
+        d: &Delivery<'_>,
         encoded: &mut Encoded,
     ) -> bool {
-        let Some((offset, epoch)) = delivery.position else {
-            return io.queue(conn, slot, encoded.data(&delivery.frames.plain));
+        let (Some(topic), Some((offset, epoch))) = (d.topic, d.position) else {
+            return io.queue(conn, slot, encoded.data(&d.v1.plain));
         };
         let Some(positions) = self.0.get_mut(&slot) else {
-            let event = encoded.with_id(topics.name(topic), offset, epoch, &delivery.frames.plain);
+            let event = encoded.with_id(topics.name(topic), offset, epoch, &d.v1.plain);
             return io.queue(conn, slot, event);
         };
         if let Some(p) = positions.iter_mut().find(|p| p.0 == topic) {
             (p.1, p.2) = (offset, epoch);
         }
         let id = sse::id_line(&id_text(topics, positions), false);
-        io.queue(conn, slot, id) && io.queue(conn, slot, encoded.data(&delivery.frames.plain))
+        io.queue(conn, slot, id) && io.queue(conn, slot, encoded.data(&d.v1.plain))
     }
+}
+
+/// The heartbeat: a comment line.
+pub(super) fn heartbeat() -> Bytes {
+    Bytes::from_static(sse::HEARTBEAT)
 }
 
 impl Connections {
@@ -121,7 +126,12 @@ impl Connections {
     /// `event: subscribed` per topic (the `ringcast.v1` reply); the
     /// replays, each with its `id:`; and an `id:` line with every topic's
     /// position, so the client holds one before any message arrives.
-    pub(super) fn open_sse(&mut self, slot: u32, topics: &[String], last_event_id: Option<&str>) {
+    pub(in crate::connections) fn open_sse(
+        &mut self,
+        slot: u32,
+        topics: &[String],
+        last_event_id: Option<&str>,
+    ) {
         let resume = last_event_id.map(sse::parse_positions);
         let mut lost = Vec::new();
         let mut positions = Positions::new();
@@ -158,7 +168,9 @@ impl Connections {
                 continue;
             };
             if recovery.top > 0 {
-                self.skips.insert(id, slot, recovery.top, recovery.epoch);
+                self.resumes
+                    .skips
+                    .insert(id, slot, recovery.top, recovery.epoch);
             }
             let recovered = match (&since, recovery.replay) {
                 (Some(since), Some(frames)) => {
@@ -208,7 +220,35 @@ impl Connections {
             self.io.queue(conn, slot, sse::id_line(&id, true));
         }
         if positions.len() > 1 {
-            self.streams.0.insert(slot, positions);
+            self.transports.sse.0.insert(slot, positions);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Frames;
+    use crate::protocol::v1::{self, Content, Data, Position};
+
+    #[test]
+    fn a_delivery_is_one_event_with_the_topic_position_as_its_id() {
+        let epoch = Epoch::parse("AAAAAAAA").unwrap();
+        let at = Position {
+            offset: 3,
+            epoch: epoch.as_str(),
+        };
+        let v1 = Frames::plain(v1::message("h.a", Some(at), &Data::new(Content::Text, b"hi")).0);
+        let mut e = Encoded::default();
+        let event = e.with_id("h.a", 3, epoch, &v1.plain);
+        assert_eq!(
+            std::str::from_utf8(&event).unwrap(),
+            "id: h.a:3:AAAAAAAA\ndata: {\"op\":\"message\",\"topic\":\"h.a\",\"offset\":3,\
+             \"epoch\":\"AAAAAAAA\",\"data\":\"hi\"}\n\n"
+        );
+        let again = e.with_id("h.a", 3, epoch, &v1.plain);
+        assert_eq!(again.as_ptr(), event.as_ptr(), "encoded once");
+        let plain = e.data(&v1.plain);
+        assert!(std::str::from_utf8(&plain).unwrap().starts_with("data: {"));
     }
 }
