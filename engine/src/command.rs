@@ -91,7 +91,7 @@ pub enum Command {
         topic: String,
         /// The topic's position and replay; `None` when the broker could
         /// not be read.
-        position: Option<crate::broker::Position>,
+        position: Option<crate::hub::Recovery>,
     },
     /// Send `{"op":"resync","topic":…}` to every `ringcast.v1` subscriber
     /// of any of `topics` (deliveries may have been missed).

@@ -73,11 +73,12 @@ pub mod auth {
 /// ([`history::Page`]), as the engine's hub keeps them and as a broker
 /// answers for them.
 pub mod history {
-    pub use crate::broker::Position;
     pub use crate::hub::epoch::Epoch;
     pub use crate::hub::history::HistoryStats;
     pub use crate::hub::rules::Rule;
-    pub use crate::hub::Page;
+    /// The name the server's broker gives [`Recovery`]: the same type.
+    pub use crate::hub::Recovery as Position;
+    pub use crate::hub::{Page, Recovery};
 }
 
 /// The io_uring setup the workers use, for clients (the bench's load

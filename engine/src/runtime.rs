@@ -372,12 +372,7 @@ impl Handle {
     /// Hands the broker's answer to a
     /// [`crate::upstream::Event::Recover`] back to the connection
     /// `origin` names (ignored if it left the topic or is gone).
-    pub fn recovered(
-        &self,
-        origin: Origin,
-        topic: String,
-        position: Option<crate::broker::Position>,
-    ) {
+    pub fn recovered(&self, origin: Origin, topic: String, position: Option<crate::hub::Recovery>) {
         if let Some(mailbox) = self.mailboxes.get(origin.worker as usize) {
             let _ = mailbox.send(Command::Recovered {
                 slot: origin.slot,

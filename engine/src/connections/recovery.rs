@@ -1,6 +1,11 @@
-//! `ringcast.v1` connections on a worker: a subscribe answered with the
-//! topic's position, the replay of what a resuming client missed, and the
-//! skip of live frames the subscription already covers.
+//! The one resume path: a subscription of any transport that keeps
+//! positions (`ringcast.v1`, SSE, long-poll) reads where its topic stands
+//! and what the client missed through [`Connections::resume`], from the
+//! local hub or, with a broker, from the broker; the transport then makes
+//! its bytes of the answer (`subscribed` and the replay, SSE events with
+//! their ids, a poll's answer). So SSE's `Last-Event-ID` and a poll's
+//! `since` recover on another node of a cluster exactly as a
+//! `ringcast.v1` resume does.
 //!
 //! # No gap, no duplicate
 //! The worker reads the topic's history ([`crate::hub::Hub::recover`])
@@ -32,11 +37,11 @@
 //! them until the first frame past `top`.
 
 use super::Connections;
-use crate::broker;
 use crate::hub::epoch::Epoch;
-use crate::protocol::v1::{self, Position};
-use crate::stats::WorkerStats;
+use crate::hub::Recovery;
+use crate::protocol::v1::Since;
 use crate::topics::TopicId;
+use crate::upstream::{Event, Origin, Recover};
 use bytes::Bytes;
 use std::collections::HashMap;
 
@@ -163,62 +168,106 @@ impl Held {
     }
 }
 
-impl Connections {
-    /// The broker's answer to [`crate::upstream::Event::Recover`] for connection (`slot`,
-    /// `gen`) on `topic`: `None` when the broker could not be read (the
-    /// subscription stays, answered without a position; a resume gets
-    /// `recovered:false`). Replies `subscribed`, queues the replay, then
-    /// the live deliveries held meanwhile that the replay does not cover.
-    /// Ignored when the connection left the topic or is gone.
-    pub fn recovered(
+/// A live delivery held while the broker reads: its position and its
+/// `ringcast.v1` frame.
+pub(super) type Live = (Option<(u64, Epoch)>, Bytes);
+
+/// What the one resume operation ([`Connections::resume`]) gave.
+pub(super) enum Read {
+    /// The topic keeps no history: no position, live messages only.
+    NoHistory,
+    /// Read from this node's hub, at once.
+    Now(Recovery),
+    /// Asked the broker: its answer reaches the transport through
+    /// [`Connections::recovered`].
+    Asked,
+}
+
+impl Held {
+    /// The broker answered `slot`'s read of `topic` with `position`
+    /// (`None`: it could not be read). Returns whether the client gave a
+    /// position, and the live deliveries held meanwhile that the answer
+    /// does not cover, in order; from now on a delivery the answer covers
+    /// is dropped (see [`Hold::Floor`]). `None` when nothing waited (the
+    /// connection left the topic).
+    pub fn answered(
         &mut self,
+        topic: TopicId,
         slot: u32,
-        gen: u32,
-        topic: &str,
-        position: Option<broker::Position>,
-    ) {
-        let Some(id) = self.topics.id(topic) else {
-            return;
+        position: Option<&Recovery>,
+    ) -> Option<(bool, Vec<Live>)> {
+        let Some(Hold::Waiting { resumes, frames }) = self.0.remove(&(topic, slot)) else {
+            return None;
         };
-        if self.table.get_mut(slot).is_none_or(|c| c.gen != gen) {
-            return;
-        }
-        let Some(Hold::Waiting { resumes, frames }) = self.resumes.held.0.remove(&(id, slot))
-        else {
-            return;
-        };
-        let resumed = |recovered: bool| resumes.then_some(recovered);
-        let covered = match &position {
-            Some(p) => {
-                let at = Position {
-                    offset: p.top,
-                    epoch: p.epoch.as_str(),
-                };
-                let reply = v1::subscribed(topic, Some(at), resumed(p.replay.is_some()));
-                self.reply(slot, reply);
-                Some((p.top, p.epoch))
-            }
-            None => {
-                self.reply(slot, v1::subscribed(topic, None, resumed(false)));
-                None
-            }
-        };
-        let replay = position.and_then(|p| p.replay).into_iter().flatten();
+        let covered = position.map(|p| (p.top, p.epoch));
         if let Some((top, epoch)) = covered.filter(|&(top, _)| top > 0) {
-            self.resumes
-                .held
-                .0
-                .insert((id, slot), Hold::Floor { top, epoch });
+            self.0.insert((topic, slot), Hold::Floor { top, epoch });
         }
         let live = frames.into_iter().filter(|(at, _)| {
             !matches!((at, covered), (Some((o, e)), Some((top, epoch))) if *e == epoch && *o <= top)
         });
-        let conn = self.table.get_mut(slot).expect("live slot");
-        let mut queued = 0;
-        for frame in replay.chain(live.map(|(_, f)| f)) {
-            queued += u64::from(self.io.queue(conn, slot, frame));
+        Some((resumes, live.collect()))
+    }
+}
+
+impl Connections {
+    /// The one resume operation, for every transport that keeps
+    /// positions: where `slot`'s new subscription to `topic` (id `id`)
+    /// stands and, with `since`, what it missed, within `room` bytes of
+    /// replay (`resumes`: the client came with a position, for the
+    /// transport's answer). Without a broker the hub answers at once, and live
+    /// deliveries the read covers are then skipped ([`Skips`]). With one,
+    /// the broker is asked ([`crate::upstream::Event::Recover`]) and the
+    /// subscription's live deliveries are held ([`Held`]) until its
+    /// answer, which [`Connections::recovered`] hands to the transport.
+    pub(super) fn resume(
+        &mut self,
+        slot: u32,
+        id: TopicId,
+        topic: &str,
+        since: Option<&Since>,
+        resumes: bool,
+        room: usize,
+    ) -> Read {
+        if !self.broker {
+            let Some(recovery) = self.hub.recover(topic, since, room) else {
+                return Read::NoHistory;
+            };
+            if recovery.top > 0 {
+                self.resumes
+                    .skips
+                    .insert(id, slot, recovery.top, recovery.epoch);
+            }
+            return Read::Now(recovery);
         }
-        WorkerStats::add(&self.io.stats().messages_out, queued);
+        if self.hub.rule(topic).is_none() {
+            return Read::NoHistory;
+        }
+        self.resumes.held.wait(id, slot, resumes);
+        let gen = self.table.get_mut(slot).expect("live slot").gen;
+        let origin = Origin {
+            worker: self.io.worker as u32,
+            slot,
+            gen,
+        };
+        self.send_to_broker(Event::Recover(Recover {
+            origin,
+            topic: topic.to_owned(),
+            since: since.cloned(),
+            room,
+        }));
+        Read::Asked
+    }
+
+    /// Bytes a replay may take in `slot`'s send queue: what the queue can
+    /// still take, less `reserved` (replays already planned) and room for
+    /// the reply about `topic` that precedes it.
+    pub(super) fn replay_room(&mut self, slot: u32, topic: &str, reserved: usize) -> usize {
+        let pending = self.table.get_mut(slot).expect("live slot").out.pending();
+        self.io
+            .limits
+            .max_outbound
+            .saturating_sub(pending + reserved + REPLY_ROOM + topic.len())
     }
 
     /// The id of `topic` if `slot` is subscribed to it.

@@ -35,6 +35,7 @@ use super::Connections;
 use crate::conn::{Conn, Endpoint};
 use crate::delivery::Frames;
 use crate::hub::epoch::Epoch;
+use crate::hub::Recovery;
 use crate::protocol::close::{self, code};
 use crate::timers::Tick;
 use crate::topics::{TopicId, Topics};
@@ -259,5 +260,31 @@ impl Connections {
             .min(conn.last_ping() + self.io.limits.ping)
             .min(conn.expires);
         self.io.schedule(conn, slot, next);
+    }
+}
+
+impl Connections {
+    /// The broker's answer to [`crate::upstream::Event::Recover`] for
+    /// connection (`slot`, `gen`) on `topic`: `None` when the broker could
+    /// not be read. Handed, with the live deliveries held meanwhile that
+    /// the answer does not cover, to the connection's transport, which
+    /// answers as it would a read of the local hub. Ignored when the
+    /// connection left the topic or is gone.
+    pub fn recovered(&mut self, slot: u32, gen: u32, topic: &str, position: Option<Recovery>) {
+        let Some(id) = self.topics.id(topic) else {
+            return;
+        };
+        let Some(conn) = self.table.get_mut(slot).filter(|c| c.gen == gen) else {
+            return;
+        };
+        let endpoint = conn.endpoint();
+        let Some((resumes, live)) = self.resumes.held.answered(id, slot, position.as_ref()) else {
+            return;
+        };
+        match endpoint {
+            Some(Endpoint::Sse) => self.sse_resumed(slot, id, resumes, position, live),
+            Some(Endpoint::Poll) => self.poll_resumed(slot, id, resumes, position, live),
+            _ => self.v1_resumed(slot, topic, resumes, position, live),
+        }
     }
 }

@@ -17,17 +17,18 @@
 
 use super::super::handshake::query_topics;
 use super::super::io::Io;
-use super::super::recovery::REPLY_ROOM;
+use super::super::recovery::{Live, Read, REPLY_ROOM};
 use super::super::Connections;
 use super::sse::{id_text, Positions};
 use super::Delivery;
 use crate::conn::Conn;
+use crate::hub::Recovery;
 use crate::protocol::handshake::{self, Reject};
 use crate::protocol::sse::parse_positions;
 use crate::protocol::{frame, poll, v1::Since};
 use crate::stats::WorkerStats;
 use crate::timers::Tick;
-use crate::topics::Topics;
+use crate::topics::{TopicId, Topics};
 use bytes::Bytes;
 use std::collections::HashMap;
 
@@ -44,6 +45,20 @@ pub(super) struct Poll {
     waiting: bool,
     /// Tick at which a waiting poll is answered with no message.
     deadline: Tick,
+    /// The broker's reads the poll waits for before it answers or waits.
+    reading: Option<Box<Reading>>,
+}
+
+/// A poll waiting for the broker's reads of its topics.
+struct Reading {
+    /// Reads not answered yet.
+    asked: usize,
+    /// Frames after the poll's positions, so far.
+    frames: Vec<Bytes>,
+    /// Topics it could not resume, so far.
+    reset: Vec<String>,
+    /// A topic with history learned its position.
+    unplaced: bool,
 }
 
 /// Long-poll connections by slot, and those answered by the publish being
@@ -124,6 +139,7 @@ impl Connections {
         let mut reserved = 0;
         // A topic with history but no `since` learns its position at once.
         let mut unplaced = false;
+        let mut asked = 0;
         for topic in topics {
             if self.held(slot, topic).is_some() {
                 continue;
@@ -146,14 +162,14 @@ impl Connections {
                 .limits
                 .max_outbound
                 .saturating_sub(reserved + REPLY_ROOM + topic.len());
-            let Some(recovery) = self.hub.recover(topic, from.as_ref(), room) else {
-                continue; // no history: live messages only
+            let recovery = match self.resume(slot, id, topic, from.as_ref(), from.is_some(), room) {
+                Read::NoHistory => continue, // live messages only
+                Read::Asked => {
+                    asked += 1;
+                    continue;
+                }
+                Read::Now(recovery) => recovery,
             };
-            if recovery.top > 0 {
-                self.resumes
-                    .skips
-                    .insert(id, slot, recovery.top, recovery.epoch);
-            }
             state.positions.push((id, recovery.top, recovery.epoch));
             match recovery.replay {
                 Some(replay) => {
@@ -164,6 +180,87 @@ impl Connections {
                 None => unplaced = true,
             }
         }
+        if asked > 0 {
+            state.reading = Some(Box::new(Reading {
+                asked,
+                frames,
+                reset,
+                unplaced,
+            }));
+            self.transports.poll.by_slot.insert(slot, state);
+            return; // answered once the broker's reads are (`poll_resumed`)
+        }
+        self.poll_decide(slot, state, frames, reset, unplaced);
+    }
+
+    /// The broker's answer for `slot`'s poll on topic `id` (see
+    /// [`Connections::recovered`]): the topic's position, its replay (or
+    /// its reset), and the `live` deliveries held meanwhile join the
+    /// poll's answer, which is decided once every read is in.
+    pub(super) fn poll_resumed(
+        &mut self,
+        slot: u32,
+        id: TopicId,
+        resumes: bool,
+        at: Option<Recovery>,
+        live: Vec<Live>,
+    ) {
+        let polls = &mut self.transports.poll.by_slot;
+        let Some(mut state) = polls.remove(&slot) else {
+            return;
+        };
+        let Some(mut reading) = state.reading.take() else {
+            polls.insert(slot, state);
+            return;
+        };
+        let name = self.topics.name(id);
+        match at {
+            Some(recovery) => {
+                state.positions.push((id, recovery.top, recovery.epoch));
+                match recovery.replay {
+                    Some(replay) => reading.frames.extend(replay),
+                    None if resumes => reading.reset.push(name.to_owned()),
+                    None => reading.unplaced = true,
+                }
+            }
+            // The broker could not be read: live messages only.
+            None if resumes => reading.reset.push(name.to_owned()),
+            None => {}
+        }
+        for (position, frame) in live {
+            let at = state.positions.iter_mut().find(|at| at.0 == id);
+            if let (Some(at), Some((offset, epoch))) = (at, position) {
+                (at.1, at.2) = (offset, epoch);
+            }
+            reading.frames.push(frame);
+        }
+        reading.asked -= 1;
+        if reading.asked > 0 {
+            state.reading = Some(reading);
+            self.transports.poll.by_slot.insert(slot, state);
+            return;
+        }
+        let Reading {
+            frames,
+            reset,
+            unplaced,
+            ..
+        } = *reading;
+        self.poll_decide(slot, state, frames, reset, unplaced);
+    }
+
+    /// A poll whose reads are all in: answers at once with `frames` (the
+    /// `ringcast.v1` frames after its positions), `reset` (topics it could
+    /// not resume), or for a topic that learns its position (`unplaced`);
+    /// else waits for the first live delivery or `--poll-timeout`.
+    fn poll_decide(
+        &mut self,
+        slot: u32,
+        mut state: Poll,
+        frames: Vec<Bytes>,
+        reset: Vec<String>,
+        unplaced: bool,
+    ) {
         if frames.is_empty() && reset.is_empty() && !unplaced {
             state.waiting = true;
             state.deadline = self.io.wheel.now() + self.io.limits.poll_timeout;
@@ -213,11 +310,11 @@ impl Connections {
     }
 
     /// Bytes on a long-poll connection: the next request, once the answer
-    /// to the last one is queued. A request sent while a poll waits is
-    /// dropped (a client waits for its answer before asking again).
+    /// to the last one is queued. A request sent while a poll waits (or
+    /// reads its positions) is dropped (a client waits for its answer before asking again).
     pub(in crate::connections) fn on_poll_bytes(&mut self, slot: u32, data: &[u8]) {
         let state = self.transports.poll.by_slot.entry(slot).or_default();
-        if state.waiting {
+        if state.waiting || state.reading.is_some() {
             return;
         }
         state.head.extend_from_slice(data);

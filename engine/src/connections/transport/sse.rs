@@ -18,11 +18,12 @@
 //! their live frames arrive.
 
 use super::super::io::Io;
-use super::super::recovery::REPLY_ROOM;
+use super::super::recovery::{Live, Read};
 use super::super::Connections;
 use super::Delivery;
 use crate::conn::Conn;
 use crate::hub::epoch::Epoch;
+use crate::hub::Recovery;
 use crate::protocol::v1::{self, Position, Since};
 use crate::protocol::{frame, sse};
 use crate::stats::WorkerStats;
@@ -118,14 +119,28 @@ pub(super) fn heartbeat() -> Bytes {
     Bytes::from_static(sse::HEARTBEAT)
 }
 
+/// One topic's read, as a stream's events are made of it.
+struct TopicRead {
+    id: TopicId,
+    /// The topic keeps history.
+    history: bool,
+    /// Where it stands (`None`: no history, or the broker could not be
+    /// read).
+    at: Option<Recovery>,
+    /// Live deliveries held while the broker read.
+    live: Vec<Live>,
+}
+
 impl Connections {
     /// Opens an SSE stream on `slot` (its head already queued): subscribes
-    /// to `topics` (allowed at the handshake), resumes each from
-    /// `last_event_id` where the history allows, and queues, in order: an
-    /// `event: reset` naming the topics a resume did not recover; one
-    /// `event: subscribed` per topic (the `ringcast.v1` reply); the
-    /// replays, each with its `id:`; and an `id:` line with every topic's
-    /// position, so the client holds one before any message arrives.
+    /// to `topics` (allowed at the handshake) and resumes each from
+    /// `last_event_id` through the one resume operation. What the local
+    /// history answers is queued at once, in order: an `event: reset`
+    /// naming the topics a resume did not recover; one `event: subscribed`
+    /// per topic (the `ringcast.v1` reply); the replays, each with its
+    /// `id:`; and an `id:` line with every topic's position, so the client
+    /// holds one before any message arrives. What the broker answers comes
+    /// the same way, topic by topic ([`Connections::sse_resumed`]).
     pub(in crate::connections) fn open_sse(
         &mut self,
         slot: u32,
@@ -133,11 +148,10 @@ impl Connections {
         last_event_id: Option<&str>,
     ) {
         let resume = last_event_id.map(sse::parse_positions);
-        let mut lost = Vec::new();
-        let mut positions = Positions::new();
-        let mut replays: Vec<(usize, Vec<Bytes>)> = Vec::new();
-        let mut events = Vec::new();
+        let resumes = resume.is_some();
+        let mut reads = Vec::new();
         let mut reserved = 0;
+        let mut asked = 0;
         for topic in topics {
             if self.held(slot, topic).is_some() {
                 continue; // named twice
@@ -154,73 +168,130 @@ impl Connections {
                     offset: p.offset,
                     epoch: p.epoch.clone(),
                 });
-            let pending = self.table.get_mut(slot).expect("live slot").out.pending();
-            let room = self
-                .io
-                .limits
-                .max_outbound
-                .saturating_sub(pending + reserved + REPLY_ROOM + topic.len());
-            let Some(recovery) = self.hub.recover(topic, since.as_ref(), room) else {
-                if resume.is_some() {
-                    lost.push(topic.clone());
+            let room = self.replay_room(slot, topic, reserved);
+            let at = match self.resume(slot, id, topic, since.as_ref(), resumes, room) {
+                Read::Asked => {
+                    asked += 1;
+                    continue;
                 }
-                events.push(v1::subscribed(topic, None, None));
-                continue;
-            };
-            if recovery.top > 0 {
-                self.resumes
-                    .skips
-                    .insert(id, slot, recovery.top, recovery.epoch);
-            }
-            let recovered = match (&since, recovery.replay) {
-                (Some(since), Some(frames)) => {
-                    reserved += frames.iter().map(Bytes::len).sum::<usize>();
-                    positions.push((id, since.offset, recovery.epoch));
-                    replays.push((positions.len() - 1, frames));
-                    true
-                }
-                _ => {
-                    positions.push((id, recovery.top, recovery.epoch));
-                    false
+                Read::NoHistory => None,
+                Read::Now(mut recovery) => {
+                    if since.is_none() {
+                        recovery.replay = None;
+                    }
+                    let replay = recovery.replay.iter().flatten();
+                    reserved += replay.map(Bytes::len).sum::<usize>();
+                    Some(recovery)
                 }
             };
-            if resume.is_some() && !recovered {
-                lost.push(topic.clone());
-            }
-            let at = Position {
-                offset: recovery.top,
-                epoch: recovery.epoch.as_str(),
-            };
-            events.push(v1::subscribed(
-                topic,
-                Some(at),
-                resume.is_some().then_some(recovered),
-            ));
+            let history = at.is_some();
+            reads.push(TopicRead {
+                id,
+                history,
+                at,
+                live: Vec::new(),
+            });
         }
+        let mut positions = Positions::new();
+        self.sse_events(slot, resumes, reads, &mut positions);
+        let known = positions.len();
+        if known + asked > 1 {
+            self.transports.sse.0.insert(slot, positions);
+        }
+    }
+
+    /// The broker's answer for `slot`'s stream on `topic` (id `id`; see
+    /// [`Connections::recovered`]): its events, as [`Self::open_sse`]
+    /// queues them, then the `live` deliveries held meanwhile.
+    pub(super) fn sse_resumed(
+        &mut self,
+        slot: u32,
+        id: TopicId,
+        resumes: bool,
+        at: Option<Recovery>,
+        live: Vec<Live>,
+    ) {
+        let mut positions = self.transports.sse.0.remove(&slot);
+        let read = TopicRead {
+            id,
+            history: true,
+            at,
+            live,
+        };
+        let mut own = Positions::new();
+        self.sse_events(
+            slot,
+            resumes,
+            vec![read],
+            positions.as_mut().unwrap_or(&mut own),
+        );
+        if let Some(positions) = positions {
+            self.transports.sse.0.insert(slot, positions);
+        }
+    }
+
+    /// Queues the events of `reads` on `slot`'s stream (`resumes`: it
+    /// came with a `Last-Event-ID`), adding each topic's position to
+    /// `positions`: `reset`, `subscribed`, the replays and the held live
+    /// deliveries with their `id:`, then an `id:` line.
+    fn sse_events(
+        &mut self,
+        slot: u32,
+        resumes: bool,
+        reads: Vec<TopicRead>,
+        positions: &mut Positions,
+    ) {
+        let recovered = |r: &TopicRead| r.at.as_ref().is_some_and(|at| at.replay.is_some());
+        let lost: Vec<String> = reads
+            .iter()
+            .filter(|r| resumes && !recovered(r))
+            .map(|r| self.topics.name(r.id).to_owned())
+            .collect();
         let conn = self.table.get_mut(slot).expect("live slot");
         if !lost.is_empty() {
             self.io.queue(conn, slot, sse::reset_event(&lost));
         }
-        for reply in events {
+        let mut replays = Vec::new();
+        for r in &reads {
+            let name = self.topics.name(r.id);
+            let reply = match &r.at {
+                Some(at) => {
+                    let position = Position {
+                        offset: at.top,
+                        epoch: at.epoch.as_str(),
+                    };
+                    v1::subscribed(name, Some(position), resumes.then_some(recovered(r)))
+                }
+                None if r.history => v1::subscribed(name, None, resumes.then_some(false)),
+                None => v1::subscribed(name, None, None),
+            };
             self.io
                 .queue(conn, slot, sse::named("subscribed", reply.as_bytes()));
+            let Some(at) = &r.at else {
+                continue;
+            };
+            let replay = at.replay.as_deref().unwrap_or_default();
+            // A replay runs from the client's position up to the top.
+            positions.push((r.id, at.top - replay.len() as u64, at.epoch));
+            replays.push((positions.len() - 1, replay, &r.live));
         }
         let mut replayed = 0;
-        for (at, frames) in replays {
-            for frame in frames {
-                positions[at].1 += 1;
-                let id = id_text(&self.topics, &positions);
-                let event = sse::with_id(&id, frame::server_payload(&frame));
+        for (at, replay, live) in replays {
+            let live = live.iter().map(|(p, f)| (*p, f));
+            for (position, frame) in replay.iter().map(|f| (None, f)).chain(live) {
+                match position {
+                    Some((offset, epoch)) => (positions[at].1, positions[at].2) = (offset, epoch),
+                    None => positions[at].1 += 1,
+                }
+                let id = id_text(&self.topics, positions);
+                let event = sse::with_id(&id, frame::server_payload(frame));
                 replayed += u64::from(self.io.queue(conn, slot, event));
             }
         }
         WorkerStats::add(&self.io.stats().messages_out, replayed);
         if !positions.is_empty() {
-            let id = id_text(&self.topics, &positions);
+            let id = id_text(&self.topics, positions);
             self.io.queue(conn, slot, sse::id_line(&id, true));
-        }
-        if positions.len() > 1 {
-            self.transports.sse.0.insert(slot, positions);
         }
     }
 }

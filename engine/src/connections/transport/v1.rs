@@ -8,14 +8,14 @@
 //! worker on first use ([`super::Encodings::v1`]).
 
 use super::super::messages::Action;
-use super::super::recovery::REPLY_ROOM;
+use super::super::recovery::{Live, Read};
 use super::super::Connections;
 use crate::conn::Endpoint;
+use crate::hub::Recovery;
 use crate::protocol::control;
 use crate::protocol::decoder::Message;
 use crate::protocol::v1::{self, Position, Since};
 use crate::stats::WorkerStats;
-use crate::upstream::{Event, Origin, Recover};
 
 /// What a text or binary message asks for: a text message is an op.
 pub(super) fn on_message(message: Message<'_>) -> Action {
@@ -62,47 +62,47 @@ impl Connections {
             Some(id) if before.is_none() => id,
             _ => return self.reply(slot, reply), // refused, or already held
         };
-        let pending = self.table.get_mut(slot).expect("live slot").out.pending();
-        let room = self
-            .io
-            .limits
-            .max_outbound
-            .saturating_sub(pending + REPLY_ROOM + topic.len());
-        if self.broker {
-            if self.hub.rule(topic).is_none() {
-                return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
+        let room = self.replay_room(slot, topic, 0);
+        match self.resume(slot, id, topic, since, since.is_some(), room) {
+            Read::NoHistory => self.reply(slot, v1::subscribed(topic, None, since.map(|_| false))),
+            Read::Now(recovery) => {
+                self.v1_resumed(slot, topic, since.is_some(), Some(recovery), Vec::new());
             }
-            self.resumes.held.wait(id, slot, since.is_some());
-            let gen = self.table.get_mut(slot).expect("live slot").gen;
-            let origin = Origin {
-                worker: self.io.worker as u32,
-                slot,
-                gen,
-            };
-            return self.send_to_broker(Event::Recover(Recover {
-                origin,
-                topic: topic.to_owned(),
-                since: since.cloned(),
-                room,
-            }));
+            Read::Asked => {} // answered in `v1_resumed`
         }
-        let Some(recovery) = self.hub.recover(topic, since, room) else {
-            return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
+    }
+
+    /// Answers a subscribe to `topic` (`resumes`: with `since`) read at
+    /// `at` (`None`: the broker could not be read): `subscribed` with the
+    /// position and, for a resume, `recovered`; then the replay, then
+    /// `live` deliveries held while the broker read.
+    pub(super) fn v1_resumed(
+        &mut self,
+        slot: u32,
+        topic: &str,
+        resumes: bool,
+        at: Option<Recovery>,
+        live: Vec<Live>,
+    ) {
+        let (reply, replay) = match at {
+            Some(recovery) => {
+                let position = Position {
+                    offset: recovery.top,
+                    epoch: recovery.epoch.as_str(),
+                };
+                let recovered = resumes.then_some(recovery.replay.is_some());
+                let reply = v1::subscribed(topic, Some(position), recovered);
+                (reply, recovery.replay.unwrap_or_default())
+            }
+            None => (
+                v1::subscribed(topic, None, resumes.then_some(false)),
+                Vec::new(),
+            ),
         };
-        if recovery.top > 0 {
-            self.resumes
-                .skips
-                .insert(id, slot, recovery.top, recovery.epoch);
-        }
-        let at = Position {
-            offset: recovery.top,
-            epoch: recovery.epoch.as_str(),
-        };
-        let recovered = since.map(|_| recovery.replay.is_some());
-        self.reply(slot, v1::subscribed(topic, Some(at), recovered));
+        self.reply(slot, reply);
         let conn = self.table.get_mut(slot).expect("live slot");
         let mut queued = 0;
-        for frame in recovery.replay.into_iter().flatten() {
+        for frame in replay.into_iter().chain(live.into_iter().map(|(_, f)| f)) {
             queued += u64::from(self.io.queue(conn, slot, frame));
         }
         WorkerStats::add(&self.io.stats().messages_out, queued);
