@@ -1055,6 +1055,19 @@ async fn poll_once(server: &Server, query: &str) -> Value {
     serde_json::from_slice(&body).unwrap()
 }
 
+/// Polls `server` for `h.p` from `next` (updated to each answer's) until
+/// `count` messages came; returns them. A `reset` fails.
+async fn poll_until(server: &Server, next: &mut String, count: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let answer = poll_once(server, &format!("topic=h.p&since={}", urlencode(next))).await;
+        assert!(answer.get("reset").is_none(), "{answer}");
+        got.extend(answer["messages"].as_array().unwrap().clone());
+        *next = answer["next"].as_str().unwrap().to_owned();
+    }
+    got
+}
+
 /// Asserts `m` is message `i` (`m{i}` at offset `i`).
 fn assert_message(m: &Value, i: u64) {
     assert_eq!(
@@ -1068,6 +1081,8 @@ fn assert_message(m: &Value, i: u64) {
 async fn an_sse_client_resumes_on_another_node_with_last_event_id() {
     let redis = Redis::start().await;
     let (a, b) = (node(&[&redis], &[]), node(&[&redis], &[]));
+    wait_broker_state(&a, "up").await;
+    wait_broker_state(&b, "up").await;
     let mut sse = Sse::open(&a, "/sse?topic=h.s", None).await;
     for i in 1..=5 {
         assert_eq!(publish(&b, "topic=h.s", &format!("m{i}")).await.0, 200);
@@ -1095,6 +1110,8 @@ async fn an_sse_client_resumes_on_another_node_with_last_event_id() {
 async fn a_long_poll_client_resumes_on_another_node_with_since() {
     let redis = Redis::start().await;
     let (a, b) = (node(&[&redis], &[]), node(&[&redis], &[]));
+    wait_broker_state(&a, "up").await;
+    wait_broker_state(&b, "up").await;
     // A first poll learns the topic's position at once.
     let first = poll_once(&a, "topic=h.p").await;
     assert_eq!(first["messages"], json!([]), "{first}");
@@ -1104,13 +1121,7 @@ async fn a_long_poll_client_resumes_on_another_node_with_since() {
         assert_eq!(publish(&b, "topic=h.p", &format!("m{i}")).await.0, 200);
     }
     // Node A reads them from the broker, not from its own hub.
-    let mut got = Vec::new();
-    while got.len() < 5 {
-        let answer = poll_once(&a, &format!("topic=h.p&since={}", urlencode(&next))).await;
-        assert!(answer.get("reset").is_none(), "{answer}");
-        got.extend(answer["messages"].as_array().unwrap().clone());
-        next = answer["next"].as_str().unwrap().to_owned();
-    }
+    let got = poll_until(&a, &mut next, 5).await;
     for (i, m) in (1..).zip(&got) {
         assert_message(m, i);
     }
@@ -1118,13 +1129,7 @@ async fn a_long_poll_client_resumes_on_another_node_with_since() {
     for i in 6..=10 {
         assert_eq!(publish(&b, "topic=h.p", &format!("m{i}")).await.0, 200);
     }
-    let mut got = Vec::new();
-    while got.len() < 5 {
-        let answer = poll_once(&b, &format!("topic=h.p&since={}", urlencode(&next))).await;
-        assert!(answer.get("reset").is_none(), "{answer}");
-        got.extend(answer["messages"].as_array().unwrap().clone());
-        next = answer["next"].as_str().unwrap().to_owned();
-    }
+    let mut got = poll_until(&b, &mut next, 5).await;
     // A waiting poll, answered by the next publish.
     let waiting = {
         let query = format!("topic=h.p&since={}", urlencode(&next));
@@ -1148,6 +1153,8 @@ async fn a_long_poll_client_resumes_on_another_node_with_since() {
 async fn a_v1_client_resumes_on_another_node_after_its_node_is_killed() {
     let redis = Redis::start().await;
     let (a, b) = (node(&[&redis], &[]), node(&[&redis], &[]));
+    wait_broker_state(&a, "up").await;
+    wait_broker_state(&b, "up").await;
     let mut ws = connect_v1(&a.url("/ws")).await;
     let epoch = subscribe_v1(&mut ws, "h.v", None).await["epoch"]
         .as_str()

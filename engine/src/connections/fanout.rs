@@ -9,6 +9,7 @@ use super::Connections;
 use crate::conn::{Conn, Phase};
 use crate::delivery::{Frames, TopicFrame};
 use crate::stats::WorkerStats;
+use crate::topics::TopicId;
 use bytes::Bytes;
 
 /// One publish as a worker applies it (see [`Connections::publish`]).
@@ -75,31 +76,11 @@ impl Connections {
                 raw: frames,
                 v1,
             };
-            let mut encodings = Encodings::default();
-            let mut reach = Reach {
-                io: &mut self.io,
-                transports: &mut self.transports,
-                topics: &self.topics,
-                local: &local,
+            let who = match topic {
+                Some(id) => Reached::Topic(id),
+                None => Reached::Users(users),
             };
-            let (table, resumes) = (&mut self.table, &mut self.resumes);
-            let mut visit = |slot| {
-                let conn = table.get_mut(slot).expect("reached slot is live");
-                let fan = Fan {
-                    number,
-                    skip,
-                    resumes: &mut *resumes,
-                };
-                usize::from(fan.step(conn, slot, &d, &mut encodings, &mut reach))
-            };
-            queued += match topic {
-                Some(id) => self.topics.members(id).map(&mut visit).sum::<usize>(),
-                None => users
-                    .iter()
-                    .flat_map(|user| self.sessions.user_slots(user))
-                    .map(&mut visit)
-                    .sum(),
-            };
+            queued += self.reach(&d, who, number, skip, &local);
         }
         self.finish_polls();
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
@@ -121,18 +102,54 @@ impl Connections {
             raw: frames,
             v1,
         };
+        self.delivery += 1;
+        let queued = self.reach(&d, Reached::All, self.delivery, None, &local);
+        WorkerStats::add(&self.io.stats().messages_out, queued as u64);
+        queued
+    }
+
+    /// The fan-out loop: `d` to each connection `who` names, through one
+    /// step per connection ([`Fan::step`]) whatever its transport, with
+    /// this worker's encodings of `d` made once, on first use. Returns how
+    /// many deliveries were queued.
+    fn reach(
+        &mut self,
+        d: &Delivery<'_>,
+        who: Reached<'_>,
+        number: u64,
+        skip: Option<(u32, u32)>,
+        local: &dyn Fn(&Frames) -> Frames,
+    ) -> usize {
         let mut encodings = Encodings::default();
         let mut reach = Reach {
             io: &mut self.io,
             transports: &mut self.transports,
             topics: &self.topics,
-            local: &local,
+            local,
         };
+        let resumes = &mut self.resumes;
+        let mut visit = |slot, conn: &mut Conn| {
+            let fan = Fan {
+                number,
+                skip,
+                resumes: &mut *resumes,
+            };
+            usize::from(fan.step(conn, slot, d, &mut encodings, &mut reach))
+        };
+        let table = &mut self.table;
         let mut queued = 0;
-        self.table.for_each(|slot, conn| {
-            queued += usize::from(reach.deliver(conn, slot, &d, &mut encodings));
-        });
-        WorkerStats::add(&self.io.stats().messages_out, queued as u64);
+        let mut by_slot = |slot| {
+            let conn = table.get_mut(slot).expect("reached slot is live");
+            queued += visit(slot, conn);
+        };
+        match who {
+            Reached::Topic(id) => self.topics.members(id).for_each(&mut by_slot),
+            Reached::Users(users) => users
+                .iter()
+                .flat_map(|user| self.sessions.user_slots(user))
+                .for_each(&mut by_slot),
+            Reached::All => table.for_each(|slot, conn| queued += visit(slot, conn)),
+        }
         queued
     }
 
@@ -171,6 +188,16 @@ impl Connections {
             })
             .count()
     }
+}
+
+/// The connections a delivery reaches.
+enum Reached<'a> {
+    /// A topic's subscribers.
+    Topic(TopicId),
+    /// The connections of these users.
+    Users(&'a [String]),
+    /// Every connection.
+    All,
 }
 
 /// What a publish's fan-out step needs beside the connection.

@@ -213,7 +213,7 @@ impl Io {
         if conn.close_code == 0 {
             conn.close_code = status.unwrap_or(code::NO_STATUS);
         }
-        let last = super::transport::close_bytes(conn.endpoint(), status, reason);
+        let last = super::transport::close::close_bytes(conn.endpoint(), status, reason);
         if let Some(last) = last {
             self.enqueue(conn, last);
         }

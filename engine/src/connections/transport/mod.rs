@@ -23,6 +23,7 @@
 //! this file. The fan-out, the send queue, admission, drain and the
 //! resume path are shared.
 
+pub(super) mod close;
 pub(super) mod echo;
 pub(super) mod poll;
 pub(super) mod sse;
@@ -36,7 +37,7 @@ use crate::conn::{Conn, Endpoint};
 use crate::delivery::Frames;
 use crate::hub::epoch::Epoch;
 use crate::hub::Recovery;
-use crate::protocol::close::{self, code};
+use crate::protocol::close::code;
 use crate::timers::Tick;
 use crate::topics::{TopicId, Topics};
 use bytes::Bytes;
@@ -151,25 +152,6 @@ impl Reach<'_> {
             }
             Some(Endpoint::Echo) | None => false,
         }
-    }
-}
-
-/// The last bytes of a connection the server closes with `status` and
-/// `reason`: a close frame (RFC 6455 §5.5.1), an SSE `event: close`, or
-/// nothing on a long-poll connection (plain HTTP: a waiting poll ends with
-/// the connection).
-pub(super) fn close_bytes(
-    endpoint: Option<Endpoint>,
-    status: Option<u16>,
-    reason: &str,
-) -> Option<Bytes> {
-    match endpoint {
-        Some(Endpoint::Sse) => Some(crate::protocol::sse::close_event(
-            status.unwrap_or(code::GOING_AWAY),
-            reason,
-        )),
-        Some(Endpoint::Poll) => None,
-        _ => Some(close::encode(status, reason)),
     }
 }
 
