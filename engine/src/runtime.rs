@@ -90,6 +90,7 @@ impl Runtime {
         let accept_rate = config.max_handshakes_per_sec.map(|r| r / workers as f64);
         let hub = Arc::new(Hub::new(config.history.clone(), config.history_max_bytes));
         let config = Arc::new(config);
+        let own_handle = Arc::new(std::sync::OnceLock::new());
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut mailboxes = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
@@ -111,6 +112,7 @@ impl Runtime {
                 admission: admission.clone(),
                 accept_rate,
                 hub: hub.clone(),
+                handle: own_handle.clone(),
             };
             let (config, ready) = (config.clone(), ready_tx.clone());
             let thread = std::thread::Builder::new()
@@ -137,6 +139,9 @@ impl Runtime {
             hub,
             compression_min_size: config.compression.then_some(config.compression_min_size),
         };
+        // Workers that find it unset (a client publish in the instant
+        // before this) hand the publish upstream, as with a hook.
+        let _ = own_handle.set(handle.clone());
         let mut failure = None;
         for _ in 0..workers {
             if let Ok(Err(e)) = ready_rx.recv() {

@@ -20,8 +20,10 @@ use crate::stats::WorkerStats;
 use crate::topics;
 use crate::upstream::{Closed, Event, Hooks, Origin, Publish, Rpc, Upstream};
 use crate::Content;
+use crate::{Handle, Sender};
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Full duplex on a worker: the settings, and the rate-limit state of the
@@ -29,13 +31,17 @@ use std::time::{Duration, Instant};
 pub(super) struct Duplex {
     pub settings: Settings,
     clients: HashMap<u32, Client>,
+    /// The runtime's handle, once set: what a client publish with no
+    /// hook and no broker is published through.
+    handle: Arc<OnceLock<Handle>>,
 }
 
 impl Duplex {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, handle: Arc<OnceLock<Handle>>) -> Self {
         Self {
             settings: Settings::new(config),
             clients: HashMap::new(),
+            handle,
         }
     }
 
@@ -203,6 +209,32 @@ impl Connections {
         !refused
     }
 
+    /// Sends a client publish on: with no publish hook and no broker it
+    /// needs nothing of the embedding program, so this worker publishes
+    /// it itself, through the runtime's handle (the path `POST /publish`
+    /// takes: one command to every worker), and answers `published` after
+    /// it (the reply follows the publish in this worker's channel, so an
+    /// echoed copy arrives first); else it goes upstream. Returns whether
+    /// it went.
+    fn publish_out(&mut self, slot: u32, publish: Publish, v1: bool, id: Option<u64>) -> bool {
+        let local = !self.duplex.settings.hooks.publish && !self.broker;
+        let Some(handle) = self.duplex.handle.get().filter(|_| local) else {
+            return self.send_upstream(slot, Event::Publish(publish), v1, id);
+        };
+        let sender = Sender {
+            user: publish.user,
+            skip: (!publish.echo).then_some(publish.origin),
+        };
+        let (content, payload) = (publish.content, &publish.payload);
+        let offsets =
+            handle.publish_as(publish.topics, Vec::new(), content, payload, &sender, drop);
+        if publish.reply {
+            let offset = offsets.first().map(|(_, offset)| *offset);
+            handle.reply(publish.origin, v1::published(publish.id, offset));
+        }
+        true
+    }
+
     /// A `ringcast.v1` `publish` op: allowed when the token's `publish`
     /// claim or `--client-publish` matches the topic, within the rate
     /// limits; then handed upstream, which answers `published`.
@@ -237,7 +269,7 @@ impl Connections {
             return;
         }
         let gen = self.table.get_mut(slot).expect("live slot").gen;
-        let event = Event::Publish(Publish {
+        let publish = Publish {
             origin: self.origin(slot, gen),
             id,
             reply: true,
@@ -246,8 +278,8 @@ impl Connections {
             echo: self.duplex.settings.echo,
             content: Content::Json,
             payload: Bytes::from(data.into_boxed_bytes()),
-        });
-        if self.send_upstream(slot, event, true, id) {
+        };
+        if self.publish_out(slot, publish, true, id) {
             WorkerStats::add(&self.io.stats().client_publishes, 1);
         }
     }
@@ -308,7 +340,7 @@ impl Connections {
         if !self.within_rate(slot, payload.len(), false, None) {
             return true;
         }
-        let event = Event::Publish(Publish {
+        let publish = Publish {
             origin: self.origin(slot, gen),
             id: None,
             reply: false,
@@ -317,8 +349,8 @@ impl Connections {
             echo: self.duplex.settings.echo,
             content,
             payload,
-        });
-        if self.send_upstream(slot, event, false, None) {
+        };
+        if self.publish_out(slot, publish, false, None) {
             WorkerStats::add(&self.io.stats().client_publishes, 1);
         }
         true

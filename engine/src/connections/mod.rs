@@ -97,7 +97,8 @@ fn tenant(table: &mut Table, slot: u32, gen: u32) -> &mut Conn {
 
 impl Connections {
     /// An empty table for slots `0..capacity`, for worker number `worker`.
-    /// Memory grows with the connections, not with `capacity`.
+    /// Memory grows with the connections, not with `capacity`. `handle`
+    /// is the runtime's, once set (see `duplex.rs`).
     pub fn new(
         config: &Config,
         capacity: usize,
@@ -105,6 +106,7 @@ impl Connections {
         worker: usize,
         admission: &Arc<Admission>,
         hub: Arc<crate::hub::Hub>,
+        handle: Arc<std::sync::OnceLock<crate::Handle>>,
     ) -> Self {
         Self {
             table: Table::new(capacity),
@@ -120,7 +122,7 @@ impl Connections {
             hub,
             transports: transport::Transports::default(),
             resumes: recovery::Resumes::default(),
-            duplex: duplex::Duplex::new(config),
+            duplex: duplex::Duplex::new(config, handle),
             broker: config.broker && config.upstream.is_some(),
             unsent: Vec::new(),
         }

@@ -85,6 +85,10 @@ pub struct Setup {
     pub wake: Arc<Wake>,
     /// All workers' counters.
     pub stats: Arc<[WorkerStats]>,
+    /// The runtime's handle, set once every worker is started: a client
+    /// publish with no hook and no broker is published through it from
+    /// the worker, with no hand-off to the embedding program.
+    pub handle: Arc<std::sync::OnceLock<crate::Handle>>,
     /// Admission rules and counts shared by every worker.
     pub admission: Arc<Admission>,
     /// This worker's share of `--max-handshakes-per-sec`.
@@ -134,6 +138,7 @@ impl Worker {
             setup.index,
             &setup.admission,
             setup.hub,
+            setup.handle,
         );
         Ok(Self {
             ring,
