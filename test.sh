@@ -6,7 +6,7 @@
 # server with the configs in deploy/, then the tuning/ scripts' tests
 # (root, for a network namespace). Installs the Python test venv (.venv),
 # clients/js's npm packages and, as root, Debian's nginx, haproxy,
-# redis-server and chromium on first use.
+# redis-server, redis-sentinel and chromium on first use.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,7 +26,8 @@ fi
 # the script for the evidence and the two-line fix (idempotent).
 .venv/bin/python tests/python/patch_kosoku.py
 
-# nginx, haproxy, redis-server and chromium from Debian (apt-get, as root).
+# nginx, haproxy, redis-server, redis-sentinel and chromium from Debian
+# (apt-get, as root).
 scripts/install-test-deps.sh
 
 # The JavaScript client's test packages (ws, playwright-core driving

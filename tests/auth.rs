@@ -190,6 +190,47 @@ async fn claims_limit_topics_in_the_url_and_over_the_socket() {
     assert_eq!(next_text(&mut w42).await, "m");
 }
 
+/// A `topics` claim may name a user-limited topic: the token stays valid,
+/// and the topic's own user list still decides who gets it.
+#[tokio::test]
+async fn a_topics_claim_listing_a_user_limited_topic_is_valid() {
+    let keys = Keys::new(false);
+    let server = Server::start(&["--jwt-hmac-secret-file", &keys.path("secret")]);
+    let specs: Vec<Value> = ["42", "43", "44"]
+        .iter()
+        .map(|sub| {
+            let claims = json!({"sub": sub, "topics": ["dialog#42,43", "t.*"]});
+            json!({"alg": "HS256", "key": keys.path("secret"), "claims": claims})
+        })
+        .collect();
+    let [t42, t43, t44]: [String; 3] = mint(&json!(specs)).try_into().unwrap();
+    let dialog = "topic=dialog%2342%2C43";
+
+    let mut w42 = connect(&server.url(&format!("/ws?{dialog}&token={t42}"))).await;
+    let mut w43 = connect_bearer(&server.url("/ws?topic=t.1"), &t43).await;
+    subscribe(&mut w43, "dialog#42,43").await;
+    let head = handshake_head(&server, &format!("/ws?{dialog}&token={t44}"), "").await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let mut w44 = connect(&server.url(&format!("/ws?topic=t.1&token={t44}"))).await;
+    send_json(
+        &mut w44,
+        json!({"op": "subscribe", "topic": "dialog#42,43"}),
+    )
+    .await;
+    expect_json(
+        &mut w44,
+        json!({"op": "error", "topic": "dialog#42,43", "reason": "forbidden"}),
+    )
+    .await;
+    assert_eq!(server.publish(dialog, "for 42 and 43").await, 2);
+    assert_eq!(next_text(&mut w42).await, "for 42 and 43");
+    assert_eq!(next_text(&mut w43).await, "for 42 and 43");
+    assert_eq!(server.publish("topic=t.1", "for all").await, 2);
+    assert_eq!(next_text(&mut w44).await, "for all");
+    assert_eq!(next_text(&mut w43).await, "for all");
+    assert_eq!(rejects(&server.metrics().await, "unauthorized"), 0.0);
+}
+
 #[tokio::test]
 async fn an_expired_token_closes_4001_unless_refreshed_for_the_same_user() {
     let keys = Keys::new(false);

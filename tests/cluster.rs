@@ -9,8 +9,6 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// A redis-server of our own; killed on drop.
 struct Redis {
@@ -212,34 +210,6 @@ fn node(brokers: &[&Redis], extra: &[&str]) -> Server {
     }
     args.extend(extra);
     Server::start(&args)
-}
-
-async fn connect_v1(url: &str) -> Ws {
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("ringcast.v1"),
-    );
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    ws
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    serde_json::from_str(&next_text(ws).await).expect("a JSON message")
-}
-
-async fn subscribe_v1(ws: &mut Ws, topic: &str, since: Option<(u64, &str)>) -> Value {
-    let mut op = json!({"op": "subscribe", "topic": topic});
-    if let Some((offset, epoch)) = since {
-        op["since"] = json!({"offset": offset, "epoch": epoch});
-    }
-    send_json(ws, op).await;
-    let reply = next_json(ws).await;
-    assert_eq!(reply["op"], "subscribed", "{reply}");
-    reply
 }
 
 /// Publishes text; returns the status and the JSON reply.
@@ -669,15 +639,6 @@ async fn hostile_messages_on_the_channels_are_dropped() {
     );
 }
 
-/// A loopback port free right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// haproxy, killed on drop.
 struct Haproxy(std::process::Child);
 
@@ -757,6 +718,8 @@ async fn rolling_client(
     subscribed: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> Vec<(u64, String)> {
     use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
     use tokio_tungstenite::tungstenite::Message;
     let mut got: Vec<(u64, String)> = Vec::new();
     let mut position: Option<(u64, String)> = None;

@@ -116,3 +116,166 @@ fn broker_passwords_never_reach_the_output() {
     assert!(stderr.contains("--broker must be a redis://"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+#[test]
+fn listen_addresses_take_the_port_only_and_localhost_forms() {
+    let file = config_file(
+        "listen",
+        "listen = \":9000\"\napi-listen = \"localhost:9001\"\n",
+    );
+    let out = ringcast(
+        &["config", "print", "--config", file.to_str().unwrap()],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(printed["listen"].as_str(), Some("0.0.0.0:9000"));
+    assert_eq!(printed["api-listen"].as_str(), Some("127.0.0.1:9001"));
+
+    let out = ringcast(
+        &[
+            "config",
+            "print",
+            "--listen",
+            "LOCALHOST:7000",
+            "--api-listen",
+            ":7001",
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let printed: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(printed["listen"].as_str(), Some("127.0.0.1:7000"));
+    assert_eq!(printed["api-listen"].as_str(), Some("0.0.0.0:7001"));
+
+    for bad in ["nowhere:80", ":http", "8080"] {
+        let out = ringcast(&["serve", "--listen", bad], &[]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(":PORT (every IPv4 address) or localhost:PORT"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_started_on_localhost_addresses_serves() {
+    let server = Server::start(&["--listen", "localhost:0", "--api-listen", "localhost:0"]);
+    assert_eq!(server.ws.ip(), ip("127.0.0.1"));
+    assert_eq!(server.api.ip(), ip("127.0.0.1"));
+    let mut ws = connect(&server.url("/ws?topic=t")).await;
+    assert_eq!(server.publish("topic=t", "on loopback").await, 1);
+    assert_eq!(next_text(&mut ws).await, "on loopback");
+}
+
+#[test]
+fn bad_values_say_what_is_wrong_with_them() {
+    let out = ringcast(&["serve", "--max-connections", "-5"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--max-connections"), "{stderr}");
+    assert!(stderr.contains("-5 is negative"), "{stderr}");
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
+
+    let out = ringcast(&["serve", "--read-buffers", "70000"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("70000 is too large"), "{stderr}");
+
+    let out = ringcast(&["serve", "--history", "chat.*=200/10"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TTL 10 has no unit"), "{stderr}");
+    assert!(stderr.contains("chat.*=200/10m"), "{stderr}");
+}
+
+/// `ringcast serve --demo` on free loopback ports with `RUST_LOG=info`,
+/// `NO_COLOR` unset, and stdout and stderr piped: each stderr line is
+/// sent on the channel.
+fn demo_server() -> (std::process::Child, u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+        .args(["--api-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ringcast");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ws: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ws="))
+        .unwrap_or_else(|| panic!("no ws= in {line:?}"))
+        .parse()
+        .unwrap();
+    (child, ws.port(), lines)
+}
+
+#[test]
+fn demo_logs_its_url_and_a_piped_log_has_no_colours() {
+    let (mut child, port, lines) = demo_server();
+    let want = format!("demo page: http://127.0.0.1:{port}/");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(&want)) {
+        match lines.recv_timeout(WAIT) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no {want:?} ({e}) in {seen:#?}"),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().all(|l| !l.contains('\x1b')), "{seen:#?}");
+}
+
+/// Logs on a terminal are coloured unless `NO_COLOR` is set. `script`
+/// (util-linux) gives the server a pseudo-terminal; the server logs its
+/// startup lines, then fails on an API port already taken, and exits.
+#[test]
+fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let command = format!(
+        "{} serve --workers 1 --listen 127.0.0.1:0 --api-listen {}",
+        env!("CARGO_BIN_EXE_ringcast"),
+        taken.local_addr().unwrap()
+    );
+    let on_a_terminal = |no_color: Option<&str>| {
+        let mut script = Command::new("script");
+        script
+            .args(["-qec", &command, "/dev/null"])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null());
+        match no_color {
+            Some(value) => script.env("NO_COLOR", value),
+            None => script.env_remove("NO_COLOR"),
+        };
+        let out = script.output().expect("run script(1)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("auth is off"), "{text}");
+        assert!(text.contains("cannot listen"), "{text}");
+        text
+    };
+    assert!(
+        on_a_terminal(None).contains("\x1b["),
+        "no colours on a terminal"
+    );
+    assert!(
+        !on_a_terminal(Some("1")).contains('\x1b'),
+        "colours despite NO_COLOR"
+    );
+    // NO_COLOR set but empty does not count (no-color.org).
+    assert!(on_a_terminal(Some("")).contains("\x1b["));
+}

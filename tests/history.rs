@@ -9,42 +9,6 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-/// A client that offers `ringcast.v1` and gets it.
-async fn connect_v1(url: &str) -> Ws {
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("ringcast.v1"),
-    );
-    let (ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    assert_eq!(response.headers()["sec-websocket-protocol"], "ringcast.v1");
-    ws
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    serde_json::from_str(&next_text(ws).await).expect("a JSON message")
-}
-
-/// Subscribes, with `since` when given; returns the `subscribed` reply.
-async fn subscribe_v1(ws: &mut Ws, topic: &str, since: Option<(u64, &str)>) -> Value {
-    let mut op = json!({"op": "subscribe", "topic": topic});
-    if let Some((offset, epoch)) = since {
-        op["since"] = json!({"offset": offset, "epoch": epoch});
-    }
-    send_json(ws, op).await;
-    let reply = next_json(ws).await;
-    assert_eq!(
-        (&reply["op"], &reply["topic"]),
-        (&json!("subscribed"), &json!(topic))
-    );
-    reply
-}
 
 /// Publishes `text` to `topic`; returns the offset from the reply.
 async fn publish_at(server: &Server, topic: &str, text: &str) -> u64 {

@@ -38,15 +38,6 @@ fn binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} is not installed: run scripts/install-test-deps.sh"))
 }
 
-/// A loopback port free right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `deploy/NAME` with each `(from, to)` replaced (each must occur) and
 /// written to a scratch directory; returns the directory and the file.
 fn deploy_config(name: &str, replacements: &[(&str, String)]) -> (PathBuf, PathBuf) {

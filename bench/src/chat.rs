@@ -4,10 +4,9 @@
 //! Deliveries per second and send-to-receipt latency.
 
 use crate::load::{Mode, Shared, Transport};
-use crate::report::{print_table, Latency, Meta};
-use crate::session::{write_outputs, Common, Ramp, Session};
+use crate::report::{Latency, Meta};
+use crate::session::{write_outputs, Common, Outcome, Run, Session};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Flags of `ringcast-bench chat`.
@@ -37,13 +36,10 @@ pub struct Chat {
 #[derive(Clone, Debug, Serialize)]
 pub struct ChatResult {
     #[serde(flatten)]
-    pub meta: Meta,
+    pub run: Run,
     pub url: String,
-    pub workers: usize,
     pub rate_per_client: f64,
     pub size: usize,
-    pub ramp: Ramp,
-    pub failed_by_reason: BTreeMap<String, u64>,
     pub duration_seconds: f64,
     /// Messages the clients sent during the timed window.
     pub sent: u64,
@@ -55,31 +51,25 @@ pub struct ChatResult {
     /// every client.
     pub delivered_fraction: f64,
     pub bad_messages: u64,
-    pub dropped: u64,
-    pub dropped_by_reason: BTreeMap<String, u64>,
     pub latency: Latency,
-    pub series: Vec<crate::probe::Sample>,
 }
 
-impl ChatResult {
-    /// True when every connection opened and stayed, and every payload
-    /// parsed.
-    pub fn ok(&self) -> bool {
-        self.ramp.failed == 0
-            && self.ramp.pending == 0
-            && self.dropped == 0
-            && self.bad_messages == 0
-            && self.deliveries > 0
+impl Outcome for ChatResult {
+    const TITLE: &'static str = "chat";
+
+    fn run(&self) -> &Run {
+        &self.run
     }
 
-    /// Prints the summary table.
-    pub fn print(&self) {
-        let rows = vec![
+    /// Every payload parsed, and some arrived.
+    fn complete(&self) -> bool {
+        self.bad_messages == 0 && self.deliveries > 0
+    }
+
+    fn rows(&self) -> Vec<(&'static str, String)> {
+        vec![
             ("url", self.url.clone()),
-            (
-                "clients",
-                format!("{} (failed {})", self.ramp.opened, self.ramp.failed),
-            ),
+            self.run.opened_row("clients"),
             (
                 "sending",
                 format!("{}/s each, {} B", self.rate_per_client, self.size),
@@ -91,13 +81,9 @@ impl ChatResult {
                 format!("{:.4} of sent x clients", self.delivered_fraction),
             ),
             ("latency", self.latency.describe()),
-            (
-                "dropped",
-                format!("{} {:?}", self.dropped, self.dropped_by_reason),
-            ),
+            self.run.dropped_row(),
             ("bad messages", self.bad_messages.to_string()),
-        ];
-        print_table("chat", &rows);
+        ]
     }
 }
 
@@ -140,18 +126,14 @@ pub fn run(args: &Chat) -> Result<ChatResult, String> {
     }
     let deliveries = Shared::get(&shared.messages) - first;
     let sent = Shared::get(&shared.sent);
-    let workers = session.fleet.workers;
     let done = session.finish()?;
     let report = &done.report;
     let expected = sent as f64 * ramp.opened as f64;
     let result = ChatResult {
-        meta,
+        run: Run::new(meta, ramp, &done),
         url: args.url.clone(),
-        workers,
         rate_per_client: args.send_rate,
         size: args.size,
-        ramp,
-        failed_by_reason: report.failures.clone(),
         duration_seconds: seconds,
         sent,
         deliveries,
@@ -163,19 +145,10 @@ pub fn run(args: &Chat) -> Result<ChatResult, String> {
             0.0
         },
         bad_messages: report.bad_messages,
-        dropped: report.drops.values().sum(),
-        dropped_by_reason: report.drops.clone(),
         latency: Latency::of(&report.latency_us),
-        series: done.series.clone(),
     };
     if let Some(dir) = &args.common.out {
-        write_outputs(
-            dir,
-            &result,
-            &result.series,
-            "Chat latency",
-            &report.latency_us,
-        )?;
+        write_outputs(dir, &result, "Chat latency", &report.latency_us)?;
     }
     Ok(result)
 }

@@ -6,7 +6,7 @@ use crate::echo::{self, Echo, EchoResult};
 use crate::fanout::{self, Fanout, FanoutResult};
 use crate::load::Transport;
 use crate::report::{write_json, Meta};
-use crate::session::Common;
+use crate::session::{Common, Outcome};
 use crate::soak::{self, Soak, SoakResult};
 use serde::Serialize;
 use std::io::{BufRead, BufReader};
@@ -126,7 +126,11 @@ impl Entry {
                 m.server_rss_per_connection.unwrap_or(f64::NAN),
                 false,
             ),
-            ("connect rate (/s)", self.soak.ramp.connect_rate_per_s, true),
+            (
+                "connect rate (/s)",
+                self.soak.run.ramp.connect_rate_per_s,
+                true,
+            ),
             ("fan-out p99 (µs)", self.fanout.latency.p99_us as f64, false),
             ("echo messages/s", self.echo.messages_per_s, true),
         ]

@@ -3,10 +3,9 @@
 //! and round-trip latency.
 
 use crate::load::{Mode, Shared, Transport};
-use crate::report::{print_table, Latency, Meta};
-use crate::session::{write_outputs, Common, Ramp, Session};
+use crate::report::{Latency, Meta};
+use crate::session::{write_outputs, Common, Outcome, Run, Session};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Flags of `ringcast-bench echo`.
@@ -32,53 +31,40 @@ pub struct Echo {
 #[derive(Clone, Debug, Serialize)]
 pub struct EchoResult {
     #[serde(flatten)]
-    pub meta: Meta,
+    pub run: Run,
     pub url: String,
-    pub workers: usize,
     pub size: usize,
-    pub ramp: Ramp,
-    pub failed_by_reason: BTreeMap<String, u64>,
     pub duration_seconds: f64,
     /// Echoes received during the timed window.
     pub messages: u64,
     pub messages_per_s: f64,
     /// Echoes of the wrong size.
     pub bad_messages: u64,
-    pub dropped: u64,
-    pub dropped_by_reason: BTreeMap<String, u64>,
     pub round_trip: Latency,
-    pub series: Vec<crate::probe::Sample>,
 }
 
-impl EchoResult {
-    /// True when every connection opened, none dropped and every echo was
-    /// the message sent.
-    pub fn ok(&self) -> bool {
-        self.ramp.failed == 0
-            && self.ramp.pending == 0
-            && self.dropped == 0
-            && self.bad_messages == 0
-            && self.messages > 0
+impl Outcome for EchoResult {
+    const TITLE: &'static str = "echo";
+
+    fn run(&self) -> &Run {
+        &self.run
     }
 
-    /// Prints the summary table.
-    pub fn print(&self) {
-        let rows = vec![
+    /// Every echo was the message sent, and some came back.
+    fn complete(&self) -> bool {
+        self.bad_messages == 0 && self.messages > 0
+    }
+
+    fn rows(&self) -> Vec<(&'static str, String)> {
+        vec![
             ("url", self.url.clone()),
-            (
-                "connections",
-                format!("{} (failed {})", self.ramp.opened, self.ramp.failed),
-            ),
+            self.run.opened_row("connections"),
             ("message size", format!("{} B", self.size)),
             ("messages/s", format!("{:.0}", self.messages_per_s)),
             ("round trip", self.round_trip.describe()),
-            (
-                "dropped",
-                format!("{} {:?}", self.dropped, self.dropped_by_reason),
-            ),
+            self.run.dropped_row(),
             ("bad echoes", self.bad_messages.to_string()),
-        ];
-        print_table("echo", &rows);
+        ]
     }
 }
 
@@ -103,28 +89,21 @@ pub fn run(args: &Echo) -> Result<EchoResult, String> {
     session.run_for(args.duration, "echo");
     let messages = Shared::get(&shared.messages) - first;
     let seconds = start.elapsed().as_secs_f64();
-    let workers = session.fleet.workers;
     let done = session.finish()?;
     let report = &done.report;
     let result = EchoResult {
-        meta,
+        run: Run::new(meta, ramp, &done),
         url: args.url.clone(),
-        workers,
         size: args.size,
-        ramp,
-        failed_by_reason: report.failures.clone(),
         duration_seconds: seconds,
         messages,
         messages_per_s: messages as f64 / seconds,
         bad_messages: report.bad_messages,
-        dropped: report.drops.values().sum(),
-        dropped_by_reason: report.drops.clone(),
         round_trip: Latency::of(&report.latency_us),
-        series: done.series.clone(),
     };
     if let Some(dir) = &args.common.out {
         let title = "Echo round trip";
-        write_outputs(dir, &result, &result.series, title, &report.latency_us)?;
+        write_outputs(dir, &result, title, &report.latency_us)?;
     }
     Ok(result)
 }

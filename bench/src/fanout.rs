@@ -4,8 +4,8 @@
 
 use crate::load::{fanout_payload, now_ns, Filler, Mode, Shared, Transport};
 use crate::plot;
-use crate::report::{print_table, progress, Latency, Meta};
-use crate::session::{write_outputs, Common, Ramp, Session};
+use crate::report::{progress, Latency, Meta};
+use crate::session::{write_outputs, Common, Outcome, Run, Session};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -68,15 +68,12 @@ pub struct PerMessage {
 #[derive(Clone, Debug, Serialize)]
 pub struct FanoutResult {
     #[serde(flatten)]
-    pub meta: Meta,
+    pub run: Run,
     pub url: Vec<String>,
     pub publish_url: String,
     /// The subprotocol the subscribers offered, if any.
     pub subprotocol: Option<String>,
     pub transport: Transport,
-    pub workers: usize,
-    pub ramp: Ramp,
-    pub failed_by_reason: BTreeMap<String, u64>,
     /// Subscribers open when publishing started.
     pub subscribers: u64,
     /// Publishes the server accepted (2xx).
@@ -95,9 +92,6 @@ pub struct FanoutResult {
     pub out_of_order: u64,
     /// Payloads that were not a message of this run.
     pub bad_messages: u64,
-    /// Subscribers lost during the run (their missing messages are lost).
-    pub dropped: u64,
-    pub dropped_by_reason: BTreeMap<String, u64>,
     pub latency: Latency,
     /// Deliveries per second from the first publish to the last receipt.
     pub delivered_per_s: f64,
@@ -111,26 +105,28 @@ pub struct FanoutResult {
     /// the end, in µs per delivery (with `--server-pid`).
     pub server_cpu_us_per_delivery: Option<f64>,
     pub per_message: Vec<PerMessage>,
-    pub series: Vec<crate::probe::Sample>,
 }
 
-impl FanoutResult {
-    /// True when every subscriber connected and received every message once,
-    /// in order.
-    pub fn ok(&self) -> bool {
-        self.ramp.failed == 0
-            && self.ramp.pending == 0
-            && self.publish_errors.is_empty()
+impl Outcome for FanoutResult {
+    const TITLE: &'static str = "fanout";
+
+    fn run(&self) -> &Run {
+        &self.run
+    }
+
+    /// Every publish was accepted and reached every subscriber once, in
+    /// order (a subscriber lost during the run loses its missing
+    /// messages).
+    fn complete(&self) -> bool {
+        self.publish_errors.is_empty()
             && self.lost == 0
             && self.out_of_order == 0
             && self.bad_messages == 0
-            && self.dropped == 0
     }
 
-    /// Prints the summary table.
-    pub fn print(&self) {
+    fn rows(&self) -> Vec<(&'static str, String)> {
         let worst = self.per_message.iter().max_by_key(|m| m.latency.p99_us);
-        let rows = vec![
+        vec![
             ("url", self.url.join(" ")),
             ("transport", format!("{:?}", self.transport).to_lowercase()),
             (
@@ -145,7 +141,7 @@ impl FanoutResult {
             ),
             (
                 "subscribers",
-                format!("{} (failed {})", self.subscribers, self.ramp.failed),
+                format!("{} (failed {})", self.subscribers, self.run.ramp.failed),
             ),
             (
                 "published",
@@ -157,10 +153,7 @@ impl FanoutResult {
             ),
             ("lost", self.lost.to_string()),
             ("out of order", self.out_of_order.to_string()),
-            (
-                "dropped",
-                format!("{} {:?}", self.dropped, self.dropped_by_reason),
-            ),
+            self.run.dropped_row(),
             ("delivery latency", self.latency.describe()),
             (
                 "worst message p99",
@@ -181,8 +174,7 @@ impl FanoutResult {
                 self.server_cpu_us_per_delivery
                     .map_or("- (no --server-pid)".into(), |us| format!("{us:.3} µs")),
             ),
-        ];
-        print_table("fanout", &rows);
+        ]
     }
 }
 
@@ -255,20 +247,16 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
     let last_ns = Shared::get(&shared.last_message_ns);
     let wire_bytes = Shared::get(&shared.bytes_in) - bytes_before;
     let cpu_used = cpu().zip(cpu_before).map(|(after, before)| after - before);
-    let workers = session.fleet.workers;
     let done = session.finish()?;
     let report = &done.report;
     let delivered = Shared::get(&shared.messages).saturating_sub(report.bad_messages);
     let span_s = last_ns.saturating_sub(first_ns) as f64 / 1e9;
     let result = FanoutResult {
-        meta,
+        run: Run::new(meta, ramp, &done),
         url: args.url.clone(),
         publish_url: args.publish_url.clone(),
         subprotocol: args.subprotocol.clone(),
         transport: args.transport,
-        workers,
-        ramp,
-        failed_by_reason: report.failures.clone(),
         subscribers,
         published,
         publish_errors,
@@ -278,8 +266,6 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
         lost: expected.saturating_sub(delivered),
         out_of_order: report.out_of_order,
         bad_messages: report.bad_messages,
-        dropped: report.drops.values().sum(),
-        dropped_by_reason: report.drops.clone(),
         latency: Latency::of(&report.latency_us),
         delivered_per_s: if span_s > 0.0 {
             delivered as f64 / span_s
@@ -299,11 +285,10 @@ pub fn run(args: &Fanout) -> Result<FanoutResult, String> {
                 latency: Latency::of(h),
             })
             .collect(),
-        series: done.series.clone(),
     };
     if let Some(dir) = &args.common.out {
         let title = "Publish-to-receipt latency";
-        write_outputs(dir, &result, &result.series, title, &report.latency_us)?;
+        write_outputs(dir, &result, title, &report.latency_us)?;
         let p99 = |m: &PerMessage| m.latency.p99_us as f64 / 1e3;
         let max = |m: &PerMessage| m.latency.max_us as f64 / 1e3;
         let points = |f: &dyn Fn(&PerMessage) -> f64| {

@@ -17,6 +17,7 @@ mod soak;
 mod target;
 
 use clap::{Parser, Subcommand};
+use session::Outcome;
 use std::process::ExitCode;
 
 /// Load generator for WebSocket servers, on io_uring.
@@ -52,28 +53,19 @@ enum Command {
     Compare(compare::Compare),
 }
 
+/// Prints a result's summary; returns whether all went well.
+fn summarise(result: impl Outcome) -> bool {
+    result.print();
+    result.ok()
+}
+
 fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
-        Command::Soak(args) => soak::run(&args).map(|r| {
-            r.print();
-            r.ok()
-        }),
-        Command::Fanout(args) => fanout::run(&args).map(|r| {
-            r.print();
-            r.ok()
-        }),
-        Command::Echo(args) => echo::run(&args).map(|r| {
-            r.print();
-            r.ok()
-        }),
-        Command::Recover(args) => recover::run(&args).map(|r| {
-            r.print();
-            r.ok()
-        }),
-        Command::Chat(args) => chat::run(&args).map(|r| {
-            r.print();
-            r.ok()
-        }),
+        Command::Soak(args) => soak::run(&args).map(summarise),
+        Command::Fanout(args) => fanout::run(&args).map(summarise),
+        Command::Echo(args) => echo::run(&args).map(summarise),
+        Command::Recover(args) => recover::run(&args).map(summarise),
+        Command::Chat(args) => chat::run(&args).map(summarise),
         Command::Compare(args) => compare::run(&args),
     };
     match outcome {

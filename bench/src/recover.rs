@@ -6,10 +6,9 @@
 //! replayed message: reconnect-to-recovered.
 
 use crate::load::{fanout_payload, Filler, Mode, Shared, Transport};
-use crate::report::{print_table, Latency, Meta};
-use crate::session::{write_outputs, Common, Ramp, Session};
+use crate::report::{Latency, Meta};
+use crate::session::{write_outputs, Common, Outcome, Run, Session};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Flags of `ringcast-bench recover`.
@@ -46,13 +45,10 @@ pub struct Recover {
 #[derive(Clone, Debug, Serialize)]
 pub struct RecoverResult {
     #[serde(flatten)]
-    pub meta: Meta,
+    pub run: Run,
     pub url: String,
     pub topic: String,
-    pub workers: usize,
     pub replay: u32,
-    pub ramp: Ramp,
-    pub failed_by_reason: BTreeMap<String, u64>,
     /// connections × replay.
     pub expected: u64,
     /// Replayed messages received.
@@ -60,53 +56,44 @@ pub struct RecoverResult {
     /// Replies without `recovered:true`, or messages that were not
     /// `ringcast.v1`.
     pub bad_messages: u64,
-    pub dropped: u64,
-    pub dropped_by_reason: BTreeMap<String, u64>,
     /// Connect start to 101.
     pub handshake_latency: Latency,
     /// Connect start to the last replayed message.
     pub reconnect_to_recovered: Latency,
-    pub series: Vec<crate::probe::Sample>,
 }
 
-impl RecoverResult {
-    /// True when every client connected and recovered every message.
-    pub fn ok(&self) -> bool {
-        self.ramp.failed == 0
-            && self.ramp.pending == 0
-            && self.delivered == self.expected
-            && self.bad_messages == 0
-            && self.dropped == 0
+impl Outcome for RecoverResult {
+    const TITLE: &'static str = "recover";
+
+    fn run(&self) -> &Run {
+        &self.run
     }
 
-    /// Prints the summary table.
-    pub fn print(&self) {
-        let rows = vec![
+    /// Every client recovered every message.
+    fn complete(&self) -> bool {
+        self.delivered == self.expected && self.bad_messages == 0
+    }
+
+    fn rows(&self) -> Vec<(&'static str, String)> {
+        vec![
             ("url", format!("{} topic {}", self.url, self.topic)),
-            (
-                "clients",
-                format!("{} (failed {})", self.ramp.opened, self.ramp.failed),
-            ),
+            self.run.opened_row("clients"),
             (
                 "recovered",
                 format!("{} of {} messages", self.delivered, self.expected),
             ),
             ("bad messages", self.bad_messages.to_string()),
-            (
-                "dropped",
-                format!("{} {:?}", self.dropped, self.dropped_by_reason),
-            ),
+            self.run.dropped_row(),
             (
                 "connect rate",
-                format!("{:.0}/s", self.ramp.connect_rate_per_s),
+                format!("{:.0}/s", self.run.ramp.connect_rate_per_s),
             ),
             ("handshake", self.handshake_latency.describe()),
             (
                 "reconnect-to-recovered",
                 self.reconnect_to_recovered.describe(),
             ),
-        ];
-        print_table("recover", &rows);
+        ]
     }
 }
 
@@ -182,29 +169,22 @@ pub fn run(args: &Recover) -> Result<RecoverResult, String> {
     while Shared::get(&shared.messages) < expected && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let workers = session.fleet.workers;
     let done = session.finish()?;
     let report = &done.report;
     let result = RecoverResult {
-        meta,
+        run: Run::new(meta, ramp, &done),
         url: args.url.clone(),
         topic: args.topic.clone(),
-        workers,
         replay: args.replay,
-        ramp,
-        failed_by_reason: report.failures.clone(),
         expected: args.connections as u64 * u64::from(args.replay),
         delivered: Shared::get(&shared.messages),
         bad_messages: report.bad_messages,
-        dropped: report.drops.values().sum(),
-        dropped_by_reason: report.drops.clone(),
         handshake_latency: Latency::of(&report.handshake_us),
         reconnect_to_recovered: Latency::of(&report.latency_us),
-        series: done.series.clone(),
     };
     if let Some(dir) = &args.common.out {
         let title = "Reconnect to recovered (connect start to last replayed message)";
-        write_outputs(dir, &result, &result.series, title, &report.latency_us)?;
+        write_outputs(dir, &result, title, &report.latency_us)?;
     }
     Ok(result)
 }

@@ -1,15 +1,17 @@
 //! What every subcommand does around its own traffic: start a fleet and a
 //! sampler, ramp connections up with a progress bar, and at the end stop
-//! the fleet, wait for the sockets to go, and draw the time-series plots.
+//! the fleet, wait for the sockets to go, and draw the time-series plots;
+//! and the shape every result shares ([`Run`], [`Outcome`]).
 
 use crate::load::wire::Tokens;
 use crate::load::{now_ns, Fleet, Mode, Phase, Plan, Report, Shared, Transport};
 use crate::plot;
 use crate::probe::{Probe, Sample, Sampler};
-use crate::report::{bytes, progress, write_json};
+use crate::report::{bytes, print_table, progress, write_json, Meta};
 use crate::target::{parse_source_ips, Target, DISTINCT_SOURCES};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,6 +82,8 @@ pub struct Session {
 
 /// What a session leaves once stopped.
 pub struct Finished {
+    /// Load-generator threads the fleet ran on.
+    pub workers: usize,
     pub report: Report,
     pub series: Vec<Sample>,
     /// Host figures once the sockets are gone (or after 30 s).
@@ -212,6 +216,7 @@ impl Session {
     /// # Errors
     /// A worker's error.
     pub fn finish(self) -> Result<Finished, String> {
+        let workers = self.fleet.workers;
         let report = self.fleet.stop()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let after = loop {
@@ -223,10 +228,86 @@ impl Session {
             std::thread::sleep(Duration::from_millis(100));
         };
         Ok(Finished {
+            workers,
             report,
             series: self.sampler.finish(),
             after,
         })
+    }
+}
+
+/// What every subcommand's results.json holds, flattened into it: the
+/// run's metadata, the generator's threads, the ramp, the connections
+/// that failed to open and those lost once open, and the sampled series.
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub workers: usize,
+    pub ramp: Ramp,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// Connections lost after they opened.
+    pub dropped: u64,
+    pub dropped_by_reason: BTreeMap<String, u64>,
+    pub series: Vec<Sample>,
+}
+
+impl Run {
+    /// The shared part of a result, from the session's end.
+    pub fn new(meta: Meta, ramp: Ramp, done: &Finished) -> Self {
+        Self {
+            meta,
+            workers: done.workers,
+            ramp,
+            failed_by_reason: done.report.failures.clone(),
+            dropped: done.report.drops.values().sum(),
+            dropped_by_reason: done.report.drops.clone(),
+            series: done.series.clone(),
+        }
+    }
+
+    /// Every connection opened and none was lost.
+    pub fn held(&self) -> bool {
+        self.ramp.failed == 0 && self.ramp.pending == 0 && self.dropped == 0
+    }
+
+    /// `(what, "opened (failed N)")`, a summary row.
+    pub fn opened_row(&self, what: &'static str) -> (&'static str, String) {
+        let ramp = &self.ramp;
+        (what, format!("{} (failed {})", ramp.opened, ramp.failed))
+    }
+
+    /// `("dropped", "N {reason: count}")`, a summary row.
+    pub fn dropped_row(&self) -> (&'static str, String) {
+        let text = format!("{} {:?}", self.dropped, self.dropped_by_reason);
+        ("dropped", text)
+    }
+}
+
+/// A subcommand's result: the shared [`Run`], its own checks, and its
+/// summary table.
+pub trait Outcome: Serialize {
+    /// The summary table's title: the subcommand.
+    const TITLE: &'static str;
+
+    /// The part every result has.
+    fn run(&self) -> &Run;
+
+    /// This kind of run's own checks, beyond every connection opening and
+    /// staying: nothing lost, every payload as sent.
+    fn complete(&self) -> bool;
+
+    /// The summary table's rows.
+    fn rows(&self) -> Vec<(&'static str, String)>;
+
+    /// True when every connection opened and stayed and [`Self::complete`].
+    fn ok(&self) -> bool {
+        self.run().held() && self.complete()
+    }
+
+    /// Prints the summary table.
+    fn print(&self) {
+        print_table(Self::TITLE, &self.rows());
     }
 }
 
@@ -237,13 +318,12 @@ impl Session {
 /// A message naming the file that cannot be written or drawn.
 pub fn write_outputs(
     dir: &Path,
-    result: &impl Serialize,
-    series: &[Sample],
+    result: &impl Outcome,
     latency_title: &str,
     latency: &Histogram<u64>,
 ) -> Result<(), String> {
     write_json(dir, "results.json", result)?;
-    plot_series(dir, series)?;
+    plot_series(dir, &result.run().series)?;
     plot::cdf(&dir.join("latency.svg"), latency_title, latency)
 }
 

@@ -3,10 +3,9 @@
 
 use crate::load::{Mode, Shared, Transport};
 use crate::probe::{Probe, Sample};
-use crate::report::{bytes, print_table, Latency, Meta};
-use crate::session::{write_outputs, Common, Ramp, Session};
+use crate::report::{bytes, Latency, Meta};
+use crate::session::{write_outputs, Common, Outcome, Run, Session};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Flags of `ringcast-bench soak`.
@@ -93,16 +92,10 @@ impl Memory {
 #[derive(Clone, Debug, Serialize)]
 pub struct SoakResult {
     #[serde(flatten)]
-    pub meta: Meta,
+    pub run: Run,
     pub url: String,
     pub transport: Transport,
     pub requested: usize,
-    pub workers: usize,
-    pub ramp: Ramp,
-    pub failed_by_reason: BTreeMap<String, u64>,
-    /// Connections lost during the hold.
-    pub dropped: u64,
-    pub dropped_by_reason: BTreeMap<String, u64>,
     /// Connections open when the hold ended.
     pub held_at_end: u64,
     pub hold_seconds: f64,
@@ -110,42 +103,43 @@ pub struct SoakResult {
     pub pings_sent: u64,
     pub pongs_received: u64,
     pub memory: Memory,
-    pub series: Vec<Sample>,
 }
 
-impl SoakResult {
-    /// True when every connection opened and held.
-    pub fn ok(&self) -> bool {
-        self.ramp.failed == 0 && self.ramp.pending == 0 && self.dropped == 0
+impl Outcome for SoakResult {
+    const TITLE: &'static str = "soak";
+
+    fn run(&self) -> &Run {
+        &self.run
     }
 
-    /// Prints the summary table.
-    pub fn print(&self) {
-        let m = &self.memory;
+    /// Nothing beyond every connection opening and holding.
+    fn complete(&self) -> bool {
+        true
+    }
+
+    fn rows(&self) -> Vec<(&'static str, String)> {
+        let (m, run) = (&self.memory, &self.run);
         let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} B"));
         let mut rows = vec![
             ("url", self.url.clone()),
             ("transport", format!("{:?}", self.transport).to_lowercase()),
             (
                 "connected",
-                format!("{} of {}", self.ramp.opened, self.requested),
+                format!("{} of {}", run.ramp.opened, self.requested),
             ),
             (
                 "failed",
-                format!("{} {:?}", self.ramp.failed, self.failed_by_reason),
+                format!("{} {:?}", run.ramp.failed, run.failed_by_reason),
             ),
-            ("pending at ramp end", self.ramp.pending.to_string()),
-            (
-                "dropped during hold",
-                format!("{} {:?}", self.dropped, self.dropped_by_reason),
-            ),
+            ("pending at ramp end", run.ramp.pending.to_string()),
+            run.dropped_row(),
             (
                 "held at end",
                 format!("{} for {:.0} s", self.held_at_end, self.hold_seconds),
             ),
             (
                 "connect rate",
-                format!("{:.0}/s", self.ramp.connect_rate_per_s),
+                format!("{:.0}/s", run.ramp.connect_rate_per_s),
             ),
             ("handshake latency", self.handshake_latency.describe()),
             ("server RSS before / peak / after", {
@@ -173,7 +167,7 @@ impl SoakResult {
                 format!("{} / {}", self.pings_sent, self.pongs_received),
             ));
         }
-        print_table("soak", &rows);
+        rows
     }
 }
 
@@ -206,31 +200,24 @@ pub fn run(args: &Soak) -> Result<SoakResult, String> {
         Shared::get(&session.shared().pings),
         Shared::get(&session.shared().pongs),
     );
-    let workers = session.fleet.workers;
     let before = session.before;
     let done = session.finish()?;
     let report = &done.report;
     let result = SoakResult {
-        meta,
+        run: Run::new(meta, ramp, &done),
         url: args.url.clone(),
         transport: args.transport,
         requested: args.connections,
-        workers,
-        ramp,
-        failed_by_reason: report.failures.clone(),
-        dropped: report.drops.values().sum(),
-        dropped_by_reason: report.drops.clone(),
         held_at_end,
         hold_seconds: args.hold.as_secs_f64(),
         handshake_latency: Latency::of(&report.handshake_us),
         pings_sent,
         pongs_received,
         memory: Memory::compute(&before, &at_end, &done.after, held_at_end, &done.series),
-        series: done.series.clone(),
     };
     if let Some(dir) = &args.common.out {
         let title = "Connect + handshake latency";
-        write_outputs(dir, &result, &result.series, title, &report.handshake_us)?;
+        write_outputs(dir, &result, title, &report.handshake_us)?;
     }
     Ok(result)
 }

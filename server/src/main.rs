@@ -101,11 +101,17 @@ fn abort_on_panic() {
     }));
 }
 
+/// Logs to stderr, in colour only when stderr is a terminal and
+/// `NO_COLOR` is unset or empty (<https://no-color.org>): a log redirected
+/// to a file or a journal carries no escape codes.
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -228,6 +234,9 @@ fn run(
         })?;
         let api_addr = listener.local_addr()?;
         tracing::info!(ws = %ws_addr, api = %api_addr, path = %serve.path, "ringcast listening");
+        if serve.demo {
+            tracing::info!("demo page: {}", demo_url(ws_addr));
+        }
         // One stable line on stdout for scripts and tests.
         println!("listening ws={ws_addr} api={api_addr}");
         let state = Arc::new(api::State::new(handle.clone(), &serve, api_token, hooks, broker));
@@ -263,6 +272,17 @@ fn run(
         tracing::info!("drained; exiting");
         result.and(served)
     })
+}
+
+/// The demo page's URL for a browser on this host: the listen address,
+/// with an unspecified IP (`0.0.0.0`, `::`) as loopback.
+fn demo_url(ws: std::net::SocketAddr) -> String {
+    let ip = match ws.ip() {
+        ip if !ip.is_unspecified() => ip,
+        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    format!("http://{}/", std::net::SocketAddr::new(ip, ws.port()))
 }
 
 /// SIGTERM and SIGINT, as one stream.

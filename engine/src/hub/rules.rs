@@ -91,7 +91,13 @@ impl FromStr for Rule {
             .ok_or_else(|| {
                 format!("{text:?}: SIZE must be a count of messages, 1 to {MAX_SIZE}")
             })?;
-        let ttl = humantime::parse_duration(ttl.trim())
+        let ttl = ttl.trim();
+        if !ttl.is_empty() && ttl.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "{text:?}: TTL {ttl} has no unit; write one, e.g. {pattern}={size}/{ttl}s or {pattern}={size}/{ttl}m"
+            ));
+        }
+        let ttl = humantime::parse_duration(ttl)
             .ok()
             .filter(|d| !d.is_zero())
             .ok_or_else(|| format!("{text:?}: TTL must be a duration above zero (10m, 1h)"))?;

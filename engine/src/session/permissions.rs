@@ -8,7 +8,9 @@
 //! - A user-limited topic, `base#u1,u2` (`dialog#42,43`,
 //!   `notifications#42`), may be subscribed only by the users listed after
 //!   `#`, whatever `topics` says; a connection without a user id never
-//!   may, and neither may any connection while auth is off.
+//!   may, and neither may any connection while auth is off. A `topics`
+//!   claim may list such a topic (a backend that names every topic a user
+//!   sees): it is accepted and grants nothing beyond the list after `#`.
 
 use crate::topics;
 
@@ -76,6 +78,13 @@ impl Grant {
         if info.is_some_and(|i| i.len() > MAX_INFO) {
             return Err("info claim over 1 KiB");
         }
+        // A valid user-limited topic in `topics` is left out: its own user
+        // list decides (`may_subscribe`), whatever the claim says.
+        let topics = topics.map(|list| {
+            list.into_iter()
+                .filter(|t| !(t.contains('#') && topics::is_valid_name(t)))
+                .collect()
+        });
         Ok(Self {
             topics: patterns(topics, "bad pattern in the topics claim")?,
             publish: patterns(publish, "bad pattern in the publish claim")?,
@@ -155,6 +164,19 @@ mod tests {
         ));
         assert!(!may_subscribe(Some("4"), None, "notifications#42"));
         assert!(!may_subscribe(None, None, "notifications#42"));
+    }
+
+    #[test]
+    fn a_topics_claim_may_list_user_limited_topics() {
+        let g = grant(&["dialog#42,43", "t.*"]);
+        assert!(may_subscribe(Some("42"), Some(&g), "dialog#42,43"));
+        assert!(!may_subscribe(Some("44"), Some(&g), "dialog#42,43"));
+        assert!(may_subscribe(Some("44"), Some(&g), "t.1"));
+        assert!(!may_subscribe(Some("44"), Some(&g), "u"));
+        for bad in ["dialog#*", "dialog#42,", "#42"] {
+            let claim = Some(vec![bad.to_owned()]);
+            assert!(Grant::new(claim, None, None).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -100,6 +100,47 @@ fn humantime_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
+/// A listen address: `IP:PORT` (`[::1]:8080` for IPv6), `:PORT` for every
+/// IPv4 address (`0.0.0.0:PORT`, as nginx reads `listen 8080`; Go's
+/// `:8080` also takes IPv6, which needs `[::]:PORT` here), or
+/// `localhost:PORT` for 127.0.0.1 (not resolved: always that address).
+///
+/// # Errors
+/// A message with the accepted forms, for anything else.
+fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+    let any = |port: &str| format!("0.0.0.0:{port}");
+    let loopback = |port: &str| format!("127.0.0.1:{port}");
+    let spelled = match text.rsplit_once(':') {
+        Some(("", port)) => any(port),
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => loopback(port),
+        _ => text.to_owned(),
+    };
+    spelled.parse().map_err(|_| {
+        "expected IP:PORT, :PORT (every IPv4 address) or localhost:PORT, \
+         e.g. 0.0.0.0:8080, :8080 or localhost:8081"
+            .to_owned()
+    })
+}
+
+/// A count flag's value (`usize`, `u64`, `u32`, `u16`), with the reason
+/// in words when it is not one: clap's own parser says "invalid digit
+/// found in string" for `-5`.
+///
+/// # Errors
+/// A negative number, a number over the type's range, or not a number.
+fn count<T: TryFrom<u64>>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if n < 0 => Err(format!(
+            "{n} is negative; expected a whole number, 0 or more"
+        )),
+        Ok(n) => u64::try_from(n)
+            .ok()
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| format!("{n} is too large for this setting")),
+        Err(_) => Err("expected a whole number, e.g. 1000".into()),
+    }
+}
+
 /// `--history` rules as the config file's table: `"PATTERN" = "SIZE/TTL"`.
 fn rules_table<S: Serializer>(rules: &[Rule], s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(rules.iter().map(|r| (&r.pattern, r.limits())))
@@ -109,6 +150,8 @@ fn rules_table<S: Serializer>(rules: &[Rule], s: S) -> Result<S::Ok, S::Error> {
 /// config file's format.
 #[derive(Parser, Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
+// `-5` is a value to name as wrong, not an unknown flag.
+#[command(allow_negative_numbers = true)]
 pub struct Serve {
     /// TOML file with any of these flags as keys (flag names without the
     /// dashes in front, e.g. `idle-timeout = "120s"`).
@@ -116,16 +159,17 @@ pub struct Serve {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address for WebSocket clients; every worker listens on it
-    /// (SO_REUSEPORT). Port 0 picks a free port.
-    #[arg(long, env = "RINGCAST_LISTEN", default_value = "0.0.0.0:8080")]
+    /// (SO_REUSEPORT): IP:PORT, :PORT (every IPv4 address, 0.0.0.0:PORT)
+    /// or localhost:PORT (127.0.0.1). Port 0 picks a free port.
+    #[arg(long, env = "RINGCAST_LISTEN", default_value = "0.0.0.0:8080", value_parser = listen_addr)]
     pub listen: SocketAddr,
     /// Address of the HTTP API (publish, broadcast, drain, rebalance,
     /// healthz, readyz, stats, metrics). The load balancer's health checks
-    /// need to reach /readyz here.
-    #[arg(long, env = "RINGCAST_API_LISTEN", default_value = "127.0.0.1:8081")]
+    /// need to reach /readyz here. Written as --listen.
+    #[arg(long, env = "RINGCAST_API_LISTEN", default_value = "127.0.0.1:8081", value_parser = listen_addr)]
     pub api_listen: SocketAddr,
     /// Worker threads, one io_uring each [default: available cores].
-    #[arg(long, env = "RINGCAST_WORKERS")]
+    #[arg(long, env = "RINGCAST_WORKERS", value_parser = count::<usize>)]
     pub workers: Option<usize>,
     /// Path of the WebSocket topics endpoint.
     #[arg(long, env = "RINGCAST_PATH", default_value = "/ws")]
@@ -181,22 +225,22 @@ pub struct Serve {
     pub handshake_timeout: Duration,
     /// Largest message, from a client (else close 1009) or a publisher
     /// (else 413), in bytes.
-    #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
+    #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE", default_value_t = 1 << 20, value_parser = count::<usize>)]
     pub max_message_size: usize,
     /// Most bytes queued to one connection; a connection over it is a slow
     /// consumer and is closed with 1008.
-    #[arg(long, env = "RINGCAST_MAX_OUTBOUND_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "RINGCAST_MAX_OUTBOUND_BYTES", default_value_t = 4 << 20, value_parser = count::<usize>)]
     pub max_outbound_bytes: usize,
     /// Open connections allowed in total; a handshake beyond it gets 503
     /// with Retry-After. Each worker's fixed-file table is sized for its
     /// share plus headroom, capped by RLIMIT_NOFILE [default: the host's
     /// ceiling, workers x RLIMIT_NOFILE].
-    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS")]
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", value_parser = count::<usize>)]
     pub max_connections: Option<usize>,
     /// Open connections allowed per client address (after PROXY protocol
     /// and trusted forwarding headers); beyond it a handshake gets 429 with
     /// Retry-After. 0: no limit.
-    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0, value_parser = count::<usize>)]
     pub max_connections_per_ip: usize,
     /// New connections accepted per second, for the whole process (a
     /// reconnect storm's brake). Connections beyond the rate wait in the
@@ -235,7 +279,7 @@ pub struct Serve {
     pub history: Vec<Rule>,
     /// Bytes all history may take (messages plus a stated overhead each);
     /// past it the oldest messages of any topic are evicted first.
-    #[arg(long, env = "RINGCAST_HISTORY_MAX_BYTES", default_value_t = 256 << 20)]
+    #[arg(long, env = "RINGCAST_HISTORY_MAX_BYTES", default_value_t = 256 << 20, value_parser = count::<usize>)]
     pub history_max_bytes: usize,
     /// Negotiate permessage-deflate (RFC 7692) with clients that offer it.
     /// A publish is then compressed once and the same compressed frame
@@ -244,7 +288,7 @@ pub struct Serve {
     pub compression: Switch,
     /// Messages shorter than this are sent uncompressed (RSV1 clear), in
     /// bytes.
-    #[arg(long, env = "RINGCAST_COMPRESSION_MIN_SIZE", default_value_t = 256)]
+    #[arg(long, env = "RINGCAST_COMPRESSION_MIN_SIZE", default_value_t = 256, value_parser = count::<usize>)]
     pub compression_min_size: usize,
     /// Redis instance to run as a cluster over, `redis://HOST:PORT[/DB]`,
     /// or `rediss://` for TLS (repeatable, or comma-separated): publishes go through Redis and
@@ -335,7 +379,7 @@ pub struct Serve {
     pub client_messages_per_sec: f64,
     /// Bytes of those messages one connection may send per second, as
     /// above.
-    #[arg(long, env = "RINGCAST_CLIENT_BYTES_PER_SEC", default_value_t = 1 << 20)]
+    #[arg(long, env = "RINGCAST_CLIENT_BYTES_PER_SEC", default_value_t = 1 << 20, value_parser = count::<u64>)]
     pub client_bytes_per_sec: u64,
     /// Base URL of the backend's hooks (http://): each is a POST of JSON
     /// to URL/connect, URL/publish, URL/rpc or URL/disconnect.
@@ -352,14 +396,14 @@ pub struct Serve {
     pub hook_timeout: Duration,
     /// Hook requests in flight at most; more wait their turn, within
     /// their timeout.
-    #[arg(long, env = "RINGCAST_HOOK_CONCURRENCY", default_value_t = 256)]
+    #[arg(long, env = "RINGCAST_HOOK_CONCURRENCY", default_value_t = 256, value_parser = count::<usize>)]
     pub hook_concurrency: usize,
     /// Receive buffers per worker (a power of two up to 32768), shared by
     /// all its connections.
-    #[arg(long, env = "RINGCAST_READ_BUFFERS", default_value_t = 1024)]
+    #[arg(long, env = "RINGCAST_READ_BUFFERS", default_value_t = 1024, value_parser = count::<u16>)]
     pub read_buffers: u16,
     /// Size of each receive buffer, in bytes.
-    #[arg(long, env = "RINGCAST_READ_BUFFER_SIZE", default_value_t = 4096)]
+    #[arg(long, env = "RINGCAST_READ_BUFFER_SIZE", default_value_t = 4096, value_parser = count::<u32>)]
     pub read_buffer_size: u32,
 }
 
