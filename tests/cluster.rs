@@ -998,10 +998,19 @@ impl Sse {
 
 /// One long-poll request on a connection of its own: the answer's JSON.
 async fn poll_once(server: &Server, query: &str) -> Value {
-    use tokio::io::AsyncReadExt;
     let mut raw = Raw::connect(server).await;
-    let request = format!("GET /poll?{query} HTTP/1.1\r\nHost: test\r\n\r\n");
-    raw.send(request.as_bytes()).await;
+    raw.send(poll_request(query).as_bytes()).await;
+    poll_answer(&mut raw).await
+}
+
+/// A long-poll request for `query`.
+fn poll_request(query: &str) -> String {
+    format!("GET /poll?{query} HTTP/1.1\r\nHost: test\r\n\r\n")
+}
+
+/// The next long-poll answer on `raw`: its JSON.
+async fn poll_answer(raw: &mut Raw) -> Value {
+    use tokio::io::AsyncReadExt;
     let head = raw.response_head().await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     let length: usize = head
@@ -1110,6 +1119,25 @@ async fn a_long_poll_client_resumes_on_another_node_with_since() {
         assert_message(m, i);
     }
     assert!(answer["next"].as_str().unwrap().starts_with("h.p:11:"));
+}
+
+/// Pipelined polls whose positions the broker reads: the second request
+/// waits for the first poll's reads and answer, and both are answered in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_polls_read_from_the_broker_are_answered_in_order() {
+    let redis = Redis::start().await;
+    let a = node(&[&redis], &[]);
+    wait_broker_state(&a, "up").await;
+    let mut raw = Raw::connect(&a).await;
+    let three = ["h.q1", "h.q2", "h.q3"].map(|t| poll_request(&format!("topic={t}")));
+    raw.send(three.concat().as_bytes()).await;
+    for topic in ["h.q1", "h.q2", "h.q3"] {
+        let answer = poll_answer(&mut raw).await;
+        assert_eq!(answer["messages"], json!([]), "{answer}");
+        let next = answer["next"].as_str().unwrap();
+        assert!(next.starts_with(&format!("{topic}:0:")), "{next}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

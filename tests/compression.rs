@@ -133,3 +133,64 @@ async fn compression_off_declines_every_offer() {
     raw.send(&client_frame(0xC1, b"x")).await;
     assert_eq!(raw.close_code().await, 1002);
 }
+
+/// Issue 20, finding 5: small frames that each inflate to 1 MiB exhaust
+/// the connection's inflate budget (`--max-inflate-bytes-per-sec`, here
+/// 4 MiB) and get 1008, counted; meanwhile echo round trips of another
+/// connection on the same worker stay fast.
+#[tokio::test]
+async fn small_frames_inflating_big_exhaust_the_inflate_budget() {
+    let server = Server::start(&[
+        "--echo",
+        "--workers",
+        "1",
+        "--max-inflate-bytes-per-sec",
+        "4194304",
+    ]);
+    let mut echo = connect(&server.url("/echo")).await;
+    let inflates_to_1_mib = client_frame(0xC2, &deflated_zeros(1 << 20));
+    assert!(
+        inflates_to_1_mib.len() < 2048,
+        "{}",
+        inflates_to_1_mib.len()
+    );
+    let mut attacker = compressing_client(&server).await;
+    let mut frames = Vec::new();
+    for _ in 0..200 {
+        frames.extend_from_slice(&inflates_to_1_mib);
+    }
+    let flood = tokio::spawn(async move {
+        attacker.send(&frames).await;
+        attacker.close_code().await
+    });
+    let mut slowest = std::time::Duration::ZERO;
+    for i in 0..20 {
+        use futures_util::SinkExt;
+        let started = std::time::Instant::now();
+        let text = format!("ping {i}");
+        echo.send(text.clone().into()).await.unwrap();
+        assert_eq!(next_text(&mut echo).await, text);
+        slowest = slowest.max(started.elapsed());
+    }
+    assert_eq!(flood.await.unwrap(), 1008);
+    eprintln!("slowest echo round trip beside the flood: {slowest:?}");
+    // 200 inflates of 1 MiB take about half a second of the worker's
+    // CPU (more in a debug build): the budget stops the flood after 5.
+    assert!(
+        slowest < std::time::Duration::from_millis(300),
+        "{slowest:?}"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let closes = metric(
+            &server.metrics().await,
+            "ringcast_inflate_budget_closes_total",
+            &[],
+        );
+        if closes == 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{closes} closes");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -279,3 +279,58 @@ fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
     // NO_COLOR set but empty does not count (no-color.org).
     assert!(on_a_terminal(Some("")).contains("\x1b["));
 }
+
+/// Issue 20, finding 10: a second server on the same `--listen` refuses to
+/// start, with one line naming who answers there; `--listen-overlap` lets
+/// it start on purpose (a zero-downtime upgrade), sharing the address.
+#[tokio::test]
+async fn a_second_server_on_the_same_listen_address_is_refused_unless_asked() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let first = Server::start(&["--listen", &listen, "--api-listen", "127.0.0.1:0"]);
+    assert_eq!(first.ws.port(), port);
+    let mut second = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--listen", &listen, "--api-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            panic!("a second server started on {listen}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    let expected = format!(
+        "ringcast: another server is already listening on {listen} (it answered as ringcast)"
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // On purpose: it starts, and both serve the address.
+    let upgrade = Server::start(&[
+        "--listen",
+        &listen,
+        "--api-listen",
+        "127.0.0.1:0",
+        "--listen-overlap",
+    ]);
+    assert_eq!(upgrade.ws.port(), port);
+    for server in [&first, &upgrade] {
+        assert_eq!(server.get("/healthz").await.0, 200);
+    }
+    let _ = connect(&first.url("/ws")).await;
+}

@@ -14,6 +14,13 @@ fn rate_metric(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
     metric(scrape, name, &[])
 }
 
+/// The path of a fresh file holding an HS256 secret.
+fn hmac_secret(name: &str) -> String {
+    let secret = scratch_dir(name).join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    secret.to_str().unwrap().to_owned()
+}
+
 #[test]
 fn three_python_clients_chat_in_a_raw_room_in_each_senders_order() {
     let server = Server::start(&["--room", "room.*", "--workers", "2"]);
@@ -48,10 +55,8 @@ async fn raw_connections_outside_rooms_keep_control_messages() {
 
 #[tokio::test]
 async fn v1_publish_needs_a_publish_claim_or_client_publish_and_carries_from() {
-    let dir = scratch_dir("duplex");
-    let secret = dir.join("secret");
-    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
-    let secret = secret.to_str().unwrap();
+    let secret = hmac_secret("duplex");
+    let secret = secret.as_str();
     let server = Server::start(&[
         "--jwt-hmac-secret-file",
         secret,
@@ -234,4 +239,111 @@ async fn expect_close_after_texts(ws: &mut Ws, code: u16) {
         }
     }
     panic!("no close");
+}
+
+/// Issue 20, finding 4: a publish pattern (`publish` claim,
+/// `--client-publish`) never opens a user-limited topic to a client whose
+/// user is not listed after `#`, nor to an anonymous one.
+#[tokio::test]
+async fn only_listed_users_publish_into_a_user_limited_topic() {
+    let secret = hmac_secret("duplex-dm");
+    let secret = secret.as_str();
+    let server = Server::start(&[
+        "--jwt-hmac-secret-file",
+        secret,
+        "--allow-anonymous",
+        "--client-publish",
+        "chat.*",
+    ]);
+    let claims = |sub: &str| {
+        json!({"alg": "HS256", "key": secret, "claims": {
+            "sub": sub, "exp": unix_now() + 300, "publish": ["chat.*"]
+        }})
+    };
+    let tokens = mint(&json!([claims("43"), claims("66")]));
+    let (t43, t66) = (
+        format!("Bearer {}", tokens[0]),
+        format!("Bearer {}", tokens[1]),
+    );
+    let url = server.url("/ws?topic=chat.dm%2343");
+    let mut u43 = connect_with(&url, &[V1, ("authorization", &t43)]).await;
+    assert_eq!(next_json(&mut u43).await["op"], "subscribed");
+    let mut u66 = connect_with(&server.url("/ws"), &[V1, ("authorization", &t66)]).await;
+    let mut anon = connect_with(&server.url("/ws"), &[V1]).await;
+    for (ws, id) in [(&mut u66, 1), (&mut anon, 2)] {
+        send_json(
+            ws,
+            json!({"op": "publish", "topic": "chat.dm#43", "data": "intruder", "id": id}),
+        )
+        .await;
+        assert_eq!(
+            next_json(ws).await,
+            json!({"op": "error", "id": id, "reason": "forbidden"})
+        );
+    }
+    send_json(
+        &mut u43,
+        json!({"op": "publish", "topic": "chat.dm#43", "data": "mine", "id": 3}),
+    )
+    .await;
+    // The first message user 43 gets is its own: nothing of the others'.
+    let first = next_json(&mut u43).await;
+    assert_eq!(
+        (&first["data"], &first["from"]),
+        (&json!("mine"), &json!("43"))
+    );
+    assert_eq!(
+        next_json(&mut u43).await,
+        json!({"op": "published", "id": 3})
+    );
+    let scrape = server.metrics().await;
+    assert_eq!(rate_metric(&scrape, "ringcast_client_forbidden_total"), 2.0);
+}
+
+/// Issue 20, findings 5 and 9: every client message counts against the
+/// message rate, control ops and refused publishes alike.
+#[tokio::test]
+async fn control_ops_and_forbidden_publishes_hit_the_rate_limit() {
+    let server = Server::start(&["--client-messages-per-sec", "5"]);
+    // Raw mode: subscribes, unsubscribes and unparseable messages.
+    let mut raw = connect(&server.url("/ws")).await;
+    for i in 0..8 {
+        let op = match i % 3 {
+            0 => json!({"op": "subscribe", "topic": format!("t{i}")}),
+            1 => json!({"op": "unsubscribe", "topic": "t0"}),
+            _ => json!({"op": "dance"}),
+        };
+        send_json(&mut raw, op).await;
+    }
+    let mut limited = 0;
+    for _ in 0..8 {
+        let reply = next_json(&mut raw).await;
+        limited += usize::from(reply["reason"] == "rate limited");
+    }
+    assert!((2..=3).contains(&limited), "{limited} of 8 refused");
+    // ringcast.v1: publishes nothing allows, answered `forbidden` until
+    // the bucket is empty, then `rate limited`.
+    let mut v1 = connect_with(&server.url("/ws"), &[V1]).await;
+    for id in 0..8 {
+        send_json(
+            &mut v1,
+            json!({"op": "publish", "topic": "t", "data": id, "id": id}),
+        )
+        .await;
+    }
+    let mut reasons = Vec::new();
+    for _ in 0..8 {
+        reasons.push(next_json(&mut v1).await["reason"].clone());
+    }
+    let forbidden = reasons.iter().filter(|r| **r == "forbidden").count();
+    let limited = reasons.iter().filter(|r| **r == "rate limited").count();
+    assert!((5..=6).contains(&forbidden), "{reasons:?}");
+    assert_eq!(forbidden + limited, 8, "{reasons:?}");
+    // Past ten times the rate within a second: 1008, as for publishes.
+    for _ in 0..60 {
+        send_json(&mut v1, json!({"op": "unsubscribe", "topic": "t"})).await;
+    }
+    expect_close_after_texts(&mut v1, 1008).await;
+    let scrape = server.metrics().await;
+    assert!(rate_metric(&scrape, "ringcast_client_rate_limited_total") >= 4.0);
 }

@@ -322,3 +322,30 @@ async fn a_hook_outage_costs_handshakes_and_rpcs_but_not_subscribers() {
     server.publish("topic=room.1", "still here").await;
     assert_eq!(next_json(&mut ws).await["data"], "still here");
 }
+
+/// Issue 20, finding 2: the connect hook admitted a long-poll
+/// connection's first request only, so that request's answer says
+/// `Connection: close`, the connection ends, and a request pipelined
+/// behind it is never served unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_connect_hook_a_poll_connection_serves_one_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hooks = HookServer::start();
+    let server = start_server(&hooks, &["--history", "room.*=10/1m"]);
+    let poll = |cookie: &str| {
+        format!("GET /poll?topic=room.1 HTTP/1.1\r\nHost: t\r\nCookie: session={cookie}\r\n\r\n")
+    };
+    let mut stream = tokio::net::TcpStream::connect(server.ws).await.unwrap();
+    let two = poll("alice") + &poll("mallory");
+    stream.write_all(two.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut all))
+        .await
+        .expect("the connection ends after one answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+    assert_eq!(hooks.seen.connects.lock().unwrap().len(), 1);
+}

@@ -299,3 +299,158 @@ async fn the_listener_serves_the_client_and_the_transports_can_be_off() {
         assert!(head.starts_with("HTTP/1.1 404 "), "{path}: {head}");
     }
 }
+
+/// One HTTP response on a keep-alive connection: head, and the body read
+/// by its `Content-Length`.
+async fn response(stream: &mut TcpStream) -> (String, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .unwrap_or_else(|_| panic!("no response; got {:?}", String::from_utf8_lossy(&head)))
+            .unwrap();
+        assert_eq!(n, 1, "closed; got {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap_or_else(|| panic!("no Content-Length in {head}"))
+        .parse()
+        .unwrap();
+    let mut body = vec![0; len];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut body))
+        .await
+        .expect("body timed out")
+        .unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+/// Expects the server to end the connection with nothing more.
+async fn expect_end(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+    assert!(read.expect("no close").is_ok());
+    assert!(
+        rest.is_empty(),
+        "more: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+/// `GET /poll?QUERY` with `extra` header lines.
+fn poll_request(query: &str, extra: &str) -> String {
+    format!("GET /poll?{query} HTTP/1.1\r\nHost: t\r\n{extra}\r\n")
+}
+
+/// Issue 20, finding 2: each request on a keep-alive poll connection is
+/// authenticated by itself. Topics under `h.` keep history, so a poll
+/// without `since` is answered at once (with its position).
+#[tokio::test]
+async fn every_poll_on_a_keep_alive_connection_is_authenticated_by_itself() {
+    let dir = scratch_dir("poll-auth");
+    std::fs::write(dir.join("secret"), "a-poll-test-secret-of-32-bytes!!").unwrap();
+    let secret = dir.join("secret");
+    let secret = secret.to_str().unwrap();
+    let auth = ["--jwt-hmac-secret-file", secret];
+    let server = Server::start(&[&history()[..], &auth, &["--allow-anonymous"]].concat());
+    let strict = Server::start(&[&history()[..], &auth].concat());
+    let claims =
+        |sub: &str| serde_json::json!({"alg": "HS256", "key": secret, "claims": {"sub": sub}});
+    let tokens = mint(&serde_json::json!([claims("42"), claims("43")]));
+    let bearer = |t: &String| format!("Authorization: Bearer {t}\r\n");
+    let (as42, as43) = (bearer(&tokens[0]), bearer(&tokens[1]));
+
+    // User 42, then user 43 on the same connection: served as 43.
+    let mut c = TcpStream::connect(server.ws).await.unwrap();
+    for (query, who) in [("topic=h.x%2342", &as42), ("topic=h.x%2343", &as43)] {
+        c.write_all(poll_request(query, who).as_bytes())
+            .await
+            .unwrap();
+        let (head, body) = response(&mut c).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{query}: {head}");
+        assert!(body.contains(r#""next":"h.x#4"#), "{body}");
+    }
+    // User 43 asking for user 42's topic: refused, and the connection ends.
+    c.write_all(poll_request("topic=h.x%2342", &as43).as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = response(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    expect_end(&mut c).await;
+
+    // No token after user 42's request: anonymous (403 for 42's topic),
+    // or 401 where a token is required, as a first request would be.
+    for (server, status) in [(&server, "403"), (&strict, "401")] {
+        let mut c = TcpStream::connect(server.ws).await.unwrap();
+        c.write_all(poll_request("topic=h.x%2342", &as42).as_bytes())
+            .await
+            .unwrap();
+        assert!(response(&mut c).await.0.starts_with("HTTP/1.1 200 "));
+        c.write_all(poll_request("topic=h.x%2342", "").as_bytes())
+            .await
+            .unwrap();
+        let (head, _) = response(&mut c).await;
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        expect_end(&mut c).await;
+    }
+}
+
+/// Issue 20, finding 2: a body is never read as a request. A head that
+/// announces one (`Content-Length`, `Transfer-Encoding`) gets 400 and the
+/// connection ends, first request or later.
+#[tokio::test]
+async fn a_poll_body_is_refused_never_parsed_as_a_request() {
+    let server = Server::start(&history());
+    let smuggled = poll_request("topic=h.b", "");
+    for (first, announce) in [
+        (true, format!("Content-Length: {}\r\n", smuggled.len())),
+        (false, format!("Content-Length: {}\r\n", smuggled.len())),
+        (false, "Transfer-Encoding: chunked\r\n".to_owned()),
+    ] {
+        let mut c = TcpStream::connect(server.ws).await.unwrap();
+        if !first {
+            c.write_all(poll_request("topic=h.a", "").as_bytes())
+                .await
+                .unwrap();
+            assert!(response(&mut c).await.0.starts_with("HTTP/1.1 200 "));
+        }
+        let request = poll_request("topic=h.a", &announce) + &smuggled;
+        c.write_all(request.as_bytes()).await.unwrap();
+        let (head, _) = response(&mut c).await;
+        assert!(head.starts_with("HTTP/1.1 400 "), "{announce}: {head}");
+        expect_end(&mut c).await;
+    }
+}
+
+/// Issue 20, finding 3: pipelined polls are answered in order, and a
+/// request sent while a poll waits first ends that poll (an answer with no
+/// message), then gets its own answer.
+#[tokio::test]
+async fn pipelined_polls_are_answered_in_order() {
+    let server = Server::start(&[&history()[..], &["--poll-timeout", "30s"]].concat());
+    let mut c = TcpStream::connect(server.ws).await.unwrap();
+    let two = poll_request("topic=h.one", "") + &poll_request("topic=h.two", "");
+    c.write_all(two.as_bytes()).await.unwrap();
+    for topic in ["h.one", "h.two"] {
+        let (head, body) = response(&mut c).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(body.contains(&format!(r#""next":"{topic}:0:"#)), "{body}");
+    }
+    // `x` keeps no history: this poll waits (up to 30 s).
+    c.write_all(poll_request("topic=x", "").as_bytes())
+        .await
+        .unwrap();
+    server.wait_for_stat("topics", 1).await;
+    let started = std::time::Instant::now();
+    c.write_all(poll_request("topic=h.three", "").as_bytes())
+        .await
+        .unwrap();
+    let (_, waited) = response(&mut c).await;
+    assert_eq!(waited, r#"{"messages":[],"next":""}"#);
+    let (_, next) = response(&mut c).await;
+    assert!(next.contains(r#""next":"h.three:0:"#), "{next}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

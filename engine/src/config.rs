@@ -114,6 +114,10 @@ pub struct Config {
     /// Bytes of those messages per connection per second, as above
     /// (default 1 MiB).
     pub client_bytes_per_sec: f64,
+    /// Bytes one connection's compressed messages may inflate to per
+    /// second (a token bucket holding one second's worth; default
+    /// 16 MiB); past it the connection is closed with 1008. 0: no budget.
+    pub max_inflate_bytes_per_sec: u64,
     /// Which backend hooks are on (default none).
     pub hooks: Hooks,
     /// Whether topic deliveries come from a broker (the server's
@@ -159,6 +163,7 @@ impl Default for Config {
             rooms: Vec::new(),
             client_messages_per_sec: 100.0,
             client_bytes_per_sec: (1 << 20) as f64,
+            max_inflate_bytes_per_sec: 16 << 20,
             hooks: Hooks::default(),
             broker: false,
         }

@@ -67,6 +67,8 @@ pub struct WorkerStats {
     pub client_rate_limited: AtomicU64,
     /// Connections closed with 1008 past ten times the rate limits.
     pub client_rate_limit_closes: AtomicU64,
+    /// Connections closed with 1008 past `--max-inflate-bytes-per-sec`.
+    pub inflate_budget_closes: AtomicU64,
     /// Upstream events the server could not take (queue full).
     pub upstream_refused: AtomicU64,
     /// Handshakes refused, indexed by `Reject as usize`.
@@ -143,6 +145,8 @@ pub struct Snapshot {
     pub client_rate_limited: u64,
     /// Connections closed with 1008 past ten times the rate limits.
     pub client_rate_limit_closes: u64,
+    /// Connections closed with 1008 past the inflate budget.
+    pub inflate_budget_closes: u64,
     /// Upstream events the server could not take.
     pub upstream_refused: u64,
     /// Handshake rejects by reason label.
@@ -186,6 +190,7 @@ pub fn snapshot(workers: &[WorkerStats]) -> Snapshot {
         s.client_forbidden += get(&w.client_forbidden);
         s.client_rate_limited += get(&w.client_rate_limited);
         s.client_rate_limit_closes += get(&w.client_rate_limit_closes);
+        s.inflate_budget_closes += get(&w.inflate_budget_closes);
         s.upstream_refused += get(&w.upstream_refused);
         s.worker_connections.push(get(&w.connections));
         s.worker_slots_in_use.push(get(&w.slots_in_use));

@@ -6,6 +6,7 @@ mod cli;
 mod doctor;
 mod hooks;
 mod metrics;
+mod probe;
 mod statics;
 mod upstream;
 
@@ -165,6 +166,18 @@ fn run(
     api_token: Option<String>,
     broker_access: broker::Access,
 ) -> std::io::Result<()> {
+    if serve.listen_overlap {
+        tracing::info!(listen = %serve.listen, "--listen-overlap: sharing the address with any server already there");
+    } else if let Some(who) = probe::who_listens(serve.listen) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "another server is already listening on {} ({who}); stop it, choose another --listen, \
+                 or pass --listen-overlap to share the address on purpose (a zero-downtime upgrade)",
+                serve.listen
+            ),
+        ));
+    }
     log_access(&serve, config.auth.as_deref(), api_token.is_some());
     let (sink, events) = upstream::channel();
     config.upstream = Some(sink);

@@ -217,6 +217,11 @@ pub fn render(
         s.client_rate_limit_closes,
     );
     m.counter(
+        "ringcast_inflate_budget_closes_total",
+        "Connections closed with 1008 for inflating more than --max-inflate-bytes-per-sec",
+        s.inflate_budget_closes,
+    );
+    m.counter(
         "ringcast_upstream_refused_total",
         "Client publishes, rpcs and connect-hook requests refused because the server's queue was full",
         s.upstream_refused,

@@ -18,6 +18,7 @@ use crate::protocol::deflate::{
 };
 use crate::protocol::frame::{self, OpCode};
 use bytes::Bytes;
+use std::time::Instant;
 
 /// The inflater's output buffer is freed before a message once a previous
 /// one grew it past this many bytes.
@@ -97,6 +98,38 @@ impl Inflating {
                 code: code::INVALID_PAYLOAD,
                 reason: "text is not valid UTF-8",
             })
+    }
+}
+
+/// One connection's inflate budget (`--max-inflate-bytes-per-sec`): a
+/// token bucket of inflated bytes holding one second's worth. Inflating
+/// costs CPU in proportion to its output (about 2 ms per MiB), so a
+/// client sending small frames that inflate big could otherwise pin a
+/// worker and stall every other connection on it. Kept in a side map by
+/// slot, made on a connection's first compressed message.
+pub(super) struct InflateBudget {
+    left: f64,
+    refilled: Instant,
+}
+
+impl InflateBudget {
+    /// A full bucket of `per_sec` bytes.
+    pub fn new(per_sec: u64, now: Instant) -> Self {
+        Self {
+            left: per_sec as f64,
+            refilled: now,
+        }
+    }
+
+    /// Charges `bytes` inflated at `now`, refilling at `per_sec` bytes a
+    /// second up to one second's worth. Returns `false` once the bucket
+    /// went below empty: the connection is then closed with 1008.
+    pub fn charge(&mut self, per_sec: u64, bytes: usize, now: Instant) -> bool {
+        let per_sec = per_sec as f64;
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.left = (self.left + elapsed * per_sec).min(per_sec) - bytes as f64;
+        self.left >= 0.0
     }
 }
 
@@ -196,6 +229,18 @@ mod tests {
         assert_eq!(short[0], 0x81, "under the minimum size");
         assert!(codec.trim() > 600 << 10, "all three were used");
         assert_eq!(codec.trim(), 0, "an idle period frees them");
+    }
+
+    #[test]
+    fn the_inflate_budget_refills_up_to_one_second() {
+        let t0 = Instant::now();
+        let mut b = InflateBudget::new(1000, t0);
+        assert!(b.charge(1000, 600, t0));
+        assert!(b.charge(1000, 400, t0));
+        assert!(!b.charge(1000, 1, t0), "past one second's worth");
+        let later = t0 + std::time::Duration::from_secs(10);
+        assert!(b.charge(1000, 1000, later), "refilled, but only to full");
+        assert!(!b.charge(1000, 1, later));
     }
 
     #[test]

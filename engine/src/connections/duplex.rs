@@ -15,7 +15,7 @@ use crate::protocol::close::code;
 use crate::protocol::control;
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::v1;
-use crate::session::permissions::Pattern;
+use crate::session::permissions::{self, Pattern};
 use crate::stats::WorkerStats;
 use crate::topics;
 use crate::upstream::{Closed, Event, Hooks, Origin, Publish, Rpc, Upstream};
@@ -159,7 +159,7 @@ impl Connections {
     /// Applies the rate limits to a client message of `len` bytes.
     /// Returns whether it may go on; else it was answered (`rate
     /// limited`) or the connection is closing (1008).
-    fn within_rate(&mut self, slot: u32, len: usize, v1: bool, id: Option<u64>) -> bool {
+    pub(super) fn within_rate(&mut self, slot: u32, len: usize, v1: bool, id: Option<u64>) -> bool {
         if self.table.get_mut(slot).expect("live slot").phase() != Phase::Open {
             return false; // closing: what follows the close is dropped
         }
@@ -235,9 +235,13 @@ impl Connections {
         true
     }
 
-    /// A `ringcast.v1` `publish` op: allowed when the token's `publish`
-    /// claim or `--client-publish` matches the topic, within the rate
-    /// limits; then handed upstream, which answers `published`.
+    /// A `ringcast.v1` `publish` op: counted against the rate limits
+    /// first (a refused publish costs its sender as much as a passed
+    /// one), then allowed when the token's `publish` claim or
+    /// `--client-publish` matches the topic and, for a user-limited topic,
+    /// the sender's user is listed in it (see
+    /// [`permissions::may_publish`]); then handed upstream, which answers
+    /// `published`.
     pub(super) fn client_publish(
         &mut self,
         slot: u32,
@@ -245,28 +249,19 @@ impl Connections {
         data: Box<str>,
         id: Option<u64>,
     ) {
-        let conn = self.table.get_mut(slot).expect("live slot");
-        let session = conn.session;
+        if !self.within_rate(slot, data.len(), true, id) {
+            return;
+        }
+        let session = self.table.get_mut(slot).expect("live slot").session;
         let refuse = |reason: &str| v1::error(id, reason);
         if !topics::is_valid_name(&topic) {
             return self.reply_frame_now(slot, refuse(topics::NAME_RULE));
         }
-        let allowed = self
-            .sessions
-            .grant(session)
-            .is_some_and(|g| g.may_publish(&topic))
-            || self
-                .duplex
-                .settings
-                .client_publish
-                .iter()
-                .any(|p| p.matches(&topic));
-        if !allowed {
+        let user = self.sessions.user(session);
+        let grant = self.sessions.grant(session);
+        if !permissions::may_publish(user, grant, &self.duplex.settings.client_publish, &topic) {
             WorkerStats::add(&self.io.stats().client_forbidden, 1);
             return self.reply_frame_now(slot, refuse("forbidden"));
-        }
-        if !self.within_rate(slot, data.len(), true, id) {
-            return;
         }
         let gen = self.table.get_mut(slot).expect("live slot").gen;
         let publish = Publish {

@@ -37,6 +37,14 @@ struct Routed {
     position: Option<String>,
 }
 
+/// What [`Io::check`] found a request's client to be.
+pub(super) struct Checked {
+    /// The client's address (after trusted forwarding headers).
+    pub client: IpAddr,
+    /// The verified token, if auth is on and the client sent one.
+    pub identity: Option<Identity>,
+}
+
 impl Io {
     /// Parses what a handshaking connection sent so far: the PROXY header
     /// (with `--proxy-protocol`), then the upgrade request; routes it and
@@ -62,6 +70,9 @@ impl Io {
         let Some((req, used)) = handshake::parse(buf)? else {
             return Ok(None);
         };
+        if req.body {
+            return Err(Reject::BodyNotAllowed);
+        }
         if req.path != self.limits.path {
             if let Some((_, response)) = self.limits.statics.iter().find(|(p, _)| p == req.path) {
                 return Ok(Some((Outcome::Respond(response.clone()), Vec::new())));
@@ -73,32 +84,11 @@ impl Io {
             response,
             position,
         } = route(&req, &self.limits)?;
-        if !self.admission.origin_allowed(req.origin) {
-            return Err(Reject::OriginNotAllowed);
-        }
-        let fwd = Forwarding {
-            proxied,
-            forwarded_for: req.forwarded_for,
-            real_ip: req.real_ip,
-        };
-        let client = match socket.or(proxied) {
-            Some(ip) => self.admission.client_ip(ip, fwd)?,
+        let transport = match proxied.or(socket) {
+            Some(ip) => ip,
             None => return Err(Reject::Malformed),
         };
-        if self.draining {
-            return Err(Reject::Draining);
-        }
-        let identity = self.authenticate(&req, client)?;
-        let (user, grant) = match &identity {
-            Some(id) => (id.user.as_deref(), Some(&id.grant)),
-            None => (None, None),
-        };
-        if !topics
-            .iter()
-            .all(|t| session::permissions::may_subscribe(user, grant, t))
-        {
-            return Err(Reject::Forbidden);
-        }
+        let Checked { client, identity } = self.check(&req, &topics, transport)?;
         let peer = self.admission.admit(client)?;
         let hook = self.limits.connect_hook.then(|| HookRequest {
             headers: [
@@ -118,6 +108,7 @@ impl Io {
             response,
             peer,
             client,
+            transport,
             identity,
             position,
             origin: (route.endpoint() == Endpoint::Poll)
@@ -133,6 +124,49 @@ impl Io {
 }
 
 impl Io {
+    /// The checks every request gets, the first on a connection and each
+    /// later one on a keep-alive long-poll connection alike: no body,
+    /// `Origin`, forwarding headers (judged by `transport`, the PROXY
+    /// header's source or the socket's peer), drain, the token, and each
+    /// topic's permission. Admission counts are the caller's.
+    ///
+    /// # Errors
+    /// The [`Reject`] of the first check that failed.
+    pub(super) fn check(
+        &self,
+        req: &Request<'_>,
+        topics: &[String],
+        transport: IpAddr,
+    ) -> Result<Checked, Reject> {
+        if req.body {
+            return Err(Reject::BodyNotAllowed);
+        }
+        if !self.admission.origin_allowed(req.origin) {
+            return Err(Reject::OriginNotAllowed);
+        }
+        let fwd = Forwarding {
+            proxied: None,
+            forwarded_for: req.forwarded_for,
+            real_ip: req.real_ip,
+        };
+        let client = self.admission.client_ip(transport, fwd)?;
+        if self.draining {
+            return Err(Reject::Draining);
+        }
+        let identity = self.authenticate(req, client)?;
+        let (user, grant) = match &identity {
+            Some(id) => (id.user.as_deref(), Some(&id.grant)),
+            None => (None, None),
+        };
+        if !topics
+            .iter()
+            .all(|t| session::permissions::may_subscribe(user, grant, t))
+        {
+            return Err(Reject::Forbidden);
+        }
+        Ok(Checked { client, identity })
+    }
+
     /// Verifies the request's token while auth is on. `Ok(None)`: auth is
     /// off, or no token and `--allow-anonymous`.
     ///
@@ -384,6 +418,7 @@ impl Connections {
             response,
             peer,
             client,
+            transport,
             identity,
             position,
             origin,
@@ -414,6 +449,7 @@ impl Connections {
             topics,
             position,
             origin,
+            addresses: (transport, client),
             rest,
         };
         self.open_transport(slot, endpoint, opening);

@@ -33,6 +33,8 @@ pub(super) struct Limits {
     pub topic_subprotocols: Vec<String>,
     pub max_message: usize,
     pub max_outbound: usize,
+    /// Inflated bytes per connection per second; 0: no budget.
+    pub max_inflate_per_sec: u64,
     pub idle: Tick,
     pub ping: Tick,
     pub handshake: Tick,
@@ -61,6 +63,7 @@ impl Limits {
             topic_subprotocols: crate::protocol::v1::subprotocols(&config.subprotocols),
             max_message: config.max_message_size,
             max_outbound: config.max_outbound_bytes,
+            max_inflate_per_sec: config.max_inflate_bytes_per_sec,
             idle: ticks(config.idle_timeout),
             ping: ticks(config.ping_interval),
             handshake: ticks(config.handshake_timeout),

@@ -16,7 +16,11 @@ use bytes::Bytes;
 /// What a decoded message asks for, applied once decoding is done.
 pub(super) enum Action {
     Send(Bytes),
+    /// A control message (raw mode); counts against the rate limits.
     Control(control::Request),
+    /// The error reply to a text or binary message that is no valid
+    /// control message; counts against the rate limits too.
+    Invalid(String),
     V1(v1::Request),
     /// A raw-mode text or binary message while `--room` is set.
     Room(Content, Bytes),
@@ -33,31 +37,51 @@ impl Connections {
             }
             Action::CloseEcho(status) => self.io.close(conn, slot, status, ""),
             Action::Fail(e) => self.io.close(conn, slot, Some(e.code), e.reason),
-            Action::Control(control::Request::Subscribe { topic }) => {
-                let reply = self.subscribe(slot, &topic);
-                self.reply(slot, reply);
+            Action::Control(request) => {
+                if self.within_rate(slot, 0, false, None) {
+                    self.control(slot, request);
+                }
+            }
+            Action::Invalid(reply) => {
+                if self.within_rate(slot, 0, false, None) {
+                    self.reply(slot, reply);
+                }
             }
             Action::V1(request) => self.apply_v1(slot, request),
             Action::Room(content, payload) => {
                 if !self.room_message(slot, content, payload.clone()) {
-                    let reply = match std::str::from_utf8(&payload) {
+                    let action = match std::str::from_utf8(&payload) {
                         Ok(text) if content == Content::Text => match control::parse(text) {
-                            Ok(request) => return self.apply(slot, Action::Control(request)),
-                            Err(reason) => control::error(&reason),
+                            Ok(request) => Action::Control(request),
+                            Err(reason) => Action::Invalid(control::error(&reason)),
                         },
-                        _ => control::error("binary messages are not control messages"),
+                        _ => Action::Invalid(control::error(
+                            "binary messages are not control messages",
+                        )),
                     };
-                    self.reply(slot, reply);
+                    self.apply(slot, action);
                 }
             }
-            Action::Control(control::Request::Unsubscribe { topic }) => {
+        }
+    }
+
+    /// A control message (subscribe, unsubscribe, refresh), already
+    /// counted against the rate limits.
+    pub(super) fn control(&mut self, slot: u32, request: control::Request) {
+        match request {
+            control::Request::Subscribe { topic } => {
+                let reply = self.subscribe(slot, &topic);
+                self.reply(slot, reply);
+            }
+            control::Request::Unsubscribe { topic } => {
+                let conn = self.table.get_mut(slot).expect("live slot");
                 let member = self.topics.id(&topic).and_then(|id| conn.topics.remove(id));
                 if let Some(member) = member {
                     self.leave(slot, member);
                 }
                 self.reply(slot, control::ack("unsubscribed", &topic));
             }
-            Action::Control(control::Request::Refresh { token }) => {
+            control::Request::Refresh { token } => {
                 let reply = self.refresh(slot, &token);
                 self.reply(slot, reply);
             }

@@ -15,6 +15,9 @@ pub(super) struct Accepted {
     pub(super) response: Vec<u8>,
     pub(super) peer: PeerId,
     pub(super) client: IpAddr,
+    /// The address forwarding headers are judged by: the PROXY header's
+    /// source, else the socket's peer (kept for a poll's next requests).
+    pub(super) transport: IpAddr,
     /// The verified token, if auth is on and the client sent one.
     pub(super) identity: Option<Identity>,
     /// Where the client resumes: an SSE request's `Last-Event-ID` (header,

@@ -7,6 +7,7 @@ use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
 pub use super::extension::MAX_EXTENSION_HEADERS;
+pub use super::reject::{Reject, SERVER};
 
 /// Largest request head (request line and headers) accepted, in bytes.
 /// A larger one is answered with 431.
@@ -20,201 +21,6 @@ const MAX_PROTOCOL_HEADERS: usize = 4;
 
 /// RFC 6455 §1.3: appended to the key before hashing.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// Why an opening handshake was refused; each maps to one HTTP status and
-/// one stats label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Reject {
-    /// Not a parseable HTTP/1.1 request (400).
-    Malformed,
-    /// A method other than GET (400).
-    NotGet,
-    /// No `Host` header (400).
-    MissingHost,
-    /// No `Upgrade: websocket`, or `Connection` without `Upgrade` (400).
-    NotUpgrade,
-    /// `Sec-WebSocket-Key` missing, repeated, or not 16 bytes of base64 (400).
-    BadKey,
-    /// `Sec-WebSocket-Version` other than 13 (426).
-    UnsupportedVersion,
-    /// Request head over [`MAX_REQUEST_HEAD`] bytes or too many headers (431).
-    HeadersTooLarge,
-    /// A path that is not a WebSocket endpoint (404).
-    NotFound,
-    /// A `topic` query parameter that is not a valid topic name (400).
-    BadTopic,
-    /// The handshake did not complete in time (408).
-    Timeout,
-    /// `--proxy-protocol` is on and the connection did not start with a
-    /// valid PROXY v1 or v2 header (400).
-    BadProxyHeader,
-    /// `X-Forwarded-For` or `X-Real-IP` from a peer outside
-    /// `--trusted-proxies` (403).
-    UntrustedForwarded,
-    /// `X-Forwarded-For` or `X-Real-IP` that is not a list of IP addresses,
-    /// from a trusted proxy (400).
-    BadForwarded,
-    /// An `Origin` outside `--allowed-origins` (403).
-    OriginNotAllowed,
-    /// The server holds `--max-connections` open connections (503).
-    OverCapacity,
-    /// The client address holds `--max-connections-per-ip` (429).
-    PerIpLimit,
-    /// The server is draining: it takes no new connections (503).
-    Draining,
-    /// Auth is configured and the token is missing (without
-    /// `--allow-anonymous`), malformed, badly signed, expired, not yet
-    /// valid, or for another audience or issuer (401, with
-    /// `WWW-Authenticate: Bearer error="invalid_token"`).
-    Unauthorized,
-    /// A topic in the URL that the connection's claims do not allow (403).
-    Forbidden,
-    /// The connect hook refused the connection (403).
-    HookRefused,
-    /// The connect hook timed out, failed or could not be reached, or the
-    /// server could not take the request (503).
-    HookUnavailable,
-}
-
-impl Reject {
-    /// Every reason, in `repr` order (for per-reason counters).
-    pub const ALL: [Reject; 21] = [
-        Reject::Malformed,
-        Reject::NotGet,
-        Reject::MissingHost,
-        Reject::NotUpgrade,
-        Reject::BadKey,
-        Reject::UnsupportedVersion,
-        Reject::HeadersTooLarge,
-        Reject::NotFound,
-        Reject::BadTopic,
-        Reject::Timeout,
-        Reject::BadProxyHeader,
-        Reject::UntrustedForwarded,
-        Reject::BadForwarded,
-        Reject::OriginNotAllowed,
-        Reject::OverCapacity,
-        Reject::PerIpLimit,
-        Reject::Draining,
-        Reject::Unauthorized,
-        Reject::Forbidden,
-        Reject::HookRefused,
-        Reject::HookUnavailable,
-    ];
-
-    /// The HTTP status code sent.
-    pub fn status(self) -> u16 {
-        match self {
-            Reject::UnsupportedVersion => 426,
-            Reject::HeadersTooLarge => 431,
-            Reject::NotFound => 404,
-            Reject::Timeout => 408,
-            Reject::UntrustedForwarded
-            | Reject::OriginNotAllowed
-            | Reject::Forbidden
-            | Reject::HookRefused => 403,
-            Reject::Unauthorized => 401,
-            Reject::OverCapacity | Reject::Draining | Reject::HookUnavailable => 503,
-            Reject::PerIpLimit => 429,
-            _ => 400,
-        }
-    }
-
-    /// Stable snake_case name, used in stats and logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            Reject::Malformed => "malformed",
-            Reject::NotGet => "not_get",
-            Reject::MissingHost => "missing_host",
-            Reject::NotUpgrade => "not_upgrade",
-            Reject::BadKey => "bad_key",
-            Reject::UnsupportedVersion => "unsupported_version",
-            Reject::HeadersTooLarge => "headers_too_large",
-            Reject::NotFound => "not_found",
-            Reject::BadTopic => "bad_topic",
-            Reject::Timeout => "timeout",
-            Reject::BadProxyHeader => "bad_proxy_header",
-            Reject::UntrustedForwarded => "untrusted_forwarded",
-            Reject::BadForwarded => "bad_forwarded",
-            Reject::OriginNotAllowed => "origin_not_allowed",
-            Reject::OverCapacity => "over_capacity",
-            Reject::PerIpLimit => "per_ip_limit",
-            Reject::Draining => "draining",
-            Reject::Unauthorized => "unauthorized",
-            Reject::Forbidden => "forbidden",
-            Reject::HookRefused => "hook_refused",
-            Reject::HookUnavailable => "hook_unavailable",
-        }
-    }
-
-    fn explanation(self) -> &'static str {
-        match self {
-            Reject::Malformed => "not a valid HTTP/1.1 request",
-            Reject::NotGet => "a WebSocket handshake must use GET",
-            Reject::MissingHost => "missing Host header",
-            Reject::NotUpgrade => "expected Upgrade: websocket and Connection: Upgrade",
-            Reject::BadKey => "Sec-WebSocket-Key must be 16 bytes in base64",
-            Reject::UnsupportedVersion => "only Sec-WebSocket-Version 13 is supported",
-            Reject::HeadersTooLarge => "request headers too large",
-            Reject::NotFound => "no WebSocket endpoint at this path",
-            Reject::BadTopic => super::names::NAME_RULE,
-            Reject::Timeout => "handshake not completed in time",
-            Reject::BadProxyHeader => "expected a valid PROXY protocol v1 or v2 header",
-            Reject::UntrustedForwarded => "forwarding headers from an untrusted peer",
-            Reject::BadForwarded => "X-Forwarded-For or X-Real-IP is not a list of IP addresses",
-            Reject::OriginNotAllowed => "origin not allowed",
-            Reject::OverCapacity => "server at its connection limit, retry later",
-            Reject::PerIpLimit => "too many connections from this address, retry later",
-            Reject::Draining => "server is draining, connect again",
-            Reject::Unauthorized => "a valid token is required",
-            Reject::Forbidden => "the token does not allow this topic",
-            Reject::HookRefused => "refused by the application",
-            Reject::HookUnavailable => "the application did not answer, retry later",
-        }
-    }
-
-    /// Seconds a client is asked to wait before retrying (`Retry-After`,
-    /// RFC 9110 §10.2.3), for refusals that are about load, not the request.
-    pub fn retry_after(self) -> Option<u32> {
-        match self {
-            Reject::OverCapacity | Reject::Draining | Reject::HookUnavailable => Some(5),
-            Reject::PerIpLimit => Some(10),
-            _ => None,
-        }
-    }
-
-    /// The complete HTTP response, ending with `Connection: close`.
-    pub fn response(self) -> Vec<u8> {
-        let status = self.status();
-        let phrase = match status {
-            401 => "Unauthorized",
-            403 => "Forbidden",
-            404 => "Not Found",
-            408 => "Request Timeout",
-            426 => "Upgrade Required",
-            429 => "Too Many Requests",
-            431 => "Request Header Fields Too Large",
-            503 => "Service Unavailable",
-            _ => "Bad Request",
-        };
-        let extra = match (self, self.retry_after()) {
-            (Reject::UnsupportedVersion, _) => "Sec-WebSocket-Version: 13\r\n".to_owned(),
-            (Reject::Unauthorized, _) => {
-                "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n".to_owned()
-            }
-            (_, Some(seconds)) => format!("Retry-After: {seconds}\r\n"),
-            _ => String::new(),
-        };
-        let body = self.explanation();
-        format!(
-            "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n\
-             Content-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}\n",
-            body.len() + 1
-        )
-        .into_bytes()
-    }
-}
 
 /// A complete upgrade request. The WebSocket headers are checked by
 /// [`Request::upgrade`], so that a caller can route on the path first.
@@ -239,6 +45,10 @@ pub struct Request<'a> {
     pub last_event_id: Option<&'a str>,
     /// The first `User-Agent` header, if any (for the connect hook).
     pub user_agent: Option<&'a str>,
+    /// The head announces a body: `Transfer-Encoding` (any), or a
+    /// `Content-Length` other than 0 (RFC 9112 §6.3). Refused by every
+    /// endpoint ([`Reject::BodyNotAllowed`]).
+    pub body: bool,
     upgrade: Result<&'a str, Reject>,
     protocols: [&'a str; MAX_PROTOCOL_HEADERS],
     /// `Sec-WebSocket-Extensions` lines (RFC 6455 §9.1), the first
@@ -309,6 +119,7 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
     let (mut origin, mut forwarded_for, mut real_ip) = (None, None, None);
     let (mut authorization, mut cookie, mut user_agent) = (None, None, None);
     let mut last_event_id = None;
+    let (mut body, mut content_length) = (false, None);
     let text = |value: &'a [u8]| std::str::from_utf8(value).map_err(|_| Reject::Malformed);
     // One value per header: a repeated one would let a client hide behind
     // a proxy's line.
@@ -338,6 +149,17 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
             if user_agent.is_none() {
                 user_agent = std::str::from_utf8(h.value).ok().map(str::trim);
             }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            body = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // RFC 9112 §6.3: a repeated or invalid length is an error.
+            let value = h.value.trim_ascii();
+            if content_length.is_some() || value.is_empty() || !value.iter().all(u8::is_ascii_digit)
+            {
+                return Err(Reject::Malformed);
+            }
+            content_length = Some(value);
+            body |= value.iter().any(|&b| b != b'0');
         } else if name.eq_ignore_ascii_case("host") {
             host = !h.value.trim_ascii().is_empty();
         } else if name.eq_ignore_ascii_case("upgrade") {
@@ -390,6 +212,7 @@ pub fn parse<'a>(buf: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, Reject> 
             cookie,
             last_event_id,
             user_agent,
+            body,
             upgrade,
             protocols,
             extensions,
@@ -551,6 +374,21 @@ mod tests {
         let response = String::from_utf8(Reject::UnsupportedVersion.response()).unwrap();
         assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(response.contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    #[test]
+    fn a_body_is_noticed_and_a_bad_length_refused() {
+        let with = |header: &str| GOOD.replace("Host: x\r\n", &format!("Host: x\r\n{header}"));
+        let body = |header: &str| parse(with(header).as_bytes()).map(|r| r.unwrap().0.body);
+        assert_eq!(body(""), Ok(false));
+        assert_eq!(body("Content-Length: 0\r\n"), Ok(false));
+        assert_eq!(body("Content-Length: 12\r\n"), Ok(true));
+        assert_eq!(body("Transfer-Encoding: chunked\r\n"), Ok(true));
+        assert_eq!(body("Content-Length: -1\r\n"), Err(Reject::Malformed));
+        let twice = "Content-Length: 0\r\nContent-Length: 0\r\n";
+        assert_eq!(body(twice), Err(Reject::Malformed));
+        let response = String::from_utf8(Reject::BodyNotAllowed.response()).unwrap();
+        assert!(response.starts_with("HTTP/1.1 400 Bad Request\r\nServer: ringcast\r\n"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! benched alone.
 //!
 //! - [`handshake`]: the HTTP/1.1 opening handshake (RFC 6455 §4).
+//! - [`reject`]: refusals of a request, each with its HTTP status.
 //! - [`frame`]: frame header parse and encode (RFC 6455 §5.2).
 //! - [`mask`]: client-to-server payload unmasking (RFC 6455 §5.3).
 //! - [`utf8`]: incremental, fail-fast UTF-8 validation (RFC 6455 §8.1).
@@ -30,6 +31,7 @@ pub mod mask;
 pub mod names;
 pub mod poll;
 pub mod proxy;
+pub mod reject;
 pub mod sse;
 pub mod utf8;
 pub mod v1;

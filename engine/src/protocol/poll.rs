@@ -11,8 +11,16 @@ use bytes::Bytes;
 /// plus `"reset":[TOPIC,…]` naming topics whose `since` could not be
 /// resumed (the client reloads them) when there are any;
 /// keep-alive (HTTP/1.1's default, with `Content-Length`), never cached,
-/// with CORS headers for an allowed `origin`.
-pub fn response(origin: Option<&str>, messages: &[&[u8]], next: &str, reset: &[String]) -> Bytes {
+/// with CORS headers for an allowed `origin`; with `close`, also
+/// `Connection: close` (the server closes after it and reads no further
+/// request, RFC 9112 §9.6).
+pub fn response(
+    origin: Option<&str>,
+    messages: &[&[u8]],
+    next: &str,
+    reset: &[String],
+    close: bool,
+) -> Bytes {
     let mut body =
         Vec::with_capacity(32 + next.len() + messages.iter().map(|m| m.len() + 1).sum::<usize>());
     body.extend_from_slice(br#"{"messages":["#);
@@ -39,8 +47,9 @@ pub fn response(origin: Option<&str>, messages: &[&[u8]], next: &str, reset: &[S
     body.push(b'}');
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\n{}\r\n",
+         Cache-Control: no-store\r\n{}{}\r\n",
         body.len(),
+        if close { "Connection: close\r\n" } else { "" },
         sse::cors(origin)
     );
     [head.as_bytes(), &body].concat().into()
@@ -57,6 +66,7 @@ mod tests {
             &[br#"{"op":"message","topic":"a","offset":3}"#],
             "a:3:E",
             &[],
+            false,
         );
         let text = std::str::from_utf8(&r).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -65,8 +75,9 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(json["messages"][0]["offset"], 3);
         assert_eq!(json["next"], "a:3:E");
-        let empty = response(Some("http://x"), &[], "", &["b".into()]);
+        let empty = response(Some("http://x"), &[], "", &["b".into()], true);
         let text = std::str::from_utf8(&empty).unwrap();
+        assert!(text.contains("\r\nConnection: close\r\n"));
         assert!(text.ends_with(r#"{"messages":[],"next":"","reset":["b"]}"#));
         assert!(text.contains("Access-Control-Allow-Origin: http://x\r\n"));
     }

@@ -106,16 +106,39 @@ impl Grant {
     }
 }
 
+/// Whether `user` is listed after the `#` of a user-limited `topic`
+/// (`dialog#42,43`); `None` when `topic` is not user-limited.
+fn listed(user: Option<&str>, topic: &str) -> Option<bool> {
+    let (_, users) = topic.split_once('#')?;
+    Some(user.is_some_and(|u| users.split(',').any(|listed| listed == u)))
+}
+
 /// Whether a connection of `user` with `grant` may subscribe to `topic`.
 /// `grant` is `None` for a connection without a token (auth off, or
 /// `--allow-anonymous`): every topic but the user-limited ones.
 pub fn may_subscribe(user: Option<&str>, grant: Option<&Grant>, topic: &str) -> bool {
-    if let Some((_, users)) = topic.split_once('#') {
-        return user.is_some_and(|u| users.split(',').any(|listed| listed == u));
+    if let Some(listed) = listed(user, topic) {
+        return listed;
     }
     grant
         .and_then(|g| g.topics.as_deref())
         .is_none_or(|patterns| patterns.iter().any(|p| p.matches(topic)))
+}
+
+/// Whether a client connection of `user` with `grant` may publish to
+/// `topic`: its `publish` claim (or a connect hook's grant) or one of the
+/// server's `--client-publish` patterns (`server`) matches, and, for a
+/// user-limited topic (`dialog#42,43`), `user` is listed after `#`
+/// whatever the patterns say (so an anonymous client never may). The
+/// HTTP API is not a client and is not asked.
+pub fn may_publish(
+    user: Option<&str>,
+    grant: Option<&Grant>,
+    server: &[Pattern],
+    topic: &str,
+) -> bool {
+    listed(user, topic) != Some(false)
+        && (grant.is_some_and(|g| g.may_publish(topic)) || server.iter().any(|p| p.matches(topic)))
 }
 
 #[cfg(test)]
@@ -188,5 +211,18 @@ mod tests {
         let big = format!("\"{}\"", "x".repeat(MAX_INFO));
         assert!(Grant::new(None, None, Some(&big)).is_err());
         assert!(Grant::new(Some(vec!["a b".into()]), None, None).is_err());
+    }
+
+    #[test]
+    fn publish_patterns_never_open_user_limited_topics_to_others() {
+        let g = Grant::new(None, Some(vec!["chat.*".into()]), None).unwrap();
+        let server = [Pattern::parse("chat.*").unwrap()];
+        assert!(may_publish(Some("66"), Some(&g), &[], "chat.room"));
+        assert!(!may_publish(Some("66"), Some(&g), &[], "chat.dm#43,44"));
+        assert!(!may_publish(Some("66"), None, &server, "chat.dm#43"));
+        assert!(!may_publish(None, None, &server, "chat.dm#43"));
+        assert!(may_publish(Some("43"), Some(&g), &[], "chat.dm#43,44"));
+        assert!(may_publish(Some("43"), None, &server, "chat.dm#43"));
+        assert!(!may_publish(Some("43"), None, &[], "chat.dm#43"));
     }
 }

@@ -163,6 +163,12 @@ pub struct Serve {
     /// or localhost:PORT (127.0.0.1). Port 0 picks a free port.
     #[arg(long, env = "RINGCAST_LISTEN", default_value = "0.0.0.0:8080", value_parser = listen_addr)]
     pub listen: SocketAddr,
+    /// Start even when another server already accepts connections on
+    /// --listen; both then share it (SO_REUSEPORT). For a zero-downtime
+    /// binary upgrade: start the new process, then drain the old one.
+    /// Without it, ringcast refuses to start there.
+    #[arg(long, env = "RINGCAST_LISTEN_OVERLAP")]
+    pub listen_overlap: bool,
     /// Address of the HTTP API (publish, broadcast, drain, rebalance,
     /// healthz, readyz, stats, metrics). The load balancer's health checks
     /// need to reach /readyz here. Written as --listen.
@@ -367,8 +373,10 @@ pub struct Serve {
     #[arg(long = "room", env = "RINGCAST_ROOM", value_delimiter = ',')]
     #[serde(rename = "room")]
     pub rooms: Vec<String>,
-    /// Client publishes, rpc calls and room messages one connection may
-    /// send per second (a token bucket holding one second's worth); over
+    /// Client messages one connection may send per second: publishes, rpc
+    /// calls, room messages and control messages (subscribe, unsubscribe,
+    /// refresh, and invalid ones), allowed or not (a token bucket holding
+    /// one second's worth); over
     /// it the message is dropped and answered "rate limited", past ten
     /// times it within a second the connection is closed with 1008.
     #[arg(
@@ -381,6 +389,11 @@ pub struct Serve {
     /// above.
     #[arg(long, env = "RINGCAST_CLIENT_BYTES_PER_SEC", default_value_t = 1 << 20, value_parser = count::<u64>)]
     pub client_bytes_per_sec: u64,
+    /// Bytes one connection's compressed (permessage-deflate) messages may
+    /// inflate to per second (a token bucket holding one second's worth);
+    /// past it the connection is closed with 1008. 0: no budget.
+    #[arg(long, env = "RINGCAST_MAX_INFLATE_BYTES_PER_SEC", default_value_t = 16 << 20, value_parser = count::<u64>)]
+    pub max_inflate_bytes_per_sec: u64,
     /// Base URL of the backend's hooks (http://): each is a POST of JSON
     /// to URL/connect, URL/publish, URL/rpc or URL/disconnect.
     #[arg(long, env = "RINGCAST_HOOK_URL")]

@@ -68,6 +68,7 @@ impl Serve {
             rooms: patterns("--room", &self.rooms)?,
             client_messages_per_sec: self.client_messages_per_sec,
             client_bytes_per_sec: self.client_bytes_per_sec as f64,
+            max_inflate_bytes_per_sec: self.max_inflate_bytes_per_sec,
             hooks: self.engine_hooks(),
             broker: false,
         })

@@ -10,7 +10,7 @@
 //! | `ringcast.v1` | [`v1`] | subscribe with positions | ops | the v1 frame, per topic | ping, idle | close frame |
 //! | `/echo` | [`echo`] | — | echoed | — | ping, idle | close frame |
 //! | SSE | [`sse`] | subscribe, resume, replay | dropped | an event, per topic | heartbeat | `event: close` |
-//! | long-poll | [`poll`] | a poll | the next poll | the answer | poll timeout, idle | — |
+//! | long-poll | [`poll`] | a poll | the next polls, each checked | the answer | poll timeout, idle | — |
 //!
 //! The three WebSocket transports share the frame decoder and the
 //! keep-alive ([`websocket`]). Each module owns the state it keeps beside
@@ -41,6 +41,7 @@ use crate::protocol::close::code;
 use crate::timers::Tick;
 use crate::topics::{TopicId, Topics};
 use bytes::Bytes;
+use std::net::IpAddr;
 
 /// What the transports keep beside the table, by slot. An idle WebSocket
 /// connection has nothing here.
@@ -50,6 +51,9 @@ pub(super) struct Transports {
     sse: sse::Streams,
     /// Long-poll connections.
     poll: poll::Polls,
+    /// Inflate budgets of WebSocket connections that sent compressed
+    /// messages.
+    inflate: websocket::Budgets,
 }
 
 impl Transports {
@@ -57,6 +61,7 @@ impl Transports {
     pub fn forget(&mut self, slot: u32) {
         self.sse.forget(slot);
         self.poll.forget(slot);
+        self.inflate.remove(&slot);
     }
 }
 
@@ -68,6 +73,10 @@ pub(super) struct Opening {
     pub position: Option<String>,
     /// A poll's `Origin`, for the CORS headers of its answers.
     pub origin: Option<String>,
+    /// The address forwarding headers are judged by (the PROXY header's
+    /// source, else the socket's peer) and the client's address, which a
+    /// poll's later requests are checked against.
+    pub addresses: (IpAddr, IpAddr),
     /// Bytes after the request (a WebSocket client's first frames).
     pub rest: Vec<u8>,
 }
@@ -163,12 +172,16 @@ impl Connections {
             topics,
             position,
             origin,
+            addresses,
             mut rest,
         } = opening;
         match endpoint {
             // The client says nothing more on an SSE stream.
             Endpoint::Sse => return self.open_sse(slot, &topics, position.as_deref()),
-            Endpoint::Poll => return self.start_poll(slot, &topics, position.as_deref(), origin),
+            Endpoint::Poll => {
+                let since = position.as_deref();
+                return self.open_poll(slot, addresses, &topics, since, origin, &rest);
+            }
             Endpoint::PubSubV1 => self.open_v1(slot, &topics),
             Endpoint::PubSub => self.open_ws(slot, &topics),
             Endpoint::Echo => {}

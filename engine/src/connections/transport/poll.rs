@@ -14,31 +14,61 @@
 //!
 //! State lives in [`Polls`], a side map by slot; a poll's cost is this
 //! entry, its subscriptions while it waits, and one answer.
+//!
+//! # Every request checked by itself
+//! A connection may be shared by many clients (a proxy's pool of upstream
+//! connections), so each request on it goes through the checks of the
+//! first (`Io::check`): no body, `Origin`, forwarding headers,
+//! drain, the token (its user and grants replace the previous request's;
+//! none is anonymous, or 401), each topic's permission, and the
+//! per-address admission count when the client's address changed. A
+//! request that fails is answered with its refusal and the connection
+//! closes. With the connect hook on, whose answer admitted the first
+//! request only, every answer carries `Connection: close` and the
+//! connection closes after it (RFC 9112 §9.6: requests after it are not
+//! read).
+//!
+//! # Pipelining
+//! Bytes after a request head are the next request, never a body (a head
+//! that announces one is refused with 400). Requests are answered in
+//! order: a complete request (or bytes that cannot be one) behind a
+//! waiting poll first ends that poll with an answer without messages, as
+//! its timeout would; then it is handled. At most
+//! [`handshake::MAX_REQUEST_HEAD`] bytes of an incomplete request are
+//! kept (past them: 431 and close). Behind a poll still reading its
+//! positions from the broker, the bytes wait unparsed until it answers
+//! or waits (at most twice that bound: past it, 431 and close).
 
-use super::super::handshake::query_topics;
+use super::super::handshake::{query_topics, Checked};
 use super::super::io::Io;
 use super::super::recovery::{Live, Read, REPLY_ROOM};
 use super::super::Connections;
 use super::sse::{id_text, Positions};
 use super::Delivery;
-use crate::conn::Conn;
+use crate::conn::{Conn, Phase};
 use crate::hub::Recovery;
 use crate::protocol::handshake::{self, Reject};
 use crate::protocol::sse::parse_positions;
 use crate::protocol::{frame, poll, v1::Since};
+use crate::session::SessionId;
 use crate::stats::WorkerStats;
-use crate::timers::Tick;
+use crate::timers::{Tick, NEVER};
 use crate::topics::{TopicId, Topics};
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 /// One long-poll connection.
 #[derive(Default)]
 pub(super) struct Poll {
-    /// Bytes of the next request, while it spans receives.
+    /// Bytes of the next requests, while incomplete or behind a poll.
     head: Vec<u8>,
-    /// The first request's `Origin`, for CORS headers.
+    /// The current request's `Origin`, for CORS headers.
     origin: Option<String>,
+    /// The address forwarding headers are judged by (the PROXY header's
+    /// source, else the socket's peer), and the client the admission
+    /// counts hold the connection for.
+    addresses: Option<(IpAddr, IpAddr)>,
     /// Positions of the poll's topics that keep history.
     positions: Positions,
     /// The poll waits for a message (no answer queued yet).
@@ -101,17 +131,43 @@ impl Polls {
         p.waiting = false;
         self.answered.push(slot);
         let next = id_text(topics, &p.positions);
-        io.queue(conn, slot, answer(p.origin.as_deref(), &d.v1.plain, &next))
+        let close = io.limits.connect_hook;
+        io.queue(
+            conn,
+            slot,
+            answer(p.origin.as_deref(), &d.v1.plain, &next, close),
+        )
     }
 }
 
 /// The answer to a waiting poll that one delivery (`frame`, its
-/// `ringcast.v1` frame) ends, with `next` the positions after it.
-fn answer(origin: Option<&str>, frame: &Bytes, next: &str) -> Bytes {
-    poll::response(origin, &[frame::server_payload(frame)], next, &[])
+/// `ringcast.v1` frame) ends, with `next` the positions after it (and
+/// `Connection: close` with `close`).
+fn answer(origin: Option<&str>, frame: &Bytes, next: &str, close: bool) -> Bytes {
+    poll::response(origin, &[frame::server_payload(frame)], next, &[], close)
 }
 
 impl Connections {
+    /// Opens a long-poll connection whose first request passed every
+    /// check: starts its poll, then reads what came after the request.
+    /// `addresses`: see [`Poll::addresses`].
+    pub(super) fn open_poll(
+        &mut self,
+        slot: u32,
+        addresses: (IpAddr, IpAddr),
+        topics: &[String],
+        since: Option<&str>,
+        origin: Option<String>,
+        rest: &[u8],
+    ) {
+        let polls = &mut self.transports.poll.by_slot;
+        polls.entry(slot).or_default().addresses = Some(addresses);
+        self.start_poll(slot, topics, since, origin);
+        if !rest.is_empty() {
+            self.on_poll_bytes(slot, rest);
+        }
+    }
+
     /// Starts a poll on `slot` for `topics` after `since` (positions text):
     /// answers at once with what the history holds after it, with the
     /// topics it could not resume (`reset`), or when a topic with history
@@ -131,9 +187,7 @@ impl Connections {
             .by_slot
             .remove(&slot)
             .unwrap_or_default();
-        if origin.is_some() {
-            state.origin = origin;
-        }
+        state.origin = origin;
         state.positions.clear();
         let (mut frames, mut reset) = (Vec::new(), Vec::new());
         let mut reserved = 0;
@@ -247,6 +301,8 @@ impl Connections {
             ..
         } = *reading;
         self.poll_decide(slot, state, frames, reset, unplaced);
+        // Requests that came meanwhile, in order.
+        self.next_requests(slot);
     }
 
     /// A poll whose reads are all in: answers at once with `frames` (the
@@ -272,7 +328,8 @@ impl Connections {
         }
         let json: Vec<&[u8]> = frames.iter().map(|f| frame::server_payload(f)).collect();
         let next = id_text(&self.topics, &state.positions);
-        let answer = poll::response(state.origin.as_deref(), &json, &next, &reset);
+        let close = self.io.limits.connect_hook;
+        let answer = poll::response(state.origin.as_deref(), &json, &next, &reset, close);
         WorkerStats::add(&self.io.stats().messages_out, frames.len() as u64);
         self.transports.poll.by_slot.insert(slot, state);
         self.poll_answered(slot, answer);
@@ -282,8 +339,33 @@ impl Connections {
     fn poll_answered(&mut self, slot: u32, answer: Bytes) {
         let conn = self.table.get_mut(slot).expect("live slot");
         self.io.queue(conn, slot, answer);
+        self.after_answer(slot);
+    }
+
+    /// An answer is queued: the connection leaves its topics and waits
+    /// for the next request, or closes after the answer with the connect
+    /// hook on (the answer said `Connection: close`).
+    fn after_answer(&mut self, slot: u32) {
         self.leave_all(slot);
+        if self.io.limits.connect_hook {
+            let conn = self.table.get_mut(slot).expect("live slot");
+            return self.io.close(conn, slot, None, "");
+        }
         self.schedule_poll(slot);
+    }
+
+    /// Answers `slot`'s waiting poll now, with no message (its timeout's
+    /// answer).
+    fn end_waiting_poll(&mut self, slot: u32) {
+        let polls = &mut self.transports.poll.by_slot;
+        let Some(state) = polls.get_mut(&slot).filter(|p| p.waiting) else {
+            return;
+        };
+        state.waiting = false;
+        let next = id_text(&self.topics, &state.positions);
+        let close = self.io.limits.connect_hook;
+        let answer = poll::response(state.origin.as_deref(), &[], &next, &[], close);
+        self.poll_answered(slot, answer);
     }
 
     /// Takes `slot` out of every topic.
@@ -303,41 +385,115 @@ impl Connections {
     pub(in crate::connections) fn finish_polls(&mut self) {
         while let Some(slot) = self.transports.poll.answered.pop() {
             if self.table.get_mut(slot).is_some() {
-                self.leave_all(slot);
-                self.schedule_poll(slot);
+                self.after_answer(slot);
             }
         }
     }
 
-    /// Bytes on a long-poll connection: the next request, once the answer
-    /// to the last one is queued. A request sent while a poll waits (or
-    /// reads its positions) is dropped (a client waits for its answer before asking again).
+    /// Bytes on a long-poll connection: the next requests, each handled
+    /// in turn once complete (see the module documentation). With the
+    /// connect hook on, no request after the first is read.
     pub(in crate::connections) fn on_poll_bytes(&mut self, slot: u32, data: &[u8]) {
-        let state = self.transports.poll.by_slot.entry(slot).or_default();
-        if state.waiting || state.reading.is_some() {
-            return;
+        if self.io.limits.connect_hook {
+            return; // the answer says `Connection: close`
         }
+        let state = self.transports.poll.by_slot.entry(slot).or_default();
         state.head.extend_from_slice(data);
-        let parsed = match handshake::parse(&state.head) {
-            Ok(None) => return,
-            Ok(Some((req, _))) if Some(req.path) != self.io.limits.poll_path.as_deref() => {
-                Err(Reject::NotFound)
+        if state.reading.is_some() && state.head.len() > 2 * handshake::MAX_REQUEST_HEAD {
+            return self.refuse_poll(slot, Reject::HeadersTooLarge);
+        }
+        self.next_requests(slot);
+    }
+
+    /// Handles the complete requests kept for `slot`, in order, up to an
+    /// incomplete one or a poll that reads its positions from the broker
+    /// (whose answer comes first: see [`Self::poll_resumed`]).
+    fn next_requests(&mut self, slot: u32) {
+        while self
+            .table
+            .get_mut(slot)
+            .is_some_and(|c| c.phase() == Phase::Open)
+        {
+            let Some(state) = self.transports.poll.by_slot.get_mut(&slot) else {
+                return;
+            };
+            if state.reading.is_some() || state.head.is_empty() {
+                return;
             }
-            Ok(Some((req, _))) => {
-                let mut since = None;
-                query_topics(req.query, "since", &mut since).map(|topics| (topics, since))
+            let head = std::mem::take(&mut state.head);
+            let (req, used) = match handshake::parse(&head) {
+                Ok(None) => {
+                    state.head = head;
+                    return;
+                }
+                Ok(Some((req, used))) => (Ok(req), used),
+                Err(reason) => (Err(reason), head.len()),
+            };
+            // Answers keep the requests' order.
+            self.end_waiting_poll(slot);
+            if let Err(reason) = req.and_then(|req| self.poll_request(slot, &req)) {
+                return self.refuse_poll(slot, reason);
             }
-            Err(reason) => Err(reason),
+            let rest = &head[used..];
+            if rest.is_empty() {
+                return;
+            }
+            if let Some(state) = self.transports.poll.by_slot.get_mut(&slot) {
+                state.head = rest.to_vec();
+            }
+        }
+    }
+
+    /// A later request on a long-poll connection: checked as the first
+    /// was; its token (or none) becomes the connection's, a new client
+    /// address takes the connection's place in the admission counts, and
+    /// its poll starts.
+    ///
+    /// # Errors
+    /// The refusal to answer with, before anything changed.
+    fn poll_request(&mut self, slot: u32, req: &handshake::Request<'_>) -> Result<(), Reject> {
+        if Some(req.path) != self.io.limits.poll_path.as_deref() {
+            return Err(Reject::NotFound);
+        }
+        let mut since = None;
+        let topics = query_topics(req.query, "since", &mut since)?;
+        let state = self.transports.poll.by_slot.get(&slot);
+        let Some((transport, admitted)) = state.and_then(|p| p.addresses) else {
+            return Err(Reject::Malformed);
         };
-        state.head.clear();
-        match parsed {
-            Ok((topics, since)) => self.start_poll(slot, &topics, since.as_deref(), None),
-            Err(reason) => {
-                self.io.stats().reject(reason);
-                let conn = self.table.get_mut(slot).expect("live slot");
-                self.io.enqueue(conn, Bytes::from(reason.response()));
-                self.io.close(conn, slot, None, "");
+        let Checked { client, identity } = self.io.check(req, &topics, transport)?;
+        let conn = self.table.get_mut(slot).expect("live slot");
+        if client != admitted {
+            let peer = self.io.admission.admit(client)?;
+            self.io.admission.closed(conn.peer);
+            conn.peer = peer;
+            if let Some(state) = self.transports.poll.by_slot.get_mut(&slot) {
+                state.addresses = Some((transport, client));
             }
+        }
+        let old = conn.session;
+        (conn.session, conn.expires) = match identity {
+            Some(id) => (
+                self.sessions.attach(id.user.as_deref(), id.grant, slot),
+                self.io.expiry_tick(id.expires),
+            ),
+            None => (SessionId::NONE, NEVER),
+        };
+        self.sessions.detach(old, slot);
+        let origin = req.origin.map(str::to_owned);
+        self.start_poll(slot, &topics, since.as_deref(), origin);
+        Ok(())
+    }
+
+    /// Answers a request on a long-poll connection with `reason`'s
+    /// refusal and closes.
+    fn refuse_poll(&mut self, slot: u32, reason: Reject) {
+        self.io.stats().reject(reason);
+        tracing::debug!(slot, reason = reason.label(), "poll request refused");
+        let conn = self.table.get_mut(slot).expect("live slot");
+        if conn.phase() == Phase::Open {
+            self.io.enqueue(conn, Bytes::from(reason.response()));
+            self.io.close(conn, slot, None, "");
         }
     }
 
@@ -358,10 +514,7 @@ impl Connections {
                 let at = state.deadline.min(conn.expires);
                 return self.io.schedule(conn, slot, at);
             }
-            state.waiting = false;
-            let next = id_text(&self.topics, &state.positions);
-            let answer = poll::response(state.origin.as_deref(), &[], &next, &[]);
-            return self.poll_answered(slot, answer);
+            return self.end_waiting_poll(slot);
         }
         if now >= conn.last_active + self.io.limits.idle {
             return self.io.close(conn, slot, None, "");
@@ -385,7 +538,7 @@ mod tests {
     #[test]
     fn a_delivery_answers_a_waiting_poll_with_its_json() {
         let frame = v1::message("x", None, &Data::new(Content::Text, b"now")).0;
-        let bytes = answer(Some("http://app"), &frame, "");
+        let bytes = answer(Some("http://app"), &frame, "", false);
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("Access-Control-Allow-Origin: http://app\r\n"));

@@ -22,21 +22,30 @@ pub(super) fn on_message(message: Message<'_>) -> Action {
     match message {
         Message::Text(t) => match v1::parse(t) {
             Ok(request) => Action::V1(request),
-            Err(reason) => super::ws::text_reply(&control::error(&reason)),
+            Err(reason) => Action::Invalid(control::error(&reason)),
         },
-        _ => super::ws::text_reply(&control::error("binary messages are not control messages")),
+        _ => Action::Invalid(control::error("binary messages are not control messages")),
     }
 }
 
 impl Connections {
-    /// Applies a client op of a `ringcast.v1` connection.
+    /// Applies a client op of a `ringcast.v1` connection. Every op counts
+    /// against the rate limits: publish and rpc with their bytes (in
+    /// `duplex.rs`), the others here.
     pub(in crate::connections) fn apply_v1(&mut self, slot: u32, request: v1::Request) {
+        let control = matches!(
+            request,
+            v1::Request::Resume { .. } | v1::Request::Control(_)
+        );
+        if control && !self.within_rate(slot, 0, true, None) {
+            return;
+        }
         match request {
             v1::Request::Resume { topic, since } => self.subscribe_v1(slot, &topic, Some(&since)),
             v1::Request::Control(control::Request::Subscribe { topic }) => {
                 self.subscribe_v1(slot, &topic, None);
             }
-            v1::Request::Control(other) => self.apply(slot, Action::Control(other)),
+            v1::Request::Control(other) => self.control(slot, other),
             v1::Request::Publish { topic, data, id } => self.client_publish(slot, topic, data, id),
             v1::Request::Rpc { id, method, data } => self.client_rpc(slot, id, method, data),
         }

@@ -11,7 +11,6 @@ use super::Delivery;
 use crate::conn::{Conn, Route};
 use crate::protocol::control;
 use crate::protocol::decoder::Message;
-use crate::protocol::frame::{self, OpCode};
 use crate::Content;
 use bytes::Bytes;
 
@@ -24,15 +23,10 @@ pub(super) fn on_message(rooms: bool, message: Message<'_>) -> Action {
         Message::Binary(b) if rooms => Action::Room(Content::Binary, Bytes::copy_from_slice(b)),
         Message::Text(t) => match control::parse(t) {
             Ok(request) => Action::Control(request),
-            Err(reason) => text_reply(&control::error(&reason)),
+            Err(reason) => Action::Invalid(control::error(&reason)),
         },
-        _ => text_reply(&control::error("binary messages are not control messages")),
+        _ => Action::Invalid(control::error("binary messages are not control messages")),
     }
-}
-
-/// A JSON reply as a text frame.
-pub(super) fn text_reply(json: &str) -> Action {
-    Action::Send(frame::encode(OpCode::Text, json.as_bytes()))
 }
 
 /// The bytes of `d` for a connection with `route`: the raw frame, or its
@@ -60,6 +54,7 @@ mod tests {
     use super::*;
     use crate::conn::{Deflate, Endpoint};
     use crate::delivery::Frames;
+    use crate::protocol::frame::{self, OpCode};
 
     #[test]
     fn a_delivery_is_the_raw_frame_or_its_compressed_twin() {
@@ -91,7 +86,7 @@ mod tests {
         ));
         assert!(matches!(
             on_message(false, Message::Binary(b"x")),
-            Action::Send(_)
+            Action::Invalid(_)
         ));
         assert!(matches!(
             on_message(true, Message::Binary(b"x")),
