@@ -909,3 +909,268 @@ async fn a_rolling_restart_behind_haproxy_under_publishes_loses_and_doubles_noth
         accepted.len()
     );
 }
+
+/// An SSE stream read event by event.
+struct Sse {
+    raw: Raw,
+    buf: String,
+    /// The last `id:` the stream gave (what a browser sends back as
+    /// `Last-Event-ID`).
+    last_id: Option<String>,
+    /// Names of the named events seen (`subscribed`, `reset`, …).
+    named: Vec<String>,
+    /// Messages read while waiting for the first `id:`.
+    early: std::collections::VecDeque<Value>,
+}
+
+impl Sse {
+    /// Opens `GET target` (with `Last-Event-ID` when given) and reads until
+    /// the stream gave its first `id:`, which comes once the topic's
+    /// position is read.
+    async fn open(server: &Server, target: &str, last_event_id: Option<&str>) -> Self {
+        let mut raw = Raw::connect(server).await;
+        let header = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+        let request = format!("GET {target} HTTP/1.1\r\nHost: test\r\n{header}\r\n");
+        raw.send(request.as_bytes()).await;
+        let head = raw.response_head().await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        let mut sse = Self {
+            raw,
+            buf: String::new(),
+            last_id: None,
+            named: Vec::new(),
+            early: Default::default(),
+        };
+        while sse.last_id.is_none() {
+            if let Some(message) = sse.event().await {
+                sse.early.push_back(message);
+            }
+        }
+        sse
+    }
+
+    /// Reads the next event; returns its data when it is a message.
+    async fn event(&mut self) -> Option<Value> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        while !self.buf.contains("\n\n") {
+            let n = tokio::time::timeout(WAIT, self.raw.stream.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("no event after {:?}", self.buf))
+                .unwrap();
+            assert!(n > 0, "the stream ended: {:?}", self.buf);
+            self.buf.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+        }
+        let end = self.buf.find("\n\n").unwrap();
+        let event: String = self.buf.drain(..end + 2).collect();
+        let mut data = None;
+        let mut name = None;
+        for line in event.lines() {
+            if let Some(id) = line.strip_prefix("id: ") {
+                self.last_id = Some(id.to_owned());
+            } else if let Some(json) = line.strip_prefix("data: ") {
+                data = Some(serde_json::from_str::<Value>(json).unwrap());
+            } else if let Some(n) = line.strip_prefix("event: ") {
+                name = Some(n.to_owned());
+            }
+        }
+        match name {
+            Some(name) => {
+                self.named.push(name);
+                None
+            }
+            None => data.filter(|d| d["op"] == "message"),
+        }
+    }
+
+    /// The next message event's data.
+    async fn next_message(&mut self) -> Value {
+        if let Some(message) = self.early.pop_front() {
+            return message;
+        }
+        loop {
+            if let Some(message) = self.event().await {
+                return message;
+            }
+        }
+    }
+}
+
+/// One long-poll request on a connection of its own: the answer's JSON.
+async fn poll_once(server: &Server, query: &str) -> Value {
+    let mut raw = Raw::connect(server).await;
+    raw.send(poll_request(query).as_bytes()).await;
+    poll_answer(&mut raw).await
+}
+
+/// A long-poll request for `query`.
+fn poll_request(query: &str) -> String {
+    format!("GET /poll?{query} HTTP/1.1\r\nHost: test\r\n\r\n")
+}
+
+/// The next long-poll answer on `raw`: its JSON.
+async fn poll_answer(raw: &mut Raw) -> Value {
+    use tokio::io::AsyncReadExt;
+    let head = raw.response_head().await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("a Content-Length")
+        .parse()
+        .unwrap();
+    let mut body = vec![0; length];
+    tokio::time::timeout(WAIT, raw.stream.read_exact(&mut body))
+        .await
+        .expect("the answer's body")
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Polls `server` for `h.p` from `next` (updated to each answer's) until
+/// `count` messages came; returns them. A `reset` fails.
+async fn poll_until(server: &Server, next: &mut String, count: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let answer = poll_once(server, &format!("topic=h.p&since={}", urlencode(next))).await;
+        assert!(answer.get("reset").is_none(), "{answer}");
+        got.extend(answer["messages"].as_array().unwrap().clone());
+        *next = answer["next"].as_str().unwrap().to_owned();
+    }
+    got
+}
+
+/// Asserts `m` is message `i` (`m{i}` at offset `i`).
+fn assert_message(m: &Value, i: u64) {
+    assert_eq!(
+        (&m["offset"], &m["data"]),
+        (&json!(i), &json!(format!("m{i}"))),
+        "gap, duplicate or disorder: {m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_resumes_on_another_node_with_last_event_id() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&[&redis], &[]), node(&[&redis], &[]));
+    wait_broker_state(&a, "up").await;
+    wait_broker_state(&b, "up").await;
+    let mut sse = Sse::open(&a, "/sse?topic=h.s", None).await;
+    for i in 1..=5 {
+        assert_eq!(publish(&b, "topic=h.s", &format!("m{i}")).await.0, 200);
+    }
+    for i in 1..=5 {
+        assert_message(&sse.next_message().await, i);
+    }
+    let id = sse.last_id.clone().unwrap();
+    assert!(id.starts_with("h.s:5:"), "{id}");
+    a.signal(libc::SIGKILL);
+    for i in 6..=10 {
+        assert_eq!(publish(&b, "topic=h.s", &format!("m{i}")).await.0, 200);
+    }
+    let mut sse = Sse::open(&b, "/sse?topic=h.s", Some(&id)).await;
+    for i in 6..=10 {
+        assert_message(&sse.next_message().await, i);
+    }
+    assert_eq!(publish(&b, "topic=h.s", "m11").await.0, 200);
+    assert_message(&sse.next_message().await, 11);
+    assert_eq!(sse.named, ["subscribed"], "no reset");
+    assert!(sse.last_id.unwrap().starts_with("h.s:11:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_client_resumes_on_another_node_with_since() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&[&redis], &[]), node(&[&redis], &[]));
+    wait_broker_state(&a, "up").await;
+    wait_broker_state(&b, "up").await;
+    // A first poll learns the topic's position at once.
+    let first = poll_once(&a, "topic=h.p").await;
+    assert_eq!(first["messages"], json!([]), "{first}");
+    let mut next = first["next"].as_str().unwrap().to_owned();
+    assert!(next.starts_with("h.p:0:"), "{next}");
+    for i in 1..=5 {
+        assert_eq!(publish(&b, "topic=h.p", &format!("m{i}")).await.0, 200);
+    }
+    // Node A reads them from the broker, not from its own hub.
+    let got = poll_until(&a, &mut next, 5).await;
+    for (i, m) in (1..).zip(&got) {
+        assert_message(m, i);
+    }
+    a.signal(libc::SIGKILL);
+    for i in 6..=10 {
+        assert_eq!(publish(&b, "topic=h.p", &format!("m{i}")).await.0, 200);
+    }
+    let mut got = poll_until(&b, &mut next, 5).await;
+    // A waiting poll, answered by the next publish.
+    let waiting = {
+        let query = format!("topic=h.p&since={}", urlencode(&next));
+        let b = &b;
+        async move { poll_once(b, &query).await }
+    };
+    let publisher = async {
+        redis.wait_nodes("h.p", 1).await;
+        assert_eq!(publish(&b, "topic=h.p", "m11").await.0, 200);
+    };
+    let (answer, ()) = tokio::join!(waiting, publisher);
+    got.extend(answer["messages"].as_array().unwrap().clone());
+    assert_eq!(got.len(), 6, "{got:?}");
+    for (i, m) in (6..).zip(&got) {
+        assert_message(m, i);
+    }
+    assert!(answer["next"].as_str().unwrap().starts_with("h.p:11:"));
+}
+
+/// Pipelined polls whose positions the broker reads: the second request
+/// waits for the first poll's reads and answer, and both are answered in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_polls_read_from_the_broker_are_answered_in_order() {
+    let redis = Redis::start().await;
+    let a = node(&[&redis], &[]);
+    wait_broker_state(&a, "up").await;
+    let mut raw = Raw::connect(&a).await;
+    let three = ["h.q1", "h.q2", "h.q3"].map(|t| poll_request(&format!("topic={t}")));
+    raw.send(three.concat().as_bytes()).await;
+    for topic in ["h.q1", "h.q2", "h.q3"] {
+        let answer = poll_answer(&mut raw).await;
+        assert_eq!(answer["messages"], json!([]), "{answer}");
+        let next = answer["next"].as_str().unwrap();
+        assert!(next.starts_with(&format!("{topic}:0:")), "{next}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_client_resumes_on_another_node_after_its_node_is_killed() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&[&redis], &[]), node(&[&redis], &[]));
+    wait_broker_state(&a, "up").await;
+    wait_broker_state(&b, "up").await;
+    let mut ws = connect_v1(&a.url("/ws")).await;
+    let epoch = subscribe_v1(&mut ws, "h.v", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=5 {
+        assert_eq!(publish(&b, "topic=h.v", &format!("m{i}")).await.0, 200);
+    }
+    for i in 1..=5 {
+        assert_message(&next_json(&mut ws).await, i);
+    }
+    a.signal(libc::SIGKILL);
+    for i in 6..=10 {
+        assert_eq!(publish(&b, "topic=h.v", &format!("m{i}")).await.0, 200);
+    }
+    let mut ws = connect_v1(&b.url("/ws")).await;
+    let reply = subscribe_v1(&mut ws, "h.v", Some((5, &epoch))).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    for i in 6..=10 {
+        assert_message(&next_json(&mut ws).await, i);
+    }
+    assert_eq!(publish(&b, "topic=h.v", "m11").await.0, 200);
+    assert_message(&next_json(&mut ws).await, 11);
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace(':', "%3A").replace(';', "%3B")
+}

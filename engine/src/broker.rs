@@ -15,20 +15,9 @@
 //!   [`crate::Handle::recovered`]) comes back; see
 //!   `connections/recovery.rs` for why that is gapless.
 //!
-//! Deliveries come back through [`crate::Handle::deliver`].
-
-use crate::hub::epoch::Epoch;
-use bytes::Bytes;
-
-/// Where a topic stands in the broker, and what a resuming client missed.
-#[derive(Debug)]
-pub struct Position {
-    /// The topic's epoch.
-    pub epoch: Epoch,
-    /// Offset of its last message.
-    pub top: u64,
-    /// With `since`: the `ringcast.v1` delivery frames after it up to
-    /// `top`, when every one was still retained and they fit the room;
-    /// `None` when not recovered (or without `since`).
-    pub replay: Option<Vec<Bytes>>,
-}
+//! Deliveries come back through [`crate::Handle::deliver`]. The broker's
+//! answer is a [`crate::hub::Recovery`], the same position type the hub
+//! reads, judged by the same rule ([`crate::hub::Recovery::recoverable`]).
+//! Every transport that resumes (`ringcast.v1`, SSE, long-poll) reads
+//! through the one resume operation in `connections/recovery.rs`, so all
+//! of them recover on another node of a cluster.

@@ -5,8 +5,7 @@
 //! [`Command`] and writes the eventfd, which completes a read the worker
 //! keeps armed on its ring. No lock is taken on the worker's side.
 
-use crate::conn::{Deflate, Route};
-use crate::hub::TopicFrame;
+use crate::delivery::{Frames, TopicFrame};
 use bytes::Bytes;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -14,37 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// One published message, encoded once: shared by all subscribers.
-#[derive(Clone, Default)]
-pub struct Frames {
-    /// The frame, uncompressed.
-    pub plain: Bytes,
-    /// The same message compressed (RSV1, no context takeover, 32 KiB
-    /// window: RFC 7692 §7.2.1), for connections that negotiated
-    /// permessage-deflate with the full window; `None` when compression is
-    /// off, the message is under `--compression-min-size`, it did not
-    /// shrink, or no connection had negotiated it.
-    pub deflated: Option<Bytes>,
-}
-
-impl Frames {
-    /// Only the uncompressed frame.
-    pub fn plain(plain: Bytes) -> Self {
-        Self {
-            plain,
-            deflated: None,
-        }
-    }
-
-    /// The frame for a connection with `route`.
-    pub fn for_route(&self, route: Option<Route>) -> &Bytes {
-        match &self.deflated {
-            Some(deflated) if route.is_some_and(|r| r.deflate() == Deflate::Full) => deflated,
-            _ => &self.plain,
-        }
-    }
-}
 
 /// A command for one worker.
 pub enum Command {
@@ -123,7 +91,7 @@ pub enum Command {
         topic: String,
         /// The topic's position and replay; `None` when the broker could
         /// not be read.
-        position: Option<crate::broker::Position>,
+        position: Option<crate::hub::Recovery>,
     },
     /// Send `{"op":"resync","topic":…}` to every `ringcast.v1` subscriber
     /// of any of `topics` (deliveries may have been missed).

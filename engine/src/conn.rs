@@ -105,26 +105,62 @@ impl Route {
     }
 }
 
-/// A connection. 80 bytes while idle; buffers are allocated only
+/// One-bit facts about a connection's operations, packed with its
+/// [`Phase`] in one byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Flag {
+    /// A multishot receive is armed.
+    RecvArmed = 1 << 3,
+    /// A shutdown is in flight.
+    ShutdownInFlight = 1 << 4,
+    /// A cancellation has been submitted (Releasing).
+    CancelSent = 1 << 5,
+    /// Queued in the worker's flush list this iteration.
+    FlushQueued = 1 << 6,
+}
+
+/// A connection's [`Phase`] (bits 0-2) and [`Flag`]s (bits 3-6), in one
+/// byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct State(u8);
+
+impl State {
+    const PHASE: u8 = 0b111;
+
+    fn new(phase: Phase) -> Self {
+        Self(phase as u8)
+    }
+
+    fn phase(self) -> Phase {
+        match self.0 & Self::PHASE {
+            0 => Phase::Handshake,
+            1 => Phase::Open,
+            2 => Phase::Closing,
+            3 => Phase::ShutDown,
+            4 => Phase::Releasing,
+            bits => unreachable!("no phase is packed as {bits}"),
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        self.0 = (self.0 & !Self::PHASE) | phase as u8;
+    }
+}
+
+/// A connection. 72 bytes while idle; buffers are allocated only
 /// while a handshake, frame or send is in progress.
 pub struct Conn {
     /// Generation of this slot's tenant (24 bits, see `ring::token`).
     pub gen: u32,
-    /// Life-cycle phase.
-    pub phase: Phase,
+    /// Life-cycle phase and operation flags (see [`Conn::phase`],
+    /// [`Conn::has`]).
+    state: State,
     /// Endpoint and permessage-deflate mode, set when the handshake is
     /// admitted; `None` before, and for a connection refused at its
     /// handshake. `Some` means the connection counts as open in
     /// [`crate::admission::Admission`].
     pub route: Option<Route>,
-    /// A multishot receive is armed.
-    pub recv_armed: bool,
-    /// A shutdown is in flight.
-    pub shutdown_in_flight: bool,
-    /// A cancellation has been submitted (Releasing).
-    pub cancel_sent: bool,
-    /// Queued in the worker's flush list this iteration.
-    pub flush_queued: bool,
     /// The close code sent or received first (RFC 6455 §7.1.5), 0 while
     /// none was.
     pub close_code: u16,
@@ -133,9 +169,9 @@ pub struct Conn {
     pub peer: PeerId,
     /// Tick of the last byte received.
     pub last_active: Tick,
-    /// Tick of the last ping sent (or the handshake).
-    pub last_ping: Tick,
-    /// Tick the current phase began.
+    /// Tick the current phase began; while `Open`, the tick of the last
+    /// ping sent (the open phase has no deadline of its own to count
+    /// from, so the two share the field).
     pub phase_since: Tick,
     /// Tick of this connection's live timer entry.
     pub timer_at: Tick,
@@ -161,16 +197,11 @@ impl Conn {
     pub fn new(gen: u32, now: Tick) -> Self {
         Self {
             gen,
-            phase: Phase::Handshake,
+            state: State::new(Phase::Handshake),
             route: None,
-            recv_armed: false,
-            shutdown_in_flight: false,
-            cancel_sent: false,
-            flush_queued: false,
             close_code: 0,
             peer: PeerId::NONE,
             last_active: now,
-            last_ping: now,
             phase_since: now,
             timer_at: 0,
             session: SessionId::NONE,
@@ -193,21 +224,52 @@ impl Conn {
         self.route.map_or(Deflate::Off, Route::deflate)
     }
 
+    /// Where it is in its life.
+    pub fn phase(&self) -> Phase {
+        self.state.phase()
+    }
+
     /// Moves to `phase` at tick `now`.
     pub fn enter(&mut self, phase: Phase, now: Tick) {
         debug_assert!(
-            phase as u8 >= self.phase as u8,
+            phase as u8 >= self.phase() as u8,
             "{:?} -> {phase:?}",
-            self.phase
+            self.phase()
         );
-        self.phase = phase;
+        self.state.set_phase(phase);
+        self.phase_since = now;
+    }
+
+    /// Whether `flag` is set.
+    pub fn has(&self, flag: Flag) -> bool {
+        self.state.0 & flag as u8 != 0
+    }
+
+    /// Sets or clears `flag`.
+    pub fn set(&mut self, flag: Flag, on: bool) {
+        if on {
+            self.state.0 |= flag as u8;
+        } else {
+            self.state.0 &= !(flag as u8);
+        }
+    }
+
+    /// Tick of the last ping sent while `Open` (the open phase's start
+    /// until the first).
+    pub fn last_ping(&self) -> Tick {
+        self.phase_since
+    }
+
+    /// Notes a ping sent at `now` (only while `Open`).
+    pub fn pinged(&mut self, now: Tick) {
+        debug_assert_eq!(self.phase(), Phase::Open);
         self.phase_since = now;
     }
 
     /// Whether an operation on the socket is still in flight. The record
     /// (and its send queue) is removed only once this is false.
     pub fn busy(&self) -> bool {
-        self.recv_armed || self.out.in_flight() || self.shutdown_in_flight
+        self.has(Flag::RecvArmed) || self.out.in_flight() || self.has(Flag::ShutdownInFlight)
     }
 }
 
@@ -219,10 +281,25 @@ mod tests {
     fn an_idle_connection_record_stays_small() {
         // The table holds one of these per fixed-file slot; user-space memory
         // per idle connection is this plus its topic memberships and, with
-        // auth, its share of its user's session. Auth may add 8 bytes to
-        // the 80 before it, no more.
+        // auth, its share of its user's session. Transport state lives
+        // beside the table, never here.
         let size = std::mem::size_of::<Option<Conn>>();
-        assert!(size <= 80, "Conn grew to {size} bytes");
+        assert!(size <= 72, "Conn grew to {size} bytes");
+    }
+
+    #[test]
+    fn phase_and_flags_share_one_byte() {
+        let mut conn = Conn::new(1, 5);
+        conn.set(Flag::RecvArmed, true);
+        conn.set(Flag::FlushQueued, true);
+        conn.enter(Phase::Open, 9);
+        assert_eq!(conn.phase(), Phase::Open);
+        assert!(conn.has(Flag::RecvArmed) && conn.has(Flag::FlushQueued));
+        assert!(!conn.has(Flag::ShutdownInFlight) && !conn.has(Flag::CancelSent));
+        conn.set(Flag::RecvArmed, false);
+        conn.enter(Phase::Releasing, 12);
+        assert_eq!((conn.phase(), conn.phase_since), (Phase::Releasing, 12));
+        assert!(!conn.has(Flag::RecvArmed) && conn.has(Flag::FlushQueued));
     }
 
     #[test]

@@ -1,53 +1,89 @@
-//! ringcast engine: a thread-per-core WebSocket push server on io_uring.
+//! ringcast engine: a thread-per-core WebSocket, SSE and long-poll push
+//! server on io_uring, as a library.
 //!
-//! Read top-down, the way a byte travels:
+//! # The facade
+//! An embedding program (the `ringcast` server) uses what this file
+//! exports, and nothing else:
 //!
-//! - [`ring`]: the kernel interface (ring setup, provided buffer ring,
-//!   CQE tokens, SO_REUSEPORT listener);
-//! - [`worker`]: one thread's ring loop, turning CQEs into calls on
-//! - [`connections`]: the connection table, handshake and message handling,
-//!   fan-out, timers, and the lists of sends and teardowns for the ring;
-//! - [`conn`] and [`outbound`]: one connection's record and send queue;
-//! - [`session`]: who a connection is (its token, user id and
-//!   permissions), and each worker's index of users;
-//! - [`protocol`]: RFC 6455 and permessage-deflate (RFC 7692) as pure
-//!   state machines over byte slices;
-//! - [`admission`]: client addresses, Origin, and connection limits;
-//! - [`topics`], [`control`]: subscriptions and the JSON control messages;
-//! - [`hub`]: per-topic history, offsets and epochs, shared by publishers
-//!   and workers (the `ringcast.v1` subprotocol's recovery);
-//! - [`timers`]: the timer wheel; [`spread`]: closes spread over a period
-//!   (drain, rebalance);
-//! - [`runtime`] and [`command`]: starting workers, and publishing to them
-//!   from other threads; [`upstream`]: what workers hand to the
-//!   embedding program's async side (client publishes, hooks);
-//!   [`capacity`]: the host's connection ceiling.
+//! - [`Runtime`] starts the workers from a [`Config`]; its [`Handle`]
+//!   publishes ([`Handle::publish`], [`Handle::deliver`] for a broker's
+//!   messages), reaches users, reads history, drains and shuts down;
+//!   [`Snapshot`] is what [`Handle::stats`] counts.
+//! - [`upstream`]: the events workers hand to the program's async side
+//!   (client publishes, hooks, a broker's reads) and the [`upstream::Sink`]
+//!   they go through; the answers come back through [`Handle`].
+//! - [`auth`]: token verification ([`auth::Auth`]) and permissions.
+//! - [`history`]: history rules, positions and pages, for a broker that
+//!   keeps the history in place of the engine's hub.
+//! - [`protocol`]: the wire formats as pure functions over bytes (RFC 6455,
+//!   RFC 7692, PROXY, `ringcast.v1`, SSE, long-poll, topic names): fuzzed
+//!   alone and used by the bench's clients.
+//! - [`capacity`]: the host's connection ceiling (`ringcast doctor`);
+//!   [`uring`]: the ring and buffer-ring setup the bench's clients share.
 //!
-//! See `engine/README.md` for the design note.
+//! # Inside
+//! Read top-down, the way a byte travels (`engine/README.md` is the
+//! design note): `ring` (the kernel interface), `worker` (one thread's
+//! loop), `connections` (the table, handshake, transports, fan-out,
+//! timers), `conn` and `outbound` (one connection's record and send
+//! queue), `session` (who a connection is), `admission` (addresses,
+//! Origin, limits), `topics`, `hub` (per-topic history, offsets and
+//! epochs), `delivery` (what a publish carries to the workers),
+//! `command` (the workers' mailboxes), `timers`, `spread`, `stats`.
+//! None of them is public: the facade above is the contract.
 
-pub mod admission;
-pub mod broker;
+mod admission;
+mod broker;
 pub mod capacity;
-pub mod command;
-pub mod config;
-pub mod conn;
-pub mod connections;
-pub mod control;
-pub mod hub;
-pub mod outbound;
+mod command;
+mod config;
+mod conn;
+mod connections;
+mod delivery;
+mod hub;
+mod outbound;
 pub mod protocol;
-pub mod ring;
-pub mod runtime;
-pub mod session;
-pub mod spread;
-pub mod stats;
-pub mod timers;
-pub mod topics;
+mod ring;
+mod runtime;
+mod session;
+mod spread;
+mod stats;
+mod timers;
+mod topics;
 pub mod upstream;
-pub mod worker;
+mod worker;
 
 pub use config::{Config, StaticFile};
 pub use protocol::frame::OpCode;
 pub use protocol::v1::Content;
 pub use runtime::{Handle, Runtime, Sender};
 pub use stats::Snapshot;
+pub use topics::MAX_TOPICS_PER_CONNECTION;
+
+/// Tokens and permissions: what [`Config::auth`] holds, and the grants a
+/// connect hook answers with.
+pub mod auth {
+    pub use crate::session::jwt::MAX_USER_ID;
+    pub use crate::session::permissions::Pattern;
+    pub use crate::session::{Auth, Grant, KeySource, Settings, DISCONNECTED, TOKEN_EXPIRED};
+}
+
+/// History: which topics keep it ([`history::Rule`]), positions
+/// ([`history::Epoch`], [`history::Position`]) and pages of it
+/// ([`history::Page`]), as the engine's hub keeps them and as a broker
+/// answers for them.
+pub mod history {
+    pub use crate::hub::epoch::Epoch;
+    pub use crate::hub::history::HistoryStats;
+    pub use crate::hub::rules::Rule;
+    /// The name the server's broker gives [`Recovery`]: the same type.
+    pub use crate::hub::Recovery as Position;
+    pub use crate::hub::{Page, Recovery};
+}
+
+/// The io_uring setup the workers use, for clients (the bench's load
+/// generator) that drive their own ring the same way.
+pub mod uring {
+    pub use crate::ring::buf_ring::{BufRing, BUFFER_GROUP};
+    pub use crate::ring::setup::build_ring;
+}

@@ -107,6 +107,7 @@ impl QueuePool {
     }
 
     /// Queues in use and spare: `(in_use, spare)`.
+    #[cfg(test)]
     pub fn counts(&self) -> (usize, usize) {
         (self.in_use, self.free.len())
     }

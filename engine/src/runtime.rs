@@ -3,10 +3,11 @@
 
 use crate::admission::Admission;
 use crate::capacity::table_size;
-use crate::command::{Ack, Command, Frames, Mailbox, Wake};
+use crate::command::{Ack, Command, Mailbox, Wake};
 use crate::config::Config;
+use crate::delivery::{Frames, TopicFrame};
 use crate::hub::epoch::Epoch;
-use crate::hub::{Hub, Page, TopicFrame};
+use crate::hub::{Hub, Page};
 use crate::protocol::deflate::{Deflater, FULL_WINDOW_BITS};
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::v1::{self, Content, Data, Position};
@@ -102,6 +103,7 @@ impl Runtime {
         let accept_rate = config.max_handshakes_per_sec.map(|r| r / workers as f64);
         let hub = Arc::new(Hub::new(config.history.clone(), config.history_max_bytes));
         let config = Arc::new(config);
+        let own_handle = Arc::new(std::sync::OnceLock::new());
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut mailboxes = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
@@ -123,6 +125,7 @@ impl Runtime {
                 admission: admission.clone(),
                 accept_rate,
                 hub: hub.clone(),
+                handle: own_handle.clone(),
             };
             let (config, ready) = (config.clone(), ready_tx.clone());
             let thread = std::thread::Builder::new()
@@ -149,6 +152,9 @@ impl Runtime {
             hub,
             compression_min_size: config.compression.then_some(config.compression_min_size),
         };
+        // Workers that find it unset (a client publish in the instant
+        // before this) hand the publish upstream, as with a hook.
+        let _ = own_handle.set(handle.clone());
         let mut failure = None;
         for _ in 0..workers {
             if let Ok(Err(e)) = ready_rx.recv() {
@@ -396,12 +402,7 @@ impl Handle {
     /// Hands the broker's answer to a
     /// [`crate::upstream::Event::Recover`] back to the connection
     /// `origin` names (ignored if it left the topic or is gone).
-    pub fn recovered(
-        &self,
-        origin: Origin,
-        topic: String,
-        position: Option<crate::broker::Position>,
-    ) {
+    pub fn recovered(&self, origin: Origin, topic: String, position: Option<crate::hub::Recovery>) {
         if let Some(mailbox) = self.mailboxes.get(origin.worker as usize) {
             let _ = mailbox.send(Command::Recovered {
                 slot: origin.slot,

@@ -3,32 +3,10 @@
 use slab::Slab;
 use std::collections::HashMap;
 
-/// Longest topic name, in bytes.
-pub const MAX_TOPIC_LEN: usize = 128;
-
-/// The naming rule, as stated in error replies.
-pub const NAME_RULE: &str = "a topic is 1-128 bytes of A-Z a-z 0-9 _ . : -, \
-    optionally followed by # and a comma-separated list of user ids of those characters";
+pub use crate::protocol::names::{is_valid_name, NAME_RULE};
 
 /// Most topics one connection may subscribe to.
 pub const MAX_TOPICS_PER_CONNECTION: usize = 64;
-
-/// Whether `name` is a valid topic: 1–128 bytes of `[A-Za-z0-9_.:-]`,
-/// optionally followed by `#` and a comma-separated list of user ids of
-/// the same characters (a user-limited topic, `dialog#42,43`; see
-/// [`crate::session::permissions`]).
-pub fn is_valid_name(name: &str) -> bool {
-    let word = |w: &str| {
-        !w.is_empty()
-            && w.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-    };
-    (1..=MAX_TOPIC_LEN).contains(&name.len())
-        && match name.split_once('#') {
-            None => word(name),
-            Some((base, users)) => word(base) && users.split(',').all(word),
-        }
-}
 
 /// Identifies a topic within one worker while it has subscribers.
 pub type TopicId = u32;
@@ -251,6 +229,7 @@ impl Topics {
     }
 
     /// Whether no topic has subscribers.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.topics.is_empty()
     }

@@ -81,7 +81,9 @@ pub enum Event {
     /// A connection's admission is parked until the connect hook answers.
     Connect(Connect),
     /// A client published (a `ringcast.v1` `publish` op, or a raw room
-    /// message).
+    /// message) while the publish hook or a broker is on: without either,
+    /// the worker publishes it itself (see [`crate::Handle::publish_as`])
+    /// and no event is sent.
     Publish(Publish),
     /// A `ringcast.v1` `rpc` op.
     Rpc(Rpc),

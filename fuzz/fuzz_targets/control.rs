@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringcast_engine::control::{ack, error, parse, Request};
+use ringcast_engine::protocol::control::{ack, error, parse, Request};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -11,9 +11,9 @@ mod statics;
 mod upstream;
 
 use cli::{CliError, Command, ConfigCommand, LogFormat, Serve};
-use ringcast_engine::runtime::Runtime;
-use ringcast_engine::session::Auth;
+use ringcast_engine::auth::Auth;
 use ringcast_engine::Config;
+use ringcast_engine::Runtime;
 use std::process::ExitCode;
 use std::sync::Arc;
 

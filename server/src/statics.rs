@@ -3,7 +3,7 @@
 //! (`/`), both embedded in the binary.
 
 use bytes::Bytes;
-use ringcast_engine::hub::rules::Rule;
+use ringcast_engine::history::Rule;
 use ringcast_engine::StaticFile;
 use std::time::Duration;
 

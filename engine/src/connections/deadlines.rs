@@ -3,14 +3,11 @@
 //! shutdown; and the once-a-second trim of memory the load has left.
 
 use super::Connections;
-use crate::conn::{Endpoint, Phase};
+use crate::conn::Phase;
 use crate::protocol::close::code;
 use crate::protocol::handshake::Reject;
-use crate::protocol::sse;
-use crate::session::TOKEN_EXPIRED;
 use crate::spread::Spread;
-use crate::timers::{Tick, NEVER};
-use bytes::Bytes;
+use crate::timers::Tick;
 use std::time::{Duration, Instant};
 
 impl Connections {
@@ -28,7 +25,7 @@ impl Connections {
         self.io.draining |= drain;
         let mut open = Vec::new();
         self.table.for_each(|slot, c| {
-            if c.phase == Phase::Open {
+            if c.phase() == Phase::Open {
                 open.push((slot, c.gen));
             }
         });
@@ -57,7 +54,7 @@ impl Connections {
         self.io.draining = true;
         self.spread = None;
         let io = &mut self.io;
-        self.table.for_each(|slot, conn| match conn.phase {
+        self.table.for_each(|slot, conn| match conn.phase() {
             Phase::Open => io.close(conn, slot, Some(code::GOING_AWAY), "server shutting down"),
             Phase::Handshake => io.release(conn, slot),
             Phase::Closing | Phase::ShutDown | Phase::Releasing => {}
@@ -94,7 +91,7 @@ impl Connections {
                 continue; // stale entry
             }
             let (slot, limits) = (entry.slot, &self.io.limits);
-            match conn.phase {
+            match conn.phase() {
                 Phase::Handshake => {
                     let deadline = conn.phase_since + limits.handshake;
                     if now >= deadline {
@@ -103,39 +100,9 @@ impl Connections {
                         self.io.schedule(conn, slot, deadline);
                     }
                 }
-                Phase::Open if conn.endpoint() == Some(Endpoint::Poll) => self.poll_due(slot),
                 Phase::Open => {
-                    // The server speaks on an SSE stream, so there is no
-                    // idle timeout: a dead client fails a heartbeat's write.
-                    let sse = conn.endpoint() == Some(Endpoint::Sse);
-                    let idle_at = if sse {
-                        NEVER
-                    } else {
-                        conn.last_active + limits.idle
-                    };
-                    if now >= idle_at {
-                        self.io
-                            .close(conn, slot, Some(code::GOING_AWAY), "idle timeout");
-                        continue;
-                    }
-                    if now >= conn.expires {
-                        self.io
-                            .close(conn, slot, Some(TOKEN_EXPIRED), "token expired");
-                        continue;
-                    }
-                    if now >= conn.last_ping + limits.ping {
-                        conn.last_ping = now;
-                        let ping = if sse {
-                            Bytes::from_static(sse::HEARTBEAT)
-                        } else {
-                            self.io.ping.clone()
-                        };
-                        self.io.queue(conn, slot, ping);
-                    }
-                    let next = idle_at
-                        .min(conn.last_ping + self.io.limits.ping)
-                        .min(conn.expires);
-                    self.io.schedule(conn, slot, next);
+                    let endpoint = conn.endpoint();
+                    self.transport_due(slot, endpoint, now);
                 }
                 Phase::Closing | Phase::ShutDown => {
                     let deadline = conn.phase_since + limits.close;
@@ -159,8 +126,7 @@ impl Connections {
             // A reconnect storm's peak of handshakes need not stay.
             let handshaking = self.io.handshaking.len();
             self.io.handshaking.shrink_to(handshaking * 2);
-            let clients = self.clients.len();
-            self.clients.shrink_to(clients * 2);
+            self.duplex.trim();
         }
     }
 }

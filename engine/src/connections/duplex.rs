@@ -4,15 +4,15 @@
 //! waits: it checks permission and rate, sends the event, and the answer
 //! comes back as a [`crate::command::Command::Reply`].
 //!
-//! Rate-limit state lives in [`Connections::clients`], a side map keyed by
+//! Rate-limit state lives in [`Duplex`], a side map keyed by
 //! slot and created on a connection's first client message: an idle
 //! connection's record holds none of it.
 
 use super::Connections;
 use crate::config::Config;
 use crate::conn::Phase;
-use crate::control;
 use crate::protocol::close::code;
+use crate::protocol::control;
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::v1;
 use crate::session::permissions::{self, Pattern};
@@ -20,8 +20,37 @@ use crate::stats::WorkerStats;
 use crate::topics;
 use crate::upstream::{Closed, Event, Hooks, Origin, Publish, Rpc, Upstream};
 use crate::Content;
+use crate::{Handle, Sender};
 use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Full duplex on a worker: the settings, and the rate-limit state of the
+/// connections that sent client messages, by slot.
+pub(super) struct Duplex {
+    pub settings: Settings,
+    clients: HashMap<u32, Client>,
+    /// The runtime's handle, once set: what a client publish with no
+    /// hook and no broker is published through.
+    handle: Arc<OnceLock<Handle>>,
+}
+
+impl Duplex {
+    pub fn new(config: &Config, handle: Arc<OnceLock<Handle>>) -> Self {
+        Self {
+            settings: Settings::new(config),
+            clients: HashMap::new(),
+            handle,
+        }
+    }
+
+    /// Gives back the memory a peak of clients left (once a second).
+    pub fn trim(&mut self) {
+        let clients = self.clients.len();
+        self.clients.shrink_to(clients * 2);
+    }
+}
 
 /// Full-duplex settings, from the config.
 pub(super) struct Settings {
@@ -131,12 +160,13 @@ impl Connections {
     /// Returns whether it may go on; else it was answered (`rate
     /// limited`) or the connection is closing (1008).
     pub(super) fn within_rate(&mut self, slot: u32, len: usize, v1: bool, id: Option<u64>) -> bool {
-        if self.table.get_mut(slot).expect("live slot").phase != Phase::Open {
+        if self.table.get_mut(slot).expect("live slot").phase() != Phase::Open {
             return false; // closing: what follows the close is dropped
         }
         let now = Instant::now();
-        let settings = &self.duplex;
+        let settings = &self.duplex.settings;
         let client = self
+            .duplex
             .clients
             .entry(slot)
             .or_insert_with(|| Client::new(settings, now));
@@ -167,7 +197,7 @@ impl Connections {
     /// Hands `event` upstream; answers `server busy` when the server
     /// cannot take it (or there is no upstream).
     fn send_upstream(&mut self, slot: u32, event: Event, v1: bool, id: Option<u64>) -> bool {
-        let refused = match &self.duplex.upstream {
+        let refused = match &self.duplex.settings.upstream {
             Some(upstream) => upstream.send(event).is_err(),
             None => true,
         };
@@ -177,6 +207,32 @@ impl Connections {
             self.io.queue(conn, slot, refusal(v1, id, "server busy"));
         }
         !refused
+    }
+
+    /// Sends a client publish on: with no publish hook and no broker it
+    /// needs nothing of the embedding program, so this worker publishes
+    /// it itself, through the runtime's handle (the path `POST /publish`
+    /// takes: one command to every worker), and answers `published` after
+    /// it (the reply follows the publish in this worker's channel, so an
+    /// echoed copy arrives first); else it goes upstream. Returns whether
+    /// it went.
+    fn publish_out(&mut self, slot: u32, publish: Publish, v1: bool, id: Option<u64>) -> bool {
+        let local = !self.duplex.settings.hooks.publish && !self.broker;
+        let Some(handle) = self.duplex.handle.get().filter(|_| local) else {
+            return self.send_upstream(slot, Event::Publish(publish), v1, id);
+        };
+        let sender = Sender {
+            user: publish.user,
+            skip: (!publish.echo).then_some(publish.origin),
+        };
+        let (content, payload) = (publish.content, &publish.payload);
+        let offsets =
+            handle.publish_as(publish.topics, Vec::new(), content, payload, &sender, drop);
+        if publish.reply {
+            let offset = offsets.first().map(|(_, offset)| *offset);
+            handle.reply(publish.origin, v1::published(publish.id, offset));
+        }
+        true
     }
 
     /// A `ringcast.v1` `publish` op: counted against the rate limits
@@ -203,22 +259,22 @@ impl Connections {
         }
         let user = self.sessions.user(session);
         let grant = self.sessions.grant(session);
-        if !permissions::may_publish(user, grant, &self.duplex.client_publish, &topic) {
+        if !permissions::may_publish(user, grant, &self.duplex.settings.client_publish, &topic) {
             WorkerStats::add(&self.io.stats().client_forbidden, 1);
             return self.reply_frame_now(slot, refuse("forbidden"));
         }
         let gen = self.table.get_mut(slot).expect("live slot").gen;
-        let event = Event::Publish(Publish {
+        let publish = Publish {
             origin: self.origin(slot, gen),
             id,
             reply: true,
             topics: vec![topic],
             user: self.sessions.user(session).map(str::to_owned),
-            echo: self.duplex.echo,
+            echo: self.duplex.settings.echo,
             content: Content::Json,
             payload: Bytes::from(data.into_boxed_bytes()),
-        });
-        if self.send_upstream(slot, event, true, id) {
+        };
+        if self.publish_out(slot, publish, true, id) {
             WorkerStats::add(&self.io.stats().client_publishes, 1);
         }
     }
@@ -231,7 +287,7 @@ impl Connections {
         method: String,
         data: Box<str>,
     ) {
-        if !self.duplex.hooks.rpc {
+        if !self.duplex.settings.hooks.rpc {
             return self.reply_frame_now(slot, v1::error(id, "rpc is not enabled"));
         }
         if !self.within_rate(slot, data.len() + method.len(), true, id) {
@@ -254,7 +310,7 @@ impl Connections {
     /// Whether raw rooms are on (`--room`): text and binary messages of
     /// raw-mode connections are first offered to [`Self::room_message`].
     pub(super) fn rooms_on(&self) -> bool {
-        !self.duplex.rooms.is_empty()
+        !self.duplex.settings.rooms.is_empty()
     }
 
     /// A raw-mode connection's text or binary message: if the connection
@@ -269,7 +325,7 @@ impl Connections {
             .as_slice()
             .iter()
             .map(|m| self.topics.name(m.topic))
-            .filter(|name| self.duplex.rooms.iter().any(|p| p.matches(name)))
+            .filter(|name| self.duplex.settings.rooms.iter().any(|p| p.matches(name)))
             .map(str::to_owned)
             .collect();
         if rooms.is_empty() {
@@ -279,17 +335,17 @@ impl Connections {
         if !self.within_rate(slot, payload.len(), false, None) {
             return true;
         }
-        let event = Event::Publish(Publish {
+        let publish = Publish {
             origin: self.origin(slot, gen),
             id: None,
             reply: false,
             topics: rooms,
             user: self.sessions.user(session).map(str::to_owned),
-            echo: self.duplex.echo,
+            echo: self.duplex.settings.echo,
             content,
             payload,
-        });
-        if self.send_upstream(slot, event, false, None) {
+        };
+        if self.publish_out(slot, publish, false, None) {
             WorkerStats::add(&self.io.stats().client_publishes, 1);
         }
         true
@@ -303,8 +359,8 @@ impl Connections {
     /// A connection is being removed: forgets its rate limits, and tells
     /// upstream while the disconnect hook is on.
     pub(super) fn duplex_closed(&mut self, slot: u32, gen: u32, user: Option<&str>, code: u16) {
-        self.clients.remove(&slot);
-        if !self.duplex.hooks.disconnect {
+        self.duplex.clients.remove(&slot);
+        if !self.duplex.settings.hooks.disconnect {
             return;
         }
         let event = Event::Closed(Closed {
@@ -312,7 +368,7 @@ impl Connections {
             user: user.map(str::to_owned),
             code,
         });
-        if let Some(upstream) = &self.duplex.upstream {
+        if let Some(upstream) = &self.duplex.settings.upstream {
             if upstream.send(event).is_err() {
                 WorkerStats::add(&self.io.stats().upstream_refused, 1);
             }

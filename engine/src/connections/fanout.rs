@@ -3,12 +3,13 @@
 //! negotiated permessage-deflate); and closing every connection of some
 //! users.
 
-use super::sse::Encoded;
+use super::recovery::Resumes;
+use super::transport::{self, Delivery, Encodings, Reach};
 use super::Connections;
-use crate::command::Frames;
-use crate::conn::{Endpoint, Phase};
-use crate::hub::TopicFrame;
+use crate::conn::{Conn, Phase};
+use crate::delivery::{Frames, TopicFrame};
 use crate::stats::WorkerStats;
+use crate::topics::TopicId;
 use bytes::Bytes;
 
 /// One publish as a worker applies it (see [`Connections::publish`]).
@@ -30,17 +31,16 @@ pub struct Fanout<'a> {
 }
 
 impl Connections {
-    /// Queues one publish on this worker. Raw-mode connections get `frames`
-    /// once per connection, whether they subscribe to any of `topics` or
-    /// belong to any of `users`. `ringcast.v1` subscribers get each
-    /// topic's delivery from `v1` (in the order of `topics`), once per
-    /// topic, except where a recovering subscription already covers it;
-    /// SSE streams get the same as events (`sse.rs`), encoded once per
-    /// topic on this worker;
-    /// `ringcast.v1` connections of `users` that got no topic delivery get
-    /// `direct`. Frames shared by the workers are passed through `local`
-    /// (this worker's copy) at their first use here. The `skip`
-    /// connection gets nothing. Returns how many deliveries were queued.
+    /// Queues one publish on this worker, through one step per connection
+    /// ([`Connections::reach`]): each topic's subscribers get the topic's
+    /// [`Delivery`], then the connections of `users` that got nothing yet
+    /// get it as a user's message. Transports that take a publish per
+    /// topic (`ringcast.v1`, SSE, long-poll) get each topic's delivery
+    /// (except where a resuming subscription already covers it); raw
+    /// WebSocket connections get `frames` once per publish. Frames shared
+    /// by the workers are passed through `local` (this worker's copy) at
+    /// their first use here. The `skip` connection gets nothing. Returns
+    /// how many deliveries were queued.
     pub fn publish(&mut self, publish: &Fanout<'_>, local: impl Fn(&Frames) -> Frames) -> usize {
         let Fanout {
             topics,
@@ -51,85 +51,38 @@ impl Connections {
             skip,
         } = *publish;
         self.delivery += 1;
-        let delivery = self.delivery;
+        let number = self.delivery;
         // The skipped connection counts as delivered already.
         if let Some((slot, gen)) = skip {
             if let Some(conn) = self.table.get_mut(slot).filter(|c| c.gen == gen) {
-                conn.last_delivery = delivery;
+                conn.last_delivery = number;
             }
         }
         let mut queued = 0;
-        for (name, topic_frame) in topics.iter().zip(v1) {
-            let Some(id) = self.topics.id(name) else {
-                continue;
+        // Each topic's delivery, then the users' (one more turn).
+        let turns = topics.iter().zip(v1).map(Some).chain([None]);
+        for turn in turns {
+            let (topic, position, v1) = match turn {
+                Some((name, tf)) => match self.topics.id(name) {
+                    Some(id) => (Some(id), tf.position, &tf.frames),
+                    None => continue,
+                },
+                None if users.is_empty() => break,
+                None => (None, None, direct),
             };
-            let mut v1_frame = None;
-            let mut sse = Encoded::default();
-            for slot in self.topics.members(id) {
-                let conn = self.table.get_mut(slot).expect("subscriber slot is live");
-                if conn.endpoint() == Some(Endpoint::Poll) {
-                    conn.last_delivery = delivery;
-                    if !self.skips.covers(id, slot, topic_frame.position) {
-                        let (io, topics) = (&mut self.io, &self.topics);
-                        let sent = self.polls.deliver(io, conn, slot, topics, topic_frame, id);
-                        queued += usize::from(sent);
-                    }
-                } else if conn.endpoint() == Some(Endpoint::Sse) {
-                    conn.last_delivery = delivery;
-                    if !self.skips.covers(id, slot, topic_frame.position) {
-                        let (io, topics) = (&mut self.io, &self.topics);
-                        let sent =
-                            self.streams
-                                .deliver(io, conn, slot, topics, id, topic_frame, &mut sse);
-                        queued += usize::from(sent);
-                    }
-                } else if conn.endpoint() == Some(Endpoint::PubSubV1) {
-                    if skip == Some((slot, conn.gen)) {
-                        continue;
-                    }
-                    conn.last_delivery = delivery;
-                    // Held while the broker reads the topic for this
-                    // subscription: sent plain, after the replay.
-                    let position = topic_frame.position;
-                    let held = self.held.hold(id, slot, position, || {
-                        v1_frame
-                            .get_or_insert_with(|| local(&topic_frame.frames))
-                            .plain
-                            .clone()
-                    });
-                    if !held && !self.skips.covers(id, slot, position) {
-                        let f = v1_frame.get_or_insert_with(|| local(&topic_frame.frames));
-                        let f = f.for_route(conn.route).clone();
-                        queued += usize::from(self.io.queue(conn, slot, f));
-                    }
-                } else if conn.last_delivery != delivery {
-                    conn.last_delivery = delivery;
-                    let f = frames.for_route(conn.route).clone();
-                    queued += usize::from(self.io.queue(conn, slot, f));
-                }
-            }
+            let d = Delivery {
+                topic,
+                position,
+                raw: frames,
+                v1,
+            };
+            let who = match topic {
+                Some(id) => Reached::Topic(id),
+                None => Reached::Users(users),
+            };
+            queued += self.reach(&d, who, number, skip, &local);
         }
         self.finish_polls();
-        let mut direct_frame = None;
-        let mut direct_sse = Encoded::default();
-        for slot in users.iter().flat_map(|user| self.sessions.user_slots(user)) {
-            let conn = self.table.get_mut(slot).expect("user slot is live");
-            if conn.last_delivery == delivery {
-                continue;
-            }
-            conn.last_delivery = delivery;
-            let f = match conn.endpoint() {
-                Some(Endpoint::PubSubV1) => direct_frame
-                    .get_or_insert_with(|| local(direct))
-                    .for_route(conn.route)
-                    .clone(),
-                Some(Endpoint::Sse) => direct_sse.data(&direct.plain),
-                Some(Endpoint::PubSub) => frames.for_route(conn.route).clone(),
-                // A long-poll answers only its topics; /echo takes none.
-                _ => continue,
-            };
-            queued += usize::from(self.io.queue(conn, slot, f));
-        }
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
         queued
     }
@@ -143,23 +96,60 @@ impl Connections {
         v1: &Frames,
         local: impl Fn(&Frames) -> Frames,
     ) -> usize {
-        let mut queued = 0;
-        let mut v1_frame = None;
-        let mut sse = Encoded::default();
-        let io = &mut self.io;
-        self.table.for_each(|slot, conn| {
-            let f = match conn.endpoint() {
-                Some(Endpoint::PubSub) => frames.for_route(conn.route).clone(),
-                Some(Endpoint::PubSubV1) => v1_frame
-                    .get_or_insert_with(|| local(v1))
-                    .for_route(conn.route)
-                    .clone(),
-                Some(Endpoint::Sse) => sse.data(&v1.plain),
-                _ => return,
-            };
-            queued += usize::from(io.queue(conn, slot, f));
-        });
+        let d = Delivery {
+            topic: None,
+            position: None,
+            raw: frames,
+            v1,
+        };
+        self.delivery += 1;
+        let queued = self.reach(&d, Reached::All, self.delivery, None, &local);
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
+        queued
+    }
+
+    /// The fan-out loop: `d` to each connection `who` names, through one
+    /// step per connection ([`Fan::step`]) whatever its transport, with
+    /// this worker's encodings of `d` made once, on first use. Returns how
+    /// many deliveries were queued.
+    fn reach(
+        &mut self,
+        d: &Delivery<'_>,
+        who: Reached<'_>,
+        number: u64,
+        skip: Option<(u32, u32)>,
+        local: &dyn Fn(&Frames) -> Frames,
+    ) -> usize {
+        let mut encodings = Encodings::default();
+        let mut reach = Reach {
+            io: &mut self.io,
+            transports: &mut self.transports,
+            topics: &self.topics,
+            local,
+        };
+        let resumes = &mut self.resumes;
+        let mut visit = |slot, conn: &mut Conn| {
+            let fan = Fan {
+                number,
+                skip,
+                resumes: &mut *resumes,
+            };
+            usize::from(fan.step(conn, slot, d, &mut encodings, &mut reach))
+        };
+        let table = &mut self.table;
+        let mut queued = 0;
+        let mut by_slot = |slot| {
+            let conn = table.get_mut(slot).expect("reached slot is live");
+            queued += visit(slot, conn);
+        };
+        match who {
+            Reached::Topic(id) => self.topics.members(id).for_each(&mut by_slot),
+            Reached::Users(users) => users
+                .iter()
+                .flat_map(|user| self.sessions.user_slots(user))
+                .for_each(&mut by_slot),
+            Reached::All => table.for_each(|slot, conn| queued += visit(slot, conn)),
+        }
         queued
     }
 
@@ -170,7 +160,7 @@ impl Connections {
         let mut closed = 0;
         for slot in users.iter().flat_map(|user| self.sessions.user_slots(user)) {
             let conn = table.get_mut(slot).expect("user slot is live");
-            if conn.phase == Phase::Open {
+            if conn.phase() == Phase::Open {
                 io.close(conn, slot, Some(code), reason);
                 closed += 1;
             }
@@ -191,7 +181,68 @@ impl Connections {
         let table = &mut self.table;
         self.sessions
             .user_slots(user)
-            .filter(|&slot| table.get_mut(slot).is_some_and(|c| c.phase == Phase::Open))
+            .filter(|&slot| {
+                table
+                    .get_mut(slot)
+                    .is_some_and(|c| c.phase() == Phase::Open)
+            })
             .count()
+    }
+}
+
+/// The connections a delivery reaches.
+enum Reached<'a> {
+    /// A topic's subscribers.
+    Topic(TopicId),
+    /// The connections of these users.
+    Users(&'a [String]),
+    /// Every connection.
+    All,
+}
+
+/// What a publish's fan-out step needs beside the connection.
+struct Fan<'a> {
+    /// This publish's number on the worker (see `Conn::last_delivery`).
+    number: u64,
+    /// (slot, generation) of the connection that gets nothing.
+    skip: Option<(u32, u32)>,
+    resumes: &'a mut Resumes,
+}
+
+impl Fan<'_> {
+    /// One connection's step of a publish's fan-out, whatever its
+    /// transport: once per publish (or per topic for transports that take
+    /// a publish per topic), never to the `skip` connection, held or
+    /// skipped where a resuming subscription covers it; then its transport
+    /// encodes and queues it. Returns whether it was queued.
+    fn step(
+        self,
+        conn: &mut Conn,
+        slot: u32,
+        d: &Delivery<'_>,
+        encodings: &mut Encodings,
+        reach: &mut Reach<'_>,
+    ) -> bool {
+        let Some(endpoint) = conn.endpoint() else {
+            return false;
+        };
+        let per_topic = d.topic.is_some() && transport::per_topic(endpoint);
+        if self.skip == Some((slot, conn.gen)) || (!per_topic && conn.last_delivery == self.number)
+        {
+            return false;
+        }
+        conn.last_delivery = self.number;
+        if let Some(topic) = d.topic.filter(|_| transport::resumes(endpoint)) {
+            // Held while the broker reads the topic for this subscription:
+            // sent plain, after the replay.
+            let resumes = self.resumes;
+            let held = resumes
+                .held
+                .hold(topic, slot, d.position, || d.v1.plain.clone());
+            if held || resumes.skips.covers(topic, slot, d.position) {
+                return false;
+            }
+        }
+        reach.deliver(conn, slot, d, encodings)
     }
 }

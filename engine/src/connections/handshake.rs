@@ -4,8 +4,10 @@
 //! static file.
 
 use super::io::{Io, Limits};
+use super::opening::{Accepted, HookRequest, Parked};
+use super::transport::Opening;
 use super::Connections;
-use crate::admission::{Forwarding, PeerId};
+use crate::admission::Forwarding;
 use crate::conn::{Deflate, Endpoint, Phase, Route};
 use crate::protocol::deflate::FULL_WINDOW_BITS;
 use crate::protocol::extension;
@@ -18,27 +20,6 @@ use crate::topics;
 use crate::upstream::{Connect, Event, Origin, Verdict};
 use bytes::Bytes;
 use std::net::IpAddr;
-
-/// A handshake that passed every check.
-pub(super) struct Accepted {
-    route: Route,
-    topics: Vec<String>,
-    response: Vec<u8>,
-    pub peer: PeerId,
-    client: IpAddr,
-    /// The address forwarding headers are judged by: the PROXY header's
-    /// source, else the socket's peer (kept for a poll's next requests).
-    transport: IpAddr,
-    /// The verified token, if auth is on and the client sent one.
-    identity: Option<Identity>,
-    /// Where the client resumes: an SSE request's `Last-Event-ID` (header,
-    /// or `last_event_id` in the query), a poll's `since`.
-    position: Option<String>,
-    /// A poll's `Origin`, for the CORS headers of its answers.
-    origin: Option<String>,
-    /// With the connect hook on: what the hook is told of the request.
-    hook: Option<HookRequest>,
-}
 
 /// What a complete request gets.
 enum Outcome {
@@ -62,21 +43,6 @@ pub(super) struct Checked {
     pub client: IpAddr,
     /// The verified token, if auth is on and the client sent one.
     pub identity: Option<Identity>,
-}
-
-/// The parts of an upgrade request the connect hook sees.
-struct HookRequest {
-    headers: Vec<(&'static str, String)>,
-    query: String,
-}
-
-/// A handshake waiting for the connect hook's answer: its 101 is not sent
-/// yet, and its deadline still runs.
-pub(super) struct Parked {
-    pub accepted: Accepted,
-    /// Bytes received after the request (the first frames), kept until
-    /// the connection opens; at most the largest message.
-    rest: Vec<u8>,
 }
 
 impl Io {
@@ -386,7 +352,7 @@ impl Connections {
         });
         let handshaking = self.io.handshaking.entry(slot).or_default();
         handshaking.parked = Some(Box::new(Parked { accepted, rest }));
-        let sent = match &self.duplex.upstream {
+        let sent = match &self.duplex.settings.upstream {
             Some(upstream) => upstream.send(event).is_ok(),
             None => false,
         };
@@ -408,7 +374,7 @@ impl Connections {
             .handshaking
             .get(&slot)
             .is_some_and(|h| h.parked.is_some());
-        if conn.phase != Phase::Handshake || !parked {
+        if conn.phase() != Phase::Handshake || !parked {
             return;
         }
         let (user, grant, topics) = match verdict {
@@ -444,7 +410,7 @@ impl Connections {
     /// Sends the 101 and opens the connection: session, timers, the
     /// topics named in the request (or by the connect hook), then the
     /// frames that came with the request.
-    fn open(&mut self, slot: u32, accepted: Accepted, mut rest: Vec<u8>) {
+    fn open(&mut self, slot: u32, accepted: Accepted, rest: Vec<u8>) {
         let conn = self.table.get_mut(slot).expect("live slot");
         let Accepted {
             route,
@@ -475,26 +441,17 @@ impl Connections {
             WorkerStats::add(&self.io.stats().compressed_connections, 1);
         }
         conn.enter(Phase::Open, self.io.wheel.now());
-        conn.last_ping = conn.phase_since;
         let at =
             (conn.phase_since + self.io.limits.ping.min(self.io.limits.idle)).min(conn.expires);
         self.io.schedule(conn, slot, at);
         self.io.mark_flush(conn, slot);
-        match endpoint {
-            // The client says nothing more on an SSE stream.
-            Endpoint::Sse => return self.open_sse(slot, &topics, position.as_deref()),
-            Endpoint::Poll => {
-                let addresses = (transport, client);
-                let since = position.as_deref();
-                return self.open_poll(slot, addresses, &topics, since, origin, &rest);
-            }
-            _ => {}
-        }
-        for topic in topics {
-            self.subscribe_at_open(slot, &topic);
-        }
-        if !rest.is_empty() {
-            self.on_frames(slot, &mut rest);
-        }
+        let opening = Opening {
+            topics,
+            position,
+            origin,
+            addresses: (transport, client),
+            rest,
+        };
+        self.open_transport(slot, endpoint, opening);
     }
 }

@@ -4,20 +4,19 @@
 //! (queue a frame, start a close, reject a handshake, tear down).
 
 use super::compression::Codec;
+use super::opening::Handshaking;
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Endpoint, Phase};
+use crate::conn::{Conn, Flag, Phase};
 use crate::outbound::QueuePool;
-use crate::protocol::close::{self, code};
+use crate::protocol::close::code;
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::handshake::Reject;
-use crate::protocol::sse;
 use crate::session::Auth;
 use crate::stats::WorkerStats;
 use crate::timers::{Entry, Tick, Wheel, NEVER, TICK};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,7 +60,7 @@ impl Limits {
             path: config.path.clone(),
             echo: config.echo,
             subprotocols: config.subprotocols.clone(),
-            topic_subprotocols: crate::connections::recovery::subprotocols(&config.subprotocols),
+            topic_subprotocols: crate::protocol::v1::subprotocols(&config.subprotocols),
             max_message: config.max_message_size,
             max_outbound: config.max_outbound_bytes,
             max_inflate_per_sec: config.max_inflate_bytes_per_sec,
@@ -111,19 +110,6 @@ pub struct Io {
     pub(super) codec: Codec,
 }
 
-/// A connection in its opening handshake.
-#[derive(Default)]
-pub(super) struct Handshaking {
-    /// The socket's peer address (`None` if the accept reported none):
-    /// what forwarding headers are judged by and what reject logs name.
-    pub peer: Option<IpAddr>,
-    /// Request bytes received so far, while the request spans receives.
-    pub head: Vec<u8>,
-    /// A handshake that passed every check and waits for the connect
-    /// hook.
-    pub parked: Option<Box<super::handshake::Parked>>,
-}
-
 impl Io {
     pub(super) fn new(
         config: &Config,
@@ -169,8 +155,8 @@ impl Io {
     }
 
     pub(super) fn mark_flush(&mut self, conn: &mut Conn, slot: u32) {
-        if !conn.flush_queued {
-            conn.flush_queued = true;
+        if !conn.has(Flag::FlushQueued) {
+            conn.set(Flag::FlushQueued, true);
             self.flush.push(slot);
         }
     }
@@ -190,7 +176,7 @@ impl Io {
     /// kernel are dropped and it is closed with 1008. Returns whether the
     /// frame was queued.
     pub(super) fn queue(&mut self, conn: &mut Conn, slot: u32, frame: Bytes) -> bool {
-        if conn.phase != Phase::Open {
+        if conn.phase() != Phase::Open {
             return false;
         }
         let len = frame.len() as u64;
@@ -224,20 +210,13 @@ impl Io {
     /// poll ends with the connection) and shuts the write side once it is
     /// written.
     pub(super) fn close(&mut self, conn: &mut Conn, slot: u32, status: Option<u16>, reason: &str) {
-        if conn.phase != Phase::Open {
+        if conn.phase() != Phase::Open {
             return;
         }
         if conn.close_code == 0 {
             conn.close_code = status.unwrap_or(code::NO_STATUS);
         }
-        let last = match conn.endpoint() {
-            // An SSE stream has no close frame: a last event says why.
-            Some(Endpoint::Sse) => {
-                Some(sse::close_event(status.unwrap_or(code::GOING_AWAY), reason))
-            }
-            Some(Endpoint::Poll) => None,
-            _ => Some(close::encode(status, reason)),
-        };
+        let last = super::transport::close::close_bytes(conn.endpoint(), status, reason);
         if let Some(last) = last {
             self.enqueue(conn, last);
         }
@@ -280,7 +259,7 @@ impl Io {
 
     /// Tears the connection down: cancel its operations, close its slot.
     pub fn release(&mut self, conn: &mut Conn, slot: u32) {
-        if conn.phase != Phase::Releasing {
+        if conn.phase() != Phase::Releasing {
             conn.enter(Phase::Releasing, self.wheel.now());
             self.release.push(slot);
         }

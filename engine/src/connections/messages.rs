@@ -2,22 +2,16 @@
 //! inflated, echo, control messages (subscribe, unsubscribe, refresh) and
 //! the close handshake's first step.
 
-use super::compression::{Codec, Deflating, InflateBudget};
 use super::Connections;
-use crate::conn::{Deflate, Endpoint, Route};
-use crate::control;
-use crate::protocol::close::code;
-use crate::protocol::decoder::{Message, ProtocolError};
+use crate::protocol::control;
+use crate::protocol::decoder::ProtocolError;
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::v1;
 use crate::session::jwt::MAX_TOKEN;
-use crate::stats::WorkerStats;
 use crate::topics::{self, Member};
 use crate::upstream::{Event, Interest};
 use crate::Content;
 use bytes::Bytes;
-use std::ops::ControlFlow;
-use std::time::Instant;
 
 /// What a decoded message asks for, applied once decoding is done.
 pub(super) enum Action {
@@ -34,120 +28,7 @@ pub(super) enum Action {
     Fail(ProtocolError),
 }
 
-/// Turns one decoded message into actions (no access to the table here).
-/// Echoes are compressed for a connection that negotiated it; a
-/// compressed message arrives here already inflated. With `rooms`, a
-/// raw-mode connection's messages are offered to its rooms first.
-fn on_message(
-    route: Route,
-    rooms: bool,
-    deflating: &mut Deflating,
-    message: Message<'_>,
-    actions: &mut Vec<Action>,
-) {
-    let mut echo =
-        |opcode, payload| Action::Send(deflating.encode(route.deflate(), opcode, payload));
-    actions.push(match (route.endpoint(), message) {
-        (Endpoint::PubSub, Message::Text(t)) if rooms => {
-            Action::Room(Content::Text, Bytes::copy_from_slice(t.as_bytes()))
-        }
-        (Endpoint::PubSub, Message::Binary(b)) if rooms => {
-            Action::Room(Content::Binary, Bytes::copy_from_slice(b))
-        }
-        (Endpoint::Echo, Message::Text(t)) => echo(OpCode::Text, t.as_bytes()),
-        (Endpoint::Echo, Message::Binary(b)) => echo(OpCode::Binary, b),
-        (Endpoint::PubSub, Message::Text(t)) => match control::parse(t) {
-            Ok(request) => Action::Control(request),
-            Err(reason) => Action::Invalid(control::error(&reason)),
-        },
-        (Endpoint::PubSubV1, Message::Text(t)) => match v1::parse(t) {
-            Ok(request) => Action::V1(request),
-            Err(reason) => Action::Invalid(control::error(&reason)),
-        },
-        (Endpoint::PubSub | Endpoint::PubSubV1, Message::Binary(_)) => {
-            Action::Invalid(control::error("binary messages are not control messages"))
-        }
-        // SSE and long-poll input never reaches the frame decoder (see
-        // `Connections::on_data`).
-        (Endpoint::Sse | Endpoint::Poll, Message::Text(_) | Message::Binary(_)) => return,
-        (_, Message::Ping(p)) => Action::Send(frame::encode(OpCode::Pong, p)),
-        (_, Message::Pong(_)) => return,
-        (_, Message::Close(status)) => Action::CloseEcho(status),
-        (_, Message::Compressed { .. }) => unreachable!("inflated before it gets here"),
-    });
-}
-
 impl Connections {
-    pub(super) fn on_frames(&mut self, slot: u32, data: &mut [u8]) {
-        let rooms = self.rooms_on();
-        let conn = self.table.get_mut(slot).expect("live slot");
-        let mut decoder = std::mem::take(&mut conn.decoder);
-        let mut actions = std::mem::take(&mut self.actions);
-        let route = conn.route.expect("an open connection has a route");
-        let max = self.io.limits.max_message;
-        let mut messages = 0u64;
-        let Codec {
-            inflating,
-            deflating,
-        } = &mut self.io.codec;
-        let deflate = route.deflate() != Deflate::Off;
-        let per_sec = self.io.limits.max_inflate_per_sec;
-        let budgets = &mut self.inflate_budgets;
-        let mut over_budget = false;
-        let fed = decoder.feed(data, max, deflate, &mut |m| {
-            let m = match m {
-                Message::Compressed { text, payload } => {
-                    let inflated = inflating.message(text, payload, max);
-                    // A failed inflate (1009) cost up to `max` bytes' work.
-                    let cost = match &inflated {
-                        Ok(Message::Text(t)) => t.len(),
-                        Ok(Message::Binary(b)) => b.len(),
-                        _ => max,
-                    };
-                    if per_sec > 0 {
-                        let now = Instant::now();
-                        let budget = budgets
-                            .entry(slot)
-                            .or_insert_with(|| InflateBudget::new(per_sec, now));
-                        if !budget.charge(per_sec, cost, now) {
-                            over_budget = true;
-                            actions.push(Action::Fail(ProtocolError {
-                                code: code::POLICY_VIOLATION,
-                                reason: "inflating over the budget",
-                            }));
-                            return ControlFlow::Break(());
-                        }
-                    }
-                    match inflated {
-                        Ok(m) => m,
-                        Err(e) => {
-                            actions.push(Action::Fail(e));
-                            return ControlFlow::Break(());
-                        }
-                    }
-                }
-                m => m,
-            };
-            messages += u64::from(matches!(m, Message::Text(_) | Message::Binary(_)));
-            on_message(route, rooms, deflating, m, &mut actions);
-            ControlFlow::Continue(())
-        });
-        conn.decoder = decoder;
-        WorkerStats::add(&self.io.stats().messages_in, messages);
-        if over_budget {
-            tracing::debug!(slot, "inflating past --max-inflate-bytes-per-sec");
-            WorkerStats::add(&self.io.stats().inflate_budget_closes, 1);
-        }
-        if let Err(e) = fed {
-            tracing::debug!(slot, code = e.code, reason = e.reason, "protocol error");
-            actions.push(Action::Fail(e));
-        }
-        for action in actions.drain(..) {
-            self.apply(slot, action);
-        }
-        self.actions = actions;
-    }
-
     pub(super) fn apply(&mut self, slot: u32, action: Action) {
         let conn = self.table.get_mut(slot).expect("live slot");
         match action {
@@ -297,8 +178,7 @@ impl Connections {
     /// Takes `slot` out of `member`'s topic, and updates the connection
     /// whose slot took its place in the member list.
     pub(super) fn leave(&mut self, slot: u32, member: Member) {
-        self.skips.forget(member.topic, slot);
-        self.held.forget(member.topic, slot);
+        self.resumes.forget(member.topic, slot);
         let last = (self.broker && self.topics.member_count(member.topic) == 1)
             .then(|| self.topics.name(member.topic).to_owned());
         if let Some(moved) = self.topics.unsubscribe(member, slot) {
@@ -334,7 +214,7 @@ impl Connections {
     /// Sends the broker events kept back, in order, while the sink takes
     /// them.
     pub(super) fn send_unsent(&mut self) {
-        let Some(upstream) = &self.duplex.upstream else {
+        let Some(upstream) = &self.duplex.settings.upstream else {
             return self.unsent.clear();
         };
         let mut pending = std::mem::take(&mut self.unsent).into_iter();

@@ -16,9 +16,11 @@
 //!   token refreshes;
 //! - `fanout`: publish and broadcast, to topics and to users, and the
 //!   disconnection of users;
-//! - `recovery`: `ringcast.v1` subscribes with a position, and replays;
-//! - `sse`: the SSE transport: a stream's opening, resume and deliveries;
-//! - `poll`: the long-poll transport: polls on keep-alive connections;
+//! - `recovery`: subscriptions with a position: skips, broker holds and
+//!   the broker's answers;
+//! - `transport`: one module per endpoint (raw WebSocket, `ringcast.v1`,
+//!   echo, SSE, long-poll) behind one interface: open, bytes in,
+//!   deliver, due, close bytes;
 //! - `duplex`: client publishes, rpc ops and raw room messages, their
 //!   rate limits, and their hand-off upstream;
 //! - `deadlines`: timers, drain and rebalance spreads, shutdown, trims.
@@ -30,17 +32,17 @@ mod fanout;
 mod handshake;
 pub mod io;
 mod messages;
-mod poll;
+mod opening;
 mod recovery;
-mod sse;
 pub mod table;
+mod transport;
 
 pub use fanout::Fanout;
 pub use io::{Io, CLOSE_TIMEOUT};
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::conn::{Conn, Deflate, Endpoint, Phase};
+use crate::conn::{Conn, Deflate, Flag, Phase};
 use crate::protocol::close::code;
 use crate::session::Sessions;
 use crate::spread::Spread;
@@ -65,28 +67,21 @@ pub struct Connections {
     due: Vec<(Entry, Tick)>,
     spread: Option<Spread>,
     next_trim: Tick,
-    /// History, read when a `ringcast.v1` connection subscribes.
+    /// History, read when a subscription resumes without a broker.
     hub: Arc<crate::hub::Hub>,
-    skips: recovery::Skips,
-    /// Positions of SSE streams with several topics that keep history.
-    streams: sse::Streams,
-    /// Long-poll connections.
-    polls: poll::Polls,
-    /// Client publish, rooms, rate limits, hooks settings, and where
-    /// events for the server go (see [`crate::upstream`]).
-    duplex: duplex::Settings,
-    /// Rate-limit state of connections that sent client messages, by slot.
-    clients: std::collections::HashMap<u32, duplex::Client>,
-    /// Inflate budgets of connections that sent compressed messages, by
-    /// slot.
-    inflate_budgets: std::collections::HashMap<u32, compression::InflateBudget>,
+    /// What each transport keeps beside the table.
+    transports: transport::Transports,
+    /// Subscriptions that read a position: skips and broker holds.
+    resumes: recovery::Resumes,
+    /// Client publish, rooms, rate limits (with their state by slot),
+    /// hooks, and where events for the server go (see
+    /// [`crate::upstream`]).
+    duplex: duplex::Duplex,
     /// Whether deliveries come from a broker (see [`crate::broker`]).
     broker: bool,
     /// Broker events the upstream sink could not take yet, sent again
     /// before the next one and after each pass over the commands.
     unsent: Vec<crate::upstream::Event>,
-    /// Subscriptions waiting for the broker's read of their topic.
-    held: recovery::Held,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -102,7 +97,8 @@ fn tenant(table: &mut Table, slot: u32, gen: u32) -> &mut Conn {
 
 impl Connections {
     /// An empty table for slots `0..capacity`, for worker number `worker`.
-    /// Memory grows with the connections, not with `capacity`.
+    /// Memory grows with the connections, not with `capacity`. `handle`
+    /// is the runtime's, once set (see `duplex.rs`).
     pub fn new(
         config: &Config,
         capacity: usize,
@@ -110,6 +106,7 @@ impl Connections {
         worker: usize,
         admission: &Arc<Admission>,
         hub: Arc<crate::hub::Hub>,
+        handle: Arc<std::sync::OnceLock<crate::Handle>>,
     ) -> Self {
         Self {
             table: Table::new(capacity),
@@ -123,15 +120,11 @@ impl Connections {
             spread: None,
             next_trim: 0,
             hub,
-            skips: recovery::Skips::default(),
-            streams: sse::Streams::default(),
-            polls: poll::Polls::default(),
-            duplex: duplex::Settings::new(config),
-            clients: std::collections::HashMap::new(),
-            inflate_budgets: std::collections::HashMap::new(),
+            transports: transport::Transports::default(),
+            resumes: recovery::Resumes::default(),
+            duplex: duplex::Duplex::new(config, handle),
             broker: config.broker && config.upstream.is_some(),
             unsent: Vec::new(),
-            held: recovery::Held::default(),
         }
     }
 
@@ -166,9 +159,9 @@ impl Connections {
     pub fn accept(&mut self, slot: u32, ip: Option<IpAddr>) -> u32 {
         self.next_gen = (self.next_gen + 1) & crate::ring::token::GEN_MASK;
         let now = self.io.wheel.now();
-        let handshaking = io::Handshaking {
+        let handshaking = opening::Handshaking {
             peer: ip,
-            ..io::Handshaking::default()
+            ..opening::Handshaking::default()
         };
         self.io.handshaking.insert(slot, handshaking);
         let mut conn = Conn::new(self.next_gen, now);
@@ -188,14 +181,12 @@ impl Connections {
         let now = self.io.wheel.now();
         let conn = self.get(slot, gen);
         conn.last_active = now;
-        match conn.phase {
+        match conn.phase() {
             Phase::Handshake => self.on_handshake_bytes(slot, data),
-            // An SSE client has nothing more to say: its bytes are dropped.
-            Phase::Open => match conn.endpoint() {
-                Some(Endpoint::Sse) => {}
-                Some(Endpoint::Poll) => self.on_poll_bytes(slot, data),
-                _ => self.on_frames(slot, data),
-            },
+            Phase::Open => {
+                let endpoint = conn.endpoint();
+                self.transport_bytes(slot, endpoint, data);
+            }
             // Input after our close frame or during teardown is discarded.
             Phase::Closing | Phase::ShutDown | Phase::Releasing => {}
         }
@@ -218,7 +209,7 @@ impl Connections {
         let stats = self.io.stats();
         WorkerStats::add(&stats.bytes_out, result as u64);
         WorkerStats::sub(&stats.outbound_bytes, result as u64);
-        if !conn.out.is_empty() || conn.phase == Phase::Closing {
+        if !conn.out.is_empty() || conn.phase() == Phase::Closing {
             self.io.mark_flush(conn, slot);
         }
     }
@@ -227,11 +218,11 @@ impl Connections {
     pub fn on_shutdown(&mut self, slot: u32, gen: u32, result: i32) {
         let now = self.io.wheel.now();
         let conn = tenant(&mut self.table, slot, gen);
-        conn.shutdown_in_flight = false;
-        if conn.phase == Phase::Closing {
+        conn.set(Flag::ShutdownInFlight, false);
+        if conn.phase() == Phase::Closing {
             conn.enter(Phase::ShutDown, now);
         }
-        if result < 0 || !conn.recv_armed {
+        if result < 0 || !conn.has(Flag::RecvArmed) {
             self.io.release(conn, slot);
         }
     }
@@ -261,9 +252,7 @@ impl Connections {
             self.duplex_closed(slot, conn.gen, user.as_deref(), code);
         }
         self.sessions.detach(conn.session, slot);
-        self.streams.forget(slot);
-        self.polls.forget(slot);
-        self.inflate_budgets.remove(&slot);
+        self.transports.forget(slot);
         let unsent = conn.out.clear(&mut self.io.pool);
         if conn.deflate() != Deflate::Off {
             WorkerStats::sub(&self.io.stats().compressed_connections, 1);

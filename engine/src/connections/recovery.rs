@@ -1,6 +1,11 @@
-//! `ringcast.v1` connections on a worker: a subscribe answered with the
-//! topic's position, the replay of what a resuming client missed, and the
-//! skip of live frames the subscription already covers.
+//! The one resume path: a subscription of any transport that keeps
+//! positions (`ringcast.v1`, SSE, long-poll) reads where its topic stands
+//! and what the client missed through [`Connections::resume`], from the
+//! local hub or, with a broker, from the broker; the transport then makes
+//! its bytes of the answer (`subscribed` and the replay, SSE events with
+//! their ids, a poll's answer). So SSE's `Last-Event-ID` and a poll's
+//! `since` recover on another node of a cluster exactly as a
+//! `ringcast.v1` resume does.
 //!
 //! # No gap, no duplicate
 //! The worker reads the topic's history ([`crate::hub::Hub::recover`])
@@ -20,7 +25,7 @@
 //! Offsets come from the broker, so the worker cannot read the position
 //! itself. It registers the subscription (so that the node holds the
 //! topic's channel: the interest event goes first, and the broker client
-//! subscribes before it reads), sends [`Event::Recover`], and *holds* the
+//! subscribes before it reads), sends [`crate::upstream::Event::Recover`], and *holds* the
 //! subscription's live deliveries in [`Held`] until the answer
 //! ([`Connections::recovered`]). The read happens after the node's
 //! subscription to the topic's channel took effect, so every message is
@@ -32,12 +37,9 @@
 //! them until the first frame past `top`.
 
 use super::Connections;
-use crate::broker;
-use crate::conn::Endpoint;
-use crate::control;
 use crate::hub::epoch::Epoch;
-use crate::protocol::v1::{self, Position, Since};
-use crate::stats::WorkerStats;
+use crate::hub::Recovery;
+use crate::protocol::v1::Since;
 use crate::topics::TopicId;
 use crate::upstream::{Event, Origin, Recover};
 use bytes::Bytes;
@@ -46,16 +48,6 @@ use std::collections::HashMap;
 /// Room kept in a connection's send queue for the `subscribed` reply that
 /// precedes a replay, in bytes.
 pub(super) const REPLY_ROOM: usize = 512;
-
-/// The subprotocols the topics endpoint accepts: `configured` and
-/// `ringcast.v1`.
-pub fn subprotocols(configured: &[String]) -> Vec<String> {
-    let mut all = configured.to_vec();
-    if !all.iter().any(|p| p == v1::NAME) {
-        all.push(v1::NAME.to_owned());
-    }
-    all
-}
 
 /// Subscriptions made since the worker last emptied its command channel,
 /// by (topic, slot): the top offset and epoch read from the history when
@@ -91,13 +83,29 @@ impl Skips {
     }
 }
 
+/// What the worker keeps for subscriptions that read a position: the
+/// skips of the local path and the holds of the broker's.
+#[derive(Default)]
+pub(super) struct Resumes {
+    pub skips: Skips,
+    pub held: Held,
+}
+
+impl Resumes {
+    /// `slot` left `topic` (whose id may then be reused).
+    pub fn forget(&mut self, topic: TopicId, slot: u32) {
+        self.skips.forget(topic, slot);
+        self.held.forget(topic, slot);
+    }
+}
+
 /// Subscriptions whose live deliveries the broker's read decides, by
 /// (topic, slot). Empty without a broker.
 #[derive(Default)]
 pub(super) struct Held(HashMap<(TopicId, u32), Hold>);
 
 pub(super) enum Hold {
-    /// Waiting for the answer to [`Event::Recover`]: whether the client
+    /// Waiting for the answer to [`crate::upstream::Event::Recover`]: whether the client
     /// resumes, and the live deliveries held meanwhile.
     Waiting {
         resumes: bool,
@@ -142,6 +150,16 @@ impl Held {
         }
     }
 
+    /// Holds `slot`'s live deliveries of `topic` until the broker answers
+    /// its read (`resumes`: the client gave a position).
+    pub fn wait(&mut self, topic: TopicId, slot: u32, resumes: bool) {
+        let waiting = Hold::Waiting {
+            resumes,
+            frames: Vec::new(),
+        };
+        self.0.insert((topic, slot), waiting);
+    }
+
     /// `slot` left `topic`: an answer that comes later is ignored.
     pub fn forget(&mut self, topic: TopicId, slot: u32) {
         if !self.0.is_empty() {
@@ -150,176 +168,110 @@ impl Held {
     }
 }
 
-impl Connections {
-    /// Applies a client op of a `ringcast.v1` connection.
-    /// A `ringcast.v1` op. Every op counts against the rate limits:
-    /// publish and rpc with their bytes (in `duplex.rs`), the others here.
-    pub(super) fn apply_v1(&mut self, slot: u32, request: v1::Request) {
-        let control = matches!(
-            request,
-            v1::Request::Resume { .. } | v1::Request::Control(_)
-        );
-        if control && !self.within_rate(slot, 0, true, None) {
-            return;
-        }
-        match request {
-            v1::Request::Resume { topic, since } => self.subscribe_v1(slot, &topic, Some(&since)),
-            v1::Request::Control(control::Request::Subscribe { topic }) => {
-                self.subscribe_v1(slot, &topic, None);
-            }
-            v1::Request::Control(other) => self.control(slot, other),
-            v1::Request::Publish { topic, data, id } => self.client_publish(slot, topic, data, id),
-            v1::Request::Rpc { id, method, data } => self.client_rpc(slot, id, method, data),
-        }
-    }
+/// A live delivery held while the broker reads: its position and its
+/// `ringcast.v1` frame.
+pub(super) type Live = (Option<(u64, Epoch)>, Bytes);
 
-    /// Subscribes to a topic named in the upgrade request: a raw-mode
-    /// connection silently, as ever; a `ringcast.v1` one as a subscribe
-    /// without `since`, answered with the topic's position.
-    pub(super) fn subscribe_at_open(&mut self, slot: u32, topic: &str) {
-        let conn = self.table.get_mut(slot).expect("live slot");
-        if conn.endpoint() == Some(Endpoint::PubSubV1) {
-            self.subscribe_v1(slot, topic, None);
-        } else {
-            self.subscribe(slot, topic);
-        }
-    }
+/// What the one resume operation ([`Connections::resume`]) gave.
+pub(super) enum Read {
+    /// The topic keeps no history: no position, live messages only.
+    NoHistory,
+    /// Read from this node's hub, at once.
+    Now(Recovery),
+    /// Asked the broker: its answer reaches the transport through
+    /// [`Connections::recovered`].
+    Asked,
+}
 
-    /// Subscribes `slot` to `topic`, answers with the topic's position
-    /// when it keeps history, and with `since`, replays what came after it
-    /// or answers `recovered:false`. A topic the connection already holds
-    /// is acknowledged without a position and changes nothing.
-    fn subscribe_v1(&mut self, slot: u32, topic: &str, since: Option<&Since>) {
-        let before = self.held(slot, topic);
-        let reply = self.subscribe(slot, topic);
-        let id = match self.held(slot, topic) {
-            Some(id) if before.is_none() => id,
-            _ => return self.reply(slot, reply), // refused, or already held
-        };
-        let pending = self.table.get_mut(slot).expect("live slot").out.pending();
-        let room = self
-            .io
-            .limits
-            .max_outbound
-            .saturating_sub(pending + REPLY_ROOM + topic.len());
-        if self.broker {
-            if self.hub.rule(topic).is_none() {
-                return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
-            }
-            let waiting = Hold::Waiting {
-                resumes: since.is_some(),
-                frames: Vec::new(),
-            };
-            self.held.0.insert((id, slot), waiting);
-            let gen = self.table.get_mut(slot).expect("live slot").gen;
-            let origin = Origin {
-                worker: self.io.worker as u32,
-                slot,
-                gen,
-            };
-            return self.send_to_broker(Event::Recover(Recover {
-                origin,
-                topic: topic.to_owned(),
-                since: since.cloned(),
-                room,
-            }));
-        }
-        let Some(recovery) = self.hub.recover(topic, since, room) else {
-            return self.reply(slot, v1::subscribed(topic, None, since.map(|_| false)));
-        };
-        if recovery.top > 0 {
-            self.skips.insert(id, slot, recovery.top, recovery.epoch);
-        }
-        let at = Position {
-            offset: recovery.top,
-            epoch: recovery.epoch.as_str(),
-        };
-        let recovered = since.map(|_| recovery.replay.is_some());
-        self.reply(slot, v1::subscribed(topic, Some(at), recovered));
-        let conn = self.table.get_mut(slot).expect("live slot");
-        let mut queued = 0;
-        for frame in recovery.replay.into_iter().flatten() {
-            queued += u64::from(self.io.queue(conn, slot, frame));
-        }
-        WorkerStats::add(&self.io.stats().messages_out, queued);
-    }
-
-    /// The broker's answer to [`Event::Recover`] for connection (`slot`,
-    /// `gen`) on `topic`: `None` when the broker could not be read (the
-    /// subscription stays, answered without a position; a resume gets
-    /// `recovered:false`). Replies `subscribed`, queues the replay, then
-    /// the live deliveries held meanwhile that the replay does not cover.
-    /// Ignored when the connection left the topic or is gone.
-    pub fn recovered(
+impl Held {
+    /// The broker answered `slot`'s read of `topic` with `position`
+    /// (`None`: it could not be read). Returns whether the client gave a
+    /// position, and the live deliveries held meanwhile that the answer
+    /// does not cover, in order; from now on a delivery the answer covers
+    /// is dropped (see [`Hold::Floor`]). `None` when nothing waited (the
+    /// connection left the topic).
+    pub fn answered(
         &mut self,
+        topic: TopicId,
         slot: u32,
-        gen: u32,
-        topic: &str,
-        position: Option<broker::Position>,
-    ) {
-        let Some(id) = self.topics.id(topic) else {
-            return;
+        position: Option<&Recovery>,
+    ) -> Option<(bool, Vec<Live>)> {
+        let Some(Hold::Waiting { resumes, frames }) = self.0.remove(&(topic, slot)) else {
+            return None;
         };
-        if self.table.get_mut(slot).is_none_or(|c| c.gen != gen) {
-            return;
-        }
-        let Some(Hold::Waiting { resumes, frames }) = self.held.0.remove(&(id, slot)) else {
-            return;
-        };
-        let resumed = |recovered: bool| resumes.then_some(recovered);
-        let covered = match &position {
-            Some(p) => {
-                let at = Position {
-                    offset: p.top,
-                    epoch: p.epoch.as_str(),
-                };
-                let reply = v1::subscribed(topic, Some(at), resumed(p.replay.is_some()));
-                self.reply(slot, reply);
-                Some((p.top, p.epoch))
-            }
-            None => {
-                self.reply(slot, v1::subscribed(topic, None, resumed(false)));
-                None
-            }
-        };
-        let replay = position.and_then(|p| p.replay).into_iter().flatten();
+        let covered = position.map(|p| (p.top, p.epoch));
         if let Some((top, epoch)) = covered.filter(|&(top, _)| top > 0) {
-            self.held.0.insert((id, slot), Hold::Floor { top, epoch });
+            self.0.insert((topic, slot), Hold::Floor { top, epoch });
         }
         let live = frames.into_iter().filter(|(at, _)| {
             !matches!((at, covered), (Some((o, e)), Some((top, epoch))) if *e == epoch && *o <= top)
         });
-        let conn = self.table.get_mut(slot).expect("live slot");
-        let mut queued = 0;
-        for frame in replay.chain(live.map(|(_, f)| f)) {
-            queued += u64::from(self.io.queue(conn, slot, frame));
+        Some((resumes, live.collect()))
+    }
+}
+
+impl Connections {
+    /// The one resume operation, for every transport that keeps
+    /// positions: where `slot`'s new subscription to `topic` (id `id`)
+    /// stands and, with `since`, what it missed, within `room` bytes of
+    /// replay (`resumes`: the client came with a position, for the
+    /// transport's answer). Without a broker the hub answers at once, and live
+    /// deliveries the read covers are then skipped ([`Skips`]). With one,
+    /// the broker is asked ([`crate::upstream::Event::Recover`]) and the
+    /// subscription's live deliveries are held ([`Held`]) until its
+    /// answer, which [`Connections::recovered`] hands to the transport.
+    pub(super) fn resume(
+        &mut self,
+        slot: u32,
+        id: TopicId,
+        topic: &str,
+        since: Option<&Since>,
+        resumes: bool,
+        room: usize,
+    ) -> Read {
+        if !self.broker {
+            let Some(recovery) = self.hub.recover(topic, since, room) else {
+                return Read::NoHistory;
+            };
+            if recovery.top > 0 {
+                self.resumes
+                    .skips
+                    .insert(id, slot, recovery.top, recovery.epoch);
+            }
+            return Read::Now(recovery);
         }
-        WorkerStats::add(&self.io.stats().messages_out, queued);
+        if self.hub.rule(topic).is_none() {
+            return Read::NoHistory;
+        }
+        self.resumes.held.wait(id, slot, resumes);
+        let gen = self.table.get_mut(slot).expect("live slot").gen;
+        let origin = Origin {
+            worker: self.io.worker as u32,
+            slot,
+            gen,
+        };
+        self.send_to_broker(Event::Recover(Recover {
+            origin,
+            topic: topic.to_owned(),
+            since: since.cloned(),
+            room,
+        }));
+        Read::Asked
     }
 
-    /// Sends `{"op":"resync","topic":…}` to every `ringcast.v1`
-    /// subscriber of any of `topics` on this worker: deliveries may have
-    /// been missed (the broker was out of reach), and the client should
-    /// resubscribe with `since`. Returns how many hints were queued.
-    pub fn resync(&mut self, topics: &[String]) -> usize {
-        let mut queued = 0;
-        for topic in topics {
-            let Some(id) = self.topics.id(topic) else {
-                continue;
-            };
-            let hint = v1::resync(topic);
-            for slot in self.topics.members(id) {
-                let conn = self.table.get_mut(slot).expect("subscriber slot is live");
-                if conn.endpoint() == Some(Endpoint::PubSubV1) {
-                    queued += usize::from(self.io.queue(conn, slot, hint.clone()));
-                }
-            }
-        }
-        queued
+    /// Bytes a replay may take in `slot`'s send queue: what the queue can
+    /// still take, less `reserved` (replays already planned) and room for
+    /// the reply about `topic` that precedes it.
+    pub(super) fn replay_room(&mut self, slot: u32, topic: &str, reserved: usize) -> usize {
+        let pending = self.table.get_mut(slot).expect("live slot").out.pending();
+        self.io
+            .limits
+            .max_outbound
+            .saturating_sub(pending + reserved + REPLY_ROOM + topic.len())
     }
 
     /// The id of `topic` if `slot` is subscribed to it.
-    pub(super) fn held(&mut self, slot: u32, topic: &str) -> Option<TopicId> {
+    pub(in crate::connections) fn held(&mut self, slot: u32, topic: &str) -> Option<TopicId> {
         let conn = self.table.get_mut(slot).expect("live slot");
         let id = self.topics.id(topic)?;
         conn.topics.find(id).map(|_| id)
@@ -328,7 +280,7 @@ impl Connections {
     /// The worker has applied every command sent to it before now: no
     /// publish a subscription's read of the history saw is still to come.
     pub fn commands_applied(&mut self) {
-        self.skips.0.clear();
+        self.resumes.skips.0.clear();
         if !self.unsent.is_empty() {
             self.send_unsent();
         }

@@ -128,6 +128,7 @@ impl Table {
     }
 
     /// Chunks allocated now (for tests and stats).
+    #[cfg(test)]
     pub fn chunks_allocated(&self) -> usize {
         self.chunks.iter().filter(|c| c.is_some()).count()
     }

@@ -21,7 +21,7 @@ pub mod epoch;
 pub mod history;
 pub mod rules;
 
-use crate::command::Frames;
+use crate::delivery::{Frames, TopicFrame};
 use crate::protocol::v1::{self, Data, Position, Since};
 use bytes::Bytes;
 use epoch::Epoch;
@@ -30,26 +30,44 @@ use rules::Rule;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-/// One topic's `ringcast.v1` delivery of a publish, as the workers get it.
-pub struct TopicFrame {
-    /// Offset and epoch, for a topic that keeps history.
-    pub position: Option<(u64, Epoch)>,
-    /// The encoded delivery frames, shared by every worker and subscriber
-    /// ([`Hub::publish`] leaves the compressed one to its caller).
-    pub frames: Frames,
-}
-
 /// Where a subscribing client stands on a topic that keeps history, and
-/// what it missed.
+/// what it missed: the one position type, whether the engine's hub or a
+/// broker read it (a broker answers [`crate::upstream::Event::Recover`]
+/// with one, through [`crate::Handle::recovered`]).
+#[derive(Debug)]
 pub struct Recovery {
     /// The topic's epoch.
     pub epoch: Epoch,
     /// Offset of the topic's last message: the subscription gets every
     /// message after it live.
     pub top: u64,
-    /// With `since`: the frames after it up to `top`, when recovered;
-    /// `None` when not (or without `since`).
+    /// With `since`: the `ringcast.v1` delivery frames after it up to
+    /// `top`, when recovered; `None` when not (or without `since`).
     pub replay: Option<Vec<Bytes>>,
+}
+
+impl Recovery {
+    /// The one recoverable rule, for the hub and a broker alike: a client
+    /// at `since` recovers from a topic at `top` in `epoch`, whose oldest
+    /// retained message is `first`, when `since` is in that epoch, not
+    /// past the top, and every message after it is still retained.
+    pub fn recoverable(since: &Since, epoch: Epoch, top: u64, first: u64) -> bool {
+        since.epoch == epoch.as_str() && since.offset <= top && since.offset + 1 >= first
+    }
+
+    /// The replay of `frames` (those after the client's position, in
+    /// order) when they total at most `room` bytes (what the connection's
+    /// send queue can take); `None` otherwise. Never a partial range.
+    pub fn within(frames: impl IntoIterator<Item = Bytes>, room: usize) -> Option<Vec<Bytes>> {
+        let mut bytes = 0;
+        frames
+            .into_iter()
+            .map(|frame| {
+                bytes += frame.len();
+                (bytes <= room).then_some(frame)
+            })
+            .collect()
+    }
 }
 
 /// A page of a topic's history, for `GET /history`.
@@ -204,19 +222,12 @@ impl Hub {
             None => (history.next_epoch(topic), 0, 1),
         };
         let replay = since
-            .filter(|s| s.epoch == epoch.as_str() && s.offset <= top && s.offset + 1 >= first)
-            .and_then(|s| {
-                let Some(stream) = history.stream(topic) else {
-                    return Some(Vec::new());
-                };
-                let mut bytes = 0;
-                stream
-                    .after(s.offset)
-                    .map(|(_, m)| {
-                        bytes += m.frame.len();
-                        (bytes <= room).then(|| m.frame.clone())
-                    })
-                    .collect()
+            .filter(|s| Recovery::recoverable(s, epoch, top, first))
+            .and_then(|s| match history.stream(topic) {
+                None => Some(Vec::new()),
+                Some(stream) => {
+                    Recovery::within(stream.after(s.offset).map(|(_, m)| m.frame.clone()), room)
+                }
             });
         Some(Recovery { epoch, top, replay })
     }

@@ -11,6 +11,8 @@
 //! - [`decoder`]: a connection's read side: frames to messages, with
 //!   fragment reassembly and interleaved control frames (RFC 6455 §5.4).
 //! - [`proxy`]: the PROXY protocol v1/v2 header in front of a connection.
+//! - [`control`]: the JSON control messages of the topics endpoint.
+//! - [`names`]: the topic name rule.
 //! - [`v1`]: the `ringcast.v1` subprotocol's JSON messages.
 //! - [`extension`]: permessage-deflate negotiation (RFC 7692 §5–§7).
 //! - [`deflate`]: the permessage-deflate codec (RFC 7692 §7.2).
@@ -19,12 +21,14 @@
 //!   positions.
 
 pub mod close;
+pub mod control;
 pub mod decoder;
 pub mod deflate;
 pub mod extension;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod names;
 pub mod poll;
 pub mod proxy;
 pub mod reject;

@@ -147,7 +147,7 @@ impl Reject {
             Reject::UnsupportedVersion => "only Sec-WebSocket-Version 13 is supported",
             Reject::HeadersTooLarge => "request headers too large",
             Reject::NotFound => "no WebSocket endpoint at this path",
-            Reject::BadTopic => crate::topics::NAME_RULE,
+            Reject::BadTopic => super::names::NAME_RULE,
             Reject::Timeout => "handshake not completed in time",
             Reject::BadProxyHeader => "expected a valid PROXY protocol v1 or v2 header",
             Reject::UntrustedForwarded => "forwarding headers from an untrusted peer",

@@ -16,7 +16,7 @@
 //!   recover), `close` (the server ends the stream: `{"code":1001}`).
 //! - A comment line (`:`) is the heartbeat.
 
-use crate::topics;
+use super::names as topics;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// `retry:` sent when a stream opens: the reconnect delay a browser's

@@ -7,10 +7,10 @@
 //!   `offset` and `epoch` only for a topic that keeps history.
 //! - Broadcasts: `{"op":"broadcast","data":...}` ([`broadcast`]).
 //! - Subscribe replies with a position ([`subscribed`]).
-//! - Client ops ([`parse`]): the control messages of [`crate::control`],
+//! - Client ops ([`parse`]): the control messages of [`super::control`],
 //!   plus `subscribe` with `"since":{"offset":N,"epoch":"E"}`.
 
-use crate::control;
+use super::control;
 use crate::protocol::frame::{self, OpCode};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -20,6 +20,16 @@ use serde_json::value::RawValue;
 
 /// The subprotocol name a client offers in `Sec-WebSocket-Protocol`.
 pub const NAME: &str = "ringcast.v1";
+
+/// The subprotocols the topics endpoint accepts: `configured` and
+/// `ringcast.v1`.
+pub fn subprotocols(configured: &[String]) -> Vec<String> {
+    let mut all = configured.to_vec();
+    if !all.iter().any(|p| p == NAME) {
+        all.push(NAME.to_owned());
+    }
+    all
+}
 
 /// What a published body is, from its `Content-Type`; it decides the
 /// frame type in raw mode and the `data` member in `ringcast.v1`.

@@ -2,8 +2,9 @@
 //! rebalance, shutdown), read when the wake-up eventfd's read completes.
 
 use super::Worker;
-use crate::command::{Command, Frames};
+use crate::command::Command;
 use crate::connections::{Fanout, CLOSE_TIMEOUT};
+use crate::delivery::Frames;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -15,12 +15,10 @@
 mod accept;
 mod commands;
 
-pub use accept::ACCEPTS;
-
 use crate::admission::{AcceptRate, Admission};
 use crate::command::{Command, Wake};
 use crate::config::Config;
-use crate::conn::Phase;
+use crate::conn::{Flag, Phase};
 use crate::connections::Connections;
 use crate::outbound::SendBuf;
 use crate::ring::buf_ring::{BufRing, BUFFER_GROUP};
@@ -87,6 +85,10 @@ pub struct Setup {
     pub wake: Arc<Wake>,
     /// All workers' counters.
     pub stats: Arc<[WorkerStats]>,
+    /// The runtime's handle, set once every worker is started: a client
+    /// publish with no hook and no broker is published through it from
+    /// the worker, with no hand-off to the embedding program.
+    pub handle: Arc<std::sync::OnceLock<crate::Handle>>,
     /// Admission rules and counts shared by every worker.
     pub admission: Arc<Admission>,
     /// This worker's share of `--max-handshakes-per-sec`.
@@ -136,6 +138,7 @@ impl Worker {
             setup.index,
             &setup.admission,
             setup.hub,
+            setup.handle,
         );
         Ok(Self {
             ring,
@@ -295,8 +298,10 @@ impl Worker {
                 }
             }
             Op::Send => self.conns.get(slot, gen).out.abandon_send(),
-            Op::Recv if !cqueue::more(flags) => self.conns.get(slot, gen).recv_armed = false,
-            Op::Shutdown => self.conns.get(slot, gen).shutdown_in_flight = false,
+            Op::Recv if !cqueue::more(flags) => {
+                self.conns.get(slot, gen).set(Flag::RecvArmed, false)
+            }
+            Op::Shutdown => self.conns.get(slot, gen).set(Flag::ShutdownInFlight, false),
             Op::Close => self.slot_freed(),
             Op::Recv | Op::Cancel | Op::Wake => {}
         }
@@ -344,7 +349,7 @@ impl Worker {
     }
 
     fn arm_recv(&mut self, slot: u32, gen: u32) {
-        self.conns.get(slot, gen).recv_armed = true;
+        self.conns.get(slot, gen).set(Flag::RecvArmed, true);
         let entry = opcode::RecvMulti::new(Fixed(slot), BUFFER_GROUP)
             .build()
             .user_data(
@@ -398,8 +403,8 @@ impl Worker {
         }
         if !cqueue::more(flags) {
             let conn = self.conns.get(slot, gen);
-            conn.recv_armed = false;
-            let reading = !matches!(conn.phase, Phase::Releasing);
+            conn.set(Flag::RecvArmed, false);
+            let reading = !matches!(conn.phase(), Phase::Releasing);
             if reading && result > 0 {
                 // The kernel ended the multishot receive (e.g. CQ overflow).
                 self.arm_recv(slot, gen);
@@ -414,7 +419,7 @@ impl Worker {
             let Some(conn) = self.conns.slot(slot) else {
                 continue;
             };
-            if !conn.recv_armed && conn.phase != Phase::Releasing {
+            if !conn.has(Flag::RecvArmed) && conn.phase() != Phase::Releasing {
                 let gen = conn.gen;
                 self.arm_recv(slot, gen);
             }
@@ -426,7 +431,7 @@ impl Worker {
         let Some(conn) = self.conns.slot(slot) else {
             return;
         };
-        if conn.phase == Phase::Releasing && !conn.busy() {
+        if conn.phase() == Phase::Releasing && !conn.busy() {
             self.conns.remove(slot);
             self.close_slot(slot);
         }
@@ -464,18 +469,15 @@ impl Worker {
             let Some(conn) = self.conns.slot(slot) else {
                 continue;
             };
-            conn.flush_queued = false;
-            if conn.phase == Phase::Releasing || conn.out.in_flight() || conn.shutdown_in_flight {
+            conn.set(Flag::FlushQueued, false);
+            if conn.phase() == Phase::Releasing
+                || conn.out.in_flight()
+                || conn.has(Flag::ShutdownInFlight)
+            {
                 continue;
             }
-            let token = |op| {
-                Token {
-                    op,
-                    slot,
-                    gen: conn.gen,
-                }
-                .encode()
-            };
+            let gen = conn.gen;
+            let token = |op| Token { op, slot, gen }.encode();
             let entry = match conn.out.start_send() {
                 Some(SendBuf::One { ptr, len }) => opcode::Send::new(Fixed(slot), ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
@@ -485,8 +487,8 @@ impl Worker {
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
                     .user_data(token(Op::Send)),
-                None if conn.phase == Phase::Closing => {
-                    conn.shutdown_in_flight = true;
+                None if conn.phase() == Phase::Closing => {
+                    conn.set(Flag::ShutdownInFlight, true);
                     opcode::Shutdown::new(Fixed(slot), libc::SHUT_WR)
                         .build()
                         .user_data(token(Op::Shutdown))
@@ -502,8 +504,8 @@ impl Worker {
             let Some(conn) = self.conns.slot(slot) else {
                 continue;
             };
-            if conn.busy() && !conn.cancel_sent {
-                conn.cancel_sent = true;
+            if conn.busy() && !conn.has(Flag::CancelSent) {
+                conn.set(Flag::CancelSent, true);
                 let entry = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(slot)).all())
                     .build()
                     .user_data(Token::worker(Op::Cancel).encode());

@@ -4,7 +4,7 @@
 
 use super::{Broker, Demand, Message, Published, Reach, Unavailable};
 use futures_util::future::BoxFuture;
-use ringcast_engine::hub::Page;
+use ringcast_engine::history::Page;
 use ringcast_engine::upstream::Recover;
 use ringcast_engine::{Content, Handle};
 

@@ -21,7 +21,7 @@ pub mod redis;
 pub use self::redis::{Access, InterestLimits, Settings};
 
 use futures_util::future::BoxFuture;
-use ringcast_engine::hub::Page;
+use ringcast_engine::history::Page;
 use ringcast_engine::upstream::Recover;
 use ringcast_engine::{Content, Handle, Sender};
 use std::sync::Arc;

@@ -18,7 +18,7 @@ pub use bounds::Bounds;
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use ringcast_engine::hub::rules::Rule;
+use ringcast_engine::history::Rule;
 use serde::{Serialize, Serializer};
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -395,7 +395,7 @@ pub struct Serve {
     /// Bytes one connection's compressed (permessage-deflate) messages may
     /// inflate to per second (a token bucket holding one second's worth);
     /// past it the connection is closed with 1008. 0: no budget.
-    #[arg(long, env = "RINGCAST_MAX_INFLATE_BYTES_PER_SEC", default_value_t = 16 << 20)]
+    #[arg(long, env = "RINGCAST_MAX_INFLATE_BYTES_PER_SEC", default_value_t = 16 << 20, value_parser = count::<u64>)]
     pub max_inflate_bytes_per_sec: u64,
     /// Base URL of the backend's hooks (http://): each is a POST of JSON
     /// to URL/connect, URL/publish, URL/rpc or URL/disconnect.

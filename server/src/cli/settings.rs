@@ -3,8 +3,8 @@
 //! do (`Serve::validate`).
 
 use super::{HookKind, Serve, Switch};
-use ringcast_engine::session::permissions::Pattern;
-use ringcast_engine::session::{Auth, KeySource, Settings};
+use ringcast_engine::auth::Pattern;
+use ringcast_engine::auth::{Auth, KeySource, Settings};
 use ringcast_engine::upstream::Hooks;
 use ringcast_engine::Config;
 use std::path::PathBuf;

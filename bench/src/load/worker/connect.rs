@@ -7,7 +7,7 @@ use super::{Clients, MAX_CONNECTING};
 use crate::load::conn::{now_us, Conn, State};
 use io_uring::types::{CancelBuilder, DestinationSlot, Fixed};
 use io_uring::{opcode, squeue, IoUring};
-use ringcast_engine::ring::buf_ring::BUFFER_GROUP;
+use ringcast_engine::uring::BUFFER_GROUP;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

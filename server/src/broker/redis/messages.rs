@@ -7,9 +7,9 @@
 
 use super::script::{self, NodeHeader, TOPIC_CHANNEL};
 use super::Redis;
-use ringcast_engine::hub::epoch::Epoch;
-use ringcast_engine::session::jwt::MAX_USER_ID;
-use ringcast_engine::topics::is_valid_name;
+use ringcast_engine::auth::MAX_USER_ID;
+use ringcast_engine::history::Epoch;
+use ringcast_engine::protocol::names::is_valid_name;
 use std::collections::{HashMap, HashSet};
 
 /// The largest offset taken from Redis: 2^53 - 1, the largest integer a

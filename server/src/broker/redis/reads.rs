@@ -5,9 +5,9 @@
 use super::{script, Redis, Unavailable};
 use bytes::Bytes;
 use redis::Value;
-use ringcast_engine::broker::Position as Answer;
-use ringcast_engine::hub::epoch::Epoch;
-use ringcast_engine::hub::Page;
+use ringcast_engine::history::Epoch;
+use ringcast_engine::history::Page;
+use ringcast_engine::history::Position as Answer;
 use ringcast_engine::protocol::v1::{self, Data, Position};
 use ringcast_engine::upstream::Recover;
 use std::time::Duration;

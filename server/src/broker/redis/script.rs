@@ -11,7 +11,7 @@
 //!
 //! A payload is one line of JSON (the header), `\n`, then the body bytes.
 
-use ringcast_engine::hub::epoch::Epoch;
+use ringcast_engine::history::Epoch;
 use ringcast_engine::Content;
 use serde::Deserialize;
 

@@ -18,7 +18,7 @@
 //! # Every request checked by itself
 //! A connection may be shared by many clients (a proxy's pool of upstream
 //! connections), so each request on it goes through the checks of the
-//! first ([`super::Io::check`]): no body, `Origin`, forwarding headers,
+//! first (`Io::check`): no body, `Origin`, forwarding headers,
 //! drain, the token (its user and grants replace the previous request's;
 //! none is anonymous, or 401), each topic's permission, and the
 //! per-address admission count when the client's address changed. A
@@ -35,21 +35,25 @@
 //! waiting poll first ends that poll with an answer without messages, as
 //! its timeout would; then it is handled. At most
 //! [`handshake::MAX_REQUEST_HEAD`] bytes of an incomplete request are
-//! kept (past them: 431 and close).
+//! kept (past them: 431 and close). Behind a poll still reading its
+//! positions from the broker, the bytes wait unparsed until it answers
+//! or waits (at most twice that bound: past it, 431 and close).
 
-use super::handshake::{query_topics, Checked};
-use super::recovery::REPLY_ROOM;
+use super::super::handshake::{query_topics, Checked};
+use super::super::io::Io;
+use super::super::recovery::{Live, Read, REPLY_ROOM};
+use super::super::Connections;
 use super::sse::{id_text, Positions};
-use super::Connections;
+use super::Delivery;
 use crate::conn::{Conn, Phase};
-use crate::hub::TopicFrame;
+use crate::hub::Recovery;
 use crate::protocol::handshake::{self, Reject};
 use crate::protocol::sse::parse_positions;
 use crate::protocol::{frame, poll, v1::Since};
 use crate::session::SessionId;
 use crate::stats::WorkerStats;
 use crate::timers::{Tick, NEVER};
-use crate::topics::Topics;
+use crate::topics::{TopicId, Topics};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -71,6 +75,20 @@ pub(super) struct Poll {
     waiting: bool,
     /// Tick at which a waiting poll is answered with no message.
     deadline: Tick,
+    /// The broker's reads the poll waits for before it answers or waits.
+    reading: Option<Box<Reading>>,
+}
+
+/// A poll waiting for the broker's reads of its topics.
+struct Reading {
+    /// Reads not answered yet.
+    asked: usize,
+    /// Frames after the poll's positions, so far.
+    frames: Vec<Bytes>,
+    /// Topics it could not resume, so far.
+    reset: Vec<String>,
+    /// A topic with history learned its position.
+    unplaced: bool,
 }
 
 /// Long-poll connections by slot, and those answered by the publish being
@@ -89,21 +107,23 @@ impl Polls {
         }
     }
 
-    /// Answers `slot`'s waiting poll with one delivery on `topic`. Returns
-    /// whether an answer was queued.
+    /// Answers `slot`'s waiting poll with `d` (a topic's delivery; a
+    /// poll gets nothing else). Returns whether an answer was queued.
     pub fn deliver(
         &mut self,
-        io: &mut super::Io,
+        io: &mut Io,
         conn: &mut Conn,
         slot: u32,
         topics: &Topics,
-        delivery: &TopicFrame,
-        topic: crate::topics::TopicId,
+        d: &Delivery<'_>,
     ) -> bool {
+        let Some(topic) = d.topic else {
+            return false;
+        };
         let Some(p) = self.by_slot.get_mut(&slot).filter(|p| p.waiting) else {
             return false;
         };
-        if let Some((offset, epoch)) = delivery.position {
+        if let Some((offset, epoch)) = d.position {
             if let Some(at) = p.positions.iter_mut().find(|at| at.0 == topic) {
                 (at.1, at.2) = (offset, epoch);
             }
@@ -111,11 +131,20 @@ impl Polls {
         p.waiting = false;
         self.answered.push(slot);
         let next = id_text(topics, &p.positions);
-        let json = frame::server_payload(&delivery.frames.plain);
         let close = io.limits.connect_hook;
-        let answer = poll::response(p.origin.as_deref(), &[json], &next, &[], close);
-        io.queue(conn, slot, answer)
+        io.queue(
+            conn,
+            slot,
+            answer(p.origin.as_deref(), &d.v1.plain, &next, close),
+        )
     }
+}
+
+/// The answer to a waiting poll that one delivery (`frame`, its
+/// `ringcast.v1` frame) ends, with `next` the positions after it (and
+/// `Connection: close` with `close`).
+fn answer(origin: Option<&str>, frame: &Bytes, next: &str, close: bool) -> Bytes {
+    poll::response(origin, &[frame::server_payload(frame)], next, &[], close)
 }
 
 impl Connections {
@@ -131,7 +160,8 @@ impl Connections {
         origin: Option<String>,
         rest: &[u8],
     ) {
-        self.polls.by_slot.entry(slot).or_default().addresses = Some(addresses);
+        let polls = &mut self.transports.poll.by_slot;
+        polls.entry(slot).or_default().addresses = Some(addresses);
         self.start_poll(slot, topics, since, origin);
         if !rest.is_empty() {
             self.on_poll_bytes(slot, rest);
@@ -143,7 +173,7 @@ impl Connections {
     /// topics it could not resume (`reset`), or when a topic with history
     /// has no position in `since` (the answer's `next` gives it); else
     /// waits.
-    pub(super) fn start_poll(
+    pub(in crate::connections) fn start_poll(
         &mut self,
         slot: u32,
         topics: &[String],
@@ -151,13 +181,19 @@ impl Connections {
         origin: Option<String>,
     ) {
         let since = since.map(parse_positions).unwrap_or_default();
-        let mut state = self.polls.by_slot.remove(&slot).unwrap_or_default();
+        let mut state = self
+            .transports
+            .poll
+            .by_slot
+            .remove(&slot)
+            .unwrap_or_default();
         state.origin = origin;
         state.positions.clear();
         let (mut frames, mut reset) = (Vec::new(), Vec::new());
         let mut reserved = 0;
         // A topic with history but no `since` learns its position at once.
         let mut unplaced = false;
+        let mut asked = 0;
         for topic in topics {
             if self.held(slot, topic).is_some() {
                 continue;
@@ -167,7 +203,7 @@ impl Connections {
                 // Not allowed for this connection's token.
                 let conn = self.table.get_mut(slot).expect("live slot");
                 let refusal = Bytes::from(Reject::Forbidden.response());
-                self.polls.by_slot.insert(slot, state);
+                self.transports.poll.by_slot.insert(slot, state);
                 self.io.enqueue(conn, refusal);
                 return self.io.close(conn, slot, None, "");
             };
@@ -180,12 +216,14 @@ impl Connections {
                 .limits
                 .max_outbound
                 .saturating_sub(reserved + REPLY_ROOM + topic.len());
-            let Some(recovery) = self.hub.recover(topic, from.as_ref(), room) else {
-                continue; // no history: live messages only
+            let recovery = match self.resume(slot, id, topic, from.as_ref(), from.is_some(), room) {
+                Read::NoHistory => continue, // live messages only
+                Read::Asked => {
+                    asked += 1;
+                    continue;
+                }
+                Read::Now(recovery) => recovery,
             };
-            if recovery.top > 0 {
-                self.skips.insert(id, slot, recovery.top, recovery.epoch);
-            }
             state.positions.push((id, recovery.top, recovery.epoch));
             match recovery.replay {
                 Some(replay) => {
@@ -196,11 +234,94 @@ impl Connections {
                 None => unplaced = true,
             }
         }
+        if asked > 0 {
+            state.reading = Some(Box::new(Reading {
+                asked,
+                frames,
+                reset,
+                unplaced,
+            }));
+            self.transports.poll.by_slot.insert(slot, state);
+            return; // answered once the broker's reads are (`poll_resumed`)
+        }
+        self.poll_decide(slot, state, frames, reset, unplaced);
+    }
+
+    /// The broker's answer for `slot`'s poll on topic `id` (see
+    /// [`Connections::recovered`]): the topic's position, its replay (or
+    /// its reset), and the `live` deliveries held meanwhile join the
+    /// poll's answer, which is decided once every read is in.
+    pub(super) fn poll_resumed(
+        &mut self,
+        slot: u32,
+        id: TopicId,
+        resumes: bool,
+        at: Option<Recovery>,
+        live: Vec<Live>,
+    ) {
+        let polls = &mut self.transports.poll.by_slot;
+        let Some(mut state) = polls.remove(&slot) else {
+            return;
+        };
+        let Some(mut reading) = state.reading.take() else {
+            polls.insert(slot, state);
+            return;
+        };
+        let name = self.topics.name(id);
+        match at {
+            Some(recovery) => {
+                state.positions.push((id, recovery.top, recovery.epoch));
+                match recovery.replay {
+                    Some(replay) => reading.frames.extend(replay),
+                    None if resumes => reading.reset.push(name.to_owned()),
+                    None => reading.unplaced = true,
+                }
+            }
+            // The broker could not be read: live messages only.
+            None if resumes => reading.reset.push(name.to_owned()),
+            None => {}
+        }
+        for (position, frame) in live {
+            let at = state.positions.iter_mut().find(|at| at.0 == id);
+            if let (Some(at), Some((offset, epoch))) = (at, position) {
+                (at.1, at.2) = (offset, epoch);
+            }
+            reading.frames.push(frame);
+        }
+        reading.asked -= 1;
+        if reading.asked > 0 {
+            state.reading = Some(reading);
+            self.transports.poll.by_slot.insert(slot, state);
+            return;
+        }
+        let Reading {
+            frames,
+            reset,
+            unplaced,
+            ..
+        } = *reading;
+        self.poll_decide(slot, state, frames, reset, unplaced);
+        // Requests that came meanwhile, in order.
+        self.next_requests(slot);
+    }
+
+    /// A poll whose reads are all in: answers at once with `frames` (the
+    /// `ringcast.v1` frames after its positions), `reset` (topics it could
+    /// not resume), or for a topic that learns its position (`unplaced`);
+    /// else waits for the first live delivery or `--poll-timeout`.
+    fn poll_decide(
+        &mut self,
+        slot: u32,
+        mut state: Poll,
+        frames: Vec<Bytes>,
+        reset: Vec<String>,
+        unplaced: bool,
+    ) {
         if frames.is_empty() && reset.is_empty() && !unplaced {
             state.waiting = true;
             state.deadline = self.io.wheel.now() + self.io.limits.poll_timeout;
             let at = state.deadline;
-            self.polls.by_slot.insert(slot, state);
+            self.transports.poll.by_slot.insert(slot, state);
             let conn = self.table.get_mut(slot).expect("live slot");
             let at = at.min(conn.expires);
             return self.io.schedule(conn, slot, at);
@@ -210,7 +331,7 @@ impl Connections {
         let close = self.io.limits.connect_hook;
         let answer = poll::response(state.origin.as_deref(), &json, &next, &reset, close);
         WorkerStats::add(&self.io.stats().messages_out, frames.len() as u64);
-        self.polls.by_slot.insert(slot, state);
+        self.transports.poll.by_slot.insert(slot, state);
         self.poll_answered(slot, answer);
     }
 
@@ -236,7 +357,8 @@ impl Connections {
     /// Answers `slot`'s waiting poll now, with no message (its timeout's
     /// answer).
     fn end_waiting_poll(&mut self, slot: u32) {
-        let Some(state) = self.polls.by_slot.get_mut(&slot).filter(|p| p.waiting) else {
+        let polls = &mut self.transports.poll.by_slot;
+        let Some(state) = polls.get_mut(&slot).filter(|p| p.waiting) else {
             return;
         };
         state.waiting = false;
@@ -260,8 +382,8 @@ impl Connections {
 
     /// The polls a publish answered leave their topics (after the publish,
     /// so that no topic's member list changes while it is walked).
-    pub(super) fn finish_polls(&mut self) {
-        while let Some(slot) = self.polls.answered.pop() {
+    pub(in crate::connections) fn finish_polls(&mut self) {
+        while let Some(slot) = self.transports.poll.answered.pop() {
             if self.table.get_mut(slot).is_some() {
                 self.after_answer(slot);
             }
@@ -271,24 +393,33 @@ impl Connections {
     /// Bytes on a long-poll connection: the next requests, each handled
     /// in turn once complete (see the module documentation). With the
     /// connect hook on, no request after the first is read.
-    pub(super) fn on_poll_bytes(&mut self, slot: u32, data: &[u8]) {
+    pub(in crate::connections) fn on_poll_bytes(&mut self, slot: u32, data: &[u8]) {
         if self.io.limits.connect_hook {
             return; // the answer says `Connection: close`
         }
-        self.polls
-            .by_slot
-            .entry(slot)
-            .or_default()
-            .head
-            .extend_from_slice(data);
+        let state = self.transports.poll.by_slot.entry(slot).or_default();
+        state.head.extend_from_slice(data);
+        if state.reading.is_some() && state.head.len() > 2 * handshake::MAX_REQUEST_HEAD {
+            return self.refuse_poll(slot, Reject::HeadersTooLarge);
+        }
+        self.next_requests(slot);
+    }
+
+    /// Handles the complete requests kept for `slot`, in order, up to an
+    /// incomplete one or a poll that reads its positions from the broker
+    /// (whose answer comes first: see [`Self::poll_resumed`]).
+    fn next_requests(&mut self, slot: u32) {
         while self
             .table
             .get_mut(slot)
-            .is_some_and(|c| c.phase == Phase::Open)
+            .is_some_and(|c| c.phase() == Phase::Open)
         {
-            let Some(state) = self.polls.by_slot.get_mut(&slot) else {
+            let Some(state) = self.transports.poll.by_slot.get_mut(&slot) else {
                 return;
             };
+            if state.reading.is_some() || state.head.is_empty() {
+                return;
+            }
             let head = std::mem::take(&mut state.head);
             let (req, used) = match handshake::parse(&head) {
                 Ok(None) => {
@@ -307,7 +438,7 @@ impl Connections {
             if rest.is_empty() {
                 return;
             }
-            if let Some(state) = self.polls.by_slot.get_mut(&slot) {
+            if let Some(state) = self.transports.poll.by_slot.get_mut(&slot) {
                 state.head = rest.to_vec();
             }
         }
@@ -326,7 +457,7 @@ impl Connections {
         }
         let mut since = None;
         let topics = query_topics(req.query, "since", &mut since)?;
-        let state = self.polls.by_slot.get(&slot);
+        let state = self.transports.poll.by_slot.get(&slot);
         let Some((transport, admitted)) = state.and_then(|p| p.addresses) else {
             return Err(Reject::Malformed);
         };
@@ -336,7 +467,7 @@ impl Connections {
             let peer = self.io.admission.admit(client)?;
             self.io.admission.closed(conn.peer);
             conn.peer = peer;
-            if let Some(state) = self.polls.by_slot.get_mut(&slot) {
+            if let Some(state) = self.transports.poll.by_slot.get_mut(&slot) {
                 state.addresses = Some((transport, client));
             }
         }
@@ -360,7 +491,7 @@ impl Connections {
         self.io.stats().reject(reason);
         tracing::debug!(slot, reason = reason.label(), "poll request refused");
         let conn = self.table.get_mut(slot).expect("live slot");
-        if conn.phase == Phase::Open {
+        if conn.phase() == Phase::Open {
             self.io.enqueue(conn, Bytes::from(reason.response()));
             self.io.close(conn, slot, None, "");
         }
@@ -369,7 +500,7 @@ impl Connections {
     /// The timer of a long-poll connection fired: answer a waiting poll
     /// whose time is up with no message; close one idle between polls for
     /// `--idle-timeout`, or whose token expired.
-    pub(super) fn poll_due(&mut self, slot: u32) {
+    pub(in crate::connections) fn poll_due(&mut self, slot: u32) {
         let now = self.io.wheel.now();
         let conn = self.table.get_mut(slot).expect("live slot");
         if now >= conn.expires {
@@ -377,7 +508,7 @@ impl Connections {
                 .io
                 .close(conn, slot, Some(crate::session::TOKEN_EXPIRED), "");
         }
-        let state = self.polls.by_slot.entry(slot).or_default();
+        let state = self.transports.poll.by_slot.entry(slot).or_default();
         if state.waiting {
             if now < state.deadline {
                 let at = state.deadline.min(conn.expires);
@@ -396,5 +527,23 @@ impl Connections {
         let conn = self.table.get_mut(slot).expect("live slot");
         let at = (conn.last_active + self.io.limits.idle).min(conn.expires);
         self.io.schedule(conn, slot, at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::v1::{self, Content, Data};
+
+    #[test]
+    fn a_delivery_answers_a_waiting_poll_with_its_json() {
+        let frame = v1::message("x", None, &Data::new(Content::Text, b"now")).0;
+        let bytes = answer(Some("http://app"), &frame, "", false);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("Access-Control-Allow-Origin: http://app\r\n"));
+        assert!(
+            text.ends_with(r#"{"messages":[{"op":"message","topic":"x","data":"now"}],"next":""}"#)
+        );
     }
 }
