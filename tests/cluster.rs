@@ -639,75 +639,10 @@ async fn hostile_messages_on_the_channels_are_dropped() {
     );
 }
 
-/// haproxy, killed on drop.
-struct Haproxy(std::process::Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// deploy/haproxy.cfg with its ports filled in for three nodes at `nodes`
-/// (WebSocket and API ports), listening on `port`.
-fn haproxy(port: u16, nodes: &[(u16, u16)]) -> Haproxy {
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy.cfg");
-    let mut text = std::fs::read_to_string(source).unwrap();
-    let servers: String = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, (ws, api))| {
-            format!(
-                "    server ringcast{} 127.0.0.1:{ws} check port {api}\n",
-                i + 1
-            )
-        })
-        .collect();
-    for (from, to) in [
-        ("bind :80", format!("bind 127.0.0.1:{port}")),
-        ("maxconn 200000", "maxconn 4000".to_owned()),
-        (
-            "    server ringcast1 10.0.0.1:8080 check port 8081\n",
-            servers,
-        ),
-        (
-            "    server ringcast2 10.0.0.2:8080 check port 8081\n",
-            String::new(),
-        ),
-    ] {
-        assert!(
-            text.contains(from),
-            "deploy/haproxy.cfg no longer has {from:?}"
-        );
-        text = text.replace(from, &to);
-    }
-    let cfg = scratch_dir("cluster-haproxy").join("haproxy.cfg");
-    std::fs::write(&cfg, text).unwrap();
-    let child = Command::new("haproxy")
-        .args(["-db", "-f", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy is not installed: run scripts/install-test-deps.sh");
-    Haproxy(child)
-}
-
-/// A node on fixed ports (so that it can restart behind haproxy).
-fn node_at(redis: &Redis, (ws, api): (u16, u16)) -> Server {
-    let (listen, api_listen) = (format!("127.0.0.1:{ws}"), format!("127.0.0.1:{api}"));
-    node(
-        &[redis],
-        &[
-            "--listen",
-            &listen,
-            "--api-listen",
-            &api_listen,
-            "--proxy-protocol",
-            "--drain-period",
-            "2s",
-        ],
-    )
+/// A node behind haproxy (see [`node_at`]) over `redis`, that drains
+/// within 2 s.
+fn drained_node_at(redis: &Redis, ports: (u16, u16)) -> Server {
+    node_at(&redis.url(), ports, &["--drain-period", "2s"])
 }
 
 /// One `ringcast.v1` client behind haproxy: subscribes to `h.roll`, and
@@ -718,24 +653,12 @@ async fn rolling_client(
     subscribed: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> Vec<(u64, String)> {
     use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::http::HeaderValue;
     use tokio_tungstenite::tungstenite::Message;
     let mut got: Vec<(u64, String)> = Vec::new();
     let mut position: Option<(u64, String)> = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        assert!(Instant::now() < deadline, "client never finished");
-        let mut request = front.as_str().into_client_request().unwrap();
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("ringcast.v1"),
-        );
-        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await;
-        let Ok(Ok((mut ws, _))) = connected else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let mut ws = connect_front(&front, deadline).await;
         let since = position.as_ref().map(|(o, e)| (*o, e.as_str()));
         let mut op = json!({"op": "subscribe", "topic": "h.roll"});
         if let Some((offset, epoch)) = since {
@@ -796,7 +719,10 @@ async fn a_rolling_restart_behind_haproxy_under_publishes_loses_and_doubles_noth
     const CLIENTS: usize = 300;
     let redis = Redis::start().await;
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let mut nodes: Vec<Option<Server>> = ports.iter().map(|&p| Some(node_at(&redis, p))).collect();
+    let mut nodes: Vec<Option<Server>> = ports
+        .iter()
+        .map(|&p| Some(drained_node_at(&redis, p)))
+        .collect();
     let front_port = free_port();
     let _haproxy = haproxy(front_port, &ports);
     let front = format!("ws://127.0.0.1:{front_port}/ws");
@@ -871,7 +797,7 @@ async fn a_rolling_restart_behind_haproxy_under_publishes_loses_and_doubles_noth
         let (status, _) = server.post("/drain", "text/plain", "").await;
         assert_eq!(status, 202);
         assert!(server.exit_within(Duration::from_secs(15)).await.success());
-        let restarted = node_at(&redis, ports[i]);
+        let restarted = drained_node_at(&redis, ports[i]);
         wait_broker_state(&restarted, "up").await;
         assert_eq!(restarted.api.port(), api);
         nodes[i] = Some(restarted);

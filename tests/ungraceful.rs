@@ -13,13 +13,10 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS: usize = 300;
@@ -32,73 +29,6 @@ const KILL_AFTER: u32 = 200;
 /// Upper bound for slow phases (connecting 300 clients, catching up) on a
 /// loaded 2-core host.
 const SLOW: Duration = Duration::from_secs(60);
-
-/// haproxy and its config's directory: killed and removed on drop.
-struct Haproxy(Child, std::path::PathBuf);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-/// deploy/haproxy.cfg (its WebSocket side) listening on `port`, in front
-/// of nodes at `nodes` (WebSocket and API ports).
-fn haproxy(port: u16, nodes: &[(u16, u16)]) -> Haproxy {
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy.cfg");
-    let mut text = std::fs::read_to_string(source).unwrap();
-    let servers: String = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, (ws, api))| format!("    server n{i} 127.0.0.1:{ws} check port {api}\n"))
-        .collect();
-    for (from, to) in [
-        ("bind :80", format!("bind 127.0.0.1:{port}")),
-        ("maxconn 200000", "maxconn 4000".to_owned()),
-        (
-            "    server ringcast1 10.0.0.1:8080 check port 8081\n",
-            servers,
-        ),
-        (
-            "    server ringcast2 10.0.0.2:8080 check port 8081\n",
-            String::new(),
-        ),
-    ] {
-        assert!(text.contains(from), "deploy/haproxy.cfg lacks {from:?}");
-        text = text.replace(from, &to);
-    }
-    let dir = scratch_dir("ungraceful-haproxy");
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(&cfg, text).unwrap();
-    let child = Command::new("haproxy")
-        .args(["-db", "-f", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy is not installed: run scripts/install-test-deps.sh");
-    Haproxy(child, dir)
-}
-
-/// A node over `broker` on fixed ports (so that it restarts behind
-/// haproxy), with history on `h.*` and the PROXY protocol.
-fn node_at(broker: &str, (ws, api): (u16, u16)) -> Server {
-    let (listen, api_listen) = (format!("127.0.0.1:{ws}"), format!("127.0.0.1:{api}"));
-    Server::start(&[
-        "--workers",
-        "2",
-        "--history",
-        "h.*=1000/10m",
-        "--broker",
-        broker,
-        "--listen",
-        &listen,
-        "--api-listen",
-        &api_listen,
-        "--proxy-protocol",
-    ])
-}
 
 /// What one client saw.
 #[derive(Default)]
@@ -132,18 +62,7 @@ async fn client(
     let mut lost_at: Option<Instant> = None;
     let deadline = Instant::now() + 3 * SLOW;
     loop {
-        assert!(Instant::now() < deadline, "client never finished");
-        let mut request = front.as_str().into_client_request().unwrap();
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("ringcast.v1"),
-        );
-        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await;
-        let Ok(Ok((mut ws, _))) = connected else {
-            // haproxy not yet listening, or no node up: try again soon.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
+        let mut ws = connect_front(&front, deadline).await;
         let mut ops = Vec::new();
         for topic in &topics {
             let mut op = json!({"op": "subscribe", "topic": topic});
@@ -359,7 +278,7 @@ async fn node_killed_with_sigkill(restart: Restart) {
     let broker = redis.url();
     let ports = free_ports(7);
     let addrs: Vec<(u16, u16)> = ports[..6].chunks(2).map(|p| (p[0], p[1])).collect();
-    let mut nodes: Vec<Server> = addrs.iter().map(|&a| node_at(&broker, a)).collect();
+    let mut nodes: Vec<Server> = addrs.iter().map(|&a| node_at(&broker, a, &[])).collect();
     let _haproxy = haproxy(ports[6], &addrs);
     let front = format!("ws://127.0.0.1:{}/ws", ports[6]);
     let topics: Vec<String> = (0..TOPICS).map(|t| format!("h.t{t}")).collect();
@@ -412,13 +331,13 @@ async fn node_killed_with_sigkill(restart: Restart) {
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     let killed_at = Instant::now();
     if restart == Restart::AtOnce {
-        nodes.insert(victim, node_at(&broker, addrs[victim]));
+        nodes.insert(victim, node_at(&broker, addrs[victim], &[]));
     }
     let what = "the cut-off clients resumed";
     until(&recovered, cut_off as usize, &mut clients, what).await;
     let all_back = killed_at.elapsed();
     if restart == Restart::AfterTheResumes {
-        nodes.insert(victim, node_at(&broker, addrs[victim]));
+        nodes.insert(victim, node_at(&broker, addrs[victim], &[]));
     }
     let mut after = Vec::new();
     for node in &nodes {

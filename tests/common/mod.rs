@@ -2,12 +2,14 @@
 //! binary on free loopback ports, and talk to it as independent clients do.
 //!
 //! - [`server`]: the server under test, its API, logs and metrics;
+//! - [`front`]: haproxy in front of several nodes, and clients through it;
 //! - [`ws`]: WebSocket clients, raw and `ringcast.v1`;
 //! - [`raw`]: a byte-level client for input no library sends;
 //! - [`tools`]: the Python venv and scripts, tokens, scratch files, ports.
 // Each test binary uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
+mod front;
 pub mod load;
 mod raw;
 pub mod redis_ha;
@@ -15,6 +17,7 @@ mod server;
 mod tools;
 mod ws;
 
+pub use front::*;
 pub use raw::*;
 pub use server::*;
 pub use tools::*;
