@@ -52,7 +52,9 @@ impl Recovery {
     /// retained message is `first`, when `since` is in that epoch, not
     /// past the top, and every message after it is still retained.
     pub fn recoverable(since: &Since, epoch: Epoch, top: u64, first: u64) -> bool {
-        since.epoch == epoch.as_str() && since.offset <= top && since.offset + 1 >= first
+        since.epoch == epoch.as_str()
+            && since.offset <= top
+            && since.offset.saturating_add(1) >= first
     }
 
     /// The replay of `frames` (those after the client's position, in
@@ -295,6 +297,27 @@ mod tests {
             offset,
             epoch: epoch.as_str().into(),
         }
+    }
+
+    #[test]
+    fn the_recoverable_rule_takes_any_client_offset() {
+        let epoch = Epoch::random();
+        let other = Epoch::random();
+        let rule =
+            |offset, top, first| Recovery::recoverable(&since(offset, epoch), epoch, top, first);
+        assert!(rule(5, 7, 6), "6 and 7 retained");
+        assert!(rule(7, 7, 8), "at the top, nothing missed");
+        assert!(!rule(4, 7, 6), "5 evicted");
+        assert!(!rule(8, 7, 1), "past the top");
+        assert!(
+            rule(u64::MAX, u64::MAX, u64::MAX),
+            "the last offset, no overflow"
+        );
+        assert!(!rule(u64::MAX, 7, 1), "a hostile offset, no overflow");
+        assert!(
+            !Recovery::recoverable(&since(5, epoch), other, 7, 1),
+            "another epoch"
+        );
     }
 
     #[test]

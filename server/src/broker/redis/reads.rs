@@ -158,21 +158,12 @@ pub async fn recover(broker: &Redis, request: Recover) {
 }
 
 fn answer(request: &Recover, read: &Read) -> Answer {
+    // The hub's rule, plus: Redis returned every entry after `since`.
     let replay = request.since.as_ref().and_then(|since| {
-        let recoverable = since.epoch == read.epoch.as_str()
-            && since.offset <= read.top
-            && since.offset.saturating_add(1) >= read.first
+        let recoverable = Answer::recoverable(since, read.epoch, read.top, read.first)
             && read.entries.len() as u64 == read.top - since.offset;
-        if !recoverable {
-            return None;
-        }
-        let mut bytes = 0;
-        read.frames(&request.topic)
-            .map(|(_, frame, _)| {
-                bytes += frame.len();
-                (bytes <= request.room).then_some(frame)
-            })
-            .collect()
+        let frames = read.frames(&request.topic).map(|(_, frame, _)| frame);
+        recoverable.then(|| Answer::within(frames, request.room))?
     });
     Answer {
         epoch: read.epoch,
