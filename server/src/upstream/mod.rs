@@ -123,6 +123,12 @@ pub struct Context {
 /// when the runtime's config, which holds the sink, is dropped).
 pub async fn run(mut events: mpsc::Receiver<Work>, ctx: Context) {
     let ctx = Arc::new(ctx);
+    // Finished serial publishes. Unbounded in type, bounded by
+    // construction: a connection has at most one serial task running (the
+    // rest wait in `serial`, within `--client-publish-queue`), and each
+    // task sends once, so it never holds more than one message per open
+    // connection. A send cannot fail while the loop runs; nothing is
+    // refused, so there is nothing to count.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Origin>();
     // Connections with a publish at the publish hook or the broker, and
     // their next ones (at most `--client-publish-queue` each, by the
