@@ -196,7 +196,8 @@ fn run(
         broker_access,
         serve.bounds.broker(serve.max_message_size),
         serve.bounds.interest(),
-    );
+    )
+    .map_err(std::io::Error::other)?;
     config.broker = plan.positions_from_outside();
     let (sink, events, bounds) = upstream::channel(
         serve.bounds.upstream(serve.max_message_size),
@@ -231,7 +232,10 @@ fn run(
         .build()?;
     tokio.block_on(async move {
         reload_on_hangup(auth)?;
-        let broker = plan.start(handle.clone()).map_err(std::io::Error::other)?;
+        let broker = plan
+            .start(handle.clone())
+            .await
+            .map_err(std::io::Error::other)?;
         let upstream_context = upstream::Context {
             handle: handle.clone(),
             hooks: hooks.clone(),

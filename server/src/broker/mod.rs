@@ -3,9 +3,11 @@
 //!
 //! - [`local`]: this node alone. The engine's hub assigns offsets and
 //!   keeps history; `Handle::publish_as` fans the message out.
-//! - [`redis`]: a cluster over Redis (`--broker`). A Lua script assigns
-//!   the offsets and keeps history in streams; each message comes back on
-//!   its topic's channel and `Handle::deliver` fans it out.
+//! - [`redis`]: a cluster over Redis (`--broker`): standalone instances,
+//!   a Redis Cluster (sharded pub/sub) or a Sentinel-managed master. A
+//!   Lua script assigns the offsets and keeps history in streams; each
+//!   message comes back on its topic's channel and `Handle::deliver` fans
+//!   it out.
 //!
 //! Either way the positions are assigned once, by the broker in use, and
 //! the fan-out to the workers is the engine's one path. The API and the
@@ -18,7 +20,7 @@
 pub mod local;
 pub mod redis;
 
-pub use self::redis::{Access, InterestLimits, Settings};
+pub use self::redis::{Access, InterestLimits, Settings, Topology};
 
 use futures_util::future::BoxFuture;
 use ringcast_engine::history::Page;
@@ -167,7 +169,7 @@ pub struct Plan(Kind);
 enum Kind {
     Local,
     Redis {
-        urls: Vec<String>,
+        topology: Topology,
         access: Access,
         settings: Settings,
         interest: Arc<redis::Interest>,
@@ -176,21 +178,26 @@ enum Kind {
 
 impl Plan {
     /// The in-process hub without `urls`, else Redis over them.
+    ///
+    /// # Errors
+    /// `urls` that are no [`Topology`].
     pub fn new(
         urls: &[String],
         access: Access,
         settings: Settings,
         limits: InterestLimits,
-    ) -> Self {
+    ) -> Result<Self, String> {
         if urls.is_empty() {
-            return Plan(Kind::Local);
+            return Ok(Plan(Kind::Local));
         }
-        Plan(Kind::Redis {
-            urls: urls.to_vec(),
+        let topology = Topology::parse(urls)?;
+        let interest = redis::Interest::new(topology.queues(), limits);
+        Ok(Plan(Kind::Redis {
+            topology,
             access,
             settings,
-            interest: redis::Interest::new(urls.len(), limits),
-        })
+            interest,
+        }))
     }
 
     /// Whether positions come from outside the node, so that the workers
@@ -211,16 +218,17 @@ impl Plan {
     /// Starts the broker over the engine `handle`.
     ///
     /// # Errors
-    /// A broker URL that does not parse.
-    pub fn start(self, handle: Handle) -> Result<Arc<dyn Broker>, String> {
+    /// A broker URL that does not parse, or a `redis://` URL at a Redis
+    /// Cluster node.
+    pub async fn start(self, handle: Handle) -> Result<Arc<dyn Broker>, String> {
         Ok(match self.0 {
             Kind::Local => Arc::new(local::Local::new(handle)),
             Kind::Redis {
-                urls,
+                topology,
                 access,
                 settings,
                 interest,
-            } => redis::Redis::start(&urls, &access, settings, handle, interest)?,
+            } => redis::Redis::start(&topology, &access, settings, handle, interest).await?,
         })
     }
 }

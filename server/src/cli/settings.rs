@@ -180,22 +180,13 @@ impl Serve {
         if self.workers == Some(0) {
             return Err("--workers must be at least 1".into());
         }
-        let tls = |u: &String| u.starts_with("rediss://");
-        if let Some(url) = self
-            .brokers
-            .iter()
-            .find(|u| !u.starts_with("redis://") && !tls(u))
-        {
-            // Name only the scheme: the rest may hold a password.
-            return Err(match url.split_once("://") {
-                Some((scheme, _)) => {
-                    format!("--broker must be a redis:// or rediss:// (TLS) URL, not {scheme}://")
-                }
-                None => "--broker must be a redis:// or rediss:// (TLS) URL".into(),
-            });
-        }
-        if self.broker_ca_file.is_some() && !self.brokers.iter().any(tls) {
-            return Err("--broker-ca-file needs a rediss:// --broker".into());
+        if !self.brokers.is_empty() {
+            let topology = crate::broker::Topology::parse(&self.brokers)?;
+            if self.broker_ca_file.is_some() && !topology.tls() {
+                return Err("--broker-ca-file needs a TLS (rediss) --broker".into());
+            }
+        } else if self.broker_ca_file.is_some() {
+            return Err("--broker-ca-file needs a TLS (rediss) --broker".into());
         }
         if !self.read_buffers.is_power_of_two() || self.read_buffers > 32768 {
             return Err("--read-buffers must be a power of two up to 32768".into());

@@ -5,7 +5,7 @@
 //! an offset that cannot follow the topic's last one is refused the same
 //! way and counted by reason (`ringcast_broker_messages_refused_total`).
 
-use super::script::{self, NodeHeader, TOPIC_CHANNEL};
+use super::script::{self, NodeHeader};
 use super::Redis;
 use ringcast_engine::auth::MAX_USER_ID;
 use ringcast_engine::history::Epoch;
@@ -79,9 +79,17 @@ impl From<&str> for Refusal {
 impl Redis {
     /// Hands one message from a subscribed channel to the workers.
     pub(super) fn on_message(&self, message: &redis::Msg, offsets: &mut Offsets) {
+        self.on_payload(
+            message.get_channel_name(),
+            message.get_payload_bytes(),
+            offsets,
+        );
+    }
+
+    /// Hands `payload`, received on `channel`, to the workers.
+    pub(super) fn on_payload(&self, channel: &str, payload: &[u8], offsets: &mut Offsets) {
         self.metrics.received.inc();
-        let channel = message.get_channel_name();
-        match self.deliver(channel, message.get_payload_bytes(), offsets) {
+        match self.deliver(channel, payload, offsets) {
             Ok(()) => {}
             Err(Refusal::Invalid(why)) => {
                 self.metrics.invalid.inc();
@@ -103,7 +111,7 @@ impl Redis {
         if payload.len() > self.settings.max_message + 4096 {
             return Err(Refusal::Refused("size"));
         }
-        if let Some(topic) = channel.strip_prefix(TOPIC_CHANNEL) {
+        if let Some(topic) = self.layout.topic_of(channel) {
             if !is_valid_name(topic) {
                 return Err("invalid topic".into());
             }

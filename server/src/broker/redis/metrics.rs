@@ -1,8 +1,8 @@
 //! The broker's Prometheus series, appended to `GET /metrics`.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Series kept for the process's life.
@@ -21,7 +21,8 @@ pub struct Metrics {
     /// Work refused by a full bound, by queue (`interest`: the changed
     /// set overflowed and the shard resynced; `read`: a history read
     /// answered with no position; `commands`: a publish or read past
-    /// `--broker-queue`/`--broker-queue-bytes`, answered 503).
+    /// `--broker-queue`/`--broker-queue-bytes`, answered 503; `pushes`: a
+    /// Redis Cluster push past its queue, its link made again).
     pub refused: IntCounterVec,
     /// Messages from the broker's channels refused by a check, by reason
     /// (`size`: over `--max-message-size`; `offset`: an offset that cannot
@@ -30,6 +31,17 @@ pub struct Metrics {
     /// Commands that got no answer within `--broker-timeout`, and pings
     /// that failed: each marked its instance down and reconnected it.
     pub timeouts: IntCounter,
+    /// Redis Cluster: masters seen replaced in the slot map (a failover,
+    /// or slots moved by a reshard), one per old and new master pair.
+    pub failovers: IntCounter,
+    /// Redis Cluster: `MOVED`/`ASK` answers to the node's `SSUBSCRIBE`s,
+    /// and shard channels Redis unsubscribed because their slot moved,
+    /// each followed (the cluster client follows its commands' redirects
+    /// itself and does not count them).
+    pub redirects: IntCounter,
+    /// Redis Cluster: seconds some wanted channel had no master to be
+    /// subscribed on (from its loss to its resubscription).
+    pub without_master: Counter,
 }
 
 impl Metrics {
@@ -90,7 +102,23 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid counter");
-        for queue in ["interest", "read", "commands"] {
+        let failovers = counter(
+            "ringcast_broker_failovers_total",
+            "Redis Cluster masters seen replaced in the slot map (failover or reshard)",
+        );
+        let redirects = counter(
+            "ringcast_broker_redirects_total",
+            "Redis Cluster MOVED/ASK answers and slot moves followed by the sharded subscriber",
+        );
+        let without_master = Counter::with_opts(Opts::new(
+            "ringcast_broker_without_master_seconds_total",
+            "Seconds some wanted Redis Cluster channel had no master to subscribe on",
+        ))
+        .expect("valid counter");
+        registry
+            .register(Box::new(without_master.clone()))
+            .expect("unique");
+        for queue in ["interest", "read", "commands", "pushes"] {
             refused.with_label_values(&[queue]);
         }
         for reason in ["size", "offset"] {
@@ -102,7 +130,14 @@ impl Metrics {
         registry
             .register(Box::new(messages_refused.clone()))
             .expect("unique");
-        for c in [&received, &invalid, &resubscribed, &timeouts] {
+        for c in [
+            &received,
+            &invalid,
+            &resubscribed,
+            &timeouts,
+            &failovers,
+            &redirects,
+        ] {
             registry.register(Box::new(c.clone())).expect("unique");
         }
         registry
@@ -119,6 +154,9 @@ impl Metrics {
             refused,
             messages_refused,
             timeouts,
+            failovers,
+            redirects,
+            without_master,
         }
     }
 

@@ -25,6 +25,8 @@
 //! Commands in flight (publishes, reads) are at most `--broker-queue`, of
 //! at most `--broker-queue-bytes` bytes; past them the API answers 503.
 
+mod cluster;
+mod conn;
 mod interest;
 mod messages;
 mod metrics;
@@ -32,12 +34,15 @@ mod reads;
 pub mod script;
 mod shard;
 pub mod shards;
+pub mod slots;
+mod urls;
 
 pub use interest::{Interest, Limits as InterestLimits};
+pub use urls::Topology;
 
 use super::{Message, Published, Reach, Unavailable};
+use conn::{Backend, Conn, On, Target};
 use futures_util::future::BoxFuture;
-use redis::aio::MultiplexedConnection;
 use ringcast_engine::history::Epoch;
 use ringcast_engine::history::Page;
 use ringcast_engine::{Content, Handle};
@@ -64,7 +69,7 @@ pub struct Settings {
 
 /// What the node needs to reach its brokers besides their URLs (no
 /// `Debug`: it holds a secret).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Access {
     /// The AUTH password for every broker (`--broker-password-file`).
     pub password: Option<String>,
@@ -76,7 +81,9 @@ pub struct Access {
 /// The broker client: the Redis instances and what the node shares with
 /// them.
 pub struct Redis {
-    shards: Vec<Arc<shard::Shard>>,
+    backend: Backend,
+    /// The names and commands used on this topology.
+    layout: script::Layout,
     handle: Handle,
     metrics: Arc<metrics::Metrics>,
     interest: Arc<Interest>,
@@ -100,47 +107,76 @@ impl Drop for Slot<'_> {
 }
 
 impl Redis {
-    /// Connects to every instance in `urls` (in the background: an
-    /// instance down at start is retried with backoff) with `password`
-    /// when given, each taking its interest and reads from `interest`
-    /// (made for as many instances).
+    /// Starts the broker over `topology`, with `access`'s password and
+    /// CA certificates when given, taking its interest and reads from
+    /// `interest` (made for [`Topology::queues`] queues). Standalone
+    /// instances are first asked whether they are cluster nodes (within
+    /// `--broker-timeout`; one that does not answer is taken as it is and
+    /// retried in the background with backoff).
     ///
     /// # Errors
-    /// A URL that does not parse or is not `redis://`.
-    pub fn start(
-        urls: &[String],
+    /// A URL the client does not take, CA certificates it cannot read, or
+    /// a `redis://` URL at a Redis Cluster node (one line naming the
+    /// scheme to use).
+    pub async fn start(
+        topology: &Topology,
         access: &Access,
         settings: Settings,
         handle: Handle,
         interest: Arc<Interest>,
     ) -> Result<Arc<Self>, String> {
-        if urls.iter().any(|u| u.starts_with("rediss://")) {
+        if topology.tls() {
             // rustls needs one process-wide crypto provider; a second call
             // (already installed) changes nothing.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let metrics = interest.metrics().clone();
-        let mut shards = Vec::with_capacity(urls.len());
-        for (index, url) in urls.iter().enumerate() {
-            let up = metrics.up.with_label_values(&[index.to_string()]);
-            let shard = shard::Shard::new(index, url, access, settings.timeout, up)?;
-            shards.push(Arc::new(shard));
-        }
+        let (backend, layout) = match topology {
+            Topology::Instances(urls) => {
+                let mut shards = Vec::with_capacity(urls.len());
+                for (index, url) in urls.iter().enumerate() {
+                    let up = metrics.up.with_label_values(&[index.to_string()]);
+                    let shard = shard::Shard::new(index, url, access, settings.timeout, up)?;
+                    shard.refuse_cluster_node().await?;
+                    shards.push(Arc::new(shard));
+                }
+                (Backend::Instances(shards), script::Layout::Instances)
+            }
+            Topology::Cluster { seeds, tls } => {
+                let cluster = cluster::Cluster::new(seeds, *tls, access, settings)?;
+                (Backend::Cluster(Arc::new(cluster)), script::Layout::Cluster)
+            }
+            Topology::Sentinel { .. } => {
+                return Err("--broker redis+sentinel:// is not supported yet".into())
+            }
+        };
         interest.set_handle(handle.clone());
         let broker = Arc::new(Self {
-            shards,
+            backend,
+            layout,
             handle,
             metrics,
             interest,
             settings,
             inflight: Mutex::new((0, 0)),
         });
-        for shard in &broker.shards {
-            let reads = broker
-                .interest
-                .take_reads(shard.index)
-                .ok_or("the broker was started twice")?;
-            tokio::spawn(shard::run(broker.clone(), shard.clone(), reads));
+        match &broker.backend {
+            Backend::Instances(shards) => {
+                for shard in shards {
+                    let reads = broker
+                        .interest
+                        .take_reads(shard.index)
+                        .ok_or("the broker was started twice")?;
+                    tokio::spawn(shard::run(broker.clone(), shard.clone(), reads));
+                }
+            }
+            Backend::Cluster(cluster) => {
+                let reads = broker
+                    .interest
+                    .take_reads(0)
+                    .ok_or("the broker was started twice")?;
+                tokio::spawn(cluster::run(broker.clone(), cluster.clone(), reads));
+            }
         }
         Ok(broker)
     }
@@ -167,36 +203,50 @@ impl Redis {
         })
     }
 
-    fn shard_of(&self, topic: &str) -> &Arc<shard::Shard> {
-        &self.shards[shards::shard_of(topic, self.shards.len())]
+    /// Where the commands of `topic` go (the node-wide channel's without
+    /// one): its instance's connection, or the cluster client.
+    ///
+    /// # Errors
+    /// That instance, or the cluster, is not connected.
+    fn target(&self, topic: Option<&str>) -> Result<Target<'_>, Unavailable> {
+        match &self.backend {
+            Backend::Instances(shards) => {
+                let shard = &shards[topic.map_or(0, |t| shards::shard_of(t, shards.len()))];
+                let conn = shard
+                    .connection()
+                    .ok_or_else(|| Unavailable(format!("broker {} is unreachable", shard.name)))?;
+                Ok(Target {
+                    on: On::Shard(shard),
+                    conn: Conn::Plain(conn),
+                })
+            }
+            Backend::Cluster(cluster) => Ok(Target {
+                on: On::Cluster(cluster),
+                conn: Conn::Cluster(cluster.connection()?),
+            }),
+        }
     }
 
-    /// A command connection to `shard`, if it is up.
-    fn connection(&self, shard: &shard::Shard) -> Result<MultiplexedConnection, Unavailable> {
-        shard
-            .connection()
-            .ok_or_else(|| Unavailable(format!("broker {} is unreachable", shard.name)))
-    }
-
-    /// Runs `command` on `shard` within `--broker-timeout`; a timeout or
-    /// a broken connection marks the shard down and reconnects it.
+    /// Runs `command` within `--broker-timeout`; a timeout or a broken
+    /// connection marks an instance down and reconnects it (the cluster
+    /// client reconnects by itself).
     async fn run<T>(
         &self,
-        shard: &shard::Shard,
+        on: &On<'_>,
         command: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Unavailable> {
         match tokio::time::timeout(self.settings.timeout, command).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) if !e.is_timeout() => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-                    shard.broken();
+                    on.broken();
                 }
-                Err(Unavailable(format!("broker {}: {e}", shard.name)))
+                Err(Unavailable(format!("broker {}: {e}", on.name())))
             }
             _ => {
                 self.metrics.timeouts.inc();
-                shard.broken();
-                Err(Unavailable(format!("broker {} timed out", shard.name)))
+                on.broken();
+                Err(Unavailable(format!("broker {} timed out", on.name())))
             }
         }
     }
@@ -218,42 +268,45 @@ impl Redis {
     ) -> Result<Published, Unavailable> {
         let _slot = self.slot(body.len())?;
         let started = Instant::now();
-        let mut connections = Vec::with_capacity(topics.len());
+        let mut targets = Vec::with_capacity(topics.len());
         for topic in topics {
-            let shard = self.shard_of(topic);
-            connections.push((shard, self.connection(shard)?));
+            targets.push(self.target(Some(topic))?);
         }
         let node = match users.is_empty() {
             true => None,
-            false => Some(self.connection(&self.shards[0])?),
+            false => Some(self.target(None)?),
         };
         let script = redis::Script::new(script::PUBLISH);
         let name = script::content_name(content);
+        let layout = self.layout;
         let (mut offsets, mut reached) = (Vec::new(), 0);
-        for (topic, (shard, mut conn)) in topics.iter().zip(connections) {
+        for (topic, mut target) in topics.iter().zip(targets) {
             let (size, ttl) = self
                 .handle
                 .history_rule(topic)
                 .map_or((0, 0), |r| (r.size, r.ttl.as_millis() as u64));
-            let mut invocation = script.key(script::meta_key(topic));
+            let mut invocation = script.key(layout.meta_key(topic));
             invocation
-                .key(script::stream_key(topic))
-                .arg(script::channel(topic))
+                .key(layout.stream_key(topic))
+                .arg(layout.channel(topic))
                 .arg(name)
                 .arg(body)
                 .arg(size)
                 .arg(ttl.max(1))
-                .arg(Epoch::random().as_str());
-            let (offset, _epoch, nodes): (u64, String, u64) =
-                self.run(shard, invocation.invoke_async(&mut conn)).await?;
+                .arg(Epoch::random().as_str())
+                .arg(layout.publish_command())
+                .arg(layout.guard());
+            let (offset, _epoch, nodes): (u64, String, u64) = self
+                .run(&target.on, invocation.invoke_async(&mut target.conn))
+                .await?;
             if size > 0 {
                 offsets.push((topic.clone(), offset));
             }
             reached = reached.max(nodes);
         }
-        if let Some(mut conn) = node {
+        if let Some(target) = node {
             let header = json!({"op": "publish", "users": users, "content": name});
-            let nodes = self.node_message(&mut conn, header, body).await?;
+            let nodes = self.node_message(target, header, body).await?;
             reached = reached.max(nodes);
         }
         self.metrics
@@ -267,18 +320,20 @@ impl Redis {
         })
     }
 
-    /// Sends `header` and `body` on the node-wide channel; returns how
+    /// Sends `header` and `body` on the node-wide channel (through
+    /// `target`, from [`Redis::target`] without a topic); returns how
     /// many nodes got it.
     async fn node_message(
         &self,
-        conn: &mut MultiplexedConnection,
+        mut target: Target<'_>,
         header: serde_json::Value,
         body: &[u8],
     ) -> Result<u64, Unavailable> {
         let payload = script::node_payload(header, body);
-        let mut publish = redis::cmd("PUBLISH");
+        let mut publish = redis::cmd(self.layout.publish_command());
         publish.arg(script::NODE_CHANNEL).arg(payload);
-        self.run(&self.shards[0], publish.query_async(conn)).await
+        self.run(&target.on, publish.query_async(&mut target.conn))
+            .await
     }
 
     /// Sends a broadcast to every node; returns how many got it.
@@ -287,9 +342,9 @@ impl Redis {
     /// The first instance down, failing or slow.
     async fn send_broadcast(&self, content: Content, body: &[u8]) -> Result<u64, Unavailable> {
         let _slot = self.slot(body.len())?;
-        let mut conn = self.connection(&self.shards[0])?;
+        let target = self.target(None)?;
         let header = json!({"op": "broadcast", "content": script::content_name(content)});
-        self.node_message(&mut conn, header, body).await
+        self.node_message(target, header, body).await
     }
 
     /// Closes the users' connections on every node; returns how many
@@ -304,9 +359,9 @@ impl Redis {
         reason: &str,
     ) -> Result<u64, Unavailable> {
         let _slot = self.slot(0)?;
-        let mut conn = self.connection(&self.shards[0])?;
+        let target = self.target(None)?;
         let header = json!({"op": "disconnect", "users": users, "code": code, "reason": reason});
-        self.node_message(&mut conn, header, b"").await
+        self.node_message(target, header, b"").await
     }
 
     /// Up to `limit` messages of `topic` after `since`, from its stream.
@@ -331,14 +386,17 @@ impl Redis {
     /// `{"state":"up"|"down"|"degraded","brokers":[{"name":…,"up":…}]}`
     /// for `/healthz`.
     fn health_json(&self) -> serde_json::Value {
-        let brokers: Vec<_> = self
-            .shards
+        let shards = match &self.backend {
+            Backend::Instances(shards) => shards,
+            Backend::Cluster(cluster) => return cluster.health(),
+        };
+        let brokers: Vec<_> = shards
             .iter()
             .map(|s| json!({"name": s.name, "up": s.is_up()}))
             .collect();
-        let up = self.shards.iter().filter(|s| s.is_up()).count();
+        let up = shards.iter().filter(|s| s.is_up()).count();
         let state = match up {
-            n if n == self.shards.len() => "up",
+            n if n == shards.len() => "up",
             0 => "down",
             _ => "degraded",
         };

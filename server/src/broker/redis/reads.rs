@@ -64,24 +64,25 @@ pub async fn read(
     after: Option<u64>,
     count: usize,
 ) -> Result<Read, Unavailable> {
-    let shard = broker.shard_of(topic);
-    let mut conn = broker.connection(shard)?;
+    let layout = broker.layout;
+    let mut target = broker.target(Some(topic))?;
     let script = redis::Script::new(script::POSITION);
-    let mut invocation = script.key(script::meta_key(topic));
+    let mut invocation = script.key(layout.meta_key(topic));
     invocation
-        .key(script::stream_key(topic))
+        .key(layout.stream_key(topic))
         .arg(Epoch::random().as_str())
         .arg((ttl.as_millis() as u64).max(1))
         .arg(if after.is_some() { "1" } else { "0" })
         .arg(after.unwrap_or(0))
-        .arg(count);
+        .arg(count)
+        .arg(layout.guard());
     let reply: Vec<Value> = broker
-        .run(shard, invocation.invoke_async(&mut conn))
+        .run(&target.on, invocation.invoke_async(&mut target.conn))
         .await?;
     parse(&reply, after.unwrap_or(0), broker.settings.max_message).map_err(|why| {
         Unavailable(format!(
             "broker {}: bad reply for {topic:?}: {why}",
-            shard.name
+            target.on.name()
         ))
     })
 }

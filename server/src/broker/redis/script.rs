@@ -9,6 +9,15 @@
 //! - `ringcast:stream:NAME`: its stream, entry ids `OFFSET-0`, fields `c`
 //!   (content) and `d` (the body).
 //!
+//! On a Redis Cluster ([`Layout::Cluster`]) the topic's part of each name
+//! is a hash tag, `{NAME}` (`ringcast:meta:{NAME}`, `ringcast:stream:{NAME}`,
+//! `ringcast:topic:{NAME}`): the three live in one slot, so the publish
+//! script runs on that slot's master and `SPUBLISH`es on the topic's shard
+//! channel (Redis docs, "Cluster specification", hash tags; "Sharded
+//! Pub/Sub"). The node-wide channel is the shard channel `ringcast:node`.
+//! Topic names never hold braces (`is_valid_name`), so the tag is the
+//! whole name.
+//!
 //! A payload is one line of JSON (the header), `\n`, then the body bytes.
 
 use ringcast_engine::history::Epoch;
@@ -20,19 +29,81 @@ pub const TOPIC_CHANNEL: &str = "ringcast:topic:";
 /// The node-wide channel.
 pub const NODE_CHANNEL: &str = "ringcast:node";
 
-/// The channel of `topic`.
+/// How the names are laid out over Redis: standalone instances (the
+/// names as they were), or a Redis Cluster (hash-tagged names, sharded
+/// pub/sub, epochs bound to the master that wrote them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `--broker redis://…`: plain names, `PUBLISH`/`SUBSCRIBE`.
+    Instances,
+    /// `--broker redis+cluster://…`: `{NAME}` hash tags,
+    /// `SPUBLISH`/`SSUBSCRIBE`.
+    Cluster,
+    /// `--broker redis+sentinel://…`: plain names and `PUBLISH`, epochs
+    /// bound to the master that wrote them (a promoted replica may lack
+    /// the last writes).
+    Sentinel,
+}
+
+impl Layout {
+    /// The name part of `topic`: itself, or its hash tag on a cluster.
+    fn part(self, topic: &str) -> String {
+        match self {
+            Layout::Cluster => format!("{{{topic}}}"),
+            _ => topic.to_owned(),
+        }
+    }
+
+    /// The channel of `topic`.
+    pub fn channel(self, topic: &str) -> String {
+        format!("{TOPIC_CHANNEL}{}", self.part(topic))
+    }
+
+    /// The metadata hash of `topic`.
+    pub fn meta_key(self, topic: &str) -> String {
+        format!("ringcast:meta:{}", self.part(topic))
+    }
+
+    /// The stream of `topic`.
+    pub fn stream_key(self, topic: &str) -> String {
+        format!("ringcast:stream:{}", self.part(topic))
+    }
+
+    /// The topic whose channel is `channel`, if it is a topic channel.
+    pub fn topic_of(self, channel: &str) -> Option<&str> {
+        let rest = channel.strip_prefix(TOPIC_CHANNEL)?;
+        match self {
+            Layout::Cluster => rest.strip_prefix('{')?.strip_suffix('}'),
+            _ => Some(rest),
+        }
+    }
+
+    /// The command that sends on a channel: `SPUBLISH` on a cluster (the
+    /// message stays on the channel's shard), else `PUBLISH`.
+    pub fn publish_command(self) -> &'static str {
+        match self {
+            Layout::Cluster => "SPUBLISH",
+            _ => "PUBLISH",
+        }
+    }
+
+    /// `"1"` when a topic's epoch is bound to the master's replication id
+    /// (the scripts' last argument): after a failover the new master's
+    /// first write or read of the topic starts a new epoch, since a
+    /// replica promoted after a SIGKILL may lack writes its master
+    /// acknowledged (replication is asynchronous), and reusing their
+    /// offsets would be a silent gap. Standalone instances keep `"0"`.
+    pub fn guard(self) -> &'static str {
+        match self {
+            Layout::Instances => "0",
+            _ => "1",
+        }
+    }
+}
+
+/// The channel of `topic` on standalone instances.
 pub fn channel(topic: &str) -> String {
-    format!("{TOPIC_CHANNEL}{topic}")
-}
-
-/// The metadata hash of `topic`.
-pub fn meta_key(topic: &str) -> String {
-    format!("ringcast:meta:{topic}")
-}
-
-/// The stream of `topic`.
-pub fn stream_key(topic: &str) -> String {
-    format!("ringcast:stream:{topic}")
+    Layout::Instances.channel(topic)
 }
 
 /// The name of a content kind in payloads and stream entries.
@@ -59,28 +130,42 @@ pub fn content_named(name: &str) -> Option<Content> {
 /// epoch `ARGV[6]` when it is missing (and drops a stream left without
 /// it), increments `top`, appends the entry `top-0` to the stream capped
 /// near `ARGV[4]` entries (`MAXLEN ~`), sets both keys' TTL to `ARGV[5]`
-/// ms, and PUBLISHes with offset and epoch. Returns `{offset, epoch,
-/// receivers}` (offset 0 and epoch "" without history).
+/// ms, and sends with `ARGV[7]` (`PUBLISH` or `SPUBLISH`) with offset and
+/// epoch. With `ARGV[8]` = "1" the metadata also records the master's
+/// `master_replid` (`INFO replication`) and metadata written under
+/// another one is started again (see [`Layout::guard`]). Returns
+/// `{offset, epoch, receivers}` (offset 0 and epoch "" without history).
 ///
-/// KEYS: meta, stream. ARGV: channel, content, body, size, ttl ms, epoch.
+/// KEYS: meta, stream. ARGV: channel, content, body, size, ttl ms, epoch,
+/// publish command, guard.
 pub const PUBLISH: &str = r#"
 local size = tonumber(ARGV[4])
 if size == 0 then
-  local n = redis.call('PUBLISH', ARGV[1], '{"content":"' .. ARGV[2] .. '"}\n' .. ARGV[3])
+  local n = redis.call(ARGV[7], ARGV[1], '{"content":"' .. ARGV[2] .. '"}\n' .. ARGV[3])
   return {0, '', n}
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local replid = nil
+if ARGV[8] == '1' then
+  replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '?'
+  if epoch and redis.call('HGET', KEYS[1], 'replid') ~= replid then
+    epoch = nil
+  end
+end
 if not epoch then
   epoch = ARGV[6]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
+  if replid then
+    redis.call('HSET', KEYS[1], 'replid', replid)
+  end
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, offset .. '-0', 'c', ARGV[2], 'd', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 local head = '{"content":"' .. ARGV[2] .. '","offset":' .. offset .. ',"epoch":"' .. epoch .. '"}\n'
-local n = redis.call('PUBLISH', ARGV[1], head .. ARGV[3])
+local n = redis.call(ARGV[7], ARGV[1], head .. ARGV[3])
 return {offset, epoch, n}
 "#;
 
@@ -90,15 +175,26 @@ return {offset, epoch, n}
 /// publish uses), with TTL `ARGV[2]` ms. With `ARGV[3]` = "1", returns up
 /// to `ARGV[5]` entries after offset `ARGV[4]`. Returns `{epoch, top,
 /// first, c1, d1, c2, d2, …}`, `first` being the oldest retained offset
-/// (`top + 1` when none is).
+/// (`top + 1` when none is). `ARGV[6]` is the guard of [`PUBLISH`].
 ///
-/// KEYS: meta, stream. ARGV: epoch, ttl ms, read ("0"/"1"), after, count.
+/// KEYS: meta, stream. ARGV: epoch, ttl ms, read ("0"/"1"), after, count,
+/// guard.
 pub const POSITION: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local replid = nil
+if ARGV[6] == '1' then
+  replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '?'
+  if epoch and redis.call('HGET', KEYS[1], 'replid') ~= replid then
+    epoch = nil
+  end
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
+  if replid then
+    redis.call('HSET', KEYS[1], 'replid', replid)
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local top = tonumber(redis.call('HGET', KEYS[1], 'top'))
@@ -224,6 +320,23 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn cluster_names_share_one_hash_tag() {
+        let c = Layout::Cluster;
+        assert_eq!(c.meta_key("a.b"), "ringcast:meta:{a.b}");
+        assert_eq!(c.stream_key("a.b"), "ringcast:stream:{a.b}");
+        assert_eq!(c.channel("a.b"), "ringcast:topic:{a.b}");
+        assert_eq!(c.topic_of("ringcast:topic:{a.b}"), Some("a.b"));
+        assert_eq!(c.topic_of("ringcast:topic:a.b"), None);
+        let i = Layout::Instances;
+        assert_eq!(i.meta_key("a.b"), "ringcast:meta:a.b");
+        assert_eq!(i.topic_of("ringcast:topic:a.b"), Some("a.b"));
+        assert_eq!(
+            (i.publish_command(), c.publish_command()),
+            ("PUBLISH", "SPUBLISH")
+        );
     }
 
     #[test]

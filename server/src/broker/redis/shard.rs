@@ -64,25 +64,8 @@ impl Shard {
         timeout: Duration,
         gauge: IntGauge,
     ) -> Result<Self, String> {
-        let mut info = url
-            .into_connection_info()
-            .map_err(|e| format!("--broker {index}: {e}"))?;
-        if let Some(password) = &access.password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let name = format!("{}/{}", info.addr(), info.redis_settings().db());
-        let client = match (&access.ca, url.starts_with("rediss://")) {
-            (Some(ca), true) => Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
-            ),
-            _ => Client::open(info),
-        }
-        .map_err(|e| format!("--broker {name}: {e}"))?;
+        let (client, name) =
+            client(url, access, false).map_err(|e| format!("--broker {index}: {e}"))?;
         gauge.set(0);
         Ok(Self {
             index,
@@ -95,6 +78,37 @@ impl Shard {
             broken: Notify::new(),
             reads: Arc::new(Semaphore::new(READS_IN_FLIGHT)),
         })
+    }
+
+    /// Refuses an instance that says it is a Redis Cluster node (`INFO
+    /// cluster`, `cluster_enabled:1`): its keys would be refused by slot
+    /// and its `PUBLISH`es broadcast to every cluster node. An instance
+    /// that cannot be asked within `--broker-timeout` is taken (it is
+    /// retried in the background).
+    ///
+    /// # Errors
+    /// One line naming the scheme to use.
+    pub async fn refuse_cluster_node(&self) -> Result<(), String> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let connect = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        let Ok(mut conn) = self.timed("connect", connect).await else {
+            return Ok(());
+        };
+        let mut info = redis::cmd("INFO");
+        info.arg("cluster");
+        let text: Result<String, _> = self.timed("INFO", info.query_async(&mut conn)).await;
+        match text {
+            Ok(text) if text.lines().any(|l| l.trim() == "cluster_enabled:1") => Err(format!(
+                "--broker redis://{}: this Redis is a Redis Cluster node; use \
+                 --broker redis+cluster://HOST:PORT[,HOST:PORT…] (rediss+cluster:// for TLS)",
+                self.name
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The command connection, while connected.
@@ -164,6 +178,39 @@ impl Shard {
             .await?;
         Ok((pubsub, conn))
     }
+}
+
+/// A client for `url` (`redis://[:PASSWORD@]HOST:PORT[/DB]`, or
+/// `rediss://` for TLS) and its name `HOST:PORT/DB` (never the password),
+/// with `access`'s password and, over TLS, its CA certificates when
+/// given; `resp3` for connections that take push messages (sharded
+/// pub/sub on a cluster node).
+///
+/// # Errors
+/// A URL the client does not take, or CA certificates it cannot read.
+pub fn client(url: &str, access: &super::Access, resp3: bool) -> Result<(Client, String), String> {
+    let mut info = url.into_connection_info().map_err(|e| e.to_string())?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(password) = &access.password {
+        settings = settings.set_password(password);
+    }
+    if resp3 {
+        settings = settings.set_protocol(redis::ProtocolVersion::RESP3);
+    }
+    info = info.set_redis_settings(settings);
+    let name = format!("{}/{}", info.addr(), info.redis_settings().db());
+    let client = match (&access.ca, url.starts_with("rediss://")) {
+        (Some(ca), true) => Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        _ => Client::open(info),
+    }
+    .map_err(|e| format!("{name}: {e}"))?;
+    Ok((client, name))
 }
 
 /// What the task keeps across reconnects.
