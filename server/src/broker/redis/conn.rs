@@ -1,12 +1,11 @@
 //! Where a command goes: one standalone instance's connection, or the
-//! `redis` crate's cluster client, which routes a command by its first
-//! key's slot and follows `MOVED` and `ASK` (Redis docs, "Cluster
-//! specification", redirection). The publish and read code is the same
+//! master of a slot of a Redis Cluster, following `MOVED` and `ASK`
+//! ([`super::cluster::Routed`]). The publish and read code is the same
 //! for both: it runs its scripts on a [`Conn`].
 
-use super::{cluster::Cluster, shard::Shard};
+use super::cluster::{Cluster, Routed};
+use super::shard::Shard;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use std::sync::Arc;
 
@@ -23,8 +22,8 @@ pub enum Backend {
 pub enum Conn {
     /// To one instance.
     Plain(MultiplexedConnection),
-    /// The cluster client.
-    Cluster(ClusterConnection),
+    /// To the master of one slot of the cluster.
+    Cluster(Routed),
 }
 
 impl ConnectionLike for Conn {

@@ -32,6 +32,7 @@ mod messages;
 mod metrics;
 mod reads;
 pub mod script;
+mod sentinel;
 mod shard;
 pub mod shards;
 pub mod slots;
@@ -143,11 +144,24 @@ impl Redis {
                 (Backend::Instances(shards), script::Layout::Instances)
             }
             Topology::Cluster { seeds, tls } => {
-                let cluster = cluster::Cluster::new(seeds, *tls, access, settings)?;
+                let cluster = cluster::Cluster::new(seeds, *tls, access, settings, &metrics);
                 (Backend::Cluster(Arc::new(cluster)), script::Layout::Cluster)
             }
-            Topology::Sentinel { .. } => {
-                return Err("--broker redis+sentinel:// is not supported yet".into())
+            Topology::Sentinel {
+                sentinels,
+                master,
+                tls,
+            } => {
+                let failovers = metrics.failovers.clone();
+                let sentinel = sentinel::Sentinel::new(sentinels, master, *tls, access, failovers)?;
+                let sentinel = Arc::new(sentinel);
+                sentinel.watch();
+                let up = metrics.up.with_label_values(&["0"]);
+                let shard = shard::Shard::behind(sentinel, access, settings.timeout, up)?;
+                (
+                    Backend::Instances(vec![Arc::new(shard)]),
+                    script::Layout::Sentinel,
+                )
             }
         };
         interest.set_handle(handle.clone());
@@ -220,16 +234,22 @@ impl Redis {
                     conn: Conn::Plain(conn),
                 })
             }
-            Backend::Cluster(cluster) => Ok(Target {
-                on: On::Cluster(cluster),
-                conn: Conn::Cluster(cluster.connection()?),
-            }),
+            Backend::Cluster(cluster) => {
+                let key = match topic {
+                    Some(topic) => self.layout.meta_key(topic),
+                    None => script::NODE_CHANNEL.to_owned(),
+                };
+                Ok(Target {
+                    on: On::Cluster(cluster),
+                    conn: Conn::Cluster(cluster::Routed::new(cluster, &key)),
+                })
+            }
         }
     }
 
     /// Runs `command` within `--broker-timeout`; a timeout or a broken
-    /// connection marks an instance down and reconnects it (the cluster
-    /// client reconnects by itself).
+    /// connection marks an instance down and reconnects it, or has the
+    /// cluster's slot map read again.
     async fn run<T>(
         &self,
         on: &On<'_>,
@@ -392,7 +412,13 @@ impl Redis {
         };
         let brokers: Vec<_> = shards
             .iter()
-            .map(|s| json!({"name": s.name, "up": s.is_up()}))
+            .map(|s| match &s.sentinel {
+                Some(sentinel) => json!({
+                    "name": s.name, "up": s.is_up(), "mode": "sentinel",
+                    "master": sentinel.current(),
+                }),
+                None => json!({"name": s.name, "up": s.is_up()}),
+            })
             .collect();
         let up = shards.iter().filter(|s| s.is_up()).count();
         let state = match up {

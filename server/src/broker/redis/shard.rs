@@ -36,7 +36,10 @@ pub struct Shard {
     pub index: usize,
     /// `HOST:PORT/DB`, for logs and `/healthz` (never the password).
     pub name: String,
-    client: Client,
+    /// The instance's client; behind Sentinel, the master last found.
+    client: Mutex<Client>,
+    /// The sentinels that name the instance, for `redis+sentinel://`.
+    pub sentinel: Option<Arc<super::sentinel::Sentinel>>,
     conn: Mutex<Option<MultiplexedConnection>>,
     up: AtomicBool,
     /// `ringcast_broker_up` for this shard.
@@ -70,7 +73,8 @@ impl Shard {
         Ok(Self {
             index,
             name,
-            client,
+            client: Mutex::new(client),
+            sentinel: None,
             conn: Mutex::new(None),
             up: AtomicBool::new(false),
             gauge,
@@ -78,6 +82,32 @@ impl Shard {
             broken: Notify::new(),
             reads: Arc::new(Semaphore::new(READS_IN_FLIGHT)),
         })
+    }
+
+    /// The master named by `sentinel`'s sentinels, found again at each
+    /// connect (see [`Shard::new`] for the rest).
+    ///
+    /// # Errors
+    /// As [`Shard::new`] (the placeholder client before the first
+    /// discovery is never connected).
+    pub fn behind(
+        sentinel: Arc<super::sentinel::Sentinel>,
+        access: &super::Access,
+        timeout: Duration,
+        gauge: IntGauge,
+    ) -> Result<Self, String> {
+        let mut shard = Self::new(0, "redis://127.0.0.1:1", access, timeout, gauge)?;
+        shard.name = format!("sentinel:{}", sentinel.master);
+        shard.sentinel = Some(sentinel);
+        Ok(shard)
+    }
+
+    /// Woken when the sentinels switch the master (never without them).
+    async fn switched(&self) {
+        match &self.sentinel {
+            Some(sentinel) => sentinel.switched.notified().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Refuses an instance that says it is a Redis Cluster node (`INFO
@@ -92,9 +122,8 @@ impl Shard {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
-        let connect = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
+        let client = lock(&self.client).clone();
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
         let Ok(mut conn) = self.timed("connect", connect).await else {
             return Ok(());
         };
@@ -163,19 +192,24 @@ impl Shard {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
+        let client = match &self.sentinel {
+            Some(sentinel) => {
+                let client = sentinel.master_client(self.timeout).await?;
+                *lock(&self.client) = client.clone();
+                client
+            }
+            None => lock(&self.client).clone(),
+        };
         let mut conn = self
             .timed(
                 "connect",
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config),
+                client.get_multiplexed_async_connection_with_config(&config),
             )
             .await?;
         // A stalled Redis still accepts connections: only an answer says
         // it is up.
         self.ping(&mut conn).await?;
-        let pubsub = self
-            .timed("connect", self.client.get_async_pubsub())
-            .await?;
+        let pubsub = self.timed("connect", client.get_async_pubsub()).await?;
         Ok((pubsub, conn))
     }
 }
@@ -254,6 +288,7 @@ pub async fn run(broker: Arc<Redis>, shard: Arc<Shard>, mut reads: mpsc::Receive
         loop {
             tokio::select! {
                 () = &mut wait => break,
+                () = shard.switched() => break,
                 () = broker.interest.wake[shard.index].notified() => {
                     let _ = broker.interest.changes(shard.index);
                 }
@@ -334,6 +369,7 @@ async fn serve(
                 }
             }
             () = shard.broken.notified() => Err("a command found the connection broken or slow".to_owned()),
+            () = shard.switched() => Err("the sentinels switched the master".to_owned()),
         };
         if let Err(why) = done {
             if why.contains("--broker-timeout") {

@@ -1,5 +1,5 @@
-//! The cluster's subscriber task: it connects the cluster client, reads
-//! the slot map, and holds one RESP3 connection (a link) per master that
+//! The cluster's subscriber task: it reads the slot map (from a known
+//! master, else a seed), and holds one RESP3 connection (a link) per master that
 //! serves a channel the node wants, `SSUBSCRIBE`d to those channels
 //! (each alone: a command's channels must share a slot). It hands the
 //! `smessage` pushes to the workers, applies the node's interest changes,
@@ -18,11 +18,10 @@
 
 use super::super::interest::Changes;
 use super::super::messages::Offsets;
-use super::super::{lock, reads, script, shard, slots, Redis};
+use super::super::{lock, reads, script, slots, Redis};
 use super::slotmap::SlotMap;
 use super::Cluster;
 use redis::aio::MultiplexedConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use ringcast_engine::upstream::Recover;
 use std::collections::{HashMap, HashSet};
@@ -39,8 +38,6 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 const PUSHES: usize = 65_536;
 /// How often channels without a master are retried.
 const RETRY: Duration = Duration::from_millis(100);
-/// First and longest wait between attempts to reach the cluster.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 /// One master's subscriber connection.
 struct Link {
@@ -56,7 +53,8 @@ struct Link {
 struct Subs {
     broker: Arc<Redis>,
     cluster: Arc<Cluster>,
-    conn: redis::cluster_async::ClusterConnection,
+    /// Whether "unreachable" was logged since the cluster last answered.
+    warned: bool,
     links: HashMap<String, Link>,
     /// Each subscribed channel's master.
     placed: HashMap<String, String>,
@@ -75,18 +73,13 @@ struct Subs {
     lost_since: Option<Instant>,
 }
 
-/// The task: reach the cluster, then serve until the server exits.
+/// The task: serve until the server exits.
 pub async fn run(broker: Arc<Redis>, cluster: Arc<Cluster>, mut reads: mpsc::Receiver<Recover>) {
-    let Some(conn) = reach(&broker, &cluster, &mut reads).await else {
-        return;
-    };
-    *lock(&cluster.conn) = Some(conn.clone());
-    tracing::info!("broker cluster reached");
     let (pushes, mut incoming) = mpsc::channel(PUSHES);
     let mut subs = Subs {
         broker: broker.clone(),
         cluster: cluster.clone(),
-        conn,
+        warned: false,
         links: HashMap::new(),
         placed: HashMap::new(),
         pending: HashSet::new(),
@@ -136,41 +129,6 @@ pub async fn run(broker: Arc<Redis>, cluster: Arc<Cluster>, mut reads: mpsc::Rec
         }
         subs.check_overflow();
         subs.show();
-    }
-}
-
-/// Connects the cluster client, with backoff, answering reads with no
-/// position meanwhile; `None` when the server stops.
-async fn reach(
-    broker: &Redis,
-    cluster: &Cluster,
-    reads: &mut mpsc::Receiver<Recover>,
-) -> Option<redis::cluster_async::ClusterConnection> {
-    let (mut backoff, mut warned) = (BACKOFF.0, false);
-    loop {
-        match timed(cluster, cluster.client.get_async_connection()).await {
-            Ok(conn) => return Some(conn),
-            Err(e) if !warned => {
-                tracing::warn!("broker cluster unreachable, retrying with backoff: {e}");
-                warned = true;
-            }
-            Err(_) => {}
-        }
-        let wait = tokio::time::sleep(backoff);
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                () = &mut wait => break,
-                () = broker.interest.wake[0].notified() => {
-                    let _ = broker.interest.changes(0);
-                }
-                read = reads.recv() => {
-                    let read = read?;
-                    broker.handle.recovered(read.origin, read.topic, None);
-                }
-            }
-        }
-        backoff = (backoff * 2).min(BACKOFF.1);
     }
 }
 
@@ -377,23 +335,16 @@ impl Subs {
     /// Reads the slot map (when stale); channels whose master changed
     /// are lost.
     async fn refresh(&mut self) {
-        let mut slots = redis::cmd("CLUSTER");
-        slots.arg("SLOTS");
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-        let reply = timed(&self.cluster, self.conn.route_command(slots, routing)).await;
-        let map = match reply.map(|r| SlotMap::parse(&r)) {
-            Ok(Ok(map)) if !map.is_empty() => map,
-            Ok(Ok(_)) => return,
-            Ok(Err(why)) => {
-                self.broker.metrics.invalid.inc();
-                tracing::debug!("CLUSTER SLOTS reply refused: {why}");
-                return;
+        let Some(map) = self.read_map().await else {
+            if !self.warned {
+                tracing::warn!(
+                    "broker cluster unreachable: no node answered CLUSTER SLOTS; retrying"
+                );
+                self.warned = true;
             }
-            Err(e) => {
-                tracing::debug!("CLUSTER SLOTS failed: {e}");
-                return;
-            }
+            return;
         };
+        self.warned = false;
         self.stale = false;
         if map == self.map {
             return;
@@ -413,6 +364,36 @@ impl Subs {
             self.lose(&channel);
         }
         self.map = map;
+    }
+
+    /// The slot map as the first node to answer sees it: the known
+    /// masters first, then the seeds.
+    async fn read_map(&self) -> Option<SlotMap> {
+        let mut ask: Vec<String> = self.map.masters().into_iter().map(|(a, _)| a).collect();
+        ask.extend(self.cluster.seeds.iter().cloned());
+        ask.dedup();
+        for addr in ask {
+            let mut slots = redis::cmd("CLUSTER");
+            slots.arg("SLOTS");
+            let reply = timed(&self.cluster, async {
+                let mut conn = self.cluster.conn_to(&addr).await?;
+                slots.query_async::<Value>(&mut conn).await
+            })
+            .await;
+            match reply.map(|r| SlotMap::parse(&r)) {
+                Ok(Ok(map)) if !map.is_empty() => return Some(map),
+                Ok(Ok(_)) => {}
+                Ok(Err(why)) => {
+                    self.broker.metrics.invalid.inc();
+                    tracing::debug!(node = %addr, "CLUSTER SLOTS reply refused: {why}");
+                }
+                Err(e) => {
+                    self.cluster.forget(&addr);
+                    tracing::debug!(node = %addr, "CLUSTER SLOTS failed: {e}");
+                }
+            }
+        }
+        None
     }
 
     /// Subscribes the pending channels on their masters, then tells the
@@ -502,9 +483,7 @@ impl Subs {
 
     /// A RESP3 link to `addr` whose pushes go to the task's queue.
     async fn connect(&mut self, addr: &str) -> Result<Link, String> {
-        let scheme = if self.cluster.tls { "rediss" } else { "redis" };
-        let url = format!("{scheme}://{addr}");
-        let (client, _) = shard::client(&url, &self.cluster.access, true)?;
+        let client = self.cluster.client(addr, true).map_err(|e| e.to_string())?;
         self.next_id += 1;
         let (id, pushes) = (self.next_id, self.pushes.clone());
         let overflowed = Arc::new(AtomicBool::new(false));

@@ -1,11 +1,17 @@
-//! The Redis Cluster broker (`--broker redis+cluster://HOST:PORT[,…]`):
-//! commands through the `redis` crate's cluster client (it routes a
-//! script by its keys' slot and follows `MOVED`/`ASK`), deliveries by
-//! sharded pub/sub (Redis docs, "Sharded Pub/Sub"): the publish script
-//! `SPUBLISH`es on the topic's shard channel, and the node holds one RESP3
-//! connection per master for its `SSUBSCRIBE`s ([`links`]), placed by the
-//! slot map (`CLUSTER SLOTS`) and moved when a slot's master changes
-//! (failover, reshard).
+//! The Redis Cluster broker (`--broker redis+cluster://HOST:PORT[,…]`).
+//! Commands go to the master of their slot, read from the slot map
+//! (`CLUSTER SLOTS`), over one multiplexed connection per master; a
+//! `MOVED` answer is followed (and the map read again), an `ASK` answer
+//! is followed with `ASKING` (Redis docs, "Cluster specification",
+//! redirection). Deliveries use sharded pub/sub (Redis docs, "Sharded
+//! Pub/Sub"): the publish script `SPUBLISH`es on the topic's shard
+//! channel, and the node holds one RESP3 connection per master for its
+//! `SSUBSCRIBE`s ([`links`]).
+//!
+//! The `redis` crate's cluster client (1.2.4) was tried first: after a
+//! master was SIGKILLed its connection kept timing out every command for
+//! tens of seconds after the replica's promotion, so the routing here is
+//! our own, on the slot map the subscriber task keeps anyway.
 //!
 //! - [`slotmap`]: the slot map, read from `CLUSTER SLOTS` and checked;
 //! - [`links`]: the subscriber task: interest, links, pushes, reads.
@@ -15,9 +21,10 @@ mod slotmap;
 
 pub use links::run;
 
-use super::{lock, Access, Settings, Unavailable};
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
+use super::metrics::Metrics;
+use super::{lock, shard, slots, Access, Settings};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Value};
 use serde_json::json;
 use slotmap::SlotMap;
 use std::collections::HashMap;
@@ -25,9 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
-/// Retries of one command by the cluster client (a redirect or a
-/// reconnect is one), all within `--broker-timeout`.
-const RETRIES: u32 = 4;
+/// Redirections one command follows at most.
+const REDIRECTS: usize = 3;
 
 /// What `/healthz` shows of the cluster, kept by the subscriber task.
 #[derive(Default)]
@@ -42,74 +48,54 @@ struct View {
 
 /// One Redis Cluster, as the publishers and the subscriber task see it.
 pub struct Cluster {
-    client: ClusterClient,
-    conn: Mutex<Option<ClusterConnection>>,
-    /// For the subscriber links (password, CA).
+    /// `HOST:PORT` of the seed nodes, asked for the slot map when no
+    /// known master answers.
+    seeds: Vec<String>,
+    /// Command connections per master `HOST:PORT`.
+    conns: Mutex<HashMap<String, MultiplexedConnection>>,
+    /// For every connection (password, CA).
     access: Access,
     /// `rediss` to every node.
     tls: bool,
     settings: Settings,
     view: Mutex<View>,
-    /// Woken when a command failed: the slot map may have changed.
+    /// Woken when a command failed or was redirected: the slot map may
+    /// have changed.
     refresh: Notify,
     /// History reads in flight.
     reads: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Cluster {
     /// The cluster found from `seeds` (`redis://HOST:PORT`, `rediss://`
     /// with `tls`), with `access`'s password and CA certificates; nothing
     /// is connected until [`run`] starts.
-    ///
-    /// # Errors
-    /// Seeds or CA certificates the client does not take.
     pub fn new(
         seeds: &[String],
         tls: bool,
         access: &Access,
         settings: Settings,
-    ) -> Result<Self, String> {
-        let mut builder = ClusterClientBuilder::new(seeds.to_vec())
-            .connection_timeout(settings.timeout)
-            .response_timeout(settings.timeout)
-            .retries(RETRIES)
-            .min_retry_wait(10)
-            .max_retry_wait(settings.timeout.as_millis() as u64 / 4);
-        if let Some(password) = &access.password {
-            builder = builder.password(password);
-        }
-        if tls {
-            builder = builder.tls(redis::TlsMode::Secure);
-            if let Some(ca) = &access.ca {
-                builder = builder.certs(redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                });
-            }
-        }
-        let client = builder
-            .build()
-            .map_err(|e| format!("--broker redis+cluster: {e}"))?;
-        Ok(Self {
-            client,
-            conn: Mutex::new(None),
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let seeds = seeds
+            .iter()
+            .map(|s| {
+                let rest = s.split_once("://").map_or(s.as_str(), |(_, r)| r);
+                rest.rsplit_once('@').map_or(rest, |(_, h)| h).to_owned()
+            })
+            .collect();
+        Self {
+            seeds,
+            conns: Mutex::new(HashMap::new()),
             access: access.clone(),
             tls,
             settings,
             view: Mutex::new(View::default()),
             refresh: Notify::new(),
             reads: Arc::new(Semaphore::new(64)),
-        })
-    }
-
-    /// The cluster client's connection, once made.
-    ///
-    /// # Errors
-    /// No seed has answered yet.
-    pub fn connection(&self) -> Result<ClusterConnection, Unavailable> {
-        lock(&self.conn)
-            .clone()
-            .ok_or_else(|| Unavailable("broker cluster is unreachable".into()))
+            metrics: metrics.clone(),
+        }
     }
 
     /// A command failed on a broken or slow connection: have the
@@ -123,12 +109,94 @@ impl Cluster {
         self.settings.timeout
     }
 
+    /// A client for the node at `addr` (`HOST:PORT`); `resp3` for links.
+    fn client(&self, addr: &str, resp3: bool) -> RedisResult<redis::Client> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        shard::client(&format!("{scheme}://{addr}"), &self.access, resp3)
+            .map(|(client, _)| client)
+            .map_err(|e| RedisError::from((ErrorKind::InvalidClientConfig, "client", e)))
+    }
+
+    /// The command connection to `addr`, made when missing.
+    async fn conn_to(&self, addr: &str) -> RedisResult<MultiplexedConnection> {
+        if let Some(conn) = lock(&self.conns).get(addr) {
+            return Ok(conn.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout()))
+            .set_response_timeout(Some(self.timeout()));
+        let client = self.client(addr, false)?;
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        lock(&self.conns).insert(addr.to_owned(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the command connection to `addr` (broken).
+    fn forget(&self, addr: &str) {
+        lock(&self.conns).remove(addr);
+    }
+
+    /// The master serving `slot` in the last map read.
+    fn owner(&self, slot: u16) -> Option<String> {
+        lock(&self.view).map.owner(slot).map(str::to_owned)
+    }
+
+    /// Sends `cmd` to the master of `slot`, following `MOVED` and `ASK`
+    /// ([`REDIRECTS`] at most). A broken connection is dropped and the
+    /// error returned (not retried: a script may have run).
+    async fn send(&self, slot: u16, cmd: &Cmd) -> RedisResult<Value> {
+        let mut addr = self.owner(slot).ok_or_else(|| {
+            RedisError::from((
+                ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                "no master known for the slot",
+            ))
+        })?;
+        let mut asking = false;
+        for _ in 0..=REDIRECTS {
+            let result = async {
+                let mut conn = self.conn_to(&addr).await?;
+                if asking {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("ASKING").add_command(cmd.clone());
+                    let mut values = conn.req_packed_commands(&pipe, 1, 1).await?;
+                    values.pop().unwrap_or(Value::Nil).extract_error()
+                } else {
+                    conn.req_packed_command(cmd).await?.extract_error()
+                }
+            }
+            .await;
+            match result {
+                Err(e) if e.redirect_node().is_some() => {
+                    self.metrics.redirects.inc();
+                    asking = e.kind() == ErrorKind::Server(redis::ServerErrorKind::Ask);
+                    if !asking {
+                        self.refresh.notify_one();
+                    }
+                    addr = e
+                        .redirect_node()
+                        .map(|(to, _)| to.to_owned())
+                        .unwrap_or(addr);
+                }
+                Err(e) => {
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                        self.forget(&addr);
+                        self.refresh.notify_one();
+                    }
+                    return Err(e);
+                }
+                ok => return ok,
+            }
+        }
+        Err(RedisError::from((ErrorKind::Io, "too many redirections")))
+    }
+
     /// `{"state", "mode": "cluster", "shards": [{"slots", "master",
     /// "subscribed"}], "pending"}` for `/healthz`: `up` with every wanted
     /// channel subscribed on its master, `degraded` while some wait for
-    /// a master (failover, reshard), `down` before the cluster answered.
+    /// a master (failover, reshard), `down` before the slot map was read.
     pub fn health(&self) -> serde_json::Value {
-        let connected = lock(&self.conn).is_some();
         let view = lock(&self.view);
         let shards: Vec<_> = view
             .map
@@ -139,11 +207,53 @@ impl Cluster {
                 json!({"master": master, "slots": slots, "subscribed": subscribed})
             })
             .collect();
-        let state = match (connected && !shards.is_empty(), view.pending) {
+        let state = match (!shards.is_empty(), view.pending) {
             (false, _) => "down",
             (true, 0) => "up",
             _ => "degraded",
         };
         json!({"state": state, "mode": "cluster", "shards": shards, "pending": view.pending})
+    }
+}
+
+/// A command connection that sends every command to the master of one
+/// slot (the slot of a topic's names, or of the node-wide channel).
+#[derive(Clone)]
+pub struct Routed {
+    cluster: Arc<Cluster>,
+    slot: u16,
+}
+
+impl Routed {
+    /// Commands for `key`'s slot on `cluster`.
+    pub fn new(cluster: &Arc<Cluster>, key: &str) -> Self {
+        Self {
+            cluster: cluster.clone(),
+            slot: slots::slot(key.as_bytes()),
+        }
+    }
+}
+
+impl ConnectionLike for Routed {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(self.cluster.send(self.slot, cmd))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        _: &'a redis::Pipeline,
+        _: usize,
+        _: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async {
+            Err(RedisError::from((
+                ErrorKind::Client,
+                "pipelines are not routed over the cluster",
+            )))
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
     }
 }
