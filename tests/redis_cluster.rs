@@ -30,14 +30,18 @@ fn topics() -> Vec<String> {
 
 /// A node over the cluster at `seeds`, history on `h.*`.
 fn node(seeds: &str) -> Server {
-    let broker = format!("redis+cluster://{seeds}");
+    node_over(&format!("redis+cluster://{seeds}"))
+}
+
+/// A node over the `--broker` URL `broker`, history on `h.*`.
+fn node_over(broker: &str) -> Server {
     Server::start(&[
         "--workers",
         "2",
         "--history",
         "h.*=1000/10m",
         "--broker",
-        &broker,
+        broker,
         "--broker-timeout",
         "1s",
     ])
@@ -345,6 +349,25 @@ async fn a_master_killed_with_sigkill_under_load_loses_nothing_silently() {
         }
     }
 
+    let kill = || cluster.node(victim.port).sigkill();
+    let report = kill_under_load(&nodes, subs, fence_tx, &on_victim, kill).await;
+    eprintln!("redis cluster master SIGKILL under a publish every 10 ms: {report}");
+}
+
+/// Publishes every 10 ms to the nodes and topics in turn; after 300
+/// answered 200, runs `kill`; stops 500 answered 200 after it, then
+/// fences. Checks that every subscriber got every message answered 200
+/// exactly once, in order, or was told (`resync`, `recovered:false`),
+/// and only on the topics of `on_victim`. Returns what it measured.
+async fn kill_under_load(
+    nodes: &[Server],
+    subs: Vec<(usize, tokio::task::JoinHandle<Seen>)>,
+    fence_tx: watch::Sender<Option<BTreeMap<String, (String, u64)>>>,
+    on_victim: &BTreeSet<String>,
+    kill: impl FnOnce(),
+) -> String {
+    let all = topics();
+    let mut kill = Some(kill);
     // A publish every 10 ms, to the nodes and topics in turn.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -378,7 +401,7 @@ async fn a_master_killed_with_sigkill_under_load_loses_nothing_silently() {
             other => panic!("publish answered {other:?}"),
         }
         if ok == 300 && killed_at.is_none() {
-            cluster.node(victim.port).sigkill();
+            (kill.take().unwrap())();
             killed_at = Some(Instant::now());
         }
         // Until 500 more were taken after the kill (the failover done).
@@ -387,7 +410,7 @@ async fn a_master_killed_with_sigkill_under_load_loses_nothing_silently() {
         }
         assert!(n < 20_000, "the publishes never came back after the kill");
     }
-    let fenced = fences(&nodes, &fence_tx).await;
+    let fenced = fences(nodes, &fence_tx).await;
 
     let (mut checked, mut told_subs, mut faults) = (0, 0, Vec::new());
     for (n, task) in subs {
@@ -419,15 +442,15 @@ async fn a_master_killed_with_sigkill_under_load_loses_nothing_silently() {
         }
     }
     let mut without = Vec::new();
-    for n in &nodes {
+    for n in nodes {
         let scrape = n.metrics().await;
         without.push((
             metric(&scrape, "ringcast_broker_without_master_seconds_total", &[]),
             metric(&scrape, "ringcast_broker_failovers_total", &[]),
         ));
     }
-    eprintln!(
-        "redis cluster master SIGKILL under a publish every 10 ms: {ok} answered 200, {refused} 503, \
+    let report = format!(
+        "{ok} answered 200, {refused} 503, \
          {unanswered} unanswered; 503s from {first_refused:?} to {last_refused:?} after the kill; \
          {} of {TOPICS} topics on the killed master; {told_subs} subscriber-topics told resync/recovered:false; \
          {checked} deliveries checked; per node (seconds without a master, failovers seen): {without:?}",
@@ -443,4 +466,31 @@ async fn a_master_killed_with_sigkill_under_load_loses_nothing_silently() {
         without.iter().all(|(_, failovers)| *failovers >= 1.0),
         "{without:?}"
     );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_master_killed_with_sigkill_under_load_loses_nothing_silently() {
+    let mut setup = RedisSentinel::start().await;
+    let broker = format!(
+        "redis+sentinel://{}/{}",
+        setup.sentinel_addrs(),
+        RedisSentinel::NAME
+    );
+    let nodes = [node_over(&broker), node_over(&broker)];
+    for n in &nodes {
+        let health = broker_up(n).await;
+        let master = &health["brokers"][0]["master"];
+        assert_eq!(master, &json!(setup.data[0].addr()), "{health}");
+    }
+    let (subs, fence_tx) = subscribers(&nodes).await;
+    let all: BTreeSet<String> = topics().into_iter().collect();
+    let victim = &mut setup.data[0];
+    let report = kill_under_load(&nodes, subs, fence_tx, &all, || victim.sigkill()).await;
+    for n in &nodes {
+        let health = broker_up(n).await;
+        let master = &health["brokers"][0]["master"];
+        assert_eq!(master, &json!(setup.data[1].addr()), "{health}");
+    }
+    eprintln!("redis sentinel master SIGKILL under a publish every 10 ms: {report}");
 }

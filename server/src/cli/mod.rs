@@ -244,9 +244,12 @@ pub struct Serve {
     /// or `rediss://` for TLS (repeatable, or comma-separated): publishes go through Redis and
     /// reach every node, offsets and history live in Redis. With several,
     /// topics are sharded over them by a jump hash of the topic name; the
-    /// first also carries the node-wide channel. Keep passwords out of
-    /// the URL: use --broker-password-file [default: none, the node works
-    /// alone].
+    /// first also carries the node-wide channel. A Redis Cluster:
+    /// `redis+cluster://HOST:PORT[,HOST:PORT…]` (seed nodes; `rediss+cluster://`
+    /// for TLS). A master watched by Sentinel:
+    /// `redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER_NAME`. Keep
+    /// passwords out of the URL: use --broker-password-file [default:
+    /// none, the node works alone].
     #[arg(long = "broker", env = "RINGCAST_BROKER", value_delimiter = ',')]
     #[serde(rename = "broker", serialize_with = "urls_without_passwords")]
     pub brokers: Vec<String>,

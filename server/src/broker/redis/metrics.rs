@@ -32,7 +32,8 @@ pub struct Metrics {
     /// that failed: each marked its instance down and reconnected it.
     pub timeouts: IntCounter,
     /// Redis Cluster: masters seen replaced in the slot map (a failover,
-    /// or slots moved by a reshard), one per old and new master pair.
+    /// or slots moved by a reshard), one per old and new master pair;
+    /// Sentinel: `+switch-master` of our master, once per new master.
     pub failovers: IntCounter,
     /// Redis Cluster: `MOVED`/`ASK` answers to the node's `SSUBSCRIBE`s,
     /// and shard channels Redis unsubscribed because their slot moved,
@@ -40,7 +41,8 @@ pub struct Metrics {
     /// itself and does not count them).
     pub redirects: IntCounter,
     /// Redis Cluster: seconds some wanted channel had no master to be
-    /// subscribed on (from its loss to its resubscription).
+    /// subscribed on (from its loss to its resubscription); Sentinel:
+    /// seconds from the master's lost connection to the next master's.
     pub without_master: Counter,
 }
 
@@ -104,7 +106,7 @@ impl Metrics {
         .expect("valid counter");
         let failovers = counter(
             "ringcast_broker_failovers_total",
-            "Redis Cluster masters seen replaced in the slot map (failover or reshard)",
+            "Masters seen replaced: in the Redis Cluster slot map (failover or reshard), or by Sentinel's +switch-master",
         );
         let redirects = counter(
             "ringcast_broker_redirects_total",
@@ -112,7 +114,7 @@ impl Metrics {
         );
         let without_master = Counter::with_opts(Opts::new(
             "ringcast_broker_without_master_seconds_total",
-            "Seconds some wanted Redis Cluster channel had no master to subscribe on",
+            "Seconds without a master: a Redis Cluster channel with none to subscribe on, or the Sentinel master unreachable",
         ))
         .expect("valid counter");
         registry

@@ -30,6 +30,9 @@ pub struct Sentinel {
     current: Mutex<Option<String>>,
     /// Woken on a `+switch-master` of our master.
     pub switched: Notify,
+    /// The new master of the last switch seen (each sentinel announces
+    /// it: counted once).
+    last_switch: Mutex<Option<String>>,
     /// `ringcast_broker_failovers_total`.
     failovers: IntCounter,
 }
@@ -69,6 +72,7 @@ impl Sentinel {
             master: master.to_owned(),
             current: Mutex::new(None),
             switched: Notify::new(),
+            last_switch: Mutex::new(None),
             failovers,
         })
     }
@@ -103,6 +107,22 @@ impl Sentinel {
     }
 }
 
+impl Sentinel {
+    /// The sentinels switched our master to `to`: counted and told to the
+    /// instance once per new master.
+    fn switch(&self, to: String) {
+        let mut last = lock(&self.last_switch);
+        if last.as_deref() != Some(to.as_str()) {
+            tracing::info!(master = %self.master, to = %to, "sentinel: +switch-master");
+            self.failovers.inc();
+            *last = Some(to);
+            // One waiter (the instance's task); a permit is kept if it
+            // is busy connecting, so the switch is never missed.
+            self.switched.notify_one();
+        }
+    }
+}
+
 /// One sentinel's `+switch-master` messages: `NAME OLD_IP OLD_PORT NEW_IP
 /// NEW_PORT`; one of our master wakes [`Sentinel::switched`].
 async fn watch_one(sentinel: Arc<Sentinel>, url: String) {
@@ -118,10 +138,11 @@ async fn watch_one(sentinel: Arc<Sentinel>, url: String) {
                     while let Some(message) = messages.next().await {
                         let payload = message.get_payload_bytes();
                         let text = std::str::from_utf8(payload).unwrap_or_default();
-                        if text.split(' ').next() == Some(sentinel.master.as_str()) {
-                            tracing::info!(master = %sentinel.master, "sentinel: +switch-master {text}");
-                            sentinel.failovers.inc();
-                            sentinel.switched.notify_waiters();
+                        let fields: Vec<&str> = text.split(' ').collect();
+                        if let [name, _, _, ip, port] = fields[..] {
+                            if name == sentinel.master {
+                                sentinel.switch(format!("{ip}:{port}"));
+                            }
                         }
                     }
                 }

@@ -266,10 +266,16 @@ pub async fn run(broker: Arc<Redis>, shard: Arc<Shard>, mut reads: mpsc::Receive
         reached: false,
     };
     let (mut backoff, mut warned) = (BACKOFF.0, false);
+    // Behind Sentinel: since when the master has been out of reach.
+    let mut down_since: Option<std::time::Instant> = None;
     loop {
         let failure = match shard.connect().await {
             Ok((pubsub, conn)) => {
                 (backoff, warned) = (BACKOFF.0, false);
+                if let Some(since) = down_since.take().filter(|_| shard.sentinel.is_some()) {
+                    let seconds = since.elapsed().as_secs_f64();
+                    broker.metrics.without_master.inc_by(seconds);
+                }
                 serve(&broker, &shard, pubsub, conn, &mut held, &mut reads).await
             }
             Err(e) => e,
@@ -280,6 +286,7 @@ pub async fn run(broker: Arc<Redis>, shard: Arc<Shard>, mut reads: mpsc::Receive
             warned = true;
         }
         shard.set_up(None);
+        down_since.get_or_insert_with(std::time::Instant::now);
         // Wait out the backoff, answering reads (with no position) and
         // letting interest changes go: the reconnect subscribes to what
         // the node holds then.
