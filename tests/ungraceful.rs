@@ -3,11 +3,12 @@
 //! configured as deploy/haproxy.cfg, with `ringcast.v1` clients that
 //! resume with `since` as ringcast.js does (docs/protocol.md, "Topics,
 //! offsets and epochs"). Real processes: Debian's haproxy and
-//! redis-server, three `ringcast serve` nodes over one standalone Redis.
+//! redis-server, three `ringcast serve` nodes over one standalone Redis,
+//! a Redis Cluster (3 masters, 3 replicas) or a master under Sentinel.
 
 mod common;
 
-use common::redis_ha::{free_ports, RedisStandalone};
+use common::redis_ha::{free_ports, RedisCluster, RedisSentinel, RedisStandalone};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -260,25 +261,43 @@ enum Restart {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_with_sigkill_loses_nothing_its_clients_resume_on_the_others() {
-    node_killed_with_sigkill(Restart::AfterTheResumes).await;
+    let redis = RedisStandalone::start().await;
+    node_killed_with_sigkill(Restart::AfterTheResumes, &redis.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_with_sigkill_and_restarted_at_once_loses_nothing() {
-    node_killed_with_sigkill(Restart::AtOnce).await;
+    let redis = RedisStandalone::start().await;
+    node_killed_with_sigkill(Restart::AtOnce, &redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_redis_cluster_a_node_killed_with_sigkill_loses_nothing() {
+    let cluster = RedisCluster::start().await;
+    let broker = format!("redis+cluster://{}", cluster.seeds());
+    node_killed_with_sigkill(Restart::AfterTheResumes, &broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_sentinel_a_node_killed_with_sigkill_loses_nothing() {
+    let setup = RedisSentinel::start().await;
+    let broker = format!(
+        "redis+sentinel://{}/{}",
+        setup.sentinel_addrs(),
+        RedisSentinel::NAME
+    );
+    node_killed_with_sigkill(Restart::AfterTheResumes, &broker).await;
 }
 
 /// 300 `ringcast.v1` clients through haproxy, each on 2 of 5 topics, over
-/// 3 nodes and one Redis; a publish every 10 ms to the nodes in turn; the
+/// 3 nodes and the Redis at `broker` (standalone, cluster or Sentinel); a publish every 10 ms to the nodes in turn; the
 /// node with the most clients is SIGKILLed mid-run and started again
 /// (`restart`). Every client gets every message exactly once, in order,
 /// resuming with `since`.
-async fn node_killed_with_sigkill(restart: Restart) {
-    let redis = RedisStandalone::start().await;
-    let broker = redis.url();
+async fn node_killed_with_sigkill(restart: Restart, broker: &str) {
     let ports = free_ports(7);
     let addrs: Vec<(u16, u16)> = ports[..6].chunks(2).map(|p| (p[0], p[1])).collect();
-    let mut nodes: Vec<Server> = addrs.iter().map(|&a| node_at(&broker, a, &[])).collect();
+    let mut nodes: Vec<Server> = addrs.iter().map(|&a| node_at(broker, a, &[])).collect();
     let _haproxy = haproxy(ports[6], &addrs);
     let front = format!("ws://127.0.0.1:{}/ws", ports[6]);
     let topics: Vec<String> = (0..TOPICS).map(|t| format!("h.t{t}")).collect();
@@ -331,13 +350,13 @@ async fn node_killed_with_sigkill(restart: Restart) {
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     let killed_at = Instant::now();
     if restart == Restart::AtOnce {
-        nodes.insert(victim, node_at(&broker, addrs[victim], &[]));
+        nodes.insert(victim, node_at(broker, addrs[victim], &[]));
     }
     let what = "the cut-off clients resumed";
     until(&recovered, cut_off as usize, &mut clients, what).await;
     let all_back = killed_at.elapsed();
     if restart == Restart::AfterTheResumes {
-        nodes.insert(victim, node_at(&broker, addrs[victim], &[]));
+        nodes.insert(victim, node_at(broker, addrs[victim], &[]));
     }
     let mut after = Vec::new();
     for node in &nodes {
@@ -407,10 +426,11 @@ async fn node_killed_with_sigkill(restart: Restart) {
     let p99 = recoveries[(recoveries.len() * 99).div_ceil(100) - 1];
     let accepted: usize = published.accepted.values().map(BTreeMap::len).sum();
     eprintln!(
-        "node SIGKILL, restart {restart:?}: clients per node {per_node:?}, then {after:?}; publishes {accepted} answered 200, {} 503, {} unanswered; \
+        "node SIGKILL over {}, restart {restart:?}: clients per node {per_node:?}, then {after:?}; publishes {accepted} answered 200, {} 503, {} unanswered; \
          {cut_off} clients cut off, all recovered {all_back:?} after the kill; \
          reconnect-to-recovered p50 {:?} p99 {p99:?} max {:?} over {} resumes; \
          {deliveries} deliveries checked, {replayed} of them replayed",
+        broker.split("://").next().unwrap_or_default(),
         published.refused,
         published.unanswered,
         recoveries[recoveries.len() / 2],

@@ -28,7 +28,7 @@ const CHANNELS_PER_COMMAND: usize = 1000;
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// History reads in flight per instance at most; the next one waits in
 /// the read queue (`--broker-read-queue`) until one is done.
-const READS_IN_FLIGHT: usize = 64;
+pub(super) const READS_IN_FLIGHT: usize = 64;
 
 /// One instance, as the publishers see it.
 pub struct Shard {

@@ -93,7 +93,7 @@ impl Cluster {
             settings,
             view: Mutex::new(View::default()),
             refresh: Notify::new(),
-            reads: Arc::new(Semaphore::new(64)),
+            reads: Arc::new(Semaphore::new(shard::READS_IN_FLIGHT)),
             metrics: metrics.clone(),
         }
     }
