@@ -1,13 +1,22 @@
-//! The Redis broker (`--broker redis://HOST:PORT[/DB]`, repeatable): N
-//! nodes as one service, behind [`super::Broker`]. See the README's
-//! "Cluster" section. Redis assigns the positions (the publish script);
-//! each message comes back on its topic's channel and is handed to the
-//! workers with `Handle::deliver`.
+//! The Redis broker: N nodes as one service, behind [`super::Broker`],
+//! over standalone instances (`--broker redis://HOST:PORT[/DB]`,
+//! repeatable), a Redis Cluster (`redis+cluster://`) or a master under
+//! Sentinel (`redis+sentinel://`); [`Topology`] reads the flag. See the
+//! README's "Cluster over Redis" section. Redis assigns the positions
+//! (the publish script); each message comes back on its topic's channel
+//! and is handed to the workers with `Handle::deliver`.
 //!
+//! - `urls`: the `--broker` values as a [`Topology`];
 //! - [`shards`]: which instance holds a topic (jump hash over FNV-1a);
-//! - [`script`]: key and channel names, payloads, the Lua scripts;
+//! - [`slots`]: a key's Redis Cluster slot (CRC16, hash tags);
+//! - [`script`]: key and channel names per layout, payloads, the Lua
+//!   scripts;
+//! - `conn`: where a command goes (an instance, or a slot's master);
 //! - `shard`: one instance's connections, subscriptions and messages,
-//!   reconnected with backoff;
+//!   reconnected with backoff (behind Sentinel: to the master found
+//!   anew, see `sentinel`);
+//! - `cluster`: the Redis Cluster's routing, slot map and sharded
+//!   subscriptions;
 //! - `interest`: the workers' topic interest, counted per topic and
 //!   coalesced into SUBSCRIBE / UNSUBSCRIBE per instance, and the bounded
 //!   history read queues;
