@@ -1,8 +1,11 @@
 //! The Redis Cluster broker (issue 24, `--broker redis+cluster://`), with
 //! real processes: a Redis Cluster of 3 masters and 3 replicas
-//! (`tests/common/redis_ha.rs`) and 2 `ringcast serve` nodes, with
-//! `ringcast.v1` subscribers over 200 topics. Each test prints what it
-//! measured (run with `--nocapture`).
+//! (`tests/common/redis_ha.rs`), or 1 master, 1 replica and 3 sentinels,
+//! and 2 `ringcast serve` nodes, with `ringcast.v1` subscribers over 200
+//! topics: cross-node delivery over shard channels only, a master
+//! SIGKILLed (cluster and Sentinel) and slots resharded under a publish
+//! every 10 ms. Each test prints what it measured (run with
+//! `--nocapture`).
 
 mod common;
 
@@ -493,4 +496,53 @@ async fn a_sentinel_master_killed_with_sigkill_under_load_loses_nothing_silently
         assert_eq!(master, &json!(setup.data[1].addr()), "{health}");
     }
     eprintln!("redis sentinel master SIGKILL under a publish every 10 ms: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_resharded_under_load_lose_nothing_silently() {
+    let cluster = RedisCluster::start().await;
+    let nodes = [node(&cluster.seeds()), node(&cluster.seeds())];
+    for n in &nodes {
+        broker_up(n).await;
+    }
+    let (subs, fence_tx) = subscribers(&nodes).await;
+    let all = topics();
+    let before = cluster.topology().await;
+    let masters: Vec<_> = before
+        .iter()
+        .filter(|n| n.master && !n.slots.is_empty())
+        .cloned()
+        .collect();
+    let (from, to) = (&masters[0], &masters[1]);
+    let mut slot = HashMap::new();
+    for topic in &all {
+        slot.insert(topic.clone(), slot_of(&cluster, topic).await);
+    }
+    // 1000 slots of one master move to another (redis-cli migrates their
+    // keys with MIGRATE, then CLUSTER SETSLOT … NODE), under the load.
+    let mut reshard = tokio::process::Command::new("redis-cli");
+    reshard
+        .args(["--cluster", "reshard", &format!("127.0.0.1:{}", from.port)])
+        .args(["--cluster-from", &from.id, "--cluster-to", &to.id])
+        .args(["--cluster-slots", "1000", "--cluster-yes"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut running = None;
+    let all_told: BTreeSet<String> = all.iter().cloned().collect();
+    let report = kill_under_load(&nodes, subs, fence_tx, &all_told, || {
+        running = Some(tokio::spawn(async move { reshard.status().await }));
+    })
+    .await;
+    let status = tokio::time::timeout(SLOW, running.unwrap()).await;
+    assert!(
+        status.unwrap().unwrap().unwrap().success(),
+        "redis-cli --cluster reshard"
+    );
+    let after = cluster.topology_from(to.port).await;
+    let new_owner = after.iter().find(|n| n.id == to.id).unwrap();
+    let moved = all
+        .iter()
+        .filter(|t| from.owns(slot[*t]) && new_owner.owns(slot[*t]))
+        .count();
+    eprintln!("redis cluster reshard of 1000 slots under a publish every 10 ms: {moved} of {TOPICS} topics moved; {report}");
 }

@@ -32,7 +32,8 @@ pub struct Metrics {
     /// that failed: each marked its instance down and reconnected it.
     pub timeouts: IntCounter,
     /// Redis Cluster: masters seen replaced in the slot map (a failover,
-    /// or slots moved by a reshard), one per old and new master pair;
+    /// or slots moved by a reshard), one per old and new master pair in
+    /// each change of the map read;
     /// Sentinel: `+switch-master` of our master, once per new master.
     pub failovers: IntCounter,
     /// Redis Cluster: `MOVED`/`ASK` answers to the node's `SSUBSCRIBE`s,
