@@ -353,7 +353,7 @@ async fn a_master_killed_with_sigkill_under_load_loses_nothing_silently() {
     }
 
     let kill = || cluster.node(victim.port).sigkill();
-    let report = kill_under_load(&nodes, subs, fence_tx, &on_victim, kill).await;
+    let (report, _) = kill_under_load(&nodes, subs, fence_tx, &on_victim, kill).await;
     eprintln!("redis cluster master SIGKILL under a publish every 10 ms: {report}");
 }
 
@@ -361,14 +361,15 @@ async fn a_master_killed_with_sigkill_under_load_loses_nothing_silently() {
 /// answered 200, runs `kill`; stops 500 answered 200 after it, then
 /// fences. Checks that every subscriber got every message answered 200
 /// exactly once, in order, or was told (`resync`, `recovered:false`),
-/// and only on the topics of `on_victim`. Returns what it measured.
+/// and only on the topics of `on_victim`. Returns what it measured, and
+/// the topics some subscriber was told about.
 async fn kill_under_load(
     nodes: &[Server],
     subs: Vec<(usize, tokio::task::JoinHandle<Seen>)>,
     fence_tx: watch::Sender<Option<BTreeMap<String, (String, u64)>>>,
     on_victim: &BTreeSet<String>,
     kill: impl FnOnce(),
-) -> String {
+) -> (String, BTreeSet<String>) {
     let all = topics();
     let mut kill = Some(kill);
     // A publish every 10 ms, to the nodes and topics in turn.
@@ -416,11 +417,15 @@ async fn kill_under_load(
     let fenced = fences(nodes, &fence_tx).await;
 
     let (mut checked, mut told_subs, mut faults) = (0, 0, Vec::new());
+    let mut told_topics = BTreeSet::new();
     for (n, task) in subs {
         let seen = tokio::time::timeout(SLOW, task).await.unwrap().unwrap();
         for (topic, got) in &seen.got {
             let told = seen.told.get(topic).copied().unwrap_or(0);
             told_subs += usize::from(told > 0);
+            if told > 0 {
+                told_topics.insert(topic.clone());
+            }
             if told > 0 && !on_victim.contains(topic) {
                 faults.push(format!("node {n} {topic}: told, but its master lived"));
             }
@@ -469,7 +474,7 @@ async fn kill_under_load(
         without.iter().all(|(_, failovers)| *failovers >= 1.0),
         "{without:?}"
     );
-    report
+    (report, told_topics)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,7 +494,7 @@ async fn a_sentinel_master_killed_with_sigkill_under_load_loses_nothing_silently
     let (subs, fence_tx) = subscribers(&nodes).await;
     let all: BTreeSet<String> = topics().into_iter().collect();
     let victim = &mut setup.data[0];
-    let report = kill_under_load(&nodes, subs, fence_tx, &all, || victim.sigkill()).await;
+    let (report, _) = kill_under_load(&nodes, subs, fence_tx, &all, || victim.sigkill()).await;
     for n in &nodes {
         let health = broker_up(n).await;
         let master = &health["brokers"][0]["master"];
@@ -529,7 +534,7 @@ async fn slots_resharded_under_load_lose_nothing_silently() {
         .kill_on_drop(true);
     let mut running = None;
     let all_told: BTreeSet<String> = all.iter().cloned().collect();
-    let report = kill_under_load(&nodes, subs, fence_tx, &all_told, || {
+    let (report, told) = kill_under_load(&nodes, subs, fence_tx, &all_told, || {
         running = Some(tokio::spawn(async move { reshard.status().await }));
     })
     .await;
@@ -540,9 +545,14 @@ async fn slots_resharded_under_load_lose_nothing_silently() {
     );
     let after = cluster.topology_from(to.port).await;
     let new_owner = after.iter().find(|n| n.id == to.id).unwrap();
-    let moved = all
+    let moved: BTreeSet<String> = all
         .iter()
         .filter(|t| from.owns(slot[*t]) && new_owner.owns(slot[*t]))
-        .count();
-    eprintln!("redis cluster reshard of 1000 slots under a publish every 10 ms: {moved} of {TOPICS} topics moved; {report}");
+        .cloned()
+        .collect();
+    eprintln!(
+        "redis cluster reshard of 1000 slots under a publish every 10 ms: {} of {TOPICS} topics moved; {report}",
+        moved.len()
+    );
+    assert!(told.is_subset(&moved), "told {told:?}, moved {moved:?}");
 }
