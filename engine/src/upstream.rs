@@ -54,6 +54,11 @@ pub struct Hooks {
     pub rpc: bool,
     /// Every admitted connection's removal is sent as [`Event::Closed`].
     pub disconnect: bool,
+    /// Every presence join and leave is sent as [`Event::Presence`].
+    pub presence: bool,
+    /// A topic's first subscriber and last on each worker are sent as
+    /// [`Event::Interest`] (as with a broker), for the channels hook.
+    pub channels: bool,
 }
 
 /// The connect hook's answer, handed to [`crate::Handle::admit`].
@@ -96,6 +101,9 @@ pub enum Event {
     /// With a broker: a `ringcast.v1` subscribe to a topic with history
     /// waits for the topic's position (see [`crate::broker`]).
     Recover(Recover),
+    /// A connection joined or left a presence topic (sent while the
+    /// presence hook or a broker is on).
+    Presence(crate::hub::presence::Change),
 }
 
 /// A topic's first subscriber on a worker, or its last one gone.

@@ -9,6 +9,7 @@ mod metrics;
 mod probe;
 mod statics;
 mod upstream;
+mod webhooks;
 
 use cli::{CliError, Command, ConfigCommand, LogFormat, Serve};
 use ringcast_engine::auth::Auth;
@@ -198,9 +199,12 @@ fn run(
         serve.bounds.interest(),
     );
     config.broker = plan.positions_from_outside();
+    let (webhooks, webhook_senders) =
+        webhooks::Webhooks::new(hooks.clone(), hooks_on.presence, hooks_on.channels);
     let (sink, events, bounds) = upstream::channel(
         serve.bounds.upstream(serve.max_message_size),
         plan.demand(),
+        webhooks,
         hooks_on.disconnect,
     );
     config.upstream = Some(sink);
@@ -242,6 +246,7 @@ fn run(
             bounds: bounds.clone(),
         };
         tokio::spawn(upstream::run(events, upstream_context));
+        webhook_senders.spawn(hooks.clone());
         let listener = tokio::net::TcpListener::bind(serve.api_listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", serve.api_listen))
         })?;

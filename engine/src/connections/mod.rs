@@ -33,6 +33,7 @@ mod handshake;
 pub mod io;
 mod messages;
 mod opening;
+mod presence;
 mod recovery;
 pub mod table;
 mod transport;
@@ -82,6 +83,13 @@ pub struct Connections {
     /// Broker events the upstream sink could not take yet, sent again
     /// before the next one and after each pass over the commands.
     unsent: Vec<crate::upstream::Event>,
+    /// Subscriptions that get presence joins and leaves.
+    join_leave: presence::Listeners,
+    /// Whether presence changes are handed up for the presence webhook.
+    presence_hook: bool,
+    /// Whether topic interest is handed up (a broker, or the channels
+    /// hook).
+    interest_up: bool,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -125,6 +133,9 @@ impl Connections {
             duplex: duplex::Duplex::new(config, handle),
             broker: config.broker && config.upstream.is_some(),
             unsent: Vec::new(),
+            join_leave: presence::Listeners::default(),
+            presence_hook: config.hooks.presence && config.upstream.is_some(),
+            interest_up: (config.broker || config.hooks.channels) && config.upstream.is_some(),
         }
     }
 

@@ -5,6 +5,7 @@
 use super::{Broker, Demand, Message, Published, Reach, Unavailable};
 use futures_util::future::BoxFuture;
 use ringcast_engine::history::Page;
+use ringcast_engine::presence;
 use ringcast_engine::upstream::Recover;
 use ringcast_engine::{Content, Handle};
 
@@ -66,6 +67,24 @@ impl Broker for Local {
     ) -> BoxFuture<'a, Result<Option<Page>, Unavailable>> {
         let page = self.handle.history(topic, since, limit);
         Box::pin(async move { Ok(page) })
+    }
+
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<presence::Page, Unavailable>> {
+        let page = self.handle.presence_page(topic, cursor, limit);
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn presence_stats<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<presence::Stats, Unavailable>> {
+        let stats = self.handle.presence_stats(topic);
+        Box::pin(async move { Ok(stats) })
     }
 
     fn health(&self) -> Option<serde_json::Value> {

@@ -22,6 +22,7 @@ pub use self::redis::{Access, InterestLimits, Settings};
 
 use futures_util::future::BoxFuture;
 use ringcast_engine::history::Page;
+use ringcast_engine::presence;
 use ringcast_engine::upstream::Recover;
 use ringcast_engine::{Content, Handle, Sender};
 use std::sync::Arc;
@@ -139,6 +140,28 @@ pub trait Broker: Send + Sync {
         since: Option<u64>,
         limit: usize,
     ) -> BoxFuture<'a, Result<Option<Page>, Unavailable>>;
+
+    /// Up to `limit` members of the presence topic `topic` after
+    /// `cursor` (a previous page's `next`), across every node the broker
+    /// joins.
+    ///
+    /// # Errors
+    /// The broker could not be read.
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<presence::Page, Unavailable>>;
+
+    /// The counts of `topic`'s members across every node.
+    ///
+    /// # Errors
+    /// The broker could not be read.
+    fn presence_stats<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<presence::Stats, Unavailable>>;
 
     /// The broker's state for `/healthz`, if it has one beyond the
     /// process's.

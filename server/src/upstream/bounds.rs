@@ -103,6 +103,7 @@ fn size(event: &Event) -> usize {
         Event::Closed(c) => c.user.as_ref().map_or(0, String::len),
         Event::Interest(i) => i.topic.len(),
         Event::Recover(r) => r.topic.len(),
+        Event::Presence(c) => c.topic.len() + c.member.info.as_ref().map_or(0, |i| i.len()),
     }
 }
 

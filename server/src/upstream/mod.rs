@@ -16,13 +16,15 @@
 //! - Closed connections mark their waiting work dead (dropped, not done)
 //!   and feed the disconnect hook's batches.
 //! - Topic interest and history reads go straight to the broker's
-//!   [`crate::broker::Demand`], on the workers' threads.
+//!   [`crate::broker::Demand`], on the workers' threads; presence changes
+//!   and topic interest to the webhooks' queues ([`Webhooks`]).
 
 pub mod bounds;
 mod hooked;
 
 use crate::broker::{Broker, Demand, Message};
 use crate::hooks::Hooks;
+use crate::webhooks::Webhooks;
 use bounds::{Bounds, Limits, Ticket};
 use ringcast_engine::protocol::v1;
 use ringcast_engine::upstream::{Event, Origin, Publish, Sink, Upstream};
@@ -38,6 +40,7 @@ struct Channel {
     tx: mpsc::Sender<Work>,
     bounds: Arc<Bounds>,
     demand: Arc<dyn Demand>,
+    webhooks: Arc<Webhooks>,
     /// Whether the disconnect hook is on (else a Closed event only marks
     /// the connection's waiting work dead).
     disconnect: bool,
@@ -48,6 +51,11 @@ impl Sink for Channel {
         match event {
             Event::Interest(interest) => {
                 self.demand.update(&interest.topic, interest.held);
+                self.webhooks.interest(&interest.topic, interest.held);
+                Ok(())
+            }
+            Event::Presence(change) => {
+                self.webhooks.presence(&change);
                 Ok(())
             }
             Event::Recover(read) => {
@@ -81,11 +89,12 @@ impl Sink for Channel {
 
 /// A sink for [`ringcast_engine::Config::upstream`] within `limits`, the
 /// receiver the loop reads, and the bounds (for their metrics). Interest
-/// and reads go to `demand`; `disconnect` says whether the disconnect hook
-/// is on.
+/// and reads go to `demand`, presence changes and interest to `webhooks`
+/// too; `disconnect` says whether the disconnect hook is on.
 pub fn channel(
     limits: Limits,
     demand: Arc<dyn Demand>,
+    webhooks: Arc<Webhooks>,
     disconnect: bool,
 ) -> (Upstream, mpsc::Receiver<Work>, Arc<Bounds>) {
     let (tx, rx) = mpsc::channel(limits.events.max(1));
@@ -94,6 +103,7 @@ pub fn channel(
         tx,
         bounds: bounds.clone(),
         demand,
+        webhooks,
         disconnect,
     };
     (Upstream(Arc::new(sink)), rx, bounds)
@@ -183,7 +193,7 @@ pub async fn run(mut events: mpsc::Receiver<Work>, ctx: Context) {
                     let _ = tx.try_send(hooked::disconnect_event(&closed));
                 }
             }
-            other @ (Event::Interest(_) | Event::Recover(_)) => {
+            other @ (Event::Interest(_) | Event::Recover(_) | Event::Presence(_)) => {
                 tracing::error!(?other, "a broker event reached the upstream loop");
             }
         }

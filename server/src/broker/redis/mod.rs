@@ -394,6 +394,25 @@ impl super::Broker for Redis {
         Box::pin(self.read_history(topic, since, limit))
     }
 
+    // This node's members only, until presence is kept in Redis.
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ringcast_engine::presence::Page, Unavailable>> {
+        let page = self.handle.presence_page(topic, cursor, limit);
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn presence_stats<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<ringcast_engine::presence::Stats, Unavailable>> {
+        let stats = self.handle.presence_stats(topic);
+        Box::pin(async move { Ok(stats) })
+    }
+
     fn health(&self) -> Option<serde_json::Value> {
         Some(self.health_json())
     }
