@@ -97,6 +97,25 @@ test('the page shows who is in the chat: the list from presence, then joins and 
   }
 });
 
+test('over SSE the page gets joins and leaves too (join_leave=1), and is a member', async () => {
+  const watcher = await openPage('?topic=demo.who-sse&transports=sse');
+  let visitor;
+  try {
+    assert.equal(await watcher.evaluate(() => window.rc.transport), 'sse');
+    await watcher.waitForSelector('#presence-note:has-text("WebSocket")', { timeout: 10000 });
+    visitor = await openPage('?topic=demo.who-sse');
+    await until(async () => (await visitor.textContent('#count')) === '2', 10000, 'the SSE page listed');
+    await watcher.waitForSelector('#log li.note:has-text("joined")', { timeout: 10000 });
+    assert.equal(await watcher.evaluate(() => window.members.size), 1, 'the visitor, from its join');
+    await visitor.close();
+    await watcher.waitForSelector('#log li.note:has-text("left")', { timeout: 10000 });
+    assert.equal(await watcher.evaluate(() => window.members.size), 0);
+  } finally {
+    await watcher.close();
+    if (visitor && !visitor.isClosed()) await visitor.close();
+  }
+});
+
 test('after POST /rebalance?fraction=1 the page reconnects by itself and gets every message once, in order', async () => {
   const page = await openPage('?topic=demo.numbers');
   try {
