@@ -85,7 +85,7 @@ pub mod history {
 /// [`crate::Handle::presence_page`]), and their wire format.
 pub mod presence {
     pub use crate::hub::presence::{Change, Member, Page, Stats, MAX_ANSWER};
-    pub use crate::protocol::presence::{hook_event, page, stats, Who};
+    pub use crate::protocol::presence::{hook_event, member, page, stats, Who};
 }
 
 /// The io_uring setup the workers use, for clients (the bench's load

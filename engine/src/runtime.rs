@@ -478,6 +478,17 @@ impl Handle {
         self.hub.presence.page(topic, cursor, limit)
     }
 
+    /// This process's presence node id (the first part of its client
+    /// ids).
+    pub fn presence_node(&self) -> &str {
+        self.hub.presence.node()
+    }
+
+    /// Every presence membership of this node, as (topic, member).
+    pub fn presence_members(&self) -> Vec<(String, crate::presence::Member)> {
+        self.hub.presence.snapshot()
+    }
+
     /// This node's counts of `topic`'s members.
     pub fn presence_stats(&self, topic: &str) -> crate::presence::Stats {
         self.hub.presence.stats(topic)

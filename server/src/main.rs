@@ -195,12 +195,13 @@ fn run(
     let plan = broker::Plan::new(
         &serve.brokers,
         broker_access,
-        serve.bounds.broker(serve.max_message_size),
+        serve.bounds.broker(serve.max_message_size, &serve.presence),
         serve.bounds.interest(),
     );
     config.broker = plan.positions_from_outside();
     let (webhooks, webhook_senders) =
         webhooks::Webhooks::new(hooks.clone(), hooks_on.presence, hooks_on.channels);
+    let broker_webhooks = webhooks.clone();
     let (sink, events, bounds) = upstream::channel(
         serve.bounds.upstream(serve.max_message_size),
         plan.demand(),
@@ -235,7 +236,9 @@ fn run(
         .build()?;
     tokio.block_on(async move {
         reload_on_hangup(auth)?;
-        let broker = plan.start(handle.clone()).map_err(std::io::Error::other)?;
+        let broker = plan
+            .start(handle.clone(), broker_webhooks)
+            .map_err(std::io::Error::other)?;
         let upstream_context = upstream::Context {
             handle: handle.clone(),
             hooks: hooks.clone(),
@@ -257,6 +260,7 @@ fn run(
         }
         // One stable line on stdout for scripts and tests.
         println!("listening ws={ws_addr} api={api_addr}");
+        let departing = broker.clone();
         let state = Arc::new(api::State::new(
             handle.clone(),
             &serve,
@@ -292,6 +296,9 @@ fn run(
                 }
             }
         };
+        // Presence members this node still has in the broker (their
+        // leaves may still be queued) are removed at once.
+        let _ = tokio::time::timeout(serve.bounds.broker_timeout * 4, departing.depart()).await;
         let _ = stop_api.send(());
         let served = api.await.map_err(std::io::Error::other)?;
         tracing::info!("drained; exiting");

@@ -16,7 +16,7 @@ use crate::protocol::frame::{self, OpCode};
 use crate::protocol::presence::{self as wire, Who};
 use crate::protocol::{control, sse};
 use crate::topics::TopicId;
-use crate::upstream::{Event, Origin};
+use crate::upstream::{Event, Origin, PresenceChange, PresenceQuery};
 use bytes::Bytes;
 use std::collections::HashSet;
 
@@ -77,14 +77,13 @@ impl Connections {
                 handle.presence_event(&change, skip);
             }
         }
-        if self.broker {
-            self.send_to_broker(Event::Presence(change));
-        } else if self.presence_hook {
-            if let Some(upstream) = &self.duplex.settings.upstream {
-                // Best effort, like the disconnect hook: past the
-                // upstream bounds the event is dropped (and counted there).
-                let _ = upstream.send(Event::Presence(change));
-            }
+        if self.broker || self.presence_hook {
+            // Taken by the sink at once (never refused), see
+            // `send_to_broker`.
+            self.send_to_broker(Event::Presence(PresenceChange {
+                change,
+                joiner: skip,
+            }));
         }
     }
 
@@ -148,6 +147,28 @@ impl Connections {
             control::topic_error(topic, "presence is off for this topic")
         } else if self.held(slot, topic).is_none() {
             control::topic_error(topic, "forbidden")
+        } else if self.broker {
+            let conn = self.table.get_mut(slot).expect("live slot");
+            let origin = Origin {
+                worker: self.io.worker as u32,
+                slot,
+                gen: conn.gen,
+            };
+            let query = Event::PresenceQuery(PresenceQuery {
+                origin,
+                topic: topic.to_owned(),
+                stats,
+            });
+            match self
+                .duplex
+                .settings
+                .upstream
+                .as_ref()
+                .map(|u| u.send(query))
+            {
+                Some(Ok(())) => return, // answered by the server
+                _ => control::topic_error(topic, "server busy"),
+            }
         } else if stats {
             let s = presence.stats(topic);
             wire::stats_answer(topic, s.clients, s.users)

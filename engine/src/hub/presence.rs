@@ -144,6 +144,25 @@ impl Presence {
         change.members <= self.join_leave_max
     }
 
+    /// This process's node id: the first part of its client ids.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Every membership of this node, as (topic, member): what a broker
+    /// registers again after it lost them.
+    pub fn snapshot(&self) -> Vec<(String, Member)> {
+        let registry = self.lock();
+        let mut all = Vec::new();
+        for (topic, room) in &registry.rooms {
+            for key in &room.members {
+                let client = &registry.clients[key];
+                all.push((topic.to_string(), member(&self.node, client)));
+            }
+        }
+        all
+    }
+
     fn lock(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -333,7 +352,8 @@ mod tests {
         p.leave("room.2", key(1));
         let again = p.join("room.1", key(1), None, None).member.client;
         assert_ne!(a, again, "a new tenant of the slot is a new client");
-        assert!(a.starts_with(&p.node));
+        assert!(a.starts_with(p.node()));
+        assert_eq!(p.snapshot().len(), 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::{Broker, Demand, Message, Published, Reach, Unavailable};
 use futures_util::future::BoxFuture;
 use ringcast_engine::history::Page;
 use ringcast_engine::presence;
-use ringcast_engine::upstream::Recover;
+use ringcast_engine::upstream::{PresenceChange, Recover};
 use ringcast_engine::{Content, Handle};
 
 /// The node's own hub.
@@ -87,6 +87,11 @@ impl Broker for Local {
         Box::pin(async move { Ok(stats) })
     }
 
+    // The workers' closes removed every member.
+    fn depart(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     fn health(&self) -> Option<serde_json::Value> {
         None
     }
@@ -102,6 +107,9 @@ pub struct Nothing;
 
 impl Demand for Nothing {
     fn update(&self, _topic: &str, _held: bool) {}
+
+    // The workers pushed it themselves.
+    fn presence(&self, _change: PresenceChange) {}
 
     fn recover(&self, read: Recover) {
         tracing::error!(

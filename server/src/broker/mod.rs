@@ -23,7 +23,7 @@ pub use self::redis::{Access, InterestLimits, Settings};
 use futures_util::future::BoxFuture;
 use ringcast_engine::history::Page;
 use ringcast_engine::presence;
-use ringcast_engine::upstream::Recover;
+use ringcast_engine::upstream::{PresenceChange, Recover};
 use ringcast_engine::{Content, Handle, Sender};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -163,6 +163,11 @@ pub trait Broker: Send + Sync {
         topic: &'a str,
     ) -> BoxFuture<'a, Result<presence::Stats, Unavailable>>;
 
+    /// This node leaves (its drain is over): its presence members are
+    /// removed at once, with a leave each. Bounded by the broker's
+    /// timeouts.
+    fn depart(&self) -> BoxFuture<'_, ()>;
+
     /// The broker's state for `/healthz`, if it has one beyond the
     /// process's.
     fn health(&self) -> Option<serde_json::Value>;
@@ -181,6 +186,11 @@ pub trait Demand: Send + Sync {
     /// A resuming subscriber's history read, answered with
     /// `Handle::recovered`.
     fn recover(&self, read: Recover);
+
+    /// A presence join or leave of this node: registered where the
+    /// cluster's members are kept, and pushed to every node's `join_leave`
+    /// subscribers with `first` or `last` across the cluster.
+    fn presence(&self, change: PresenceChange);
 }
 
 /// The broker chosen by the flags, before the engine runs (the workers'
@@ -231,11 +241,16 @@ impl Plan {
         }
     }
 
-    /// Starts the broker over the engine `handle`.
+    /// Starts the broker over the engine `handle`; the leaves of members
+    /// of dead nodes it removes go to `webhooks`.
     ///
     /// # Errors
     /// A broker URL that does not parse.
-    pub fn start(self, handle: Handle) -> Result<Arc<dyn Broker>, String> {
+    pub fn start(
+        self,
+        handle: Handle,
+        webhooks: Arc<crate::webhooks::Webhooks>,
+    ) -> Result<Arc<dyn Broker>, String> {
         Ok(match self.0 {
             Kind::Local => Arc::new(local::Local::new(handle)),
             Kind::Redis {
@@ -243,7 +258,7 @@ impl Plan {
                 access,
                 settings,
                 interest,
-            } => redis::Redis::start(&urls, &access, settings, handle, interest)?,
+            } => redis::Redis::start(&urls, &access, settings, handle, interest, webhooks)?,
         })
     }
 }

@@ -27,7 +27,7 @@ use crate::hooks::Hooks;
 use crate::webhooks::Webhooks;
 use bounds::{Bounds, Limits, Ticket};
 use ringcast_engine::protocol::v1;
-use ringcast_engine::upstream::{Event, Origin, Publish, Sink, Upstream};
+use ringcast_engine::upstream::{Event, Origin, PresenceQuery, Publish, Sink, Upstream};
 use ringcast_engine::{Content, Handle, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -55,7 +55,8 @@ impl Sink for Channel {
                 Ok(())
             }
             Event::Presence(change) => {
-                self.webhooks.presence(&change);
+                self.webhooks.presence(&change.change);
+                self.demand.presence(change);
                 Ok(())
             }
             Event::Recover(read) => {
@@ -184,6 +185,9 @@ pub async fn run(mut events: mpsc::Receiver<Work>, ctx: Context) {
             Event::Rpc(rpc) => {
                 tokio::spawn(hooked::call_rpc(ctx.clone(), rpc, ticket));
             }
+            Event::PresenceQuery(query) => {
+                tokio::spawn(answer_presence(ctx.clone(), query, ticket));
+            }
             Event::Connect(connect) => {
                 tokio::spawn(hooked::call_connect(ctx.clone(), connect, ticket));
             }
@@ -198,6 +202,42 @@ pub async fn run(mut events: mpsc::Receiver<Work>, ctx: Context) {
             }
         }
     }
+}
+
+/// Answers a `ringcast.v1` `presence` or `presence_stats` op from the
+/// broker (across the cluster); `broker unavailable` when it cannot be
+/// read. Dropped when the connection closed meanwhile.
+async fn answer_presence(ctx: Arc<Context>, query: PresenceQuery, ticket: Ticket) {
+    use ringcast_engine::presence::{Who, MAX_ANSWER};
+    use ringcast_engine::protocol::{control, presence};
+    let topic = &query.topic;
+    let text = if query.stats {
+        match ctx.broker.presence_stats(topic).await {
+            Ok(s) => presence::stats_answer(topic, s.clients, s.users),
+            Err(_) => control::topic_error(topic, "broker unavailable"),
+        }
+    } else {
+        match ctx.broker.presence(topic, None, MAX_ANSWER).await {
+            Ok(page) => {
+                let members = page.members.iter().take(MAX_ANSWER).map(|m| Who {
+                    client: &m.client,
+                    user: m.user.as_deref(),
+                    info: m.info.as_deref(),
+                });
+                let truncated = page.next.is_some() || page.members.len() > MAX_ANSWER;
+                presence::answer(topic, members, truncated)
+            }
+            Err(_) => control::topic_error(topic, "broker unavailable"),
+        }
+    };
+    if !ctx.bounds.is_dead(query.origin) {
+        let frame = ringcast_engine::protocol::frame::encode(
+            ringcast_engine::OpCode::Text,
+            text.as_bytes(),
+        );
+        ctx.handle.reply(query.origin, frame);
+    }
+    drop(ticket);
 }
 
 impl Context {

@@ -30,6 +30,11 @@ pub struct Metrics {
     /// Commands that got no answer within `--broker-timeout`, and pings
     /// that failed: each marked its instance down and reconnected it.
     pub timeouts: IntCounter,
+    /// Presence changes of this node Redis did not take (queue full or
+    /// Redis down); the node registers its members again after each.
+    pub presence_dropped: IntCounter,
+    /// Members of dead nodes this node removed (each with its leave).
+    pub presence_reaped: IntCounter,
 }
 
 impl Metrics {
@@ -74,6 +79,14 @@ impl Metrics {
             "ringcast_broker_timeouts_total",
             "Broker commands or pings without an answer within --broker-timeout (each reconnects the instance)",
         );
+        let presence_dropped = counter(
+            "ringcast_broker_presence_dropped_total",
+            "Presence joins and leaves Redis did not take (queue full or Redis down); the node registers its members again",
+        );
+        let presence_reaped = counter(
+            "ringcast_broker_presence_reaped_total",
+            "Members of nodes that stopped refreshing their presence, removed by this node (a leave each)",
+        );
         let refused = IntCounterVec::new(
             Opts::new(
                 "ringcast_broker_refused_total",
@@ -102,7 +115,14 @@ impl Metrics {
         registry
             .register(Box::new(messages_refused.clone()))
             .expect("unique");
-        for c in [&received, &invalid, &resubscribed, &timeouts] {
+        for c in [
+            &received,
+            &invalid,
+            &resubscribed,
+            &timeouts,
+            &presence_dropped,
+            &presence_reaped,
+        ] {
             registry.register(Box::new(c.clone())).expect("unique");
         }
         registry
@@ -119,6 +139,8 @@ impl Metrics {
             refused,
             messages_refused,
             timeouts,
+            presence_dropped,
+            presence_reaped,
         }
     }
 

@@ -28,6 +28,7 @@
 mod interest;
 mod messages;
 mod metrics;
+mod presence;
 mod reads;
 pub mod script;
 mod shard;
@@ -60,6 +61,12 @@ pub struct Settings {
     pub queue: usize,
     /// Their message bytes at most (`--broker-queue-bytes`).
     pub queue_bytes: usize,
+    /// How long Redis keeps a node's presence members without a refresh
+    /// (`--presence-ttl`); refreshed every third of it.
+    pub presence_ttl: Duration,
+    /// `--presence-join-leave-max`: joins and leaves are published while
+    /// a topic has at most this many members.
+    pub presence_max: usize,
 }
 
 /// What the node needs to reach its brokers besides their URLs (no
@@ -77,6 +84,8 @@ pub struct Access {
 /// them.
 pub struct Redis {
     shards: Vec<Arc<shard::Shard>>,
+    /// Where the presence leaves of reaped nodes go.
+    webhooks: Arc<crate::webhooks::Webhooks>,
     handle: Handle,
     metrics: Arc<metrics::Metrics>,
     interest: Arc<Interest>,
@@ -113,6 +122,7 @@ impl Redis {
         settings: Settings,
         handle: Handle,
         interest: Arc<Interest>,
+        webhooks: Arc<crate::webhooks::Webhooks>,
     ) -> Result<Arc<Self>, String> {
         if urls.iter().any(|u| u.starts_with("rediss://")) {
             // rustls needs one process-wide crypto provider; a second call
@@ -129,6 +139,7 @@ impl Redis {
         interest.set_handle(handle.clone());
         let broker = Arc::new(Self {
             shards,
+            webhooks,
             handle,
             metrics,
             interest,
@@ -142,6 +153,12 @@ impl Redis {
                 .ok_or("the broker was started twice")?;
             tokio::spawn(shard::run(broker.clone(), shard.clone(), reads));
         }
+        let changes = broker
+            .interest
+            .presence
+            .take()
+            .ok_or("the broker was started twice")?;
+        tokio::spawn(presence::run(broker.clone(), changes));
         Ok(broker)
     }
 
@@ -394,23 +411,24 @@ impl super::Broker for Redis {
         Box::pin(self.read_history(topic, since, limit))
     }
 
-    // This node's members only, until presence is kept in Redis.
     fn presence<'a>(
         &'a self,
         topic: &'a str,
         cursor: Option<u64>,
         limit: usize,
     ) -> BoxFuture<'a, Result<ringcast_engine::presence::Page, Unavailable>> {
-        let page = self.handle.presence_page(topic, cursor, limit);
-        Box::pin(async move { Ok(page) })
+        Box::pin(self.read_presence(topic, cursor, limit))
     }
 
     fn presence_stats<'a>(
         &'a self,
         topic: &'a str,
     ) -> BoxFuture<'a, Result<ringcast_engine::presence::Stats, Unavailable>> {
-        let stats = self.handle.presence_stats(topic);
-        Box::pin(async move { Ok(stats) })
+        Box::pin(self.read_presence_stats(topic))
+    }
+
+    fn depart(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.presence_depart())
     }
 
     fn health(&self) -> Option<serde_json::Value> {
