@@ -97,33 +97,42 @@ impl Webhooks {
     }
 
     /// A worker's topic got its first subscriber (`held`) or lost its
-    /// last: the topic is occupied when its first worker holds it, and
-    /// vacated when its last lets go.
-    pub fn interest(&self, topic: &str, held: bool) {
-        let Some(queue) = &self.channels else {
-            return;
-        };
-        let edge = {
-            let mut occupied = self.occupied.lock().unwrap_or_else(|p| p.into_inner());
-            if held {
-                let n = occupied.entry(topic.to_owned()).or_insert(0);
-                *n += 1;
-                (*n == 1).then_some("occupied")
-            } else {
-                match occupied.get_mut(topic) {
-                    Some(n) if *n > 1 => {
-                        *n -= 1;
-                        None
-                    }
-                    Some(_) => {
-                        occupied.remove(topic);
-                        Some("vacated")
-                    }
-                    None => None,
+    /// last. Returns, while the channels hook is on, `Some(true)` when
+    /// that made the topic occupied on this node (its first worker) and
+    /// `Some(false)` when vacated (its last): the event to send, alone, or
+    /// for the broker to judge across the cluster.
+    pub fn node_edge(&self, topic: &str, held: bool) -> Option<bool> {
+        self.channels.as_ref()?;
+        let mut occupied = self.occupied.lock().unwrap_or_else(|p| p.into_inner());
+        if held {
+            let n = occupied.entry(topic.to_owned()).or_insert(0);
+            *n += 1;
+            (*n == 1).then_some(true)
+        } else {
+            match occupied.get_mut(topic) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    None
                 }
+                Some(_) => {
+                    occupied.remove(topic);
+                    Some(false)
+                }
+                None => None,
             }
-        };
-        if let Some(event) = edge {
+        }
+    }
+
+    /// The topics this node holds, while the channels hook is on.
+    pub fn held_topics(&self) -> Vec<String> {
+        let occupied = self.occupied.lock().unwrap_or_else(|p| p.into_inner());
+        occupied.keys().cloned().collect()
+    }
+
+    /// Sends `occupied` (else `vacated`) for `topic`.
+    pub fn channel(&self, topic: &str, occupied: bool) {
+        if let Some(queue) = &self.channels {
+            let event = if occupied { "occupied" } else { "vacated" };
             self.send(queue, json!({ "event": event, "topic": topic }));
         }
     }

@@ -111,6 +111,11 @@ impl Demand for Nothing {
     // The workers pushed it themselves.
     fn presence(&self, _change: PresenceChange) {}
 
+    // One node: its edge is the cluster's.
+    fn channel(&self, _topic: &str, _occupied: bool) -> bool {
+        false
+    }
+
     fn recover(&self, read: Recover) {
         tracing::error!(
             topic = read.topic,

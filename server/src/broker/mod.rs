@@ -191,6 +191,12 @@ pub trait Demand: Send + Sync {
     /// cluster's members are kept, and pushed to every node's `join_leave`
     /// subscribers with `first` or `last` across the cluster.
     fn presence(&self, change: PresenceChange);
+
+    /// A topic got its first subscriber on this node (`occupied`) or lost
+    /// its last, for the channels webhook. Returns whether the broker
+    /// takes it (to fire once across the cluster); if not, the node's
+    /// edge is the event.
+    fn channel(&self, topic: &str, occupied: bool) -> bool;
 }
 
 /// The broker chosen by the flags, before the engine runs (the workers'

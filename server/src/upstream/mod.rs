@@ -51,7 +51,12 @@ impl Sink for Channel {
         match event {
             Event::Interest(interest) => {
                 self.demand.update(&interest.topic, interest.held);
-                self.webhooks.interest(&interest.topic, interest.held);
+                let topic = &interest.topic;
+                if let Some(occupied) = self.webhooks.node_edge(topic, interest.held) {
+                    if !self.demand.channel(topic, occupied) {
+                        self.webhooks.channel(topic, occupied);
+                    }
+                }
                 Ok(())
             }
             Event::Presence(change) => {

@@ -180,9 +180,22 @@ impl crate::broker::Demand for Interest {
     /// Queues a presence change for Redis; one that does not fit is
     /// counted, and the node registers its members again later.
     fn presence(&self, change: PresenceChange) {
-        if !self.presence.push(change) {
+        if !self.presence.push(super::presence::Work::Change(change)) {
             self.metrics.presence_dropped.inc();
         }
+    }
+
+    /// Queued with the presence changes, in order; one that does not fit
+    /// is counted (its event is lost).
+    fn channel(&self, topic: &str, occupied: bool) -> bool {
+        let work = super::presence::Work::Channel {
+            topic: topic.to_owned(),
+            occupied,
+        };
+        if !self.presence.push(work) {
+            self.metrics.presence_dropped.inc();
+        }
+        true
     }
 
     /// Queues a history read for its shard; one that does not fit is

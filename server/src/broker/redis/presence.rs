@@ -7,7 +7,11 @@
 //! - `ringcast:presence-node:NODE`: set of `TOPIC\nCLIENT`, the node's
 //!   memberships on this instance (what a dead node leaves behind);
 //! - `ringcast:presence-nodes`: sorted set node → the time (ms, Redis's
-//!   clock) its memberships expire unless it refreshes them.
+//!   clock) its memberships expire unless it refreshes them;
+//! - with `--hooks channels`, `ringcast:channel:TOPIC`: set of the nodes
+//!   with subscribers of TOPIC, and `ringcast:channel-node:NODE`: the
+//!   node's topics, so that `occupied` and `vacated` fire once per
+//!   cluster (a dead node's topics are let go of when it is reaped).
 //!
 //! A node's changes run one at a time, in the order its workers made
 //! them, each as one script that updates the keys, computes `first` or
@@ -53,6 +57,14 @@ fn members_key(topic: &str) -> String {
 
 fn users_key(topic: &str) -> String {
     format!("ringcast:presence-users:{topic}")
+}
+
+fn channel_key(topic: &str) -> String {
+    format!("ringcast:channel:{topic}")
+}
+
+fn channel_node_key(node: &str) -> String {
+    format!("ringcast:channel-node:{node}")
 }
 
 fn node_key(node: &str) -> String {
@@ -121,6 +133,21 @@ fn leave_script() -> String {
     )
 }
 
+/// Node `ARGV[1]` holds topic `ARGV[2]` (`ARGV[3]` = "1") or let go of
+/// it: returns 1 when that makes the topic occupied across the cluster
+/// (its first node) or vacated (its last), else 0. KEYS: the topic's
+/// node set, the node's topic set.
+const CHANNEL: &str = r#"
+if ARGV[3] == '1' then
+  if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+  redis.call('SADD', KEYS[2], ARGV[2])
+  return redis.call('SCARD', KEYS[1]) == 1 and 1 or 0
+end
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[2])
+return redis.call('SCARD', KEYS[1]) == 0 and 1 or 0
+"#;
+
 /// Pushes node `ARGV[1]`'s expiry to Redis's now + `ARGV[2]` ms and
 /// lists the nodes whose expiry passed. Returns `{added, now, dead…}`
 /// (`added` 1: the node was not registered, e.g. it was reaped).
@@ -139,8 +166,10 @@ return out
 /// Reaps node `ARGV[1]` if its expiry is before `ARGV[2]` (or at once
 /// with `ARGV[4]` = "1": the node itself leaving): the one caller whose
 /// `ZREM` takes it removes each of its members (`REMOVE`, `max`
-/// `ARGV[3]`). Returns `{topic, member json, edge, members, …}`.
-/// KEYS: the nodes' sorted set, the node's set.
+/// `ARGV[3]`), and lets go of its topics (the channels webhook). Returns
+/// `{topic, member json, edge, members, …}`, with `{topic, "", 0, 0}`
+/// for each topic that became vacated. KEYS: the nodes' sorted set, the
+/// node's set.
 fn reap_script() -> String {
     format!(
         r#"{REMOVE}
@@ -163,6 +192,17 @@ for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 redis.call('DEL', KEYS[2])
+local topics = 'ringcast:channel-node:' .. ARGV[1]
+for _, topic in ipairs(redis.call('SMEMBERS', topics)) do
+  local nodes = 'ringcast:channel:' .. topic
+  if redis.call('SREM', nodes, ARGV[1]) == 1 and redis.call('SCARD', nodes) == 0 then
+    table.insert(out, topic)
+    table.insert(out, '')
+    table.insert(out, 0)
+    table.insert(out, 0)
+  end
+end
+redis.call('DEL', topics)
 return out
 "#
     )
@@ -172,13 +212,28 @@ static JOIN_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::ne
 static LEAVE_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&leave_script()));
 static REAP_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&reap_script()));
+static CHANNEL_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CHANNEL));
 static REFRESH_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REFRESH));
+
+/// What the node hands its presence task, in order.
+pub enum Work {
+    /// A member of this node joined or left.
+    Change(PresenceChange),
+    /// A topic got its first subscriber on this node (`occupied`) or
+    /// lost its last (the channels webhook, once per cluster).
+    Channel {
+        /// The topic.
+        topic: String,
+        /// First subscriber (else last gone).
+        occupied: bool,
+    },
+}
 
 /// The node's presence changes on their way to Redis, and whether the
 /// node must register its members again.
 pub struct Queue {
-    tx: mpsc::Sender<PresenceChange>,
-    rx: Mutex<Option<mpsc::Receiver<PresenceChange>>>,
+    tx: mpsc::Sender<Work>,
+    rx: Mutex<Option<mpsc::Receiver<Work>>>,
     /// Set when a change was dropped or an instance came back: the next
     /// refresh registers the node's members again.
     resync: AtomicBool,
@@ -198,8 +253,8 @@ impl Default for Queue {
 impl Queue {
     /// Queues a change of this node (never blocks); a full queue drops it
     /// and asks for a resync.
-    pub fn push(&self, change: PresenceChange) -> bool {
-        let taken = self.tx.try_send(change).is_ok();
+    pub fn push(&self, work: Work) -> bool {
+        let taken = self.tx.try_send(work).is_ok();
         if !taken {
             self.resync.store(true, Ordering::Release);
         }
@@ -212,7 +267,7 @@ impl Queue {
         self.resync.store(true, Ordering::Release);
     }
 
-    pub(super) fn take(&self) -> Option<mpsc::Receiver<PresenceChange>> {
+    pub(super) fn take(&self) -> Option<mpsc::Receiver<Work>> {
         self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -362,6 +417,27 @@ impl Redis {
         Ok(())
     }
 
+    /// Records that this node holds `topic` (`occupied`) or let go of it;
+    /// the node that made it occupied or vacated across the cluster sends
+    /// the channels webhook's event.
+    async fn apply_channel(&self, topic: &str, occupied: bool) -> Result<(), Unavailable> {
+        let shard = self.shard_of(topic);
+        let mut conn = self.connection(shard)?;
+        let node = self.handle.presence_node();
+        let mut invocation = CHANNEL_SCRIPT.prepare_invoke();
+        invocation
+            .key(channel_key(topic))
+            .key(channel_node_key(node))
+            .arg(node)
+            .arg(topic)
+            .arg(if occupied { "1" } else { "0" });
+        let edge: i64 = self.run(shard, invocation.invoke_async(&mut conn)).await?;
+        if edge == 1 {
+            self.webhooks.channel(topic, occupied);
+        }
+        Ok(())
+    }
+
     /// Pushes this node's expiry forward on `shard`, registers its members
     /// again when asked to (or when it found itself gone), and reaps the
     /// nodes that stopped refreshing, each leave handed to the webhook.
@@ -420,7 +496,14 @@ impl Redis {
             else {
                 continue;
             };
-            let (Ok(topic), Some(member)) = (std::str::from_utf8(topic), member(json)) else {
+            let Ok(topic) = std::str::from_utf8(topic) else {
+                continue;
+            };
+            if json.is_empty() {
+                self.webhooks.channel(topic, false);
+                continue;
+            }
+            let Some(member) = member(json) else {
                 continue;
             };
             reaped += 1;
@@ -447,7 +530,8 @@ impl Redis {
     /// Makes `shard`'s record of this node's members what its workers
     /// hold: registers the missing ones (no join is published: the
     /// cluster knew them before), removes the extra ones (each with its
-    /// leave).
+    /// leave); and records the topics it holds (for the channels
+    /// webhook), without an event.
     async fn register_again(&self, shard: &Arc<Shard>, node: &str) -> Result<(), Unavailable> {
         let mut conn = self.connection(shard)?;
         let mut smembers = redis::cmd("SMEMBERS");
@@ -465,6 +549,17 @@ impl Redis {
             let invocation = join_invocation(&topic, &member, node, max, None, false);
             let _: (i64, i64) = self.run(shard, invocation.invoke_async(&mut conn)).await?;
         }
+        let mut pipe = redis::pipe();
+        for topic in self.webhooks.held_topics() {
+            if std::ptr::eq(self.shard_of(&topic).as_ref(), shard.as_ref()) {
+                pipe.cmd("SADD").arg(channel_key(&topic)).arg(node).ignore();
+                pipe.cmd("SADD")
+                    .arg(channel_node_key(node))
+                    .arg(topic)
+                    .ignore();
+            }
+        }
+        let _: () = self.run(shard, pipe.query_async(&mut conn)).await?;
         for entry in stored {
             let Some((topic, client)) = entry.split_once('\n') else {
                 continue;
@@ -545,15 +640,19 @@ fn join_invocation(
 
 /// The presence task: applies the node's changes in order, and refreshes
 /// every `--presence-ttl`/3 (registering the members again after a loss).
-pub(super) async fn run(broker: Arc<Redis>, mut changes: mpsc::Receiver<PresenceChange>) {
+pub(super) async fn run(broker: Arc<Redis>, mut changes: mpsc::Receiver<Work>) {
     let every = broker.settings.presence_ttl / 3;
     let mut refresh = tokio::time::interval(every);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            change = changes.recv() => {
-                let Some(change) = change else { return };
-                if broker.apply_change(&change).await.is_err() {
+            work = changes.recv() => {
+                let Some(work) = work else { return };
+                let applied = match &work {
+                    Work::Change(change) => broker.apply_change(change).await,
+                    Work::Channel { topic, occupied } => broker.apply_channel(topic, *occupied).await,
+                };
+                if applied.is_err() {
                     broker.metrics.presence_dropped.inc();
                     broker.interest.presence.resync();
                 }
