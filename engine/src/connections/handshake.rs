@@ -424,7 +424,7 @@ impl Connections {
             origin,
             hook: _,
         } = accepted;
-        conn.peer = peer;
+        self.io.admitted(slot, peer);
         if let Some(identity) = identity {
             conn.expires = self.io.expiry_tick(identity.expires);
             conn.session = self
