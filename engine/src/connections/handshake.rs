@@ -443,7 +443,12 @@ impl Connections {
         conn.enter(Phase::Open, self.io.wheel.now());
         let at =
             (conn.phase_since + self.io.limits.ping.min(self.io.limits.idle)).min(conn.expires);
-        self.io.schedule(conn, slot, at);
+        // The handshake's entry, if due first, stays the live one: it fires
+        // in the open phase and the transport schedules what is due next.
+        // One entry per connection instead of two until it fires.
+        if at < conn.timer_at {
+            self.io.schedule(conn, slot, at);
+        }
         self.io.mark_flush(conn, slot);
         let opening = Opening {
             topics,
