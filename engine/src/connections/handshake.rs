@@ -437,7 +437,7 @@ impl Connections {
             origin,
             hook: _,
         } = accepted;
-        conn.peer = peer;
+        self.io.admitted(slot, peer);
         if let Some(identity) = identity {
             conn.expires = self.io.expiry_tick(identity.expires);
             conn.session = self
@@ -456,7 +456,12 @@ impl Connections {
         conn.enter(Phase::Open, self.io.wheel.now());
         let at =
             (conn.phase_since + self.io.limits.ping.min(self.io.limits.idle)).min(conn.expires);
-        self.io.schedule(conn, slot, at);
+        // The handshake's entry, if due first, stays the live one: it fires
+        // in the open phase and the transport schedules what is due next.
+        // One entry per connection instead of two until it fires.
+        if at < conn.timer_at {
+            self.io.schedule(conn, slot, at);
+        }
         self.io.mark_flush(conn, slot);
         let opening = Opening {
             topics,

@@ -62,8 +62,6 @@ pub struct Connections {
     /// Ring-facing lists, timers, send-queue pool and counters.
     pub io: Io,
     next_gen: u32,
-    /// Sequence number of the last publish (see `Conn::last_delivery`).
-    delivery: u64,
     actions: Vec<Action>,
     due: Vec<(Entry, Tick)>,
     spread: Option<Spread>,
@@ -122,7 +120,6 @@ impl Connections {
             sessions: Sessions::default(),
             io: Io::new(config, stats, worker, admission.clone()),
             next_gen: 0,
-            delivery: 0,
             actions: Vec::new(),
             due: Vec::new(),
             spread: None,
@@ -269,7 +266,7 @@ impl Connections {
             WorkerStats::sub(&self.io.stats().compressed_connections, 1);
         }
         if admitted {
-            self.io.admission.closed(conn.peer);
+            self.io.admission_closed(slot);
         } else {
             self.io.end_handshake(slot);
         }
