@@ -192,16 +192,16 @@ fn run(
     };
     let hooks_on = config.hooks;
     let auth = config.auth.clone();
+    let (webhooks, webhook_senders) =
+        webhooks::Webhooks::new(hooks.clone(), hooks_on.presence, hooks_on.channels);
     let plan = broker::Plan::new(
         &serve.brokers,
         broker_access,
         serve.bounds.broker(serve.max_message_size, &serve.presence),
         serve.bounds.interest(),
+        webhooks.clone(),
     );
     config.broker = plan.positions_from_outside();
-    let (webhooks, webhook_senders) =
-        webhooks::Webhooks::new(hooks.clone(), hooks_on.presence, hooks_on.channels);
-    let broker_webhooks = webhooks.clone();
     let (sink, events, bounds) = upstream::channel(
         serve.bounds.upstream(serve.max_message_size),
         plan.demand(),
@@ -236,9 +236,7 @@ fn run(
         .build()?;
     tokio.block_on(async move {
         reload_on_hangup(auth)?;
-        let broker = plan
-            .start(handle.clone(), broker_webhooks)
-            .map_err(std::io::Error::other)?;
+        let broker = plan.start(handle.clone()).map_err(std::io::Error::other)?;
         let upstream_context = upstream::Context {
             handle: handle.clone(),
             hooks: hooks.clone(),

@@ -13,14 +13,14 @@
 //!   or last connection on the topic; an anonymous member's are always
 //!   true.
 //!
-//! Memory (measured in the README): per member, one entry of its room's
-//! member set (the connection's key, 8 bytes plus the table's overhead);
-//! per connection that is a member anywhere, one client record (its
-//! sequence number, room count, user and info); per distinct user of a
-//! room, one count.
+//! Memory (measured in the README): per member, 16 bytes in its room
+//! (sequence and connection key; a B-tree past 32 members); per
+//! connection that is a member anywhere, one 32-byte client record (its
+//! sequence number, room count, and its user and info in one
+//! allocation); per distinct user of a room, one count.
 
 use crate::session::permissions::Pattern;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Most members one `ringcast.v1` `presence` answer lists; past it the
@@ -107,19 +107,132 @@ struct Registry {
     next_seq: u64,
 }
 
-/// One connection that is a member of at least one topic.
+/// [`Client::user_len`] of a member without a user.
+const NO_USER: u32 = u32::MAX;
+
+/// One connection that is a member of at least one topic (32 bytes).
 struct Client {
     seq: u64,
     rooms: u32,
-    user: Option<Arc<str>>,
-    info: Option<Arc<str>>,
+    /// Length of the user id at the start of `who`, or [`NO_USER`].
+    user_len: u32,
+    /// The user id then the `info` JSON, in one allocation; `None` when
+    /// both are absent.
+    who: Option<Arc<str>>,
 }
 
-#[derive(Default)]
+impl Client {
+    fn new(seq: u64, user: Option<&str>, info: Option<&str>) -> Self {
+        let text = [user.unwrap_or(""), info.unwrap_or("")].concat();
+        Self {
+            seq,
+            rooms: 0,
+            user_len: user.map_or(NO_USER, |u| u.len() as u32),
+            who: (!text.is_empty() || user.is_some()).then(|| text.into()),
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        let who = self.who.as_deref()?;
+        (self.user_len != NO_USER).then(|| &who[..self.user_len as usize])
+    }
+
+    fn info(&self) -> Option<&str> {
+        let who = self.who.as_deref()?;
+        let at = if self.user_len == NO_USER {
+            0
+        } else {
+            self.user_len as usize
+        };
+        (who.len() > at).then(|| &who[at..])
+    }
+}
+
+/// Rooms up to this many members keep them in a sorted vector.
+const SMALL: usize = 32;
+
+/// A room's members, (client sequence, connection key), in sequence order:
+/// a sorted vector while small (16 bytes a member, one allocation), a
+/// B-tree past [`SMALL`] (a page costs its own size, not the room's).
+enum Members {
+    Small(Vec<(u64, u64)>),
+    Large(BTreeMap<u64, u64>),
+}
+
+impl Members {
+    fn len(&self) -> usize {
+        match self {
+            Members::Small(v) => v.len(),
+            Members::Large(m) => m.len(),
+        }
+    }
+
+    /// Adds `seq`; false when it was there.
+    fn insert(&mut self, seq: u64, key: u64) -> bool {
+        match self {
+            Members::Small(v) => match v.binary_search_by_key(&seq, |&(s, _)| s) {
+                Ok(_) => false,
+                Err(at) if v.len() < SMALL => {
+                    v.insert(at, (seq, key));
+                    true
+                }
+                Err(_) => {
+                    let mut m: BTreeMap<u64, u64> = v.drain(..).collect();
+                    m.insert(seq, key);
+                    *self = Members::Large(m);
+                    true
+                }
+            },
+            Members::Large(m) => m.insert(seq, key).is_none(),
+        }
+    }
+
+    /// Removes `seq`; false when it was not there.
+    fn remove(&mut self, seq: u64) -> bool {
+        match self {
+            Members::Small(v) => match v.binary_search_by_key(&seq, |&(s, _)| s) {
+                Ok(at) => {
+                    v.remove(at);
+                    true
+                }
+                Err(_) => false,
+            },
+            Members::Large(m) => m.remove(&seq).is_some(),
+        }
+    }
+
+    /// The connection keys of the members after `after`, in order.
+    fn after(&self, after: u64) -> Box<dyn Iterator<Item = u64> + '_> {
+        match self {
+            Members::Small(v) => {
+                let at = v.partition_point(|&(s, _)| s <= after);
+                Box::new(v[at..].iter().map(|&(_, k)| k))
+            }
+            Members::Large(m) => Box::new(m.range(after + 1..).map(|(_, &k)| k)),
+        }
+    }
+}
+
 struct Room {
-    members: HashSet<u64>,
+    members: Members,
     /// Connections per user (non-null users only).
-    users: HashMap<Arc<str>, u32>,
+    users: HashMap<Box<str>, u32>,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Self {
+            members: Members::Small(Vec::new()),
+            users: HashMap::new(),
+        }
+    }
+}
+
+/// Gives back the spare capacity of a map that emptied to a quarter.
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
 }
 
 impl Presence {
@@ -155,8 +268,8 @@ impl Presence {
         let registry = self.lock();
         let mut all = Vec::new();
         for (topic, room) in &registry.rooms {
-            for key in &room.members {
-                let client = &registry.clients[key];
+            for key in room.members.after(0) {
+                let client = &registry.clients[&key];
                 all.push((topic.to_string(), member(&self.node, client)));
             }
         }
@@ -178,19 +291,17 @@ impl Presence {
         let seq = &mut registry.next_seq;
         let client = registry.clients.entry(key.packed()).or_insert_with(|| {
             *seq += 1;
-            Client {
-                seq: *seq,
-                rooms: 0,
-                user: user.map(Into::into),
-                info: info.map(Into::into),
-            }
+            Client::new(*seq, user, info)
         });
         client.rooms += 1;
         let room = registry.rooms.entry(topic.into()).or_default();
-        assert!(room.members.insert(key.packed()), "joined {topic} twice");
-        let edge = match &client.user {
+        assert!(
+            room.members.insert(client.seq, key.packed()),
+            "joined {topic} twice"
+        );
+        let edge = match client.user() {
             Some(user) => {
-                let n = room.users.entry(user.clone()).or_insert(0);
+                let n = room.users.entry(user.into()).or_insert(0);
                 *n += 1;
                 *n == 1
             }
@@ -209,16 +320,13 @@ impl Presence {
     pub fn leave(&self, topic: &str, key: Key) -> Option<Change> {
         let mut guard = self.lock();
         let registry = &mut *guard;
+        let client = registry.clients.get_mut(&key.packed())?;
         let room = registry.rooms.get_mut(topic)?;
-        if !room.members.remove(&key.packed()) {
+        if !room.members.remove(client.seq) {
             return None;
         }
         let members = room.members.len() + 1;
-        let client = registry
-            .clients
-            .get_mut(&key.packed())
-            .expect("a member has a client record");
-        let edge = match &client.user {
+        let edge = match client.user() {
             Some(user) => {
                 let n = room
                     .users
@@ -228,13 +336,15 @@ impl Presence {
                 let last = *n == 0;
                 if last {
                     room.users.remove(user);
+                    shrink(&mut room.users);
                 }
                 last
             }
             None => true,
         };
-        if room.members.is_empty() {
+        if room.members.len() == 0 {
             registry.rooms.remove(topic);
+            shrink(&mut registry.rooms);
         }
         let change = Change {
             topic: topic.into(),
@@ -246,6 +356,7 @@ impl Presence {
         client.rooms -= 1;
         if client.rooms == 0 {
             registry.clients.remove(&key.packed());
+            shrink(&mut registry.clients);
         }
         Some(change)
     }
@@ -263,25 +374,20 @@ impl Presence {
     }
 
     /// Up to `limit` members of `topic` whose sequence comes after
-    /// `cursor` (a previous page's `next`), in sequence order.
+    /// `cursor` (a previous page's `next`), in sequence order. Costs the
+    /// page's size, not the room's.
     pub fn page(&self, topic: &str, cursor: Option<u64>, limit: usize) -> Page {
         let registry = self.lock();
         let Some(room) = registry.rooms.get(topic) else {
             return Page::default();
         };
-        let after = cursor.unwrap_or(0);
-        let mut clients: Vec<&Client> = room
-            .members
-            .iter()
-            .map(|k| &registry.clients[k])
-            .filter(|c| c.seq > after)
+        let mut keys = room.members.after(cursor.unwrap_or(0));
+        let clients: Vec<&Client> = keys
+            .by_ref()
+            .take(limit)
+            .map(|k| &registry.clients[&k])
             .collect();
-        let more = clients.len() > limit;
-        if more {
-            clients.select_nth_unstable_by_key(limit, |c| c.seq);
-            clients.truncate(limit);
-        }
-        clients.sort_unstable_by_key(|c| c.seq);
+        let more = keys.next().is_some();
         Page {
             next: more
                 .then(|| clients.last().map(|c| c.seq.to_string()))
@@ -294,8 +400,8 @@ impl Presence {
 fn member(node: &str, client: &Client) -> Member {
     Member {
         client: format!("{node}.{}", client.seq),
-        user: client.user.clone(),
-        info: client.info.clone(),
+        user: client.user().map(Into::into),
+        info: client.info().map(Into::into),
     }
 }
 
@@ -357,11 +463,29 @@ mod tests {
     }
 
     #[test]
+    fn a_client_keeps_user_and_info_apart_in_one_allocation() {
+        let c = Client::new(1, Some("42"), Some("{}"));
+        assert_eq!((c.user(), c.info()), (Some("42"), Some("{}")));
+        let c = Client::new(1, None, Some("{}"));
+        assert_eq!((c.user(), c.info()), (None, Some("{}")));
+        let c = Client::new(1, Some("42"), None);
+        assert_eq!((c.user(), c.info()), (Some("42"), None));
+        let c = Client::new(1, None, None);
+        assert!(c.who.is_none() && c.user().is_none() && c.info().is_none());
+        assert_eq!(std::mem::size_of::<Client>(), 32);
+    }
+
+    #[test]
     fn pages_follow_the_cursor_in_order() {
         let p = presence();
-        for slot in 0..25 {
+        // Past the small room's 32, with sequences out of join order.
+        for slot in 0..40 {
+            p.join("room.2", key(slot), None, None);
+        }
+        for slot in (0..40).rev() {
             p.join("room.1", key(slot), None, None);
         }
+        p.leave("room.1", key(7));
         let mut seen = Vec::new();
         let mut cursor = None;
         loop {
@@ -372,7 +496,7 @@ mod tests {
                 None => break,
             }
         }
-        assert_eq!(seen.len(), 25);
+        assert_eq!(seen.len(), 39);
         let seqs: Vec<u64> = seen
             .iter()
             .map(|c| c.rsplit('.').next().unwrap().parse().unwrap())

@@ -3,11 +3,13 @@
 //! fans each message out to the workers; nothing waits on I/O.
 
 use super::{Broker, Demand, Message, Published, Reach, Unavailable};
+use crate::webhooks::Webhooks;
 use futures_util::future::BoxFuture;
 use ringcast_engine::history::Page;
 use ringcast_engine::presence;
 use ringcast_engine::upstream::{PresenceChange, Recover};
 use ringcast_engine::{Content, Handle};
+use std::sync::Arc;
 
 /// The node's own hub.
 pub struct Local {
@@ -101,19 +103,19 @@ impl Broker for Local {
     }
 }
 
-/// The local broker's [`Demand`]: the workers resolve interest and reads
-/// themselves (the engine's `Config::broker` is off), so nothing comes.
-pub struct Nothing;
+/// The local broker's [`Demand`]: the workers resolve interest, reads and
+/// presence themselves (the engine's `Config::broker` is off); the
+/// node's channel edges are the cluster's, sent straight to the webhook.
+pub struct Direct(pub Arc<Webhooks>);
 
-impl Demand for Nothing {
+impl Demand for Direct {
     fn update(&self, _topic: &str, _held: bool) {}
 
     // The workers pushed it themselves.
     fn presence(&self, _change: PresenceChange) {}
 
-    // One node: its edge is the cluster's.
-    fn channel(&self, _topic: &str, _occupied: bool) -> bool {
-        false
+    fn channel(&self, topic: &str, occupied: bool) {
+        self.0.channel(topic, occupied);
     }
 
     fn recover(&self, read: Recover) {

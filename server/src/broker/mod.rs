@@ -20,6 +20,7 @@ pub mod redis;
 
 pub use self::redis::{Access, InterestLimits, Settings};
 
+use crate::webhooks::Webhooks;
 use futures_util::future::BoxFuture;
 use ringcast_engine::history::Page;
 use ringcast_engine::presence;
@@ -193,15 +194,15 @@ pub trait Demand: Send + Sync {
     fn presence(&self, change: PresenceChange);
 
     /// A topic got its first subscriber on this node (`occupied`) or lost
-    /// its last, for the channels webhook. Returns whether the broker
-    /// takes it (to fire once across the cluster); if not, the node's
-    /// edge is the event.
-    fn channel(&self, topic: &str, occupied: bool) -> bool;
+    /// its last, for the channels webhook: sent once the broker judged it
+    /// the cluster's first or last.
+    fn channel(&self, topic: &str, occupied: bool);
 }
 
 /// The broker chosen by the flags, before the engine runs (the workers'
-/// sink needs its [`Demand`]); [`Plan::start`] makes the [`Broker`].
-pub struct Plan(Kind);
+/// sink needs its [`Demand`]); [`Plan::start`] makes the [`Broker`]. The
+/// webhooks get the events the broker judges (channels, reaped members).
+pub struct Plan(Kind, Arc<Webhooks>);
 
 enum Kind {
     Local,
@@ -220,16 +221,18 @@ impl Plan {
         access: Access,
         settings: Settings,
         limits: InterestLimits,
+        webhooks: Arc<Webhooks>,
     ) -> Self {
         if urls.is_empty() {
-            return Plan(Kind::Local);
+            return Plan(Kind::Local, webhooks);
         }
-        Plan(Kind::Redis {
+        let kind = Kind::Redis {
             urls: urls.to_vec(),
             access,
             settings,
             interest: redis::Interest::new(urls.len(), limits),
-        })
+        };
+        Plan(kind, webhooks)
     }
 
     /// Whether positions come from outside the node, so that the workers
@@ -242,21 +245,17 @@ impl Plan {
     /// Where the workers' interest and reads go.
     pub fn demand(&self) -> Arc<dyn Demand> {
         match &self.0 {
-            Kind::Local => Arc::new(local::Nothing),
+            Kind::Local => Arc::new(local::Direct(self.1.clone())),
             Kind::Redis { interest, .. } => interest.clone(),
         }
     }
 
-    /// Starts the broker over the engine `handle`; the leaves of members
-    /// of dead nodes it removes go to `webhooks`.
+    /// Starts the broker over the engine `handle`.
     ///
     /// # Errors
     /// A broker URL that does not parse.
-    pub fn start(
-        self,
-        handle: Handle,
-        webhooks: Arc<crate::webhooks::Webhooks>,
-    ) -> Result<Arc<dyn Broker>, String> {
+    pub fn start(self, handle: Handle) -> Result<Arc<dyn Broker>, String> {
+        let webhooks = self.1;
         Ok(match self.0 {
             Kind::Local => Arc::new(local::Local::new(handle)),
             Kind::Redis {

@@ -53,9 +53,7 @@ impl Sink for Channel {
                 self.demand.update(&interest.topic, interest.held);
                 let topic = &interest.topic;
                 if let Some(occupied) = self.webhooks.node_edge(topic, interest.held) {
-                    if !self.demand.channel(topic, occupied) {
-                        self.webhooks.channel(topic, occupied);
-                    }
+                    self.demand.channel(topic, occupied);
                 }
                 Ok(())
             }

@@ -187,7 +187,7 @@ impl crate::broker::Demand for Interest {
 
     /// Queued with the presence changes, in order; one that does not fit
     /// is counted (its event is lost).
-    fn channel(&self, topic: &str, occupied: bool) -> bool {
+    fn channel(&self, topic: &str, occupied: bool) {
         let work = super::presence::Work::Channel {
             topic: topic.to_owned(),
             occupied,
@@ -195,7 +195,6 @@ impl crate::broker::Demand for Interest {
         if !self.presence.push(work) {
             self.metrics.presence_dropped.inc();
         }
-        true
     }
 
     /// Queues a history read for its shard; one that does not fit is

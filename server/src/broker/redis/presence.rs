@@ -272,6 +272,9 @@ impl Queue {
     }
 }
 
+/// A hash field and its value, as HSCAN answers them.
+type Pair = (Vec<u8>, Vec<u8>);
+
 /// A member as it is stored and published.
 #[derive(Deserialize)]
 struct Stored {
@@ -364,8 +367,7 @@ impl Redis {
             .arg(cursor.unwrap_or(0))
             .arg("COUNT")
             .arg(limit);
-        let (next, pairs): (u64, Vec<(Vec<u8>, Vec<u8>)>) =
-            self.run(shard, scan.query_async(&mut conn)).await?;
+        let (next, pairs): (u64, Vec<Pair>) = self.run(shard, scan.query_async(&mut conn)).await?;
         let members = pairs
             .into_iter()
             .take(limit.max(1) * 4)
