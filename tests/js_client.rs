@@ -45,3 +45,10 @@ fn demo_and_client_in_chromium() {
 fn demo_over_a_cluster_in_chromium() {
     node_tests(&["cluster.browser.test.js"]);
 }
+
+/// Presence in ringcast.js (`presence()`, `presenceStats()`, join and
+/// leave callbacks) against the binary in Node.
+#[test]
+fn presence_in_node() {
+    node_tests(&["presence.test.js"]);
+}

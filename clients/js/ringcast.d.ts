@@ -22,6 +22,60 @@ export interface Delivery {
   b64data?: string;
 }
 
+/** A member of a topic with presence: one connection (WebSocket or SSE). */
+export interface Member {
+  /** The connection's id, unique across the cluster (opaque, e.g. "3f9a01bc.17"). */
+  client: string;
+  /** The JWT `sub` or the connect hook's `user`; null for an anonymous client. */
+  user: string | null;
+  /** The JWT `info` claim or the connect hook's `info`. */
+  info: unknown | null;
+}
+
+/** A connection joined a topic (subscribe with `joinLeave`; never one's own join). */
+export interface Join extends Member {
+  op: 'join';
+  topic: string;
+  /** The user's first connection on the topic (cluster-wide); always true for an anonymous member. */
+  first: boolean;
+}
+
+/** A connection left a topic. */
+export interface Leave {
+  op: 'leave';
+  topic: string;
+  client: string;
+  user: string | null;
+  /** The user's last connection on the topic left (fully offline there); always true for an anonymous member. */
+  last: boolean;
+}
+
+/** Answer of `presence()`. */
+export interface Presence {
+  /** At most 1000 members; the HTTP API (`GET /presence`) pages the rest. */
+  clients: Member[];
+  /** More than 1000 members: `clients` is not all of them. */
+  truncated: boolean;
+}
+
+/** Answer of `presenceStats()`. */
+export interface PresenceStats {
+  /** Members (connections). */
+  clients: number;
+  /** Distinct non-null users among them. */
+  users: number;
+}
+
+export interface SubscribeOptions {
+  /**
+   * Ask for the topic's join and leave events (`"join_leave":true`, sent
+   * again on every resubscribe). Implied by `onJoin` or `onLeave`.
+   */
+  joinLeave?: boolean;
+  onJoin?: (join: Join) => void;
+  onLeave?: (leave: Leave) => void;
+}
+
 /** Why the client closed: a WebSocket close code (4003 disconnected, 1000 by close()). */
 export interface CloseInfo {
   code: number;
@@ -60,6 +114,12 @@ export interface Events {
   transport: (transport: Transport) => void;
   /** Every delivery: topic messages, messages to the user, broadcasts. */
   message: (data: unknown, message: Delivery) => void;
+  /** The server took a subscription (also after each reconnect): a time to (re)load presence. */
+  subscribed: (topic: string, reply: { op: 'subscribed'; topic: string; offset?: number; epoch?: string; recovered?: boolean }) => void;
+  /** A join on any topic subscribed with `joinLeave`. */
+  join: (join: Join) => void;
+  /** A leave on any topic subscribed with `joinLeave`. */
+  leave: (leave: Leave) => void;
   /** A topic could not be recovered after a reconnect (recovered:false): reload it. */
   reset: (topic: string) => void;
   close: (why: CloseInfo) => void;
@@ -85,12 +145,28 @@ export class Ringcast {
   readonly state: State;
   readonly transport: Transport;
   on<E extends keyof Events>(event: E, handler: Events[E]): () => void;
-  /** Subscribes; each delivery reaches `onMessage` once, in order. Returns an unsubscribe function. */
-  subscribe(topic: string, onMessage?: (data: unknown, message: Delivery) => void): () => void;
+  /**
+   * Subscribes; each delivery reaches `onMessage` once, in order; with
+   * `joinLeave`, joins and leaves reach `onJoin`/`onLeave`. Returns a
+   * function that removes these handlers (and unsubscribes when none is left).
+   */
+  subscribe(
+    topic: string,
+    onMessage?: ((data: unknown, message: Delivery) => void) | null,
+    options?: SubscribeOptions,
+  ): () => void;
   /** Client publish (WebSocket only; the server must allow it). Resolves with the offset. */
   publish(topic: string, data: unknown): Promise<number | undefined>;
   /** Calls the server's RPC hook (WebSocket only). Resolves with the result's data. */
   rpc(method: string, data?: unknown): Promise<unknown>;
+  /**
+   * The members of a subscribed topic with presence (WebSocket only).
+   * Rejects with the server's reason: `forbidden` (not subscribed),
+   * `presence is off for this topic`, `broker unavailable`.
+   */
+  presence(topic: string): Promise<Presence>;
+  /** Members and distinct users of a subscribed topic with presence (WebSocket only); rejects as `presence`. */
+  presenceStats(topic: string): Promise<PresenceStats>;
   /** The positions held, by topic. */
   positions(): Map<string, Position>;
   /** Closes for good (no reconnect). */

@@ -90,6 +90,8 @@ export class Ringcast {
     this.topics = new Map();
     this.listeners = new Map();
     this.pending = new Map();
+    /** topic -> presence queries waiting for their answer, oldest first */
+    this.asked = new Map();
     this.nextId = 1;
     this.state = 'connecting';
     this.transport = this.transports[0];
@@ -102,7 +104,10 @@ export class Ringcast {
     this.impl.setTimeout(() => this.connect(), 0);
   }
 
-  /** Adds `handler` for `event`: state, transport, message, reset, close, error. */
+  /**
+   * Adds `handler` for `event`: state, transport, message, subscribed,
+   * join, leave, reset, close, error.
+   */
   on(event, handler) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
     this.listeners.get(event).add(handler);
@@ -136,23 +141,54 @@ export class Ringcast {
 
   /**
    * Subscribes to `topic`; `onMessage(data, message)` gets each delivery
-   * once, in order. Returns a function that unsubscribes this handler.
+   * once, in order. `options.joinLeave` (implied by `onJoin`/`onLeave`)
+   * asks the server for the topic's join and leave events (a topic with
+   * presence); `onJoin(join)` and `onLeave(leave)` get them. Returns a
+   * function that removes these handlers (and unsubscribes when none is
+   * left).
    */
-  subscribe(topic, onMessage) {
+  subscribe(topic, onMessage, options = {}) {
+    const joinLeave = Boolean(options.joinLeave || options.onJoin || options.onLeave);
     let sub = this.topics.get(topic);
     if (!sub) {
-      sub = { handlers: new Set() };
+      sub = { handlers: new Set(), joins: new Set(), leaves: new Set(), joinLeave };
       this.topics.set(topic, sub);
       this.conn?.subscribe?.(topic);
+    } else if (joinLeave && !sub.joinLeave) {
+      // A subscribe to a held topic changes nothing on the server: take
+      // the topic again, with join_leave (and its position, if any).
+      sub.joinLeave = true;
+      this.conn?.resubscribe?.(topic);
     }
     if (onMessage) sub.handlers.add(onMessage);
+    if (options.onJoin) sub.joins.add(options.onJoin);
+    if (options.onLeave) sub.leaves.add(options.onLeave);
     return () => {
       if (onMessage) sub.handlers.delete(onMessage);
-      if (sub.handlers.size === 0 && this.topics.get(topic) === sub) {
+      if (options.onJoin) sub.joins.delete(options.onJoin);
+      if (options.onLeave) sub.leaves.delete(options.onLeave);
+      const unused = sub.handlers.size + sub.joins.size + sub.leaves.size === 0;
+      if (unused && this.topics.get(topic) === sub) {
         this.topics.delete(topic);
         this.conn?.unsubscribe?.(topic);
       }
     };
+  }
+
+  /**
+   * Who is on `topic` (a topic with presence this client is subscribed
+   * to; WebSocket only): resolves with `{clients, truncated}`, `clients`
+   * the members `{client, user, info}` (at most 1000; `truncated` when
+   * there are more). Rejects with the server's reason (`forbidden`,
+   * `presence is off for this topic`, `broker unavailable`).
+   */
+  presence(topic) {
+    return this.ask('presence', topic, (reply) => ({ clients: reply.clients, truncated: reply.truncated === true }));
+  }
+
+  /** Resolves with `{clients, users}`: members and distinct non-null users on `topic`; as presence(). */
+  presenceStats(topic) {
+    return this.ask('presence_stats', topic, (reply) => ({ clients: reply.clients, users: reply.users }));
   }
 
   /** Publishes `data` (JSON) to `topic` from this client (WebSocket only). Resolves with the offset. */
@@ -176,6 +212,31 @@ export class Ringcast {
     });
   }
 
+  /**
+   * A presence query: its answer carries the topic and no id, so the
+   * answers of a topic are matched to the queries in the order sent.
+   */
+  ask(op, topic, pick) {
+    if (this.state !== 'open' || this.transport !== 'websocket' || !this.conn?.send) {
+      return Promise.reject(new Error(`${op} needs an open WebSocket (transport: ${this.transport}, ${this.state})`));
+    }
+    return new Promise((resolve, reject) => {
+      if (!this.asked.has(topic)) this.asked.set(topic, []);
+      this.asked.get(topic).push({ op, resolve: (reply) => resolve(pick(reply)), reject });
+      this.conn.send({ op, topic });
+    });
+  }
+
+  /** The oldest query on `topic` waiting for `op` (any op when undefined), taken off its queue. */
+  answered(topic, op) {
+    const queue = this.asked.get(topic);
+    const at = queue ? queue.findIndex((q) => op === undefined || q.op === op) : -1;
+    if (at < 0) return undefined;
+    const [query] = queue.splice(at, 1);
+    if (queue.length === 0) this.asked.delete(topic);
+    return query;
+  }
+
   /** Closes for good (code 1000); no reconnect. */
   close() {
     this.stop({ code: CLOSE.NORMAL, reason: 'closed by the client' });
@@ -196,6 +257,10 @@ export class Ringcast {
   failPending(reason) {
     for (const { reject } of this.pending.values()) reject(new Error(reason || 'connection lost'));
     this.pending.clear();
+    for (const queue of this.asked.values()) {
+      for (const { reject } of queue) reject(new Error(reason || 'connection lost'));
+    }
+    this.asked.clear();
   }
 
   // --- connection life -------------------------------------------------
@@ -297,16 +362,35 @@ export class Ringcast {
           sub.offset = message.offset;
           sub.epoch = message.epoch;
         }
+        this.emit('subscribed', message.topic, message);
         return;
       }
+      case 'join':
+      case 'leave': {
+        const sub = this.topics.get(message.topic);
+        if (!sub || !sub.joinLeave) return;
+        for (const handler of message.op === 'join' ? sub.joins : sub.leaves) handler(message);
+        this.emit(message.op, message);
+        return;
+      }
+      case 'presence':
+      case 'presence_stats':
+        this.answered(message.topic, message.op)?.resolve(message);
+        return;
       case 'published':
       case 'rpc_result':
       case 'error': {
         const waiting = message.id !== undefined && this.pending.get(message.id);
+        // An error with a topic and no id answers the oldest presence
+        // query of that topic, if one waits.
+        const query = !waiting && message.op === 'error' && message.id === undefined
+          && message.topic !== undefined && this.answered(message.topic);
         if (waiting) {
           this.pending.delete(message.id);
           if (message.op === 'error') waiting.reject(new Error(message.reason));
           else waiting.resolve(message);
+        } else if (query) {
+          query.reject(new Error(message.reason || 'error'));
         } else if (message.op === 'error') {
           this.emit('error', new Error(message.reason || 'error'));
         }
@@ -339,13 +423,19 @@ function openWebSocket(rc) {
   };
   const subscribe = (topic) => {
     const sub = rc.topics.get(topic);
-    const since = sub && sub.epoch !== undefined ? { offset: sub.offset, epoch: sub.epoch } : undefined;
-    send(since ? { op: 'subscribe', topic, since } : { op: 'subscribe', topic });
+    const body = { op: 'subscribe', topic };
+    if (sub && sub.epoch !== undefined) body.since = { offset: sub.offset, epoch: sub.epoch };
+    if (sub?.joinLeave) body.join_leave = true;
+    send(body);
   };
   const conn = {
     send,
     subscribe,
     unsubscribe: (topic) => send({ op: 'unsubscribe', topic }),
+    resubscribe: (topic) => {
+      send({ op: 'unsubscribe', topic });
+      subscribe(topic);
+    },
     close: () => {
       done = true;
       if (ws.readyState <= 1) ws.close(1000);
@@ -382,7 +472,8 @@ function openWebSocket(rc) {
 
 function openSse(rc) {
   const url = new URL(rc.paths.sse, rc.base);
-  url.search = rc.query({ last_event_id: formatPositions(rc.positions()) }).toString();
+  const joinLeave = [...rc.topics.values()].some((sub) => sub.joinLeave);
+  url.search = rc.query({ last_event_id: formatPositions(rc.positions()), join_leave: joinLeave && '1' }).toString();
   const es = new rc.impl.EventSource(url.href, { withCredentials: true });
   let done = false;
   const conn = {
@@ -393,6 +484,7 @@ function openSse(rc) {
     // A stream's topics are fixed: open another with the new set.
     subscribe: () => rc.ended(conn, CLOSE.GOING_AWAY, 'topics changed'),
     unsubscribe: () => rc.ended(conn, CLOSE.GOING_AWAY, 'topics changed'),
+    resubscribe: () => rc.ended(conn, CLOSE.GOING_AWAY, 'join_leave asked'),
   };
   const json = (handler) => (event) => {
     if (done) return;
@@ -405,6 +497,8 @@ function openSse(rc) {
   es.onopen = () => !done && rc.opened(conn);
   es.onmessage = json((message) => rc.received(message));
   es.addEventListener('subscribed', json((message) => rc.received(message)));
+  // join_leave=1: presence events arrive as `event: join` / `event: leave`.
+  for (const op of ['join', 'leave']) es.addEventListener(op, json((message) => rc.received({ ...message, op })));
   es.addEventListener('close', json((why) => rc.ended(conn, why.code, why.reason)));
   // EventSource retries by itself; the client's own backoff decides instead.
   es.onerror = () => !done && rc.ended(conn, CLOSE.ABNORMAL, 'stream failed');

@@ -122,6 +122,19 @@ pub enum Command {
         /// The hook's answer.
         verdict: crate::upstream::Verdict,
     },
+    /// Push a presence join or leave of `topic` to its `join_leave`
+    /// subscribers on this worker, except `skip` (a connection does not
+    /// get its own join).
+    Presence {
+        /// The topic.
+        topic: Arc<str>,
+        /// A join (else a leave): the SSE event's name.
+        joined: bool,
+        /// The event object (`protocol::presence::event`).
+        json: Arc<str>,
+        /// The joining connection.
+        skip: Option<crate::upstream::Origin>,
+    },
     /// Stop accepting, close every connection with 1001 at once, then exit.
     Shutdown,
     /// Panic on the worker thread (tests of the panic policy only).

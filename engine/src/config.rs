@@ -125,6 +125,13 @@ pub struct Config {
     /// report topic interest and history reads through
     /// [`Self::upstream`] (see [`crate::broker`]).
     pub broker: bool,
+    /// Topics with presence (`--presence`; default none): a connection
+    /// subscribed to one is a member (see [`crate::presence`]).
+    pub presence: Vec<Pattern>,
+    /// Joins and leaves of a topic are pushed to its `join_leave`
+    /// subscribers only while it has at most this many members (default
+    /// 1000).
+    pub presence_join_leave_max: usize,
 }
 
 impl Default for Config {
@@ -148,6 +155,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             history: Vec::new(),
             history_max_bytes: 256 << 20,
+            presence: Vec::new(),
+            presence_join_leave_max: 1000,
             compression: true,
             compression_min_size: 256,
             read_buffers: 1024,

@@ -1,7 +1,6 @@
 //! One connection's record in a worker's table, keyed by its fixed-file
 //! slot.
 
-use crate::admission::PeerId;
 use crate::outbound::Outbound;
 use crate::protocol::decoder::Decoder;
 use crate::session::SessionId;
@@ -148,8 +147,12 @@ impl State {
     }
 }
 
-/// A connection. 72 bytes while idle; buffers are allocated only
-/// while a handshake, frame or send is in progress.
+/// A connection: 64 bytes (asserted below), all an idle WebSocket
+/// connection keeps in the table; buffers are allocated
+/// only while a handshake, frame or send is in progress. What only some
+/// connections need lives beside the table, by slot: a handshake's bytes
+/// (`Io::handshaking`), the place in the per-address count (`Io::peers`),
+/// transport and rate-limit state.
 pub struct Conn {
     /// Generation of this slot's tenant (24 bits, see `ring::token`).
     pub gen: u32,
@@ -164,9 +167,6 @@ pub struct Conn {
     /// The close code sent or received first (RFC 6455 §7.1.5), 0 while
     /// none was.
     pub close_code: u16,
-    /// The client's address in the per-address count, once admitted (see
-    /// [`crate::admission::Admission::admit`]); `PeerId::NONE` otherwise.
-    pub peer: PeerId,
     /// Tick of the last byte received.
     pub last_active: Tick,
     /// Tick the current phase began; while `Open`, the tick of the last
@@ -180,10 +180,12 @@ pub struct Conn {
     pub session: SessionId,
     /// Tick at which its token expires ([`NEVER`] without one).
     pub expires: Tick,
-    /// Worker-local sequence number of the last publish queued here, so a
-    /// publish to several topics is delivered once. 64 bits, so it never
-    /// wraps onto a value a connection still holds.
-    pub last_delivery: u64,
+    /// Worker-local number of the last publish queued here, so a publish
+    /// to several topics is delivered once; 0 for none. 32 bits: when the
+    /// worker's count wraps, every record is reset to 0 first (see
+    /// `connections::table::Table::next_delivery`), so no record holds a
+    /// number given out again.
+    pub last_delivery: u32,
     /// Frame decoder (read side).
     pub decoder: Decoder,
     /// Send queue (write side).
@@ -200,7 +202,6 @@ impl Conn {
             state: State::new(Phase::Handshake),
             route: None,
             close_code: 0,
-            peer: PeerId::NONE,
             last_active: now,
             phase_since: now,
             timer_at: 0,
@@ -273,19 +274,17 @@ impl Conn {
     }
 }
 
+// One table slot (`Option<Conn>`, occupied or not): 64 bytes. User-space
+// memory per idle connection is this, its timer entry (8 bytes), its
+// topic memberships (4 bytes each in the topic's member list) and, with
+// auth, its share of its user's session. Was 72 until the address's place
+// in the per-address count moved beside the table and the publish number
+// became 32 bits.
+const _: () = assert!(std::mem::size_of::<Option<Conn>>() == 64);
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_idle_connection_record_stays_small() {
-        // The table holds one of these per fixed-file slot; user-space memory
-        // per idle connection is this plus its topic memberships and, with
-        // auth, its share of its user's session. Transport state lives
-        // beside the table, never here.
-        let size = std::mem::size_of::<Option<Conn>>();
-        assert!(size <= 72, "Conn grew to {size} bytes");
-    }
 
     #[test]
     fn phase_and_flags_share_one_byte() {

@@ -81,6 +81,13 @@ pub mod history {
     pub use crate::hub::{Page, Recovery};
 }
 
+/// Presence: who is on the topics `--presence` names (see
+/// [`crate::Handle::presence_page`]), and their wire format.
+pub mod presence {
+    pub use crate::hub::presence::{Change, Member, Page, Stats, MAX_ANSWER};
+    pub use crate::protocol::presence::{hook_event, member, page, stats, Who};
+}
+
 /// The io_uring setup the workers use, for clients (the bench's load
 /// generator) that drive their own ring the same way.
 pub mod uring {

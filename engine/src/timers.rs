@@ -47,15 +47,22 @@ struct Block {
     next: u32,
 }
 
+const _: () = assert!(std::mem::size_of::<Entry>() == 8);
+const _: () = assert!(std::mem::size_of::<Block>() == 512);
+
 /// The wheel: 8 bytes per scheduled entry, in 512-byte blocks (at most one
-/// partly filled block per slot with entries), plus 4 bytes per slot.
-/// Blocks freed by firing are kept for reuse: the wheel holds memory for
-/// the most entries it has held at once (one per connection).
+/// partly filled block per slot with entries), plus 4 bytes per slot and
+/// 8 per block. Blocks freed by firing are kept for reuse: the wheel holds
+/// memory for the most entries it has held at once (one per connection).
 pub struct Wheel {
     start: Instant,
     /// Each slot's first block, or [`NIL`].
     slots: Vec<u32>,
-    blocks: Vec<Block>,
+    /// Each block allocated on its own, so growing never copies them: a
+    /// `Vec<Block>` doubling to 128 blocks (7,500 connections) freed 63 KiB
+    /// of earlier copies that the allocator may keep resident.
+    #[allow(clippy::vec_box)]
+    blocks: Vec<Box<Block>>,
     /// Free blocks, linked through `next`.
     free: u32,
     /// Next tick to fire.
@@ -103,11 +110,11 @@ impl Wheel {
 
     fn take_block(&mut self) -> u32 {
         if self.free == NIL {
-            self.blocks.push(Block {
+            self.blocks.push(Box::new(Block {
                 entries: [Entry { slot: 0, gen: 0 }; BLOCK],
                 len: 0,
                 next: NIL,
-            });
+            }));
             return (self.blocks.len() - 1) as u32;
         }
         let block = self.free;

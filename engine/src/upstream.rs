@@ -54,6 +54,11 @@ pub struct Hooks {
     pub rpc: bool,
     /// Every admitted connection's removal is sent as [`Event::Closed`].
     pub disconnect: bool,
+    /// Every presence join and leave is sent as [`Event::Presence`].
+    pub presence: bool,
+    /// A topic's first subscriber and last on each worker are sent as
+    /// [`Event::Interest`] (as with a broker), for the channels hook.
+    pub channels: bool,
 }
 
 /// The connect hook's answer, handed to [`crate::Handle::admit`].
@@ -96,6 +101,36 @@ pub enum Event {
     /// With a broker: a `ringcast.v1` subscribe to a topic with history
     /// waits for the topic's position (see [`crate::broker`]).
     Recover(Recover),
+    /// A connection joined or left a presence topic (sent while the
+    /// presence hook or a broker is on). With a broker, the broker pushes
+    /// it to the `join_leave` subscribers of every node, with `first` or
+    /// `last` computed across them.
+    Presence(PresenceChange),
+    /// With a broker: a `ringcast.v1` `presence` or `presence_stats` op,
+    /// answered across the cluster with [`crate::Handle::reply`].
+    PresenceQuery(PresenceQuery),
+}
+
+/// A presence join or leave of a connection of this node.
+#[derive(Debug)]
+pub struct PresenceChange {
+    /// What changed, with this node's counts.
+    pub change: crate::hub::presence::Change,
+    /// The joining connection (it does not get its own join); `None` for
+    /// a leave.
+    pub joiner: Option<Origin>,
+}
+
+/// A `presence` or `presence_stats` op on a topic with presence the
+/// connection is subscribed to.
+#[derive(Debug)]
+pub struct PresenceQuery {
+    /// The connection.
+    pub origin: Origin,
+    /// The topic.
+    pub topic: String,
+    /// `presence_stats` (else `presence`).
+    pub stats: bool,
 }
 
 /// A topic's first subscriber on a worker, or its last one gone.

@@ -94,6 +94,8 @@ pub struct Hooks {
     /// Calls by hook and outcome (`result`, `error`, `timeout`,
     /// `unavailable`, `invalid`).
     pub calls: IntCounterVec,
+    /// Webhook events dropped, by hook (see `crate::webhooks`).
+    pub dropped: IntCounterVec,
 }
 
 impl Hooks {
@@ -120,7 +122,16 @@ impl Hooks {
             &["hook", "outcome"],
         )
         .expect("valid counter");
+        let dropped = IntCounterVec::new(
+            prometheus::Opts::new(
+                "ringcast_hook_events_dropped_total",
+                "Webhook events (presence, channels) dropped: queue full, or every attempt failed",
+            ),
+            &["hook"],
+        )
+        .expect("valid counter");
         Ok(Self {
+            dropped,
             client,
             url: url.trim_end_matches('/').to_owned(),
             timeout,
@@ -128,6 +139,11 @@ impl Hooks {
             max_answer,
             calls,
         })
+    }
+
+    /// Counts `n` events of webhook `hook` dropped.
+    pub fn events_dropped(&self, hook: &str, n: u64) {
+        self.dropped.with_label_values(&[hook]).inc_by(n);
     }
 
     /// POSTs `body` to the `hook` (`connect`, `publish`, `rpc`,

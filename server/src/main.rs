@@ -9,6 +9,7 @@ mod metrics;
 mod probe;
 mod statics;
 mod upstream;
+mod webhooks;
 
 use cli::{CliError, Command, ConfigCommand, LogFormat, Serve};
 use ringcast_engine::auth::Auth;
@@ -191,17 +192,21 @@ fn run(
     };
     let hooks_on = config.hooks;
     let auth = config.auth.clone();
+    let (webhooks, webhook_senders) =
+        webhooks::Webhooks::new(hooks.clone(), hooks_on.presence, hooks_on.channels);
     let plan = broker::Plan::new(
         &serve.brokers,
         broker_access,
-        serve.bounds.broker(serve.max_message_size),
+        serve.bounds.broker(serve.max_message_size, &serve.presence),
         serve.bounds.interest(),
+        webhooks.clone(),
     )
     .map_err(std::io::Error::other)?;
     config.broker = plan.positions_from_outside();
     let (sink, events, bounds) = upstream::channel(
         serve.bounds.upstream(serve.max_message_size),
         plan.demand(),
+        webhooks,
         hooks_on.disconnect,
     );
     config.upstream = Some(sink);
@@ -246,6 +251,7 @@ fn run(
             bounds: bounds.clone(),
         };
         tokio::spawn(upstream::run(events, upstream_context));
+        webhook_senders.spawn(hooks.clone());
         let listener = tokio::net::TcpListener::bind(serve.api_listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", serve.api_listen))
         })?;
@@ -256,6 +262,7 @@ fn run(
         }
         // One stable line on stdout for scripts and tests.
         println!("listening ws={ws_addr} api={api_addr}");
+        let departing = broker.clone();
         let state = Arc::new(api::State::new(
             handle.clone(),
             &serve,
@@ -291,6 +298,9 @@ fn run(
                 }
             }
         };
+        // Presence members this node still has in the broker (their
+        // leaves may still be queued) are removed at once.
+        let _ = tokio::time::timeout(serve.bounds.broker_timeout * 4, departing.depart()).await;
         let _ = stop_api.send(());
         let served = api.await.map_err(std::io::Error::other)?;
         tracing::info!("drained; exiting");

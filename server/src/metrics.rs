@@ -71,7 +71,7 @@ pub fn render(
     s: &Snapshot,
     draining: bool,
     latency: &HistogramVec,
-    hook_calls: Option<&IntCounterVec>,
+    hooks: Option<&crate::hooks::Hooks>,
 ) -> String {
     let m = Scrape(Registry::new());
     m.per_worker(
@@ -226,8 +226,9 @@ pub fn render(
         "Client publishes, rpcs and connect-hook requests refused because the server's queue was full",
         s.upstream_refused,
     );
-    if let Some(calls) = hook_calls {
-        m.add(calls);
+    if let Some(hooks) = hooks {
+        m.add(&hooks.calls);
+        m.add(&hooks.dropped);
     }
     m.add(latency);
     TextEncoder::new()

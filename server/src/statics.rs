@@ -30,6 +30,16 @@ pub fn client_publish(demo: bool, configured: &[String]) -> Vec<String> {
     patterns
 }
 
+/// The presence patterns: `configured`, plus the demo's topics with
+/// `demo` (its page lists who is in the chat).
+pub fn presence(demo: bool, configured: &[String]) -> Vec<String> {
+    let mut patterns = configured.to_vec();
+    if demo {
+        patterns.push(DEMO_TOPICS.into());
+    }
+    patterns
+}
+
 /// The files to serve: `/ringcast.js`, and `/` with `demo`.
 pub fn files(demo: bool) -> Vec<StaticFile> {
     let mut files = vec![StaticFile {

@@ -227,6 +227,13 @@ impl RedisStandalone {
     pub fn url(&self) -> String {
         format!("redis://{}", self.redis.addr())
     }
+
+    /// Starts `redis-server` again on the same port, empty (after
+    /// [`RedisProcess::sigkill`] of [`RedisStandalone::redis`]).
+    pub async fn restart(&mut self) {
+        self.redis.sigkill();
+        self.redis = RedisProcess::server(self.redis.port, &self.dir, &[]).await;
+    }
 }
 
 impl Drop for RedisStandalone {

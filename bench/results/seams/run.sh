@@ -7,15 +7,16 @@
 # same host load; ROUNDS rounds (default 2). Every connection from its own
 # client address (the bench's default).
 #
-#   bench/results/seams/run.sh OLD_BIN_DIR NEW_BIN_DIR [ROUNDS]
+#   bench/results/seams/run.sh OLD_BIN_DIR NEW_BIN_DIR [ROUNDS [OUT_DIR]]
 #
 # Each BIN_DIR holds a release `ringcast` and `ringcast-bench` (cargo build
 # --release -p ringcast -p ringcast-bench, at the two commits). Writes each
-# run's results.json beside this script, then summary.txt.
+# run's results.json in OUT_DIR (default: beside this script), then
+# summary.txt.
 set -euo pipefail
-[ $# -ge 2 ] || { echo "usage: $0 OLD_BIN_DIR NEW_BIN_DIR [ROUNDS]" >&2; exit 2; }
+[ $# -ge 2 ] || { echo "usage: $0 OLD_BIN_DIR NEW_BIN_DIR [ROUNDS [OUT_DIR]]" >&2; exit 2; }
 old=$1 new=$2 rounds=${3:-2}
-out=$(cd "$(dirname "$0")" && pwd)
+out=$(cd "${4:-$(dirname "$0")}" && pwd)
 fifo=$(mktemp -u)
 pid=''
 stop_server() {

@@ -2,13 +2,12 @@
 // `ws` package as its WebSocket: backoff, 4001/4003 handling and recovery.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHmac } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { Ringcast, backoff, formatPositions, parsePositions } from '../ringcast.js';
-import { startServer, until, numbered, withTimeout } from './server.js';
+import { startServer, until, numbered, withTimeout, hs256 } from './server.js';
 
 test('backoff is full jitter, doubling from 0.5 s to a 30 s cap', () => {
   const half = () => 0.5;
@@ -88,12 +87,6 @@ test('recovered:false is surfaced as a reset event', async () => {
     await server.stop();
   }
 });
-
-function hs256(secret, claims) {
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
-  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
-}
 
 async function authServer() {
   const dir = mkdtempSync(join(tmpdir(), 'ringcast-js-'));

@@ -77,6 +77,45 @@ test('the chat works between two pages through client publish', async () => {
   }
 });
 
+test('the page shows who is in the chat: the list from presence, then joins and leaves', async () => {
+  const count = (page) => page.textContent('#count');
+  const alice = await openPage('?topic=demo.who&name=alice');
+  const bob = await openPage('?topic=demo.who&name=bob');
+  try {
+    await until(async () => (await count(bob)) === '2', 10000, 'bob sees two members');
+    await until(async () => (await count(alice)) === '2', 10000, 'alice sees bob join');
+    assert.equal(await alice.locator('#members li').count(), 2);
+    await alice.waitForSelector('#log li.note:has-text("joined")', { timeout: 10000 });
+    const members = await bob.evaluate(() => [...window.members.keys()].sort());
+    assert.deepEqual(await alice.evaluate(() => [...window.members.keys()].sort()), members, 'the same two members');
+    await bob.close();
+    await until(async () => (await count(alice)) === '1', 10000, 'alice sees bob leave');
+    await alice.waitForSelector('#log li.note:has-text("left")', { timeout: 10000 });
+  } finally {
+    await alice.close();
+    if (!bob.isClosed()) await bob.close();
+  }
+});
+
+test('over SSE the page gets joins and leaves too (join_leave=1), and is a member', async () => {
+  const watcher = await openPage('?topic=demo.who-sse&transports=sse');
+  let visitor;
+  try {
+    assert.equal(await watcher.evaluate(() => window.rc.transport), 'sse');
+    await watcher.waitForSelector('#presence-note:has-text("WebSocket")', { timeout: 10000 });
+    visitor = await openPage('?topic=demo.who-sse');
+    await until(async () => (await visitor.textContent('#count')) === '2', 10000, 'the SSE page listed');
+    await watcher.waitForSelector('#log li.note:has-text("joined")', { timeout: 10000 });
+    assert.equal(await watcher.evaluate(() => window.members.size), 1, 'the visitor, from its join');
+    await visitor.close();
+    await watcher.waitForSelector('#log li.note:has-text("left")', { timeout: 10000 });
+    assert.equal(await watcher.evaluate(() => window.members.size), 0);
+  } finally {
+    await watcher.close();
+    if (visitor && !visitor.isClosed()) await visitor.close();
+  }
+});
+
 test('after POST /rebalance?fraction=1 the page reconnects by itself and gets every message once, in order', async () => {
   const page = await openPage('?topic=demo.numbers');
   try {

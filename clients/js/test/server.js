@@ -1,6 +1,7 @@
 // Starts the real ringcast binary (RINGCAST_BIN, built by cargo) on free
 // loopback ports, for the client's tests.
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, connect } from 'node:net';
 
@@ -99,4 +100,11 @@ export async function numbered(server, topic, count, everyMs) {
     await server.publish(topic, { n });
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/** An HS256 JWT of `claims`, signed with `secret`. */
+export function hs256(secret, claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
 }

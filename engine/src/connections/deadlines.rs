@@ -126,6 +126,8 @@ impl Connections {
             // A reconnect storm's peak of handshakes need not stay.
             let handshaking = self.io.handshaking.len();
             self.io.handshaking.shrink_to(handshaking * 2);
+            let peers = self.io.peers.len();
+            self.io.peers.shrink_to(peers * 2);
             self.duplex.trim();
         }
     }

@@ -33,7 +33,7 @@ pub(super) struct Duplex {
     clients: HashMap<u32, Client>,
     /// The runtime's handle, once set: what a client publish with no
     /// hook and no broker is published through.
-    handle: Arc<OnceLock<Handle>>,
+    pub(super) handle: Arc<OnceLock<Handle>>,
 }
 
 impl Duplex {

@@ -50,8 +50,7 @@ impl Connections {
             direct,
             skip,
         } = *publish;
-        self.delivery += 1;
-        let number = self.delivery;
+        let number = self.table.next_delivery();
         // The skipped connection counts as delivered already.
         if let Some((slot, gen)) = skip {
             if let Some(conn) = self.table.get_mut(slot).filter(|c| c.gen == gen) {
@@ -102,8 +101,8 @@ impl Connections {
             raw: frames,
             v1,
         };
-        self.delivery += 1;
-        let queued = self.reach(&d, Reached::All, self.delivery, None, &local);
+        let number = self.table.next_delivery();
+        let queued = self.reach(&d, Reached::All, number, None, &local);
         WorkerStats::add(&self.io.stats().messages_out, queued as u64);
         queued
     }
@@ -116,7 +115,7 @@ impl Connections {
         &mut self,
         d: &Delivery<'_>,
         who: Reached<'_>,
-        number: u64,
+        number: u32,
         skip: Option<(u32, u32)>,
         local: &dyn Fn(&Frames) -> Frames,
     ) -> usize {
@@ -203,7 +202,7 @@ enum Reached<'a> {
 /// What a publish's fan-out step needs beside the connection.
 struct Fan<'a> {
     /// This publish's number on the worker (see `Conn::last_delivery`).
-    number: u64,
+    number: u32,
     /// (slot, generation) of the connection that gets nothing.
     skip: Option<(u32, u32)>,
     resumes: &'a mut Resumes,

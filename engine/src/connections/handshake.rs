@@ -35,6 +35,7 @@ struct Routed {
     topics: Vec<String>,
     response: Vec<u8>,
     position: Option<String>,
+    join_leave: bool,
 }
 
 /// What [`Io::check`] found a request's client to be.
@@ -83,6 +84,7 @@ impl Io {
             topics,
             response,
             position,
+            join_leave,
         } = route(&req, &self.limits)?;
         let transport = match proxied.or(socket) {
             Some(ip) => ip,
@@ -111,6 +113,7 @@ impl Io {
             transport,
             identity,
             position,
+            join_leave,
             origin: (route.endpoint() == Endpoint::Poll)
                 .then(|| req.origin.map(str::to_owned))
                 .flatten(),
@@ -225,6 +228,7 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<Routed, Reject> {
             topics,
             response: Vec::new(),
             position,
+            join_leave: false,
         });
     }
     if endpoint == Endpoint::Sse {
@@ -233,6 +237,7 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<Routed, Reject> {
             topics,
             response: sse::response_head(req.origin),
             position,
+            join_leave: query_flag(req.query, "join_leave"),
         });
     }
     let upgrade = match endpoint {
@@ -258,7 +263,14 @@ fn route(req: &Request<'_>, limits: &Limits) -> Result<Routed, Reject> {
         topics,
         response: handshake::accept_response(&upgrade, extensions.as_deref()),
         position: None,
+        join_leave: false,
     })
+}
+
+/// Whether the query sets `name` to `1` or `true`.
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .any(|(key, value)| key == name && matches!(&*value, "1" | "true"))
 }
 
 /// The `topic` parameters of a query (at most
@@ -421,10 +433,11 @@ impl Connections {
             transport,
             identity,
             position,
+            join_leave,
             origin,
             hook: _,
         } = accepted;
-        conn.peer = peer;
+        self.io.admitted(slot, peer);
         if let Some(identity) = identity {
             conn.expires = self.io.expiry_tick(identity.expires);
             conn.session = self
@@ -443,11 +456,17 @@ impl Connections {
         conn.enter(Phase::Open, self.io.wheel.now());
         let at =
             (conn.phase_since + self.io.limits.ping.min(self.io.limits.idle)).min(conn.expires);
-        self.io.schedule(conn, slot, at);
+        // The handshake's entry, if due first, stays the live one: it fires
+        // in the open phase and the transport schedules what is due next.
+        // One entry per connection instead of two until it fires.
+        if at < conn.timer_at {
+            self.io.schedule(conn, slot, at);
+        }
         self.io.mark_flush(conn, slot);
         let opening = Opening {
             topics,
             position,
+            join_leave,
             origin,
             addresses: (transport, client),
             rest,

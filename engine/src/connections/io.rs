@@ -5,7 +5,7 @@
 
 use super::compression::Codec;
 use super::opening::Handshaking;
-use crate::admission::Admission;
+use crate::admission::{Admission, PeerId};
 use crate::config::Config;
 use crate::conn::{Conn, Flag, Phase};
 use crate::outbound::QueuePool;
@@ -104,6 +104,12 @@ pub struct Io {
     /// Dropped once the handshake ends, so an open connection keeps none
     /// of it.
     pub(super) handshaking: HashMap<u32, Handshaking>,
+    /// Each admitted connection's place in the per-address count, by slot
+    /// (see [`Admission::admit`]). Kept only with
+    /// `--max-connections-per-ip` (9 to 20 bytes a connection); without it
+    /// every place is `PeerId::NONE` and the map stays empty, so the record
+    /// has no field for it.
+    pub(super) peers: HashMap<u32, PeerId>,
     /// Token verification; `None` while auth is off.
     pub(super) auth: Option<Arc<Auth>>,
     /// permessage-deflate state shared by the worker's connections.
@@ -129,6 +135,7 @@ impl Io {
             admission,
             draining: false,
             handshaking: HashMap::new(),
+            peers: HashMap::new(),
             auth: config.auth.clone(),
             codec: Codec::new(config.compression_min_size),
         }
@@ -147,6 +154,21 @@ impl Io {
         let ticks = left.as_millis().div_ceil(TICK.as_millis());
         let ticks = Tick::try_from(ticks).unwrap_or(NEVER);
         self.wheel.now().saturating_add(ticks).min(NEVER - 1)
+    }
+
+    /// Notes that the connection in `slot` was admitted with `peer` (its
+    /// place in the per-address count).
+    pub(super) fn admitted(&mut self, slot: u32, peer: PeerId) {
+        if peer != PeerId::NONE {
+            self.peers.insert(slot, peer);
+        }
+    }
+
+    /// Gives back the place the admitted connection in `slot` holds in the
+    /// admission counts: the total, and its address's.
+    pub(super) fn admission_closed(&mut self, slot: u32) {
+        let peer = self.peers.remove(&slot).unwrap_or(PeerId::NONE);
+        self.admission.closed(peer);
     }
 
     /// This worker's counters.

@@ -171,6 +171,7 @@ impl Connections {
             if first {
                 self.interest(topic, true);
             }
+            self.presence_join(slot, topic);
         }
         control::ack("subscribed", topic)
     }
@@ -179,7 +180,8 @@ impl Connections {
     /// whose slot took its place in the member list.
     pub(super) fn leave(&mut self, slot: u32, member: Member) {
         self.resumes.forget(member.topic, slot);
-        let last = (self.broker && self.topics.member_count(member.topic) == 1)
+        self.presence_leave(slot, member.topic);
+        let last = (self.interest_up && self.topics.member_count(member.topic) == 1)
             .then(|| self.topics.name(member.topic).to_owned());
         if let Some(moved) = self.topics.unsubscribe(member, slot) {
             let conn = self.table.get_mut(moved).expect("subscriber slot is live");
@@ -191,10 +193,11 @@ impl Connections {
         }
     }
 
-    /// Tells the broker client, if any, that `topic` got its first
-    /// subscriber on this worker (`held`) or lost its last.
+    /// Tells the broker client, if any, and the channels hook, if on,
+    /// that `topic` got its first subscriber on this worker (`held`) or
+    /// lost its last.
     fn interest(&mut self, topic: &str, held: bool) {
-        if self.broker {
+        if self.interest_up {
             self.send_to_broker(Event::Interest(Interest {
                 worker: self.io.worker as u32,
                 topic: topic.to_owned(),

@@ -33,6 +33,7 @@ mod handshake;
 pub mod io;
 mod messages;
 mod opening;
+mod presence;
 mod recovery;
 pub mod table;
 mod transport;
@@ -61,8 +62,6 @@ pub struct Connections {
     /// Ring-facing lists, timers, send-queue pool and counters.
     pub io: Io,
     next_gen: u32,
-    /// Sequence number of the last publish (see `Conn::last_delivery`).
-    delivery: u64,
     actions: Vec<Action>,
     due: Vec<(Entry, Tick)>,
     spread: Option<Spread>,
@@ -82,6 +81,13 @@ pub struct Connections {
     /// Broker events the upstream sink could not take yet, sent again
     /// before the next one and after each pass over the commands.
     unsent: Vec<crate::upstream::Event>,
+    /// Subscriptions that get presence joins and leaves.
+    join_leave: presence::Listeners,
+    /// Whether presence changes are handed up for the presence webhook.
+    presence_hook: bool,
+    /// Whether topic interest is handed up (a broker, or the channels
+    /// hook).
+    interest_up: bool,
 }
 
 /// The connection a CQE for (`slot`, `gen`) belongs to.
@@ -114,7 +120,6 @@ impl Connections {
             sessions: Sessions::default(),
             io: Io::new(config, stats, worker, admission.clone()),
             next_gen: 0,
-            delivery: 0,
             actions: Vec::new(),
             due: Vec::new(),
             spread: None,
@@ -125,6 +130,9 @@ impl Connections {
             duplex: duplex::Duplex::new(config, handle),
             broker: config.broker && config.upstream.is_some(),
             unsent: Vec::new(),
+            join_leave: presence::Listeners::default(),
+            presence_hook: config.hooks.presence && config.upstream.is_some(),
+            interest_up: (config.broker || config.hooks.channels) && config.upstream.is_some(),
         }
     }
 
@@ -258,7 +266,7 @@ impl Connections {
             WorkerStats::sub(&self.io.stats().compressed_connections, 1);
         }
         if admitted {
-            self.io.admission.closed(conn.peer);
+            self.io.admission_closed(slot);
         } else {
             self.io.end_handshake(slot);
         }

@@ -23,6 +23,9 @@ pub(super) struct Accepted {
     /// Where the client resumes: an SSE request's `Last-Event-ID` (header,
     /// or `last_event_id` in the query), a poll's `since`.
     pub(super) position: Option<String>,
+    /// An SSE request's `join_leave=1`: push the presence joins and
+    /// leaves of its topics.
+    pub(super) join_leave: bool,
     /// A poll's `Origin`, for the CORS headers of its answers.
     pub(super) origin: Option<String>,
     /// With the connect hook on: what the hook is told of the request.

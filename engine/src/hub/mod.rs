@@ -19,6 +19,7 @@
 
 pub mod epoch;
 pub mod history;
+pub mod presence;
 pub mod rules;
 
 use crate::delivery::{Frames, TopicFrame};
@@ -124,6 +125,8 @@ impl Page {
 /// The history of every topic that keeps one, and the rules that say
 /// which do.
 pub struct Hub {
+    /// Who is on the presence topics.
+    pub presence: presence::Presence,
     rules: Vec<Rule>,
     history: Mutex<History>,
     clock: Instant,
@@ -132,9 +135,10 @@ pub struct Hub {
 impl Hub {
     /// A hub for `rules` (first match wins), retaining at most `max_bytes`
     /// (frames plus [`history::MESSAGE_OVERHEAD`] per message and
-    /// [`history::STREAM_OVERHEAD`] per topic).
-    pub fn new(rules: Vec<Rule>, max_bytes: usize) -> Self {
+    /// [`history::STREAM_OVERHEAD`] per topic), with `presence`.
+    pub fn new(rules: Vec<Rule>, max_bytes: usize, presence: presence::Presence) -> Self {
         Self {
+            presence,
             rules,
             history: Mutex::new(History::new(max_bytes)),
             clock: Instant::now(),
@@ -279,7 +283,7 @@ mod tests {
             size: 3,
             ttl: Duration::from_secs(60),
         };
-        Hub::new(vec![rule], 1 << 20)
+        Hub::new(vec![rule], 1 << 20, presence::Presence::new(Vec::new(), 0))
     }
 
     fn publish(hub: &Hub, topics: &[&str], text: &str) -> Vec<Option<u64>> {

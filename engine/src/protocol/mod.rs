@@ -30,6 +30,7 @@ pub mod handshake;
 pub mod mask;
 pub mod names;
 pub mod poll;
+pub mod presence;
 pub mod proxy;
 pub mod reject;
 pub mod sse;

@@ -277,15 +277,30 @@ pub struct Since {
 /// A client op on a `ringcast.v1` connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    /// `{"op":"subscribe","topic":"a","since":{"offset":12,"epoch":"Jx3k"}}`:
-    /// subscribe and replay what came after `since`.
-    Resume {
+    /// `{"op":"subscribe","topic":"a"}`, with
+    /// `"since":{"offset":12,"epoch":"Jx3k"}` to replay what came after
+    /// it, and `"join_leave":true` to get the topic's presence joins and
+    /// leaves.
+    Subscribe {
         /// Topic name (not yet validated).
         topic: String,
-        /// The client's position.
-        since: Since,
+        /// The client's position, to resume from.
+        since: Option<Since>,
+        /// Push the topic's `join` and `leave` events.
+        join_leave: bool,
     },
-    /// Any control message raw mode also takes.
+    /// `{"op":"presence","topic":"room.1"}`: the topic's members.
+    Presence {
+        /// Topic name (not yet validated).
+        topic: String,
+    },
+    /// `{"op":"presence_stats","topic":"room.1"}`: the topic's counts.
+    PresenceStats {
+        /// Topic name (not yet validated).
+        topic: String,
+    },
+    /// A control message raw mode also takes but `subscribe`
+    /// (`unsubscribe`, `refresh`).
     Control(control::Request),
     /// `{"op":"publish","topic":"room.1","data":…,"id":7}`: a client
     /// publish (see docs/protocol.md).
@@ -351,19 +366,51 @@ impl Duplex {
     }
 }
 
-/// The one op [`control::parse`] does not take: a subscribe with `since`.
+/// The ops only `ringcast.v1` takes: subscribe with its options, and the
+/// presence queries.
 #[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum Resume {
-    Subscribe { topic: String, since: Since },
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Own {
+    Subscribe {
+        topic: String,
+        #[serde(default)]
+        since: Option<Since>,
+        #[serde(default)]
+        join_leave: bool,
+    },
+    Presence {
+        topic: String,
+    },
+    PresenceStats {
+        topic: String,
+    },
 }
 
 /// Parses a text message from a `ringcast.v1` client.
 ///
 /// # Errors
 /// A human-readable reason for the error reply, as [`control::parse`]
-/// gives, or about `since` when the message has one.
+/// gives, or about the fields of `subscribe`, `presence` or
+/// `presence_stats`.
 pub fn parse(text: &str) -> Result<Request, String> {
+    match serde_json::from_str::<Own>(text) {
+        Ok(Own::Subscribe {
+            topic,
+            since,
+            join_leave,
+        }) => {
+            return Ok(Request::Subscribe {
+                topic,
+                since,
+                join_leave,
+            })
+        }
+        Ok(Own::Presence { topic }) => return Ok(Request::Presence { topic }),
+        Ok(Own::PresenceStats { topic }) => return Ok(Request::PresenceStats { topic }),
+        // One of these ops, malformed: say what is wrong with it.
+        Err(e) if is_own(text) => return Err(format!("invalid control message: {e}")),
+        Err(_) => {}
+    }
     let plain = match control::parse(text) {
         Ok(request) => return Ok(Request::Control(request)),
         Err(reason) => reason,
@@ -375,21 +422,19 @@ pub fn parse(text: &str) -> Result<Request, String> {
             Err(_) => {}
         }
     }
-    match serde_json::from_str::<Resume>(text) {
-        Ok(Resume::Subscribe { topic, since }) => Ok(Request::Resume { topic, since }),
-        // A subscribe with a malformed `since`: say what is wrong with it.
-        Err(e) if is_resume(text) => Err(format!("invalid control message: {e}")),
-        Err(_) => Err(plain),
-    }
+    Err(plain)
 }
 
-/// Whether `text` is a JSON object with `"op":"subscribe"` and a `since`
-/// (the error path only).
-fn is_resume(text: &str) -> bool {
+/// Whether `text` is a JSON object whose `op` is one of [`Own`]'s (the
+/// error path only).
+fn is_own(text: &str) -> bool {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_str(text) else {
         return false;
     };
-    map.get("op").and_then(|op| op.as_str()) == Some("subscribe") && map.contains_key("since")
+    matches!(
+        map.get("op").and_then(|op| op.as_str()),
+        Some("subscribe" | "presence" | "presence_stats")
+    )
 }
 
 #[cfg(test)]
@@ -482,14 +527,30 @@ mod tests {
     fn parses_resume_and_the_control_messages() {
         assert_eq!(
             parse(r#"{"op":"subscribe","topic":"a","since":{"offset":12,"epoch":"Jx3k"}}"#),
-            Ok(Request::Resume {
+            Ok(Request::Subscribe {
                 topic: "a".into(),
-                since: Since {
+                since: Some(Since {
                     offset: 12,
                     epoch: "Jx3k".into()
-                }
+                }),
+                join_leave: false,
             })
         );
+        assert_eq!(
+            parse(r#"{"op":"subscribe","topic":"a","join_leave":true}"#),
+            Ok(Request::Subscribe {
+                topic: "a".into(),
+                since: None,
+                join_leave: true,
+            })
+        );
+        assert_eq!(
+            parse(r#"{"op":"presence_stats","topic":"a"}"#),
+            Ok(Request::PresenceStats { topic: "a".into() })
+        );
+        assert!(parse(r#"{"op":"presence"}"#)
+            .unwrap_err()
+            .contains("missing field `topic`"));
         assert_eq!(
             parse(r#"{"op":"unsubscribe","topic":"a"}"#),
             Ok(Request::Control(control::Request::Unsubscribe {

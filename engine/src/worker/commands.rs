@@ -81,6 +81,14 @@ impl Worker {
                 Command::Resync { topics, ack } => ack.complete(self.conns.resync(&topics)),
                 Command::Reply { slot, gen, frame } => self.conns.reply_frame(slot, gen, frame),
                 Command::Admit { slot, gen, verdict } => self.conns.admit(slot, gen, verdict),
+                Command::Presence {
+                    topic,
+                    joined,
+                    json,
+                    skip,
+                } => {
+                    self.conns.presence_event(&topic, joined, &json, skip);
+                }
                 Command::Drain { period } => self.begin_drain(period),
                 Command::Rebalance { fraction, period } => {
                     if self.stop_by.is_none() {

@@ -3,10 +3,13 @@
 //! fans each message out to the workers; nothing waits on I/O.
 
 use super::{Broker, Demand, Message, Published, Reach, Unavailable};
+use crate::webhooks::Webhooks;
 use futures_util::future::BoxFuture;
 use ringcast_engine::history::Page;
-use ringcast_engine::upstream::Recover;
+use ringcast_engine::presence;
+use ringcast_engine::upstream::{PresenceChange, Recover};
 use ringcast_engine::{Content, Handle};
+use std::sync::Arc;
 
 /// The node's own hub.
 pub struct Local {
@@ -68,6 +71,29 @@ impl Broker for Local {
         Box::pin(async move { Ok(page) })
     }
 
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<presence::Page, Unavailable>> {
+        let page = self.handle.presence_page(topic, cursor, limit);
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn presence_stats<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<presence::Stats, Unavailable>> {
+        let stats = self.handle.presence_stats(topic);
+        Box::pin(async move { Ok(stats) })
+    }
+
+    // The workers' closes removed every member.
+    fn depart(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     fn health(&self) -> Option<serde_json::Value> {
         None
     }
@@ -77,12 +103,20 @@ impl Broker for Local {
     }
 }
 
-/// The local broker's [`Demand`]: the workers resolve interest and reads
-/// themselves (the engine's `Config::broker` is off), so nothing comes.
-pub struct Nothing;
+/// The local broker's [`Demand`]: the workers resolve interest, reads and
+/// presence themselves (the engine's `Config::broker` is off); the
+/// node's channel edges are the cluster's, sent straight to the webhook.
+pub struct Direct(pub Arc<Webhooks>);
 
-impl Demand for Nothing {
+impl Demand for Direct {
     fn update(&self, _topic: &str, _held: bool) {}
+
+    // The workers pushed it themselves.
+    fn presence(&self, _change: PresenceChange) {}
+
+    fn channel(&self, topic: &str, occupied: bool) {
+        self.0.channel(topic, occupied);
+    }
 
     fn recover(&self, read: Recover) {
         tracing::error!(

@@ -22,9 +22,11 @@ pub mod redis;
 
 pub use self::redis::{Access, InterestLimits, Settings, Topology};
 
+use crate::webhooks::Webhooks;
 use futures_util::future::BoxFuture;
 use ringcast_engine::history::Page;
-use ringcast_engine::upstream::Recover;
+use ringcast_engine::presence;
+use ringcast_engine::upstream::{PresenceChange, Recover};
 use ringcast_engine::{Content, Handle, Sender};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -142,6 +144,33 @@ pub trait Broker: Send + Sync {
         limit: usize,
     ) -> BoxFuture<'a, Result<Option<Page>, Unavailable>>;
 
+    /// Up to `limit` members of the presence topic `topic` after
+    /// `cursor` (a previous page's `next`), across every node the broker
+    /// joins.
+    ///
+    /// # Errors
+    /// The broker could not be read.
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<presence::Page, Unavailable>>;
+
+    /// The counts of `topic`'s members across every node.
+    ///
+    /// # Errors
+    /// The broker could not be read.
+    fn presence_stats<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<presence::Stats, Unavailable>>;
+
+    /// This node leaves (its drain is over): its presence members are
+    /// removed at once, with a leave each. Bounded by the broker's
+    /// timeouts.
+    fn depart(&self) -> BoxFuture<'_, ()>;
+
     /// The broker's state for `/healthz`, if it has one beyond the
     /// process's.
     fn health(&self) -> Option<serde_json::Value>;
@@ -160,11 +189,22 @@ pub trait Demand: Send + Sync {
     /// A resuming subscriber's history read, answered with
     /// `Handle::recovered`.
     fn recover(&self, read: Recover);
+
+    /// A presence join or leave of this node: registered where the
+    /// cluster's members are kept, and pushed to every node's `join_leave`
+    /// subscribers with `first` or `last` across the cluster.
+    fn presence(&self, change: PresenceChange);
+
+    /// A topic got its first subscriber on this node (`occupied`) or lost
+    /// its last, for the channels webhook: sent once the broker judged it
+    /// the cluster's first or last.
+    fn channel(&self, topic: &str, occupied: bool);
 }
 
 /// The broker chosen by the flags, before the engine runs (the workers'
-/// sink needs its [`Demand`]); [`Plan::start`] makes the [`Broker`].
-pub struct Plan(Kind);
+/// sink needs its [`Demand`]); [`Plan::start`] makes the [`Broker`]. The
+/// webhooks get the events the broker judges (channels, reaped members).
+pub struct Plan(Kind, Arc<Webhooks>);
 
 enum Kind {
     Local,
@@ -186,18 +226,20 @@ impl Plan {
         access: Access,
         settings: Settings,
         limits: InterestLimits,
+        webhooks: Arc<Webhooks>,
     ) -> Result<Self, String> {
         if urls.is_empty() {
-            return Ok(Plan(Kind::Local));
+            return Ok(Plan(Kind::Local, webhooks));
         }
         let topology = Topology::parse(urls)?;
         let interest = redis::Interest::new(topology.queues(), limits);
-        Ok(Plan(Kind::Redis {
+        let kind = Kind::Redis {
             topology,
             access,
             settings,
             interest,
-        }))
+        };
+        Ok(Plan(kind, webhooks))
     }
 
     /// Whether positions come from outside the node, so that the workers
@@ -210,7 +252,7 @@ impl Plan {
     /// Where the workers' interest and reads go.
     pub fn demand(&self) -> Arc<dyn Demand> {
         match &self.0 {
-            Kind::Local => Arc::new(local::Nothing),
+            Kind::Local => Arc::new(local::Direct(self.1.clone())),
             Kind::Redis { interest, .. } => interest.clone(),
         }
     }
@@ -221,6 +263,7 @@ impl Plan {
     /// A broker URL that does not parse, or a `redis://` URL at a Redis
     /// Cluster node.
     pub async fn start(self, handle: Handle) -> Result<Arc<dyn Broker>, String> {
+        let webhooks = self.1;
         Ok(match self.0 {
             Kind::Local => Arc::new(local::Local::new(handle)),
             Kind::Redis {
@@ -228,7 +271,10 @@ impl Plan {
                 access,
                 settings,
                 interest,
-            } => redis::Redis::start(&topology, &access, settings, handle, interest).await?,
+            } => {
+                redis::Redis::start(&topology, &access, settings, handle, interest, webhooks)
+                    .await?
+            }
         })
     }
 }

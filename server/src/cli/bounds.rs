@@ -107,13 +107,19 @@ impl Bounds {
 
     /// The broker's timing and command bounds; `--broker-queue-bytes` is
     /// raised to `max_message` as in [`Bounds::upstream`].
-    pub fn broker(&self, max_message: usize) -> crate::broker::Settings {
+    pub fn broker(
+        &self,
+        max_message: usize,
+        presence: &super::Presence,
+    ) -> crate::broker::Settings {
         crate::broker::Settings {
             timeout: self.broker_timeout,
             ping_interval: self.broker_ping_interval,
             max_message,
             queue: self.broker_queue,
             queue_bytes: self.broker_queue_bytes.max(max_message),
+            presence_ttl: presence.presence_ttl,
+            presence_max: presence.presence_join_leave_max,
         }
     }
 

@@ -9,13 +9,16 @@
 //! This file holds the flags and their parsing; [`values`] how single
 //! values are read and printed; [`settings`] what the flags make (the
 //! engine's configuration, secrets read from files) and the checks clap
-//! cannot do; [`bounds`] the queue bounds.
+//! cannot do; [`bounds`] the queue bounds; [`presence`] the presence
+//! flags.
 
 mod bounds;
+mod presence;
 mod settings;
 mod values;
 
 pub use bounds::Bounds;
+pub use presence::Presence;
 use values::{count, humantime_str, listen_addr, rules_table, urls_without_passwords};
 
 use clap::parser::ValueSource;
@@ -68,6 +71,11 @@ pub enum HookKind {
     Rpc,
     /// After connections close, batched, best effort.
     Disconnect,
+    /// Presence joins and leaves, batched, at least once.
+    Presence,
+    /// A topic's first subscriber (occupied) and last (vacated), batched,
+    /// at least once.
+    Channels,
 }
 
 /// Log line format.
@@ -342,11 +350,13 @@ pub struct Serve {
     #[arg(long, env = "RINGCAST_MAX_INFLATE_BYTES_PER_SEC", default_value_t = 16 << 20, value_parser = count::<u64>)]
     pub max_inflate_bytes_per_sec: u64,
     /// Base URL of the backend's hooks (http://): each is a POST of JSON
-    /// to URL/connect, URL/publish, URL/rpc or URL/disconnect.
+    /// to URL/connect, URL/publish, URL/rpc, URL/disconnect, URL/presence
+    /// or URL/channels.
     #[arg(long, env = "RINGCAST_HOOK_URL")]
     pub hook_url: Option<String>,
-    /// Which hooks are called: connect, publish, rpc, disconnect
-    /// (repeatable, or comma-separated) [default: none].
+    /// Which hooks are called: connect, publish, rpc, disconnect,
+    /// presence, channels (repeatable, or comma-separated) [default:
+    /// none].
     #[arg(long, env = "RINGCAST_HOOKS", value_delimiter = ',', value_enum)]
     pub hooks: Vec<HookKind>,
     /// Longest wait for a hook's answer; past it a handshake gets 503, an
@@ -369,6 +379,10 @@ pub struct Serve {
     #[command(flatten)]
     #[serde(flatten)]
     pub bounds: Bounds,
+    /// Presence topics and bounds (see [`Presence`]).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub presence: Presence,
 }
 
 impl Default for Serve {

@@ -71,6 +71,11 @@ impl Serve {
             max_inflate_bytes_per_sec: self.max_inflate_bytes_per_sec,
             hooks: self.engine_hooks(),
             broker: false,
+            presence: patterns(
+                "--presence",
+                &crate::statics::presence(self.demo, &self.presence.patterns),
+            )?,
+            presence_join_leave_max: self.presence.presence_join_leave_max,
         })
     }
 
@@ -82,6 +87,8 @@ impl Serve {
             publish: on(HookKind::Publish),
             rpc: on(HookKind::Rpc),
             disconnect: on(HookKind::Disconnect),
+            presence: on(HookKind::Presence),
+            channels: on(HookKind::Channels),
         }
     }
 

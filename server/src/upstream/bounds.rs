@@ -103,6 +103,10 @@ fn size(event: &Event) -> usize {
         Event::Closed(c) => c.user.as_ref().map_or(0, String::len),
         Event::Interest(i) => i.topic.len(),
         Event::Recover(r) => r.topic.len(),
+        Event::Presence(c) => {
+            c.change.topic.len() + c.change.member.info.as_ref().map_or(0, |i| i.len())
+        }
+        Event::PresenceQuery(q) => q.topic.len(),
     }
 }
 
@@ -111,6 +115,7 @@ fn owner(event: &Event) -> Option<Origin> {
     match event {
         Event::Publish(p) => Some(p.origin),
         Event::Rpc(r) => Some(r.origin),
+        Event::PresenceQuery(q) => Some(q.origin),
         _ => None,
     }
 }

@@ -16,16 +16,18 @@
 //! - Closed connections mark their waiting work dead (dropped, not done)
 //!   and feed the disconnect hook's batches.
 //! - Topic interest and history reads go straight to the broker's
-//!   [`crate::broker::Demand`], on the workers' threads.
+//!   [`crate::broker::Demand`], on the workers' threads; presence changes
+//!   and topic interest to the webhooks' queues ([`Webhooks`]).
 
 pub mod bounds;
 mod hooked;
 
 use crate::broker::{Broker, Demand, Message};
 use crate::hooks::Hooks;
+use crate::webhooks::Webhooks;
 use bounds::{Bounds, Limits, Ticket};
 use ringcast_engine::protocol::v1;
-use ringcast_engine::upstream::{Event, Origin, Publish, Sink, Upstream};
+use ringcast_engine::upstream::{Event, Origin, PresenceQuery, Publish, Sink, Upstream};
 use ringcast_engine::{Content, Handle, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -38,6 +40,7 @@ struct Channel {
     tx: mpsc::Sender<Work>,
     bounds: Arc<Bounds>,
     demand: Arc<dyn Demand>,
+    webhooks: Arc<Webhooks>,
     /// Whether the disconnect hook is on (else a Closed event only marks
     /// the connection's waiting work dead).
     disconnect: bool,
@@ -48,6 +51,15 @@ impl Sink for Channel {
         match event {
             Event::Interest(interest) => {
                 self.demand.update(&interest.topic, interest.held);
+                let topic = &interest.topic;
+                if let Some(occupied) = self.webhooks.node_edge(topic, interest.held) {
+                    self.demand.channel(topic, occupied);
+                }
+                Ok(())
+            }
+            Event::Presence(change) => {
+                self.webhooks.presence(&change.change);
+                self.demand.presence(change);
                 Ok(())
             }
             Event::Recover(read) => {
@@ -81,11 +93,12 @@ impl Sink for Channel {
 
 /// A sink for [`ringcast_engine::Config::upstream`] within `limits`, the
 /// receiver the loop reads, and the bounds (for their metrics). Interest
-/// and reads go to `demand`; `disconnect` says whether the disconnect hook
-/// is on.
+/// and reads go to `demand`, presence changes and interest to `webhooks`
+/// too; `disconnect` says whether the disconnect hook is on.
 pub fn channel(
     limits: Limits,
     demand: Arc<dyn Demand>,
+    webhooks: Arc<Webhooks>,
     disconnect: bool,
 ) -> (Upstream, mpsc::Receiver<Work>, Arc<Bounds>) {
     let (tx, rx) = mpsc::channel(limits.events.max(1));
@@ -94,6 +107,7 @@ pub fn channel(
         tx,
         bounds: bounds.clone(),
         demand,
+        webhooks,
         disconnect,
     };
     (Upstream(Arc::new(sink)), rx, bounds)
@@ -174,6 +188,9 @@ pub async fn run(mut events: mpsc::Receiver<Work>, ctx: Context) {
             Event::Rpc(rpc) => {
                 tokio::spawn(hooked::call_rpc(ctx.clone(), rpc, ticket));
             }
+            Event::PresenceQuery(query) => {
+                tokio::spawn(answer_presence(ctx.clone(), query, ticket));
+            }
             Event::Connect(connect) => {
                 tokio::spawn(hooked::call_connect(ctx.clone(), connect, ticket));
             }
@@ -183,11 +200,47 @@ pub async fn run(mut events: mpsc::Receiver<Work>, ctx: Context) {
                     let _ = tx.try_send(hooked::disconnect_event(&closed));
                 }
             }
-            other @ (Event::Interest(_) | Event::Recover(_)) => {
+            other @ (Event::Interest(_) | Event::Recover(_) | Event::Presence(_)) => {
                 tracing::error!(?other, "a broker event reached the upstream loop");
             }
         }
     }
+}
+
+/// Answers a `ringcast.v1` `presence` or `presence_stats` op from the
+/// broker (across the cluster); `broker unavailable` when it cannot be
+/// read. Dropped when the connection closed meanwhile.
+async fn answer_presence(ctx: Arc<Context>, query: PresenceQuery, ticket: Ticket) {
+    use ringcast_engine::presence::{Who, MAX_ANSWER};
+    use ringcast_engine::protocol::{control, presence};
+    let topic = &query.topic;
+    let text = if query.stats {
+        match ctx.broker.presence_stats(topic).await {
+            Ok(s) => presence::stats_answer(topic, s.clients, s.users),
+            Err(_) => control::topic_error(topic, "broker unavailable"),
+        }
+    } else {
+        match ctx.broker.presence(topic, None, MAX_ANSWER).await {
+            Ok(page) => {
+                let members = page.members.iter().take(MAX_ANSWER).map(|m| Who {
+                    client: &m.client,
+                    user: m.user.as_deref(),
+                    info: m.info.as_deref(),
+                });
+                let truncated = page.next.is_some() || page.members.len() > MAX_ANSWER;
+                presence::answer(topic, members, truncated)
+            }
+            Err(_) => control::topic_error(topic, "broker unavailable"),
+        }
+    };
+    if !ctx.bounds.is_dead(query.origin) {
+        let frame = ringcast_engine::protocol::frame::encode(
+            ringcast_engine::OpCode::Text,
+            text.as_bytes(),
+        );
+        ctx.handle.reply(query.origin, frame);
+    }
+    drop(ticket);
 }
 
 impl Context {

@@ -71,6 +71,8 @@ pub(super) struct Opening {
     pub topics: Vec<String>,
     /// Where the client resumes: SSE's `Last-Event-ID`, a poll's `since`.
     pub position: Option<String>,
+    /// SSE's `join_leave=1`: its topics' presence joins and leaves too.
+    pub join_leave: bool,
     /// A poll's `Origin`, for the CORS headers of its answers.
     pub origin: Option<String>,
     /// The address forwarding headers are judged by (the PROXY header's
@@ -171,13 +173,22 @@ impl Connections {
         let Opening {
             topics,
             position,
+            join_leave,
             origin,
             addresses,
             mut rest,
         } = opening;
         match endpoint {
             // The client says nothing more on an SSE stream.
-            Endpoint::Sse => return self.open_sse(slot, &topics, position.as_deref()),
+            Endpoint::Sse => {
+                self.open_sse(slot, &topics, position.as_deref());
+                if join_leave {
+                    for topic in &topics {
+                        self.listen_join_leave(slot, topic);
+                    }
+                }
+                return;
+            }
             Endpoint::Poll => {
                 let since = position.as_deref();
                 return self.open_poll(slot, addresses, &topics, since, origin, &rest);

@@ -465,8 +465,8 @@ impl Connections {
         let conn = self.table.get_mut(slot).expect("live slot");
         if client != admitted {
             let peer = self.io.admission.admit(client)?;
-            self.io.admission.closed(conn.peer);
-            conn.peer = peer;
+            self.io.admission_closed(slot);
+            self.io.admitted(slot, peer);
             if let Some(state) = self.transports.poll.by_slot.get_mut(&slot) {
                 state.addresses = Some((transport, client));
             }

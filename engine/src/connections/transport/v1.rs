@@ -33,18 +33,24 @@ impl Connections {
     /// against the rate limits: publish and rpc with their bytes (in
     /// `duplex.rs`), the others here.
     pub(in crate::connections) fn apply_v1(&mut self, slot: u32, request: v1::Request) {
-        let control = matches!(
+        let control = !matches!(
             request,
-            v1::Request::Resume { .. } | v1::Request::Control(_)
+            v1::Request::Publish { .. } | v1::Request::Rpc { .. }
         );
         if control && !self.within_rate(slot, 0, true, None) {
             return;
         }
         match request {
-            v1::Request::Resume { topic, since } => self.subscribe_v1(slot, &topic, Some(&since)),
+            v1::Request::Subscribe {
+                topic,
+                since,
+                join_leave,
+            } => self.subscribe_v1(slot, &topic, since.as_ref(), join_leave),
             v1::Request::Control(control::Request::Subscribe { topic }) => {
-                self.subscribe_v1(slot, &topic, None);
+                self.subscribe_v1(slot, &topic, None, false);
             }
+            v1::Request::Presence { topic } => self.presence_query(slot, &topic, false),
+            v1::Request::PresenceStats { topic } => self.presence_query(slot, &topic, true),
             v1::Request::Control(other) => self.control(slot, other),
             v1::Request::Publish { topic, data, id } => self.client_publish(slot, topic, data, id),
             v1::Request::Rpc { id, method, data } => self.client_rpc(slot, id, method, data),
@@ -56,17 +62,22 @@ impl Connections {
     /// the topic's position.
     pub(super) fn open_v1(&mut self, slot: u32, topics: &[String]) {
         for topic in topics {
-            self.subscribe_v1(slot, topic, None);
+            self.subscribe_v1(slot, topic, None, false);
         }
     }
 
     /// Subscribes `slot` to `topic`, answers with the topic's position
     /// when it keeps history, and with `since`, replays what came after it
     /// or answers `recovered:false`. A topic the connection already holds
-    /// is acknowledged without a position and changes nothing.
-    fn subscribe_v1(&mut self, slot: u32, topic: &str, since: Option<&Since>) {
+    /// is acknowledged without a position and changes nothing but
+    /// `join_leave` (on: the subscription gets the topic's presence joins
+    /// and leaves).
+    fn subscribe_v1(&mut self, slot: u32, topic: &str, since: Option<&Since>, join_leave: bool) {
         let before = self.held(slot, topic);
         let reply = self.subscribe(slot, topic);
+        if join_leave {
+            self.listen_join_leave(slot, topic);
+        }
         let id = match self.held(slot, topic) {
             Some(id) if before.is_none() => id,
             _ => return self.reply(slot, reply), // refused, or already held

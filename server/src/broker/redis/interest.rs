@@ -19,7 +19,7 @@
 
 use super::metrics::Metrics;
 use super::{lock, shards};
-use ringcast_engine::upstream::Recover;
+use ringcast_engine::upstream::{PresenceChange, Recover};
 use ringcast_engine::Handle;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -64,6 +64,8 @@ pub struct Interest {
     /// The engine, to answer a read that did not fit (set at start).
     handle: OnceLock<Handle>,
     metrics: Arc<Metrics>,
+    /// The node's presence changes on their way to Redis.
+    pub(super) presence: super::presence::Queue,
 }
 
 impl Interest {
@@ -87,6 +89,7 @@ impl Interest {
             receivers: Mutex::new(receivers),
             handle: OnceLock::new(),
             metrics: Arc::new(Metrics::new(shards)),
+            presence: super::presence::Queue::default(),
         })
     }
 
@@ -172,6 +175,26 @@ impl crate::broker::Demand for Interest {
         }
         drop(state);
         self.wake[shard].notify_one();
+    }
+
+    /// Queues a presence change for Redis; one that does not fit is
+    /// counted, and the node registers its members again later.
+    fn presence(&self, change: PresenceChange) {
+        if !self.presence.push(super::presence::Work::Change(change)) {
+            self.metrics.presence_dropped.inc();
+        }
+    }
+
+    /// Queued with the presence changes, in order; one that does not fit
+    /// is counted (its event is lost).
+    fn channel(&self, topic: &str, occupied: bool) {
+        let work = super::presence::Work::Channel {
+            topic: topic.to_owned(),
+            occupied,
+        };
+        if !self.presence.push(work) {
+            self.metrics.presence_dropped.inc();
+        }
     }
 
     /// Queues a history read for its shard; one that does not fit is

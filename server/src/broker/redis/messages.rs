@@ -115,6 +115,9 @@ impl Redis {
             if !is_valid_name(topic) {
                 return Err("invalid topic".into());
             }
+            if payload.starts_with(br#"{"presence":"#) {
+                return self.presence_event(topic, payload).map_err(Refusal::from);
+            }
             let (content, body, position) = script::topic_message(payload)?;
             if body.len() > self.settings.max_message {
                 return Err(Refusal::Refused("size"));

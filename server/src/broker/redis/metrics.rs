@@ -45,6 +45,11 @@ pub struct Metrics {
     /// subscribed on (from its loss to its resubscription); Sentinel:
     /// seconds from the master's lost connection to the next master's.
     pub without_master: Counter,
+    /// Presence changes of this node Redis did not take (queue full or
+    /// Redis down); the node registers its members again after each.
+    pub presence_dropped: IntCounter,
+    /// Members of dead nodes this node removed (each with its leave).
+    pub presence_reaped: IntCounter,
 }
 
 impl Metrics {
@@ -88,6 +93,14 @@ impl Metrics {
         let timeouts = counter(
             "ringcast_broker_timeouts_total",
             "Broker commands or pings without an answer within --broker-timeout (each reconnects the instance)",
+        );
+        let presence_dropped = counter(
+            "ringcast_broker_presence_dropped_total",
+            "Presence joins and leaves Redis did not take (queue full or Redis down); the node registers its members again",
+        );
+        let presence_reaped = counter(
+            "ringcast_broker_presence_reaped_total",
+            "Members of nodes that stopped refreshing their presence, removed by this node (a leave each)",
         );
         let refused = IntCounterVec::new(
             Opts::new(
@@ -140,6 +153,8 @@ impl Metrics {
             &timeouts,
             &failovers,
             &redirects,
+            &presence_dropped,
+            &presence_reaped,
         ] {
             registry.register(Box::new(c.clone())).expect("unique");
         }
@@ -160,6 +175,8 @@ impl Metrics {
             failovers,
             redirects,
             without_master,
+            presence_dropped,
+            presence_reaped,
         }
     }
 

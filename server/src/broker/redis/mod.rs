@@ -39,6 +39,7 @@ mod conn;
 mod interest;
 mod messages;
 mod metrics;
+mod presence;
 mod reads;
 pub mod script;
 mod sentinel;
@@ -75,6 +76,12 @@ pub struct Settings {
     pub queue: usize,
     /// Their message bytes at most (`--broker-queue-bytes`).
     pub queue_bytes: usize,
+    /// How long Redis keeps a node's presence members without a refresh
+    /// (`--presence-ttl`); refreshed every third of it.
+    pub presence_ttl: Duration,
+    /// `--presence-join-leave-max`: joins and leaves are published while
+    /// a topic has at most this many members.
+    pub presence_max: usize,
 }
 
 /// What the node needs to reach its brokers besides their URLs (no
@@ -94,6 +101,8 @@ pub struct Redis {
     backend: Backend,
     /// The names and commands used on this topology.
     layout: script::Layout,
+    /// Where the presence leaves of reaped nodes go.
+    webhooks: Arc<crate::webhooks::Webhooks>,
     handle: Handle,
     metrics: Arc<metrics::Metrics>,
     interest: Arc<Interest>,
@@ -134,6 +143,7 @@ impl Redis {
         settings: Settings,
         handle: Handle,
         interest: Arc<Interest>,
+        webhooks: Arc<crate::webhooks::Webhooks>,
     ) -> Result<Arc<Self>, String> {
         if topology.tls() {
             // rustls needs one process-wide crypto provider; a second call
@@ -177,6 +187,7 @@ impl Redis {
         let broker = Arc::new(Self {
             backend,
             layout,
+            webhooks,
             handle,
             metrics,
             interest,
@@ -201,6 +212,12 @@ impl Redis {
                 tokio::spawn(cluster::run(broker.clone(), cluster.clone(), reads));
             }
         }
+        let changes = broker
+            .interest
+            .presence
+            .take()
+            .ok_or("the broker was started twice")?;
+        tokio::spawn(presence::run(broker.clone(), changes));
         Ok(broker)
     }
 
@@ -485,6 +502,26 @@ impl super::Broker for Redis {
         limit: usize,
     ) -> BoxFuture<'a, Result<Option<Page>, Unavailable>> {
         Box::pin(self.read_history(topic, since, limit))
+    }
+
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ringcast_engine::presence::Page, Unavailable>> {
+        Box::pin(self.read_presence(topic, cursor, limit))
+    }
+
+    fn presence_stats<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<ringcast_engine::presence::Stats, Unavailable>> {
+        Box::pin(self.read_presence_stats(topic))
+    }
+
+    fn depart(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.presence_depart())
     }
 
     fn health(&self) -> Option<serde_json::Value> {

@@ -10,6 +10,9 @@
 //! - `GET /users/42`: the user's open connections.
 //! - `GET /history?topic=a[&since=12][&limit=100]`: a topic's retained
 //!   messages.
+//! - `GET /presence?topic=a[&limit=1000][&cursor=C]` and
+//!   `GET /presence_stats?topic=a`: a presence topic's members and counts
+//!   ([`presence`]).
 //! - `POST /drain[?period=30s]`: start a graceful drain (as SIGTERM does).
 //! - `POST /rebalance?fraction=0.2[&period=30s]`: close that share of the
 //!   connections with 1001, spread over the period.
@@ -21,13 +24,15 @@
 //! `/metrics` needs `Authorization: Bearer TOKEN` (compared in constant
 //! time), else 401.
 //!
-//! `/publish`, `/broadcast`, `/disconnect` and `/history` go through the
+//! `/publish`, `/broadcast`, `/disconnect`, `/history` and presence go through the
 //! broker ([`crate::broker::Broker`]). Alone, the counts are this node's
 //! (`{"subscribers":N}`, `{"disconnected":N}`), once every worker has
 //! queued the message. Over Redis (`--broker`): 200 once Redis accepted
 //! (`{"nodes":N[,"offsets":{...}]}`), 503 when it is unreachable or
 //! slower than `--broker-timeout`, or when `--broker-queue` is full;
 //! `/healthz` adds the broker's state as JSON.
+
+mod presence;
 
 use crate::broker::{Broker, Message, Reach, Unavailable};
 use crate::cli::Serve;
@@ -138,6 +143,8 @@ pub fn router(state: Arc<State>, max_message_size: usize) -> Router {
         .route("/disconnect", post(disconnect))
         .route("/users/{user}", get(user_connections))
         .route("/history", get(history))
+        .route("/presence", get(presence::presence))
+        .route("/presence_stats", get(presence::presence_stats))
         .route("/drain", post(drain))
         .route("/rebalance", post(rebalance))
         .route("/stats", get(stats));
@@ -486,7 +493,7 @@ async fn metrics(Extract(state): Shared) -> Response {
         &state.handle.stats(),
         state.draining.load(Ordering::Acquire),
         &state.publish_latency,
-        state.hooks.as_ref().map(|h| &h.calls),
+        state.hooks.as_deref(),
     );
     text.push_str(&state.bounds.render());
     text.push_str(&state.broker.metrics_text());

@@ -1,0 +1,739 @@
+//! Presence across the cluster, kept in Redis (README, "Presence").
+//!
+//! Keys, on the instance that holds the topic (as its other keys):
+//! - `ringcast:presence:TOPIC`: hash client id → member JSON
+//!   (`{"client","user","info"}`);
+//! - `ringcast:presence-users:TOPIC`: hash user → its connections there;
+//! - `ringcast:presence-node:NODE`: set of `TOPIC\nCLIENT`, the node's
+//!   memberships on this instance (what a dead node leaves behind);
+//! - `ringcast:presence-nodes`: sorted set node → the time (ms, Redis's
+//!   clock) its memberships expire unless it refreshes them;
+//! - with `--hooks channels`, `ringcast:channel:TOPIC`: set of the nodes
+//!   with subscribers of TOPIC, and `ringcast:channel-node:NODE`: the
+//!   node's topics, so that `occupied` and `vacated` fire once per
+//!   cluster (a dead node's topics are let go of when it is reaped).
+//!
+//! A node's changes run one at a time, in the order its workers made
+//! them, each as one script that updates the keys, computes `first` or
+//! `last` across the cluster and PUBLISHes the event on the topic's
+//! channel (while the topic has at most `--presence-join-leave-max`
+//! members), so every node pushes it to its `join_leave` subscribers in
+//! the order it happened. Every `--presence-ttl`/3 each node pushes its
+//! expiry forward and reaps the nodes whose expiry passed: removing a
+//! dead node from the sorted set is what makes one survivor (the one
+//! whose `ZREM` took it) publish a `leave` for each of its members.
+//!
+//! Redis down: the node's workers keep tracking their members, the
+//! changes meanwhile are dropped, and the node registers its members
+//! again (the set difference) once Redis answers.
+
+use super::conn::{Backend, On};
+use super::shard::Shard;
+use super::{shards, Redis};
+use crate::broker::Unavailable;
+use ringcast_engine::auth::MAX_USER_ID;
+use ringcast_engine::presence::{Change, Member, Page, Stats, Who};
+use ringcast_engine::upstream::{Origin, PresenceChange};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use tokio::sync::mpsc;
+
+/// A node's changes waiting for Redis at most; past it they are dropped
+/// (counted) and the node registers its members again.
+pub const QUEUE: usize = 65_536;
+
+/// Longest client id taken from Redis, in bytes.
+const MAX_CLIENT: usize = 64;
+/// Longest `info` taken from Redis, in bytes (the claim's limit).
+const MAX_INFO: usize = 1024;
+
+const NODES: &str = "ringcast:presence-nodes";
+
+fn members_key(topic: &str) -> String {
+    format!("ringcast:presence:{topic}")
+}
+
+fn users_key(topic: &str) -> String {
+    format!("ringcast:presence-users:{topic}")
+}
+
+fn channel_key(topic: &str) -> String {
+    format!("ringcast:channel:{topic}")
+}
+
+fn channel_node_key(node: &str) -> String {
+    format!("ringcast:channel-node:{node}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("ringcast:presence-node:{node}")
+}
+
+/// The Lua function both a leave and a reap use: removes member
+/// `client` of `topic` (of `node`), counts its user down, and PUBLISHes
+/// its leave while the topic had at most `max` members. Returns nil when
+/// it was not a member, else `{edge, members, member json}`.
+const REMOVE: &str = r#"
+local function remove(topic, client, node, max)
+  local mkey = 'ringcast:presence:' .. topic
+  local json = redis.call('HGET', mkey, client)
+  if not json then return nil end
+  redis.call('HDEL', mkey, client)
+  redis.call('SREM', 'ringcast:presence-node:' .. node, topic .. '\n' .. client)
+  local ok, m = pcall(cjson.decode, json)
+  local user = 'null'
+  local edge = 1
+  if ok and type(m) == 'table' and type(m.user) == 'string' then
+    user = cjson.encode(m.user)
+    local ukey = 'ringcast:presence-users:' .. topic
+    if redis.call('HINCRBY', ukey, m.user, -1) > 0 then
+      edge = 0
+    else
+      redis.call('HDEL', ukey, m.user)
+    end
+  end
+  local members = redis.call('HLEN', mkey) + 1
+  if members <= max then
+    redis.call('PUBLISH', 'ringcast:topic:' .. topic,
+      '{"presence":"leave","node":' .. cjson.encode(node) .. ',"client":' .. cjson.encode(client) ..
+      ',"user":' .. user .. ',"edge":' .. (edge == 1 and 'true' or 'false') ..
+      ',"members":' .. members .. '}')
+  end
+  return {edge, members, json}
+end
+"#;
+
+/// Registers member `ARGV[1]` (JSON `ARGV[2]`, user `ARGV[3]` or "") of
+/// topic `ARGV[4]`; with `ARGV[6]` = "1" PUBLISHes `ARGV[7]` completed
+/// with `edge` and `members` while the topic has at most `ARGV[5]`
+/// members. Returns `{edge, members}`, or `{-1, 0}` when it was already
+/// registered. KEYS: members, users, node set.
+const JOIN: &str = r#"
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {-1, 0} end
+redis.call('SADD', KEYS[3], ARGV[4] .. '\n' .. ARGV[1])
+local edge = 1
+if ARGV[3] ~= '' and redis.call('HINCRBY', KEYS[2], ARGV[3], 1) > 1 then edge = 0 end
+local members = redis.call('HLEN', KEYS[1])
+if ARGV[6] == '1' and members <= tonumber(ARGV[5]) then
+  redis.call('PUBLISH', 'ringcast:topic:' .. ARGV[4],
+    ARGV[7] .. (edge == 1 and 'true' or 'false') .. ',"members":' .. members .. '}')
+end
+return {edge, members}
+"#;
+
+/// Removes member `ARGV[2]` of topic `ARGV[1]` of node `ARGV[3]`
+/// (`REMOVE`, `max` `ARGV[4]`). Returns `{edge, members}`, or `{-1, 0}`.
+/// KEYS: members, users, node set (declared; the function names them).
+fn leave_script() -> String {
+    format!(
+        "{REMOVE}\nlocal r = remove(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))\n\
+         if not r then return {{-1, 0}} end\nreturn {{r[1], r[2]}}"
+    )
+}
+
+/// Node `ARGV[1]` holds topic `ARGV[2]` (`ARGV[3]` = "1") or let go of
+/// it: returns 1 when that makes the topic occupied across the cluster
+/// (its first node) or vacated (its last), else 0. KEYS: the topic's
+/// node set, the node's topic set.
+const CHANNEL: &str = r#"
+if ARGV[3] == '1' then
+  if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+  redis.call('SADD', KEYS[2], ARGV[2])
+  return redis.call('SCARD', KEYS[1]) == 1 and 1 or 0
+end
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[2])
+return redis.call('SCARD', KEYS[1]) == 0 and 1 or 0
+"#;
+
+/// Pushes node `ARGV[1]`'s expiry to Redis's now + `ARGV[2]` ms and
+/// lists the nodes whose expiry passed. Returns `{added, now, dead…}`
+/// (`added` 1: the node was not registered, e.g. it was reaped).
+/// KEYS: the nodes' sorted set.
+const REFRESH: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local out = {added, now}
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)) do
+  table.insert(out, dead)
+end
+return out
+"#;
+
+/// Reaps node `ARGV[1]` if its expiry is before `ARGV[2]` (or at once
+/// with `ARGV[4]` = "1": the node itself leaving): the one caller whose
+/// `ZREM` takes it removes each of its members (`REMOVE`, `max`
+/// `ARGV[3]`), and lets go of its topics (the channels webhook). Returns
+/// `{topic, member json, edge, members, …}`, with `{topic, "", 0, 0}`
+/// for each topic that became vacated. KEYS: the nodes' sorted set, the
+/// node's set.
+fn reap_script() -> String {
+    format!(
+        r#"{REMOVE}
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ARGV[4] ~= '1' and (not score or tonumber(score) >= tonumber(ARGV[2])) then return {{}} end
+if ARGV[4] ~= '1' and redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return {{}} end
+if ARGV[4] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+local out = {{}}
+for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local nl = string.find(entry, '\n', 1, true)
+  if nl then
+    local topic = string.sub(entry, 1, nl - 1)
+    local r = remove(topic, string.sub(entry, nl + 1), ARGV[1], tonumber(ARGV[3]))
+    if r then
+      table.insert(out, topic)
+      table.insert(out, r[3])
+      table.insert(out, r[1])
+      table.insert(out, r[2])
+    end
+  end
+end
+redis.call('DEL', KEYS[2])
+local topics = 'ringcast:channel-node:' .. ARGV[1]
+for _, topic in ipairs(redis.call('SMEMBERS', topics)) do
+  local nodes = 'ringcast:channel:' .. topic
+  if redis.call('SREM', nodes, ARGV[1]) == 1 and redis.call('SCARD', nodes) == 0 then
+    table.insert(out, topic)
+    table.insert(out, '')
+    table.insert(out, 0)
+    table.insert(out, 0)
+  end
+end
+redis.call('DEL', topics)
+return out
+"#
+    )
+}
+
+static JOIN_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(JOIN));
+static LEAVE_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&leave_script()));
+static REAP_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&reap_script()));
+static CHANNEL_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CHANNEL));
+static REFRESH_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REFRESH));
+
+/// What the node hands its presence task, in order.
+pub enum Work {
+    /// A member of this node joined or left.
+    Change(PresenceChange),
+    /// A topic got its first subscriber on this node (`occupied`) or
+    /// lost its last (the channels webhook, once per cluster).
+    Channel {
+        /// The topic.
+        topic: String,
+        /// First subscriber (else last gone).
+        occupied: bool,
+    },
+}
+
+/// The node's presence changes on their way to Redis, and whether the
+/// node must register its members again.
+pub struct Queue {
+    tx: mpsc::Sender<Work>,
+    rx: Mutex<Option<mpsc::Receiver<Work>>>,
+    /// Set when a change was dropped or an instance came back: the next
+    /// refresh registers the node's members again.
+    resync: AtomicBool,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Self {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            resync: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Queue {
+    /// Queues a change of this node (never blocks); a full queue drops it
+    /// and asks for a resync.
+    pub fn push(&self, work: Work) -> bool {
+        let taken = self.tx.try_send(work).is_ok();
+        if !taken {
+            self.resync.store(true, Ordering::Release);
+        }
+        taken
+    }
+
+    /// The node's members must be registered again (an instance was
+    /// lost and is back).
+    pub fn resync(&self) {
+        self.resync.store(true, Ordering::Release);
+    }
+
+    pub(super) fn take(&self) -> Option<mpsc::Receiver<Work>> {
+        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A hash field and its value, as HSCAN answers them.
+type Pair = (Vec<u8>, Vec<u8>);
+
+/// A member as it is stored and published.
+#[derive(Deserialize)]
+struct Stored {
+    client: String,
+    user: Option<String>,
+    info: Option<Box<RawValue>>,
+}
+
+/// A member read from Redis, if it is within the limits.
+fn member(json: &[u8]) -> Option<Member> {
+    let m: Stored = serde_json::from_slice(json).ok()?;
+    let info = m.info.filter(|i| i.get() != "null");
+    let fits = m.client.len() <= MAX_CLIENT
+        && m.user.as_ref().is_none_or(|u| u.len() <= MAX_USER_ID)
+        && info.as_ref().is_none_or(|i| i.get().len() <= MAX_INFO);
+    fits.then(|| Member {
+        client: m.client,
+        user: m.user.map(Into::into),
+        info: info.map(|i| i.get().into()),
+    })
+}
+
+/// A presence event published on a topic's channel.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Event {
+    presence: String,
+    node: String,
+    /// The joining connection (worker, slot, generation), on its node.
+    #[serde(default)]
+    o: Option<(u32, u32, u32)>,
+    client: String,
+    user: Option<String>,
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
+    edge: bool,
+    members: usize,
+}
+
+/// A command connection to `shard`.
+///
+/// # Errors
+/// The instance is not connected.
+fn connection(shard: &Shard) -> Result<redis::aio::MultiplexedConnection, Unavailable> {
+    shard
+        .connection()
+        .ok_or_else(|| Unavailable(format!("broker {} is unreachable", shard.name)))
+}
+
+impl Redis {
+    /// The instances presence is kept on: the standalone ones (Sentinel's
+    /// master included); none over a Redis Cluster, where presence is not
+    /// kept yet (README, "Presence").
+    fn presence_shards(&self) -> &[Arc<Shard>] {
+        match &self.backend {
+            Backend::Instances(shards) => shards,
+            Backend::Cluster(_) => &[],
+        }
+    }
+
+    /// Whether `topic`'s presence lives on `shard`.
+    fn on_shard(&self, topic: &str, shard: &Shard) -> bool {
+        let shards = self.presence_shards();
+        std::ptr::eq(
+            shards[shards::shard_of(topic, shards.len())].as_ref(),
+            shard,
+        )
+    }
+
+    /// `topic`'s instance and a command connection to it.
+    ///
+    /// # Errors
+    /// Over a Redis Cluster, or the instance is not connected.
+    fn presence_shard(
+        &self,
+        topic: &str,
+    ) -> Result<(&Arc<Shard>, redis::aio::MultiplexedConnection), Unavailable> {
+        let shards = self.presence_shards();
+        if shards.is_empty() {
+            return Err(Unavailable(
+                "presence is not kept over a Redis Cluster yet".into(),
+            ));
+        }
+        let shard = &shards[shards::shard_of(topic, shards.len())];
+        Ok((shard, connection(shard)?))
+    }
+
+    /// Pushes a presence event from `topic`'s channel to this node's
+    /// `join_leave` subscribers.
+    ///
+    /// # Errors
+    /// Why the event is malformed or out of bounds.
+    pub(super) fn presence_event(&self, topic: &str, payload: &[u8]) -> Result<(), &'static str> {
+        let e: Event = serde_json::from_slice(payload).map_err(|_| "malformed presence event")?;
+        let joined = match e.presence.as_str() {
+            "join" => true,
+            "leave" => false,
+            _ => return Err("unknown presence event"),
+        };
+        let info = e.info.filter(|i| i.get() != "null");
+        if e.client.len() > MAX_CLIENT
+            || e.user.as_ref().is_some_and(|u| u.len() > MAX_USER_ID)
+            || info.as_ref().is_some_and(|i| i.get().len() > MAX_INFO)
+            || e.members > self.settings.presence_max
+        {
+            return Err("presence event out of bounds");
+        }
+        let skip =
+            e.o.filter(|_| e.node == self.handle.presence_node())
+                .map(|(worker, slot, gen)| Origin { worker, slot, gen });
+        let change = Change {
+            topic: topic.into(),
+            member: Member {
+                client: e.client,
+                user: e.user.map(Into::into),
+                info: info.map(|i| i.get().into()),
+            },
+            joined,
+            edge: e.edge,
+            members: e.members,
+        };
+        self.handle.presence_event(&change, skip);
+        Ok(())
+    }
+
+    /// Up to about `limit` members of `topic` from `cursor` (HSCAN's).
+    pub(super) async fn read_presence(
+        &self,
+        topic: &str,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, Unavailable> {
+        let (shard, mut conn) = self.presence_shard(topic)?;
+        let mut scan = redis::cmd("HSCAN");
+        scan.arg(members_key(topic))
+            .arg(cursor.unwrap_or(0))
+            .arg("COUNT")
+            .arg(limit);
+        let (next, pairs): (u64, Vec<Pair>) = self
+            .run(&On::Shard(shard), scan.query_async(&mut conn))
+            .await?;
+        let members = pairs
+            .into_iter()
+            .take(limit.max(1) * 4)
+            .filter_map(|(_, json)| member(&json))
+            .collect();
+        Ok(Page {
+            members,
+            next: (next != 0).then(|| next.to_string()),
+        })
+    }
+
+    /// `topic`'s counts across the cluster.
+    pub(super) async fn read_presence_stats(&self, topic: &str) -> Result<Stats, Unavailable> {
+        let (shard, mut conn) = self.presence_shard(topic)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HLEN")
+            .arg(members_key(topic))
+            .cmd("HLEN")
+            .arg(users_key(topic));
+        let (clients, users): (usize, usize) = self
+            .run(&On::Shard(shard), pipe.query_async(&mut conn))
+            .await?;
+        Ok(Stats { clients, users })
+    }
+
+    /// Registers one change of this node (a join or a leave) on its
+    /// topic's instance.
+    async fn apply_change(&self, pc: &PresenceChange) -> Result<(), Unavailable> {
+        let change = &pc.change;
+        let topic: &str = &change.topic;
+        let (shard, mut conn) = self.presence_shard(topic)?;
+        let node = self.handle.presence_node();
+        let max = self.settings.presence_max;
+        if change.joined {
+            let invocation = join_invocation(topic, &change.member, node, max, pc.joiner, true);
+            let _: (i64, i64) = self
+                .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
+                .await?;
+        } else {
+            let mut invocation = LEAVE_SCRIPT.prepare_invoke();
+            invocation
+                .key(members_key(topic))
+                .key(users_key(topic))
+                .key(node_key(node))
+                .arg(topic)
+                .arg(&change.member.client)
+                .arg(node)
+                .arg(max);
+            let _: (i64, i64) = self
+                .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records that this node holds `topic` (`occupied`) or let go of it;
+    /// the node that made it occupied or vacated across the cluster sends
+    /// the channels webhook's event.
+    async fn apply_channel(&self, topic: &str, occupied: bool) -> Result<(), Unavailable> {
+        let (shard, mut conn) = self.presence_shard(topic)?;
+        let node = self.handle.presence_node();
+        let mut invocation = CHANNEL_SCRIPT.prepare_invoke();
+        invocation
+            .key(channel_key(topic))
+            .key(channel_node_key(node))
+            .arg(node)
+            .arg(topic)
+            .arg(if occupied { "1" } else { "0" });
+        let edge: i64 = self
+            .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
+            .await?;
+        if edge == 1 {
+            self.webhooks.channel(topic, occupied);
+        }
+        Ok(())
+    }
+
+    /// Pushes this node's expiry forward on `shard`, registers its members
+    /// again when asked to (or when it found itself gone), and reaps the
+    /// nodes that stopped refreshing, each leave handed to the webhook.
+    async fn refresh(&self, shard: &Arc<Shard>, resync: bool) -> Result<(), Unavailable> {
+        let mut conn = connection(shard)?;
+        let node = self.handle.presence_node().to_owned();
+        let ttl = self.settings.presence_ttl.as_millis() as u64;
+        let mut invocation = REFRESH_SCRIPT.prepare_invoke();
+        invocation.key(NODES).arg(&node).arg(ttl);
+        let out: Vec<redis::Value> = self
+            .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
+            .await?;
+        let number = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::Int(n)) => Some(*n),
+            _ => None,
+        };
+        let (Some(added), Some(now)) = (number(out.first()), number(out.get(1))) else {
+            return Err(Unavailable("unexpected refresh answer".into()));
+        };
+        if resync || added == 1 {
+            self.register_again(shard, &node).await?;
+        }
+        for dead in out.iter().skip(2) {
+            if let redis::Value::BulkString(name) = dead {
+                let name = String::from_utf8_lossy(name).into_owned();
+                if name != node && name.len() <= MAX_CLIENT {
+                    self.reap(shard, &name, now, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes node `dead`'s members on `shard` (all of them at once with
+    /// `now_too`: this node leaving), if this call is the one that reaps
+    /// it; hands each leave to the presence webhook.
+    async fn reap(
+        &self,
+        shard: &Arc<Shard>,
+        dead: &str,
+        now: i64,
+        now_too: bool,
+    ) -> Result<usize, Unavailable> {
+        let mut conn = connection(shard)?;
+        let mut invocation = REAP_SCRIPT.prepare_invoke();
+        invocation
+            .key(NODES)
+            .key(node_key(dead))
+            .arg(dead)
+            .arg(now)
+            .arg(self.settings.presence_max)
+            .arg(if now_too { "1" } else { "0" });
+        let out: Vec<redis::Value> = self
+            .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
+            .await?;
+        let mut reaped = 0;
+        for item in out.chunks(4) {
+            let [redis::Value::BulkString(topic), redis::Value::BulkString(json), redis::Value::Int(edge), redis::Value::Int(members)] =
+                item
+            else {
+                continue;
+            };
+            let Ok(topic) = std::str::from_utf8(topic) else {
+                continue;
+            };
+            if json.is_empty() {
+                self.webhooks.channel(topic, false);
+                continue;
+            }
+            let Some(member) = member(json) else {
+                continue;
+            };
+            reaped += 1;
+            let change = Change {
+                topic: topic.into(),
+                member,
+                joined: false,
+                edge: *edge == 1,
+                members: usize::try_from(*members).unwrap_or(usize::MAX),
+            };
+            self.webhooks.presence(&change);
+        }
+        if reaped > 0 {
+            self.metrics.presence_reaped.inc_by(reaped as u64);
+            tracing::info!(
+                node = dead,
+                reaped,
+                "presence: a node stopped refreshing; its members left"
+            );
+        }
+        Ok(reaped)
+    }
+
+    /// Makes `shard`'s record of this node's members what its workers
+    /// hold: registers the missing ones (no join is published: the
+    /// cluster knew them before), removes the extra ones (each with its
+    /// leave); and records the topics it holds (for the channels
+    /// webhook), without an event.
+    async fn register_again(&self, shard: &Arc<Shard>, node: &str) -> Result<(), Unavailable> {
+        let mut conn = connection(shard)?;
+        let mut smembers = redis::cmd("SMEMBERS");
+        smembers.arg(node_key(node));
+        let stored: Vec<String> = self
+            .run(&On::Shard(shard), smembers.query_async(&mut conn))
+            .await?;
+        let mut stored: HashSet<String> = stored.into_iter().collect();
+        let max = self.settings.presence_max;
+        for (topic, member) in self.handle.presence_members() {
+            if !self.on_shard(&topic, shard) {
+                continue;
+            }
+            if stored.remove(&format!("{topic}\n{}", member.client)) {
+                continue;
+            }
+            let invocation = join_invocation(&topic, &member, node, max, None, false);
+            let _: (i64, i64) = self
+                .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
+                .await?;
+        }
+        let mut pipe = redis::pipe();
+        for topic in self.webhooks.held_topics() {
+            if self.on_shard(&topic, shard) {
+                pipe.cmd("SADD").arg(channel_key(&topic)).arg(node).ignore();
+                pipe.cmd("SADD")
+                    .arg(channel_node_key(node))
+                    .arg(topic)
+                    .ignore();
+            }
+        }
+        let _: () = self
+            .run(&On::Shard(shard), pipe.query_async(&mut conn))
+            .await?;
+        for entry in stored {
+            let Some((topic, client)) = entry.split_once('\n') else {
+                continue;
+            };
+            let mut invocation = LEAVE_SCRIPT.prepare_invoke();
+            invocation
+                .key(members_key(topic))
+                .key(users_key(topic))
+                .key(node_key(node))
+                .arg(topic)
+                .arg(client)
+                .arg(node)
+                .arg(max);
+            let _: (i64, i64) = self
+                .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// This node leaves the cluster (a graceful drain): its members are
+    /// removed at once, with a leave each.
+    pub async fn presence_depart(&self) {
+        let node = self.handle.presence_node().to_owned();
+        for shard in self.presence_shards() {
+            let _ = self.reap(shard, &node, 0, true).await;
+        }
+    }
+}
+
+/// The join script's invocation for `member` of `topic`, publishing the
+/// join (with the joining connection `joiner` named for its node) when
+/// `publish`.
+fn join_invocation(
+    topic: &str,
+    member: &Member,
+    node: &str,
+    max: usize,
+    joiner: Option<Origin>,
+    publish: bool,
+) -> redis::ScriptInvocation<'static> {
+    let who = Who {
+        client: &member.client,
+        user: member.user.as_deref(),
+        info: member.info.as_deref(),
+    };
+    let stored = ringcast_engine::presence::member(who);
+    // `{"presence":` first: that is how a topic's channel tells presence
+    // events from messages.
+    let json = |s: &str| serde_json::to_string(s).expect("a str serializes");
+    let mut head = format!(
+        r#"{{"presence":"join","node":{},"client":{},"user":{}"#,
+        json(node),
+        json(&member.client),
+        member
+            .user
+            .as_deref()
+            .map_or_else(|| "null".to_owned(), json),
+    );
+    if let Some(o) = joiner {
+        head.push_str(&format!(r#","o":[{},{},{}]"#, o.worker, o.slot, o.gen));
+    }
+    let info_at = stored.find(r#","info":"#).expect("a member has info");
+    head.push_str(&stored[info_at..stored.len() - 1]);
+    head.push_str(r#","edge":"#);
+    let mut invocation = JOIN_SCRIPT.prepare_invoke();
+    invocation
+        .key(members_key(topic))
+        .key(users_key(topic))
+        .key(node_key(node))
+        .arg(&member.client)
+        .arg(stored)
+        .arg(member.user.as_deref().unwrap_or(""))
+        .arg(topic)
+        .arg(max)
+        .arg(if publish { "1" } else { "0" })
+        .arg(head);
+    invocation
+}
+
+/// The presence task: applies the node's changes in order, and refreshes
+/// every `--presence-ttl`/3 (registering the members again after a loss).
+pub(super) async fn run(broker: Arc<Redis>, mut changes: mpsc::Receiver<Work>) {
+    let every = broker.settings.presence_ttl / 3;
+    let mut refresh = tokio::time::interval(every);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            work = changes.recv() => {
+                let Some(work) = work else { return };
+                let applied = match &work {
+                    Work::Change(change) => broker.apply_change(change).await,
+                    Work::Channel { topic, occupied } => broker.apply_channel(topic, *occupied).await,
+                };
+                if applied.is_err() {
+                    broker.metrics.presence_dropped.inc();
+                    broker.interest.presence.resync();
+                }
+            }
+            _ = refresh.tick() => {
+                let resync = broker.interest.presence.resync.swap(false, Ordering::AcqRel);
+                for shard in broker.presence_shards() {
+                    if let Err(Unavailable(why)) = broker.refresh(shard, resync).await {
+                        tracing::debug!(broker = %shard.name, "presence refresh failed: {why}");
+                        broker.interest.presence.resync();
+                    }
+                }
+            }
+        }
+    }
+}
