@@ -88,7 +88,8 @@ pub struct Stats {
 pub struct Page {
     /// The members.
     pub members: Vec<Member>,
-    /// The cursor of the next page, if there are more.
+    /// The cursor of the next page (the last client id listed), if there
+    /// are more.
     pub next: Option<String>,
 }
 
@@ -390,7 +391,7 @@ impl Presence {
         let more = keys.next().is_some();
         Page {
             next: more
-                .then(|| clients.last().map(|c| c.seq.to_string()))
+                .then(|| clients.last().map(|c| format!("{}.{}", self.node, c.seq)))
                 .flatten(),
             members: clients.iter().map(|c| member(&self.node, c)).collect(),
         }
@@ -492,7 +493,7 @@ mod tests {
             let page = p.page("room.1", cursor, 10);
             seen.extend(page.members.into_iter().map(|m| m.client));
             match page.next {
-                Some(next) => cursor = Some(next.parse().unwrap()),
+                Some(next) => cursor = Some(next.rsplit('.').next().unwrap().parse().unwrap()),
                 None => break,
             }
         }

@@ -25,6 +25,21 @@ fn presence_topic(state: &super::State, query: Option<&str>) -> Result<String, S
     Ok(topic.clone())
 }
 
+/// Whether `text` looks like a client id, `NODE.SEQ` (hex node id, decimal
+/// sequence), as a page's `next` is.
+fn is_client_id(text: &str) -> bool {
+    match text.rsplit_once('.') {
+        Some((node, seq)) => {
+            text.len() <= 64
+                && !node.is_empty()
+                && node.bytes().all(|b| b.is_ascii_hexdigit())
+                && !seq.is_empty()
+                && seq.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
 fn json(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -51,18 +66,14 @@ pub(super) async fn presence(Extract(state): Shared, RawQuery(query): RawQuery) 
             }
         },
     };
-    let cursor = match query_values(query, "cursor").first() {
-        None => None,
-        Some(v) => match v.parse::<u64>() {
-            Ok(c) => Some(c),
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("cursor={v:?} is not the next of a previous page"),
-                )
-            }
-        },
-    };
+    let cursors = query_values(query, "cursor");
+    let cursor = cursors.first().map(String::as_str);
+    if let Some(v) = cursor.filter(|c| !is_client_id(c)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("cursor={v:?} is not the next of a previous page"),
+        );
+    }
     match state.broker.presence(&topic, cursor, limit).await {
         Ok(page) => {
             let members = page.members.iter().map(|m| Who {

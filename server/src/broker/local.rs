@@ -74,10 +74,12 @@ impl Broker for Local {
     fn presence<'a>(
         &'a self,
         topic: &'a str,
-        cursor: Option<u64>,
+        cursor: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Result<presence::Page, Unavailable>> {
-        let page = self.handle.presence_page(topic, cursor, limit);
+        // The sequence after the node id: this node's client ids sort by it.
+        let seq = cursor.and_then(|c| c.rsplit('.').next()?.parse().ok());
+        let page = self.handle.presence_page(topic, seq, limit);
         Box::pin(async move { Ok(page) })
     }
 

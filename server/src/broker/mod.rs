@@ -145,15 +145,15 @@ pub trait Broker: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<Page>, Unavailable>>;
 
     /// Up to `limit` members of the presence topic `topic` after
-    /// `cursor` (a previous page's `next`), across every node the broker
-    /// joins.
+    /// `cursor` (a previous page's `next`: the last client id it listed),
+    /// in client id order, across every node the broker joins.
     ///
     /// # Errors
     /// The broker could not be read.
     fn presence<'a>(
         &'a self,
         topic: &'a str,
-        cursor: Option<u64>,
+        cursor: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Result<presence::Page, Unavailable>>;
 

@@ -507,7 +507,7 @@ impl super::Broker for Redis {
     fn presence<'a>(
         &'a self,
         topic: &'a str,
-        cursor: Option<u64>,
+        cursor: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Result<ringcast_engine::presence::Page, Unavailable>> {
         Box::pin(self.read_presence(topic, cursor, limit))

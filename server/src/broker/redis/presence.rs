@@ -109,9 +109,14 @@ end
 /// Registers member `ARGV[1]` (JSON `ARGV[2]`, user `ARGV[3]` or "") of
 /// topic `ARGV[4]`; with `ARGV[6]` = "1" PUBLISHes `ARGV[7]` completed
 /// with `edge` and `members` while the topic has at most `ARGV[5]`
-/// members. Returns `{edge, members}`, or `{-1, 0}` when it was already
-/// registered. KEYS: members, users, node set.
+/// members; registers node `ARGV[8]` as alive for `ARGV[9]` ms unless it
+/// is (so a node killed before its first refresh is reaped too). Returns
+/// `{edge, members}`, or `{-1, 0}` when it was already registered.
+/// KEYS: members, users, node set, the nodes' sorted set.
 const JOIN: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[4], 'NX', now + tonumber(ARGV[9]), ARGV[8])
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {-1, 0} end
 redis.call('SADD', KEYS[3], ARGV[4] .. '\n' .. ARGV[1])
 local edge = 1
@@ -284,6 +289,14 @@ struct Stored {
     info: Option<Box<RawValue>>,
 }
 
+/// Where client id `NODE.SEQ` sorts: by node, then sequence as a number.
+fn order(client: &str) -> (&str, u64) {
+    match client.rsplit_once('.') {
+        Some((node, seq)) => (node, seq.parse().unwrap_or(u64::MAX)),
+        None => (client, u64::MAX),
+    }
+}
+
 /// A member read from Redis, if it is within the limits.
 fn member(json: &[u8]) -> Option<Member> {
     let m: Stored = serde_json::from_slice(json).ok()?;
@@ -401,30 +414,44 @@ impl Redis {
         Ok(())
     }
 
-    /// Up to about `limit` members of `topic` from `cursor` (HSCAN's).
+    /// Up to `limit` members of `topic` after the client id `cursor`, in
+    /// client id order (node, then sequence). Reads the topic's whole
+    /// hash (HSCAN, 1000 fields a call), so a page costs the topic's size
+    /// in Redis and on this node.
     pub(super) async fn read_presence(
         &self,
         topic: &str,
-        cursor: Option<u64>,
+        cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page, Unavailable> {
         let (shard, mut conn) = self.presence_shard(topic)?;
-        let mut scan = redis::cmd("HSCAN");
-        scan.arg(members_key(topic))
-            .arg(cursor.unwrap_or(0))
-            .arg("COUNT")
-            .arg(limit);
-        let (next, pairs): (u64, Vec<Pair>) = self
-            .run(&On::Shard(shard), scan.query_async(&mut conn))
-            .await?;
-        let members = pairs
+        let mut all = Vec::new();
+        let mut at = 0u64;
+        loop {
+            let mut scan = redis::cmd("HSCAN");
+            scan.arg(members_key(topic)).arg(at).arg("COUNT").arg(1000);
+            let (next, pairs): (u64, Vec<Pair>) = self
+                .run(&On::Shard(shard), scan.query_async(&mut conn))
+                .await?;
+            all.extend(pairs.into_iter().filter_map(|(_, json)| member(&json)));
+            if next == 0 {
+                break;
+            }
+            at = next;
+        }
+        all.sort_unstable_by(|a, b| order(&a.client).cmp(&order(&b.client)));
+        all.dedup_by(|a, b| a.client == b.client);
+        let after = cursor.map(order);
+        let mut rest = all
             .into_iter()
-            .take(limit.max(1) * 4)
-            .filter_map(|(_, json)| member(&json))
-            .collect();
+            .filter(|m| after.as_ref().is_none_or(|c| order(&m.client) > *c));
+        let members: Vec<Member> = rest.by_ref().take(limit).collect();
+        let more = rest.next().is_some();
         Ok(Page {
+            next: more
+                .then(|| members.last().map(|m| m.client.clone()))
+                .flatten(),
             members,
-            next: (next != 0).then(|| next.to_string()),
         })
     }
 
@@ -451,7 +478,15 @@ impl Redis {
         let node = self.handle.presence_node();
         let max = self.settings.presence_max;
         if change.joined {
-            let invocation = join_invocation(topic, &change.member, node, max, pc.joiner, true);
+            let invocation = join_invocation(
+                topic,
+                &change.member,
+                node,
+                max,
+                pc.joiner,
+                true,
+                self.settings.presence_ttl,
+            );
             let _: (i64, i64) = self
                 .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
                 .await?;
@@ -608,14 +643,24 @@ impl Redis {
             if stored.remove(&format!("{topic}\n{}", member.client)) {
                 continue;
             }
-            let invocation = join_invocation(&topic, &member, node, max, None, false);
+            let invocation = join_invocation(
+                &topic,
+                &member,
+                node,
+                max,
+                None,
+                false,
+                self.settings.presence_ttl,
+            );
             let _: (i64, i64) = self
                 .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
                 .await?;
         }
         let mut pipe = redis::pipe();
+        let mut held = 0;
         for topic in self.webhooks.held_topics() {
             if self.on_shard(&topic, shard) {
+                held += 1;
                 pipe.cmd("SADD").arg(channel_key(&topic)).arg(node).ignore();
                 pipe.cmd("SADD")
                     .arg(channel_node_key(node))
@@ -623,9 +668,11 @@ impl Redis {
                     .ignore();
             }
         }
-        let _: () = self
-            .run(&On::Shard(shard), pipe.query_async(&mut conn))
-            .await?;
+        if held > 0 {
+            let _: () = self
+                .run(&On::Shard(shard), pipe.query_async(&mut conn))
+                .await?;
+        }
         for entry in stored {
             let Some((topic, client)) = entry.split_once('\n') else {
                 continue;
@@ -666,6 +713,7 @@ fn join_invocation(
     max: usize,
     joiner: Option<Origin>,
     publish: bool,
+    ttl: std::time::Duration,
 ) -> redis::ScriptInvocation<'static> {
     let who = Who {
         client: &member.client,
@@ -696,13 +744,16 @@ fn join_invocation(
         .key(members_key(topic))
         .key(users_key(topic))
         .key(node_key(node))
+        .key(NODES)
         .arg(&member.client)
         .arg(stored)
         .arg(member.user.as_deref().unwrap_or(""))
         .arg(topic)
         .arg(max)
         .arg(if publish { "1" } else { "0" })
-        .arg(head);
+        .arg(head)
+        .arg(node)
+        .arg(ttl.as_millis() as u64);
     invocation
 }
 
