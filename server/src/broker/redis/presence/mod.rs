@@ -27,199 +27,28 @@
 //! changes meanwhile are dropped, and the node registers its members
 //! again (the set difference) once Redis answers.
 
+mod scripts;
+mod wire;
+
 use super::conn::{Backend, On};
 use super::shard::Shard;
 use super::{shards, Redis};
 use crate::broker::Unavailable;
-use ringcast_engine::auth::MAX_USER_ID;
-use ringcast_engine::presence::{Change, Member, Page, Stats, Who};
-use ringcast_engine::upstream::{Origin, PresenceChange};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use ringcast_engine::presence::{Change, Member, Page, Stats};
+use ringcast_engine::upstream::PresenceChange;
+use scripts::{
+    channel_key, channel_node_key, join_invocation, members_key, node_key, users_key,
+    CHANNEL_SCRIPT, LEAVE_SCRIPT, MAX_CLIENT, NODES, REAP_SCRIPT, REFRESH_SCRIPT,
+};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use wire::{member, order, Pair};
 
 /// A node's changes waiting for Redis at most; past it they are dropped
 /// (counted) and the node registers its members again.
 pub const QUEUE: usize = 65_536;
-
-/// Longest client id taken from Redis, in bytes.
-const MAX_CLIENT: usize = 64;
-/// Longest `info` taken from Redis, in bytes (the claim's limit).
-const MAX_INFO: usize = 1024;
-
-const NODES: &str = "ringcast:presence-nodes";
-
-fn members_key(topic: &str) -> String {
-    format!("ringcast:presence:{topic}")
-}
-
-fn users_key(topic: &str) -> String {
-    format!("ringcast:presence-users:{topic}")
-}
-
-fn channel_key(topic: &str) -> String {
-    format!("ringcast:channel:{topic}")
-}
-
-fn channel_node_key(node: &str) -> String {
-    format!("ringcast:channel-node:{node}")
-}
-
-fn node_key(node: &str) -> String {
-    format!("ringcast:presence-node:{node}")
-}
-
-/// The Lua function both a leave and a reap use: removes member
-/// `client` of `topic` (of `node`), counts its user down, and PUBLISHes
-/// its leave while the topic had at most `max` members. Returns nil when
-/// it was not a member, else `{edge, members, member json}`.
-const REMOVE: &str = r#"
-local function remove(topic, client, node, max)
-  local mkey = 'ringcast:presence:' .. topic
-  local json = redis.call('HGET', mkey, client)
-  if not json then return nil end
-  redis.call('HDEL', mkey, client)
-  redis.call('SREM', 'ringcast:presence-node:' .. node, topic .. '\n' .. client)
-  local ok, m = pcall(cjson.decode, json)
-  local user = 'null'
-  local edge = 1
-  if ok and type(m) == 'table' and type(m.user) == 'string' then
-    user = cjson.encode(m.user)
-    local ukey = 'ringcast:presence-users:' .. topic
-    if redis.call('HINCRBY', ukey, m.user, -1) > 0 then
-      edge = 0
-    else
-      redis.call('HDEL', ukey, m.user)
-    end
-  end
-  local members = redis.call('HLEN', mkey) + 1
-  if members <= max then
-    redis.call('PUBLISH', 'ringcast:topic:' .. topic,
-      '{"presence":"leave","node":' .. cjson.encode(node) .. ',"client":' .. cjson.encode(client) ..
-      ',"user":' .. user .. ',"edge":' .. (edge == 1 and 'true' or 'false') ..
-      ',"members":' .. members .. '}')
-  end
-  return {edge, members, json}
-end
-"#;
-
-/// Registers member `ARGV[1]` (JSON `ARGV[2]`, user `ARGV[3]` or "") of
-/// topic `ARGV[4]`; with `ARGV[6]` = "1" PUBLISHes `ARGV[7]` completed
-/// with `edge` and `members` while the topic has at most `ARGV[5]`
-/// members; registers node `ARGV[8]` as alive for `ARGV[9]` ms unless it
-/// is (so a node killed before its first refresh is reaped too). Returns
-/// `{edge, members}`, or `{-1, 0}` when it was already registered.
-/// KEYS: members, users, node set, the nodes' sorted set.
-const JOIN: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[4], 'NX', now + tonumber(ARGV[9]), ARGV[8])
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {-1, 0} end
-redis.call('SADD', KEYS[3], ARGV[4] .. '\n' .. ARGV[1])
-local edge = 1
-if ARGV[3] ~= '' and redis.call('HINCRBY', KEYS[2], ARGV[3], 1) > 1 then edge = 0 end
-local members = redis.call('HLEN', KEYS[1])
-if ARGV[6] == '1' and members <= tonumber(ARGV[5]) then
-  redis.call('PUBLISH', 'ringcast:topic:' .. ARGV[4],
-    ARGV[7] .. (edge == 1 and 'true' or 'false') .. ',"members":' .. members .. '}')
-end
-return {edge, members}
-"#;
-
-/// Removes member `ARGV[2]` of topic `ARGV[1]` of node `ARGV[3]`
-/// (`REMOVE`, `max` `ARGV[4]`). Returns `{edge, members}`, or `{-1, 0}`.
-/// KEYS: members, users, node set (declared; the function names them).
-fn leave_script() -> String {
-    format!(
-        "{REMOVE}\nlocal r = remove(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))\n\
-         if not r then return {{-1, 0}} end\nreturn {{r[1], r[2]}}"
-    )
-}
-
-/// Node `ARGV[1]` holds topic `ARGV[2]` (`ARGV[3]` = "1") or let go of
-/// it: returns 1 when that makes the topic occupied across the cluster
-/// (its first node) or vacated (its last), else 0. KEYS: the topic's
-/// node set, the node's topic set.
-const CHANNEL: &str = r#"
-if ARGV[3] == '1' then
-  if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-  redis.call('SADD', KEYS[2], ARGV[2])
-  return redis.call('SCARD', KEYS[1]) == 1 and 1 or 0
-end
-if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[2])
-return redis.call('SCARD', KEYS[1]) == 0 and 1 or 0
-"#;
-
-/// Pushes node `ARGV[1]`'s expiry to Redis's now + `ARGV[2]` ms and
-/// lists the nodes whose expiry passed. Returns `{added, now, dead…}`
-/// (`added` 1: the node was not registered, e.g. it was reaped).
-/// KEYS: the nodes' sorted set.
-const REFRESH: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-local out = {added, now}
-for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)) do
-  table.insert(out, dead)
-end
-return out
-"#;
-
-/// Reaps node `ARGV[1]` if its expiry is before `ARGV[2]` (or at once
-/// with `ARGV[4]` = "1": the node itself leaving): the one caller whose
-/// `ZREM` takes it removes each of its members (`REMOVE`, `max`
-/// `ARGV[3]`), and lets go of its topics (the channels webhook). Returns
-/// `{topic, member json, edge, members, …}`, with `{topic, "", 0, 0}`
-/// for each topic that became vacated. KEYS: the nodes' sorted set, the
-/// node's set.
-fn reap_script() -> String {
-    format!(
-        r#"{REMOVE}
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if ARGV[4] ~= '1' and (not score or tonumber(score) >= tonumber(ARGV[2])) then return {{}} end
-if ARGV[4] ~= '1' and redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return {{}} end
-if ARGV[4] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
-local out = {{}}
-for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local nl = string.find(entry, '\n', 1, true)
-  if nl then
-    local topic = string.sub(entry, 1, nl - 1)
-    local r = remove(topic, string.sub(entry, nl + 1), ARGV[1], tonumber(ARGV[3]))
-    if r then
-      table.insert(out, topic)
-      table.insert(out, r[3])
-      table.insert(out, r[1])
-      table.insert(out, r[2])
-    end
-  end
-end
-redis.call('DEL', KEYS[2])
-local topics = 'ringcast:channel-node:' .. ARGV[1]
-for _, topic in ipairs(redis.call('SMEMBERS', topics)) do
-  local nodes = 'ringcast:channel:' .. topic
-  if redis.call('SREM', nodes, ARGV[1]) == 1 and redis.call('SCARD', nodes) == 0 then
-    table.insert(out, topic)
-    table.insert(out, '')
-    table.insert(out, 0)
-    table.insert(out, 0)
-  end
-end
-redis.call('DEL', topics)
-return out
-"#
-    )
-}
-
-static JOIN_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(JOIN));
-static LEAVE_SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(&leave_script()));
-static REAP_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&reap_script()));
-static CHANNEL_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CHANNEL));
-static REFRESH_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REFRESH));
 
 /// What the node hands its presence task, in order.
 pub enum Work {
@@ -278,56 +107,6 @@ impl Queue {
     }
 }
 
-/// A hash field and its value, as HSCAN answers them.
-type Pair = (Vec<u8>, Vec<u8>);
-
-/// A member as it is stored and published.
-#[derive(Deserialize)]
-struct Stored {
-    client: String,
-    user: Option<String>,
-    info: Option<Box<RawValue>>,
-}
-
-/// Where client id `NODE.SEQ` sorts: by node, then sequence as a number.
-fn order(client: &str) -> (&str, u64) {
-    match client.rsplit_once('.') {
-        Some((node, seq)) => (node, seq.parse().unwrap_or(u64::MAX)),
-        None => (client, u64::MAX),
-    }
-}
-
-/// A member read from Redis, if it is within the limits.
-fn member(json: &[u8]) -> Option<Member> {
-    let m: Stored = serde_json::from_slice(json).ok()?;
-    let info = m.info.filter(|i| i.get() != "null");
-    let fits = m.client.len() <= MAX_CLIENT
-        && m.user.as_ref().is_none_or(|u| u.len() <= MAX_USER_ID)
-        && info.as_ref().is_none_or(|i| i.get().len() <= MAX_INFO);
-    fits.then(|| Member {
-        client: m.client,
-        user: m.user.map(Into::into),
-        info: info.map(|i| i.get().into()),
-    })
-}
-
-/// A presence event published on a topic's channel.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Event {
-    presence: String,
-    node: String,
-    /// The joining connection (worker, slot, generation), on its node.
-    #[serde(default)]
-    o: Option<(u32, u32, u32)>,
-    client: String,
-    user: Option<String>,
-    #[serde(default)]
-    info: Option<Box<RawValue>>,
-    edge: bool,
-    members: usize,
-}
-
 /// A command connection to `shard`.
 ///
 /// # Errors
@@ -374,44 +153,6 @@ impl Redis {
         }
         let shard = &shards[shards::shard_of(topic, shards.len())];
         Ok((shard, connection(shard)?))
-    }
-
-    /// Pushes a presence event from `topic`'s channel to this node's
-    /// `join_leave` subscribers.
-    ///
-    /// # Errors
-    /// Why the event is malformed or out of bounds.
-    pub(super) fn presence_event(&self, topic: &str, payload: &[u8]) -> Result<(), &'static str> {
-        let e: Event = serde_json::from_slice(payload).map_err(|_| "malformed presence event")?;
-        let joined = match e.presence.as_str() {
-            "join" => true,
-            "leave" => false,
-            _ => return Err("unknown presence event"),
-        };
-        let info = e.info.filter(|i| i.get() != "null");
-        if e.client.len() > MAX_CLIENT
-            || e.user.as_ref().is_some_and(|u| u.len() > MAX_USER_ID)
-            || info.as_ref().is_some_and(|i| i.get().len() > MAX_INFO)
-            || e.members > self.settings.presence_max
-        {
-            return Err("presence event out of bounds");
-        }
-        let skip =
-            e.o.filter(|_| e.node == self.handle.presence_node())
-                .map(|(worker, slot, gen)| Origin { worker, slot, gen });
-        let change = Change {
-            topic: topic.into(),
-            member: Member {
-                client: e.client,
-                user: e.user.map(Into::into),
-                info: info.map(|i| i.get().into()),
-            },
-            joined,
-            edge: e.edge,
-            members: e.members,
-        };
-        self.handle.presence_event(&change, skip);
-        Ok(())
     }
 
     /// Up to `limit` members of `topic` after the client id `cursor`, in
@@ -701,60 +442,6 @@ impl Redis {
             let _ = self.reap(shard, &node, 0, true).await;
         }
     }
-}
-
-/// The join script's invocation for `member` of `topic`, publishing the
-/// join (with the joining connection `joiner` named for its node) when
-/// `publish`.
-fn join_invocation(
-    topic: &str,
-    member: &Member,
-    node: &str,
-    max: usize,
-    joiner: Option<Origin>,
-    publish: bool,
-    ttl: std::time::Duration,
-) -> redis::ScriptInvocation<'static> {
-    let who = Who {
-        client: &member.client,
-        user: member.user.as_deref(),
-        info: member.info.as_deref(),
-    };
-    let stored = ringcast_engine::presence::member(who);
-    // `{"presence":` first: that is how a topic's channel tells presence
-    // events from messages.
-    let json = |s: &str| serde_json::to_string(s).expect("a str serializes");
-    let mut head = format!(
-        r#"{{"presence":"join","node":{},"client":{},"user":{}"#,
-        json(node),
-        json(&member.client),
-        member
-            .user
-            .as_deref()
-            .map_or_else(|| "null".to_owned(), json),
-    );
-    if let Some(o) = joiner {
-        head.push_str(&format!(r#","o":[{},{},{}]"#, o.worker, o.slot, o.gen));
-    }
-    let info_at = stored.find(r#","info":"#).expect("a member has info");
-    head.push_str(&stored[info_at..stored.len() - 1]);
-    head.push_str(r#","edge":"#);
-    let mut invocation = JOIN_SCRIPT.prepare_invoke();
-    invocation
-        .key(members_key(topic))
-        .key(users_key(topic))
-        .key(node_key(node))
-        .key(NODES)
-        .arg(&member.client)
-        .arg(stored)
-        .arg(member.user.as_deref().unwrap_or(""))
-        .arg(topic)
-        .arg(max)
-        .arg(if publish { "1" } else { "0" })
-        .arg(head)
-        .arg(node)
-        .arg(ttl.as_millis() as u64);
-    invocation
 }
 
 /// The presence task: applies the node's changes in order, and refreshes
