@@ -37,8 +37,8 @@ use crate::broker::Unavailable;
 use ringcast_engine::presence::{Change, Member, Page, Stats};
 use ringcast_engine::upstream::PresenceChange;
 use scripts::{
-    channel_key, channel_node_key, join_invocation, members_key, node_key, users_key,
-    CHANNEL_SCRIPT, LEAVE_SCRIPT, MAX_CLIENT, NODES, REAP_SCRIPT, REFRESH_SCRIPT,
+    channel_key, channel_node_key, join_invocation, leave_invocation, members_key, node_key,
+    users_key, CHANNEL_SCRIPT, MAX_CLIENT, NODES, REAP_SCRIPT, REFRESH_SCRIPT,
 };
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -232,15 +232,7 @@ impl Redis {
                 .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
                 .await?;
         } else {
-            let mut invocation = LEAVE_SCRIPT.prepare_invoke();
-            invocation
-                .key(members_key(topic))
-                .key(users_key(topic))
-                .key(node_key(node))
-                .arg(topic)
-                .arg(&change.member.client)
-                .arg(node)
-                .arg(max);
+            let invocation = leave_invocation(topic, &change.member.client, node, max);
             let _: (i64, i64) = self
                 .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
                 .await?;
@@ -418,15 +410,7 @@ impl Redis {
             let Some((topic, client)) = entry.split_once('\n') else {
                 continue;
             };
-            let mut invocation = LEAVE_SCRIPT.prepare_invoke();
-            invocation
-                .key(members_key(topic))
-                .key(users_key(topic))
-                .key(node_key(node))
-                .arg(topic)
-                .arg(client)
-                .arg(node)
-                .arg(max);
+            let invocation = leave_invocation(topic, client, node, max);
             let _: (i64, i64) = self
                 .run(&On::Shard(shard), invocation.invoke_async(&mut conn))
                 .await?;

@@ -176,7 +176,7 @@ return out
 }
 
 pub(super) static JOIN_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(JOIN));
-pub(super) static LEAVE_SCRIPT: LazyLock<redis::Script> =
+static LEAVE_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&leave_script()));
 pub(super) static REAP_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&reap_script()));
@@ -184,6 +184,27 @@ pub(super) static CHANNEL_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(CHANNEL));
 pub(super) static REFRESH_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(REFRESH));
+
+/// The leave script's invocation: member `client` of `topic`, of this
+/// node `node`, its leave published while the topic had at most `max`
+/// members.
+pub(super) fn leave_invocation(
+    topic: &str,
+    client: &str,
+    node: &str,
+    max: usize,
+) -> redis::ScriptInvocation<'static> {
+    let mut invocation = LEAVE_SCRIPT.prepare_invoke();
+    invocation
+        .key(members_key(topic))
+        .key(users_key(topic))
+        .key(node_key(node))
+        .arg(topic)
+        .arg(client)
+        .arg(node)
+        .arg(max);
+    invocation
+}
 
 /// The join script's invocation for `member` of `topic`, publishing the
 /// join (with the joining connection `joiner` named for its node) when
