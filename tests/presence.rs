@@ -6,125 +6,12 @@
 
 mod common;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use common::*;
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 
 const V1: (&str, &str) = ("sec-websocket-protocol", "ringcast.v1");
-
-/// What the hook receiver got.
-#[derive(Default)]
-struct Received {
-    /// The events of each hook (`presence`, `channels`), from the POSTs
-    /// answered 200, in the order received.
-    events: Mutex<HashMap<String, Vec<Value>>>,
-    /// POSTs per hook, answered 200 or not.
-    posts: Mutex<HashMap<String, usize>>,
-    /// Presence POSTs still to be answered 500.
-    fail_presence: AtomicUsize,
-    changed: Notify,
-}
-
-/// A webhook: answers 500 while `fail_presence` says so (presence only),
-/// else keeps the batch's events and answers 200.
-async fn on_hook(
-    State(received): State<Arc<Received>>,
-    Path(hook): Path<String>,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    *received
-        .posts
-        .lock()
-        .unwrap()
-        .entry(hook.clone())
-        .or_default() += 1;
-    let fail = hook == "presence"
-        && received
-            .fail_presence
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-    if fail {
-        received.changed.notify_waiters();
-        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({})));
-    }
-    let batch = body[&hook]
-        .as_array()
-        .unwrap_or_else(|| panic!("a {hook} hook body without a {hook:?} array: {body}"))
-        .clone();
-    assert!(!batch.is_empty(), "an empty {hook} batch: {body}");
-    received
-        .events
-        .lock()
-        .unwrap()
-        .entry(hook)
-        .or_default()
-        .extend(batch);
-    received.changed.notify_waiters();
-    (StatusCode::OK, Json(json!({"result": {}})))
-}
-
-/// The hook receiver, on a free port of the test's runtime.
-struct Receiver {
-    url: String,
-    received: Arc<Received>,
-}
-
-impl Receiver {
-    async fn start(fail_presence: usize) -> Self {
-        let received = Arc::new(Received::default());
-        received
-            .fail_presence
-            .store(fail_presence, Ordering::SeqCst);
-        let app = Router::new()
-            .route("/hooks/{hook}", post(on_hook))
-            .with_state(received.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, received }
-    }
-
-    fn events(&self, hook: &str) -> Vec<Value> {
-        let events = self.received.events.lock().unwrap();
-        events.get(hook).cloned().unwrap_or_default()
-    }
-
-    fn posts(&self, hook: &str) -> usize {
-        let posts = self.received.posts.lock().unwrap();
-        posts.get(hook).copied().unwrap_or(0)
-    }
-
-    /// Waits (up to [`WAIT`]) until `hook` got an event `done` accepts;
-    /// returns all its events so far.
-    async fn wait_for(&self, hook: &str, done: impl Fn(&Value) -> bool) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let changed = self.received.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let events = self.events(hook);
-            if events.iter().any(&done) {
-                return events;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                panic!("no such {hook} event; got {events:?}");
-            }
-        }
-    }
-}
-
-/// An event for `done` in [`Receiver::wait_for`].
-fn is(want: Value) -> impl Fn(&Value) -> bool {
-    move |event| *event == want
-}
 
 /// A counter's value in `/metrics`, 0 when it has no sample yet (a
 /// labelled counter appears once first counted).
@@ -238,7 +125,7 @@ async fn next_anonymous(ws: &mut Ws, op: &str, topic: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_presence_webhook_gets_joins_and_leaves_at_least_once() {
     // The first presence POST is answered 500: the batch is sent again.
-    let hooks = Receiver::start(1).await;
+    let hooks = HookReceiver::start(1).await;
     let secret = hmac_secret();
     let server = Server::start(&[
         "--hook-url",
@@ -291,7 +178,7 @@ async fn the_presence_webhook_gets_joins_and_leaves_at_least_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_presence_batch_refused_every_time_is_dropped_and_counted() {
-    let hooks = Receiver::start(usize::MAX).await;
+    let hooks = HookReceiver::start(usize::MAX).await;
     let server = Server::start(&[
         "--hook-url",
         &hooks.url,
@@ -320,7 +207,7 @@ async fn a_presence_batch_refused_every_time_is_dropped_and_counted() {
         1.0
     );
     // The backend is back: the next event arrives.
-    hooks.received.fail_presence.store(0, Ordering::SeqCst);
+    hooks.stop_failing();
     unsubscribe(&mut ws, "room.1").await;
     let events = hooks.wait_for("presence", |e| e["event"] == "leave").await;
     assert_eq!(events.len(), 1, "{events:?}");
@@ -328,7 +215,7 @@ async fn a_presence_batch_refused_every_time_is_dropped_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_channels_webhook_says_occupied_and_vacated_once_across_workers() {
-    let hooks = Receiver::start(0).await;
+    let hooks = HookReceiver::start(0).await;
     let server = Server::start(&[
         "--hook-url",
         &hooks.url,

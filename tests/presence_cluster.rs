@@ -11,103 +11,16 @@
 
 mod common;
 
-use axum::extract::{Path, State};
-use axum::routing::post;
-use axum::{Json, Router};
 use common::redis_ha::{redis_cli, RedisStandalone};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 const V1: (&str, &str) = ("sec-websocket-protocol", "ringcast.v1");
 const TOPIC: &str = "room.1";
-
-/// What the hook receiver got: each hook's events (`presence`,
-/// `channels`), in the order received.
-#[derive(Default)]
-struct Received {
-    events: Mutex<HashMap<String, Vec<Value>>>,
-    changed: Notify,
-}
-
-async fn on_hook(
-    State(received): State<Arc<Received>>,
-    Path(hook): Path<String>,
-    Json(body): Json<Value>,
-) -> Json<Value> {
-    let batch = body[&hook]
-        .as_array()
-        .unwrap_or_else(|| panic!("a {hook} hook body without a {hook:?} array: {body}"))
-        .clone();
-    received
-        .events
-        .lock()
-        .unwrap()
-        .entry(hook)
-        .or_default()
-        .extend(batch);
-    received.changed.notify_waiters();
-    Json(json!({"result": {}}))
-}
-
-/// The hook receiver, on a free port of the test's runtime.
-struct Hooks {
-    url: String,
-    received: Arc<Received>,
-}
-
-impl Hooks {
-    async fn start() -> Self {
-        let received = Arc::new(Received::default());
-        let app = Router::new()
-            .route("/hooks/{hook}", post(on_hook))
-            .with_state(received.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, received }
-    }
-
-    fn events(&self, hook: &str) -> Vec<Value> {
-        let events = self.received.events.lock().unwrap();
-        events.get(hook).cloned().unwrap_or_default()
-    }
-
-    /// Waits (up to `limit`) until `hook`'s events satisfy `done`;
-    /// returns them.
-    async fn wait_until(
-        &self,
-        hook: &str,
-        limit: Duration,
-        done: impl Fn(&[Value]) -> bool,
-    ) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let changed = self.received.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let events = self.events(hook);
-            if done(&events) {
-                return events;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                panic!("{hook} hook: not within {limit:?}; got {events:?}");
-            }
-        }
-    }
-
-    /// Waits (up to [`WAIT`]) until `hook` got `event`; returns all its
-    /// events so far.
-    async fn wait_for(&self, hook: &str, event: Value) -> Vec<Value> {
-        self.wait_until(hook, WAIT, |events| events.contains(&event))
-            .await
-    }
-}
 
 /// A node over `redis` with presence on `room.*`, 2 workers, and `extra`.
 fn node(redis: &RedisStandalone, extra: &[&str]) -> Server {
@@ -518,7 +431,7 @@ async fn sigkill_a_node_of_50_members(registered: bool) {
     const N: usize = 50;
     let ttl = Duration::from_secs(3);
     let redis = RedisStandalone::start().await;
-    let hooks = Hooks::start().await;
+    let hooks = HookReceiver::start(0).await;
     let extra = [
         "--presence-ttl",
         "3s",
@@ -585,17 +498,12 @@ async fn sigkill_a_node_of_50_members(registered: bool) {
         (events, killed.elapsed())
     };
     let posted = async {
-        let deadline = tokio::time::Instant::now() + limit + WAIT;
-        loop {
-            let changed = hooks.received.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let events = hooks.events("presence");
-            let leaves = events.iter().filter(|e| e["event"] == "leave").count();
-            if leaves >= N || tokio::time::timeout_at(deadline, changed).await.is_err() {
-                break (events, killed.elapsed());
-            }
-        }
+        let events = hooks
+            .settle("presence", limit + WAIT, |events| {
+                events.iter().filter(|e| e["event"] == "leave").count() >= N
+            })
+            .await;
+        (events, killed.elapsed())
     };
     let (counted, (pushed_events, pushed), (events, posted)) =
         tokio::join!(counted, pushed, posted);
@@ -662,7 +570,7 @@ async fn sigkill_a_node_of_50_members(registered: bool) {
     let events_now = hooks
         .wait_for(
             "presence",
-            json!({"event": "join", "topic": TOPIC, "client": later_id, "user": null, "info": null}),
+            is(json!({"event": "join", "topic": TOPIC, "client": later_id, "user": null, "info": null})),
         )
         .await;
     assert!(events.len() <= events_now.len());
@@ -803,11 +711,11 @@ async fn redis_down_answers_unavailable_and_members_are_registered_again_after()
 /// A subscriber of a marker topic `name` on `server`, once the channels
 /// hook got its `occupied`: each node sends its hook events in order, so
 /// that node's events of the steps before are in.
-async fn marker(hooks: &Hooks, server: &Server, name: &str) -> Ws {
+async fn marker(hooks: &HookReceiver, server: &Server, name: &str) -> Ws {
     let mut ws = v1(server, None).await;
     subscribe_v1(&mut ws, name, None).await;
     let occupied = json!({"event": "occupied", "topic": name});
-    hooks.wait_for("channels", occupied).await;
+    hooks.wait_for("channels", is(occupied)).await;
     ws
 }
 
@@ -815,7 +723,7 @@ async fn marker(hooks: &Hooks, server: &Server, name: &str) -> Ws {
 async fn the_channels_webhook_says_occupied_and_vacated_once_per_cluster() {
     let ttl = Duration::from_secs(3);
     let redis = RedisStandalone::start().await;
-    let hooks = Hooks::start().await;
+    let hooks = HookReceiver::start(0).await;
     let extra = [
         "--presence-ttl",
         "3s",
@@ -836,7 +744,7 @@ async fn the_channels_webhook_says_occupied_and_vacated_once_per_cluster() {
     for topic in ["room.9", "news"] {
         let mut ws = v1(&a, None).await;
         subscribe_v1(&mut ws, topic, None).await;
-        hooks.wait_for("channels", occupied(topic)).await;
+        hooks.wait_for("channels", is(occupied(topic))).await;
         first.push(ws);
     }
     wait_channel_nodes(redis.redis.port, "news", 1).await;
@@ -875,7 +783,7 @@ async fn the_channels_webhook_says_occupied_and_vacated_once_per_cluster() {
     }
     drop(second);
     for topic in ["room.9", "news"] {
-        hooks.wait_for("channels", vacated(topic)).await;
+        hooks.wait_for("channels", is(vacated(topic))).await;
     }
     markers.push(marker(&hooks, &b, "marker.b2").await);
     markers.push(marker(&hooks, &a, "marker.a3").await);
@@ -899,7 +807,7 @@ async fn the_channels_webhook_says_occupied_and_vacated_once_per_cluster() {
         subscribe_v1(&mut ws, "room.8", None).await;
         on_b.push(ws);
     }
-    hooks.wait_for("channels", occupied("room.8")).await;
+    hooks.wait_for("channels", is(occupied("room.8"))).await;
     wait_clients(&a, "room.8", 3, WAIT).await;
     b.signal(libc::SIGKILL);
     let killed = Instant::now();

@@ -3,6 +3,7 @@
 //!
 //! - [`server`]: the server under test, its API, logs and metrics;
 //! - [`front`]: haproxy in front of several nodes, and clients through it;
+//! - [`hooks`]: a receiver for the presence and channels webhooks;
 //! - [`ws`]: WebSocket clients, raw and `ringcast.v1`;
 //! - [`raw`]: a byte-level client for input no library sends;
 //! - [`tools`]: the Python venv and scripts, tokens, scratch files, ports.
@@ -10,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod front;
+mod hooks;
 pub mod load;
 mod raw;
 pub mod redis_ha;
@@ -18,6 +20,7 @@ mod tools;
 mod ws;
 
 pub use front::*;
+pub use hooks::*;
 pub use raw::*;
 pub use server::*;
 pub use tools::*;
